@@ -1,0 +1,32 @@
+"""``berth``: the command line that ties the rooms together.
+
+Each subcommand lives in its own module and is imported only when chosen, so ``berth --help`` stays instant and
+one room's heavy imports never slow another's command.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, help). Each module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("berth.demo", "run Berth's main job end to end on this machine, then clean up"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="berth", description="Berth: container networking and discovery")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        sub.set_defaults(_module=module_name)
+        chosen = (argv if argv is not None else sys.argv[1:])[:1]
+        if chosen == [name]:
+            importlib.import_module(module_name).add_arguments(sub)
+    args = parser.parse_args(argv)
+    return importlib.import_module(args._module).run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

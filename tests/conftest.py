@@ -1,0 +1,111 @@
+"""Shared fixtures for every tier.
+
+Everything a test makes on the host carries the test prefix ``bt`` (namespaces ``bt-…``, links ``bt…``), so a
+leftover is recognisable as test-made and the session-wide sweep below can remove it even after a crash.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+TEST_PREFIX = "bt"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(os.environ.get("BERTH_VENV_BIN", REPO_ROOT / ".venv" / "bin"))
+REFERENCE_CNI_DIR = Path("/usr/lib/cni")
+
+
+def unique_name(kind: str = "", length: int = 15) -> str:
+    """A test-made name: the ``bt`` prefix, an optional kind, random hex; at most ``length`` characters."""
+    stem = f"{TEST_PREFIX}{kind}"
+    return (stem + secrets.token_hex(8))[:length]
+
+
+def run(*argv: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kwargs)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip_root = pytest.mark.skip(reason="needs root (network namespaces, links, firewall)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip_root)
+
+
+class NetnsFactory:
+    """Creates named network namespaces and removes every one of them at teardown, pass or fail."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def __call__(self, kind: str = "ns") -> str:
+        name = f"{TEST_PREFIX}-{kind}-{secrets.token_hex(4)}"
+        run("ip", "netns", "add", name)
+        self.created.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    @staticmethod
+    def path(name: str) -> str:
+        return f"/run/netns/{name}"
+
+    def cleanup(self) -> None:
+        for name in reversed(self.created):
+            run("ip", "netns", "del", name, check=False)
+        self.created.clear()
+
+
+@pytest.fixture
+def netns():
+    """``netns()`` → the name of a fresh namespace (its path is ``/run/netns/<name>``); all deleted afterwards."""
+    factory = NetnsFactory()
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture
+def host_links():
+    """Register host link names to delete at teardown: ``host_links.append("btbr0a1b")``."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        run("ip", "link", "del", name, check=False)
+
+
+def plugin_path(name: str) -> Path:
+    """The installed executable of one of Berth's plugins (``berth-ipam`` …) in the project's venv."""
+    path = VENV_BIN / name
+    if not path.exists():
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_test_leftovers():
+    """In CI, remove test-made namespaces left by an earlier, killed run (never anything without the prefix).
+
+    Only under ``CI=true``: on a developer machine several test runs may share the host at once."""
+    if os.geteuid() != 0 or os.environ.get("CI") != "true":
+        yield
+        return
+
+    def sweep() -> None:
+        listing = run("ip", "-o", "netns", "list", check=False).stdout.split("\n")
+        for line in listing:
+            name = line.split(" ")[0]
+            if name.startswith(f"{TEST_PREFIX}-"):
+                run("ip", "netns", "del", name, check=False)
+
+    sweep()
+    yield
+    sweep()
