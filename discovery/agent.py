@@ -132,7 +132,8 @@ class Agent:
         with self._lock:
             doomed = [eid for eid, ep in self._endpoints.items()
                       if ep.source == "cni" and ep.record.network == network
-                      and (ep.record.container_id, ep.record.ifname) not in valid]
+                      and (ep.record.container_id, ep.record.ifname) not in valid
+                      and (ep.record.container_id, "") not in valid]
         for eid in doomed:
             self.remove(eid)
         return doomed

@@ -110,7 +110,7 @@ def initial_state(spec: CheckSpec, now: float) -> CheckState:
 
 def _with_status(state: CheckState, status: Health, output: str, now: float) -> CheckState:
     if status is Health.CRITICAL:
-        since = state.critical_since if state.status is Health.CRITICAL and state.critical_since else now
+        since = state.critical_since if state.status is Health.CRITICAL and state.critical_since is not None else now
     else:
         since = None
     return replace(state, status=status, output=output, critical_since=since)
