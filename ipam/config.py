@@ -156,12 +156,13 @@ def parse_range(raw: Any, field: str) -> Range:
     return Range(subnet=subnet, range_start=start, range_end=end, gateway=gateway)
 
 
-def parse_range_set(raw: Any, field: str) -> RangeSet:
+def parse_range_set(raw: Any, field: str, single: bool = False) -> RangeSet:
+    """A list of ranges; ``single`` for host-local's old form, whose one range sits in the ipam object itself."""
     if not isinstance(raw, list):
         raise ConfigError(f"{field}: expected a list of ranges, got {raw!r}")
     if not raw:
         raise ConfigError(f"{field}: empty range set")
-    ranges = tuple(parse_range(item, f"{field}[{i}]") for i, item in enumerate(raw))
+    ranges = tuple(parse_range(item, field if single else f"{field}[{i}]") for i, item in enumerate(raw))
     if any(r.version != ranges[0].version for r in ranges):
         raise ConfigError(f"{field}: mixed address families")
     for i, a in enumerate(ranges):
@@ -186,25 +187,25 @@ def parse_ipam_config(ipam: Any, network: str, ip_ranges: Any = None) -> IpamCon
     """Parse the ``ipam`` object of a network config (and the ``ipRanges`` capability, prepended as host-local does)."""
     if not isinstance(ipam, Mapping):
         raise ConfigError("ipam: IPAM config missing 'ipam' key")
-    raw_sets: list[tuple[Any, str]] = []
+    raw_sets: list[tuple[Any, str, bool]] = []
     if ip_ranges:
         if not isinstance(ip_ranges, list):
             raise ConfigError(f"runtimeConfig.ipRanges: expected a list of range sets, got {ip_ranges!r}")
-        raw_sets += [(s, f"runtimeConfig.ipRanges[{i}]") for i, s in enumerate(ip_ranges)]
+        raw_sets += [(s, f"runtimeConfig.ipRanges[{i}]", False) for i, s in enumerate(ip_ranges)]
     if ipam.get("subnet") not in (None, ""):
         single = {k: ipam.get(k) for k in ("subnet", "rangeStart", "rangeEnd", "gateway")}
-        raw_sets.append(([single], "ipam"))
+        raw_sets.append(([single], "ipam", True))
     ranges = ipam.get("ranges")
     if ranges is not None:
         if not isinstance(ranges, list):
             raise ConfigError(f"ipam.ranges: expected a list of range sets, got {ranges!r}")
-        raw_sets += [(s, f"ipam.ranges[{i}]") for i, s in enumerate(ranges)]
+        raw_sets += [(s, f"ipam.ranges[{i}]", False) for i, s in enumerate(ranges)]
     if not raw_sets:
         raise ConfigError("ipam.ranges: no IP ranges specified")
     sets = []
-    for i, (raw, field) in enumerate(raw_sets):
+    for i, (raw, field, single) in enumerate(raw_sets):
         try:
-            sets.append(parse_range_set(raw, field))
+            sets.append(parse_range_set(raw, field, single))
         except ConfigError as err:
             raise ConfigError(f"invalid range set {i}: {err}") from None
     for i, a in enumerate(sets):

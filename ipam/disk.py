@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import ipaddress
 import os
-import secrets
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 from urllib.parse import quote
@@ -73,6 +71,28 @@ class DiskStore:
         self.index_dir = os.path.join(root, INDEX_DIR, network)
         self._validated = False
         self._torn = False  # an address file changed without its index entry: do not seal
+
+    def exists(self) -> bool:
+        """Whether this network has a directory yet (DEL and GC of a network never used create nothing)."""
+        return os.path.isdir(self.dir)
+
+    def check_usable(self) -> None:
+        """Raise StoreFailure unless reservations could be written here now (STATUS)."""
+        if self.exists():
+            with self.lock():
+                probe = self._tmp_path()
+                try:
+                    os.makedirs(self.index_dir, mode=0o755, exist_ok=True)
+                    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+                    os.unlink(probe)
+                except OSError as err:
+                    raise StoreFailure(f"cannot write under {self.index_dir}: {err.strerror}") from err
+            return
+        ancestor = os.path.abspath(self.dir)
+        while not os.path.lexists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise StoreFailure(f"cannot create {self.dir}: {ancestor} is not a writable directory")
 
     # -- locking -------------------------------------------------------------------------------------------
     @contextmanager
@@ -178,6 +198,8 @@ class DiskStore:
     def _entry_path(self, attachment: Attachment) -> str:
         name = f"{quote(attachment.container_id.strip(), safe='')}@{quote(attachment.ifname, safe='')}"
         if len(name) > 200:
+            import hashlib  # rare: only for very long container ids
+
             name = "h" + hashlib.sha256(name.encode()).hexdigest() + "@"
         return os.path.join(self.index_dir, name)
 
@@ -251,7 +273,7 @@ class DiskStore:
 
     # -- files -------------------------------------------------------------------------------------------------
     def _tmp_path(self) -> str:
-        return os.path.join(self.index_dir, f"tmp.{secrets.token_hex(6)}")
+        return os.path.join(self.index_dir, f"tmp.{os.urandom(6).hex()}")
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         tmp = self._tmp_path()
