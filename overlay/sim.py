@@ -215,6 +215,24 @@ class SimCluster:
                           f"route add default via {gateway}"])
         return container
 
+    def init_network(self, network: str = "10.214.0.0/16", subnet_len: int | None = None, vni: int | None = None,
+                     port: int | None = None, direct_routing: bool = False, subnet_min: str | None = None,
+                     subnet_max: str | None = None) -> None:
+        """``berth overlay init`` run inside the underlay namespace, so a store reachable only there works too."""
+        if not self.underlay_ns:
+            self.create_underlay()
+        argv = ["ip", "netns", "exec", self.underlay_ns, sys.executable, "-m", "berth.cli", "overlay", "init",
+                "--store", self.store_url, "--prefix", self.prefix, "--network", network]
+        for flag, value in (("--subnet-len", subnet_len), ("--vni", vni), ("--port", port),
+                            ("--subnet-min", subnet_min), ("--subnet-max", subnet_max)):
+            if value is not None:
+                argv += [flag, str(value)]
+        if direct_routing:
+            argv.append("--direct-routing")
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SimError(f"berth overlay init: {done.stderr.strip()}")
+
     def start_all(self, timeout: float = 60.0) -> None:
         """Start every host's daemon at once, then wait until each is ready."""
         for host in self.hosts:
@@ -236,20 +254,6 @@ class SimCluster:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def init_network(store_url: str, network: str = "10.214.0.0/16", prefix: str = "/berth/overlay",
-                 **config) -> None:
-    """Write the overlay's network config (what ``berth overlay init`` does) if the store has none."""
-    from overlay import claim
-    from overlay.config import make_config
-    from store.api import open_store
-
-    store = open_store(store_url)
-    try:
-        claim.write_config(store, prefix, make_config(network, **config))
-    finally:
-        store.close()
-
-
 @contextlib.contextmanager
 def simulated_hosts(count: int, store_url: str, *, name_prefix: str = "bt", lease_ttl: float = 5.0,
                     network: str | None = "10.214.0.0/16", daemon_args: tuple[str, ...] = (),
@@ -261,9 +265,9 @@ def simulated_hosts(count: int, store_url: str, *, name_prefix: str = "bt", leas
         raise SimError("simulated hosts need root (network namespaces)")
     sim = SimCluster(store_url, name_prefix=name_prefix, lease_ttl=lease_ttl, daemon_args=tuple(daemon_args))
     try:
-        if network:
-            init_network(store_url, network, sim.prefix)
         sim.create_underlay()
+        if network:
+            sim.init_network(network)
         for _ in range(count):
             sim.add_host()
         if start:
