@@ -12,6 +12,7 @@ import sys
 # subcommand -> (module, help). Each module provides ``add_arguments(parser)`` and ``run(args) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("berth.demo", "run Berth's main job end to end on this machine, then clean up"),
+    "dns": ("dnsd.cli", "serve the discovery view over DNS (and forward other names upstream)"),
 }
 
 
