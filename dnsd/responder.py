@@ -21,6 +21,7 @@ from .records import OPT, SERVFAIL
 from .view import RecordView
 from .wire import Query, owner_for, pack_reply, parse_query, simple_reply, to_rr
 
+TC_BIT = 0x02
 MAX_ROTATIONS = 8  # multi-record answers are handed out in up to this many rotated orders
 
 
@@ -92,7 +93,7 @@ class Responder:
     def _remember(self, data: bytes, tcp: bool, query: Query, index: ZoneIndex, result: ZoneAnswer,
                   limit: int, reply: bytes) -> None:
         count = len(result.answer.answer)
-        if count < 2:
+        if count < 2 or reply[2] & TC_BIT:  # one order only; a truncated reply is the same for every order
             entry: object = reply[2:]
         else:
             variants = [reply[2:]]
