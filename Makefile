@@ -27,7 +27,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
-venv: $(VENV)/.installed
+CNI_BIN := $(VENV)/cni-bin
+$(CNI_BIN)/.installed: $(VENV)/.installed cni_plugins/launcher.py cni_plugins/invoke.py berth/install_cni.py
+	$(VENV)/bin/berth install-cni --dir $(CNI_BIN) >/dev/null
+	@touch $@
+
+venv: $(VENV)/.installed $(CNI_BIN)/.installed
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)

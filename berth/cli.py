@@ -12,6 +12,9 @@ import sys
 # subcommand -> (module, help). Each module provides ``add_arguments(parser)`` and ``run(args) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("berth.demo", "run Berth's main job end to end on this machine, then clean up"),
+    "agent": ("discovery.cli", "run the discovery agent: endpoints to the datastore, Consul-compatible API"),
+    "install-cni": ("berth.install_cni", "install Berth's CNI plugin executables into a CNI bin directory"),
+    "cni-daemon": ("berth.cni_daemon_cmd", "serve CNI calls from the plugin launchers over a Unix socket"),
     "dns": ("dnsd.cli", "serve the discovery view over DNS (and forward other names upstream)"),
 }
 

@@ -1,0 +1,6 @@
+"""Address management that knows nothing of CNI.
+
+``config`` parses host-local's IPAM configuration into frozen range sets, ``allocator`` decides which address an
+attachment gets (pure: it only talks to a ``Store``), and ``store``/``disk`` keep the reservations. The CNI face
+(``berth-ipam``) lives in ``cni_plugins.ipam_plugin``, so imports run one way: cni_plugins → ipam.
+"""

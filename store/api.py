@@ -25,6 +25,12 @@ class LeaseNotFound(StoreError):
     retryable = False
 
 
+class InvalidRequest(StoreError, ValueError):
+    """The request itself is wrong (empty key, value not bytes, TTL <= 0, ...); nothing was written."""
+
+    retryable = False
+
+
 class Compacted(StoreError):
     """A watch asked for a revision older than the store keeps; the watcher must re-list."""
 

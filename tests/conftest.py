@@ -16,6 +16,8 @@ import pytest
 TEST_PREFIX = "bt"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("BERTH_VENV_BIN", REPO_ROOT / ".venv" / "bin"))
+# The plugin executables a runtime should use: thin launchers written by `berth install-cni` (`make venv` does it).
+CNI_BIN = Path(os.environ.get("BERTH_CNI_BIN", REPO_ROOT / ".venv" / "cni-bin"))
 REFERENCE_CNI_DIR = Path("/usr/lib/cni")
 
 
@@ -81,7 +83,11 @@ def host_links():
 
 
 def plugin_path(name: str) -> Path:
-    """The installed executable of one of Berth's plugins (``berth-ipam`` …) in the project's venv."""
+    """The executable a runtime would exec for one of Berth's plugins (``berth-ipam`` …): the thin launcher in
+    ``CNI_BIN`` (forwarding to a CNI daemon when one runs, in process otherwise), else the venv's console script."""
+    launcher = CNI_BIN / name
+    if launcher.exists():
+        return launcher
     path = VENV_BIN / name
     if not path.exists():
         found = shutil.which(name)

@@ -1,0 +1,84 @@
+"""Berth's CNI error hierarchy: each class carries the spec's code, so lower layers raise meaning, not numbers,
+and the one edge in :mod:`cni_plugins.skel` turns any of them into the spec's JSON error object."""
+from __future__ import annotations
+
+
+class CniError(Exception):
+    """An error a plugin reports to the runtime: ``{"cniVersion", "code", "msg", "details"}`` on stdout."""
+
+    code = 999
+
+    def __init__(self, msg: str, details: str = "", *, code: int | None = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+        if code is not None:
+            self.code = code
+
+    def to_dict(self, cni_version: str) -> dict:
+        out = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code}, msg={self.msg!r}, details={self.details!r})"
+
+
+class IncompatibleVersion(CniError):
+    code = 1
+
+
+class UnsupportedField(CniError):
+    code = 2
+
+
+class UnknownContainer(CniError):
+    code = 3
+
+
+class InvalidEnvironment(CniError):
+    code = 4
+
+
+class IOFailure(CniError):
+    code = 5
+
+
+class DecodeFailure(CniError):
+    code = 6
+
+
+class InvalidConfig(CniError):
+    code = 7
+
+
+class TryAgainLater(CniError):
+    code = 11
+
+
+class NotAvailable(CniError):
+    """Code 50: the plugin cannot serve ADD now (STATUS)."""
+
+    code = 50
+
+
+class NotAvailableLimited(CniError):
+    """Code 51: not available, and existing containers may have limited connectivity (STATUS)."""
+
+    code = 51
+
+
+BY_CODE: dict[int, type[CniError]] = {
+    cls.code: cls
+    for cls in (IncompatibleVersion, UnsupportedField, UnknownContainer, InvalidEnvironment, IOFailure,
+                DecodeFailure, InvalidConfig, TryAgainLater, NotAvailable, NotAvailableLimited)
+}
+
+
+def from_dict(data: dict) -> CniError:
+    """Rebuild an error a delegate plugin printed, keeping its code."""
+    code = data.get("code")
+    code = code if isinstance(code, int) else 999
+    cls = BY_CODE.get(code, CniError)
+    return cls(str(data.get("msg", "")), str(data.get("details", "")), code=code)

@@ -1,0 +1,100 @@
+"""Calling another CNI plugin (IPAM, or the bridge under the overlay) from inside a plugin.
+
+Berth's own plugins run in process: no exec, no second interpreter start-up, the same handlers and the same
+validation as their executables. Any other type is exec'd from ``CNI_PATH`` with the caller's environment, as
+libcni's ``invoke`` does, and its error object comes back as a :class:`~cni_plugins.errors.CniError` with the
+delegate's code.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+from typing import Any, Mapping, Optional
+
+from cni_plugins import errors, skel
+from cni_plugins.types import Result, ResultError
+
+# Plugin type → module that defines ``HANDLERS`` (a skel.Handlers).
+IN_PROCESS: dict[str, str] = {
+    "berth-ipam": "cni_plugins.ipam_plugin",
+    "berth-bridge": "cni_plugins.bridge",
+    "berth-portmap": "cni_plugins.portmap",
+    "berth-register": "cni_plugins.register",
+    "berth-overlay": "cni_plugins.overlay_plugin",
+}
+DELEGATE_TIMEOUT_SECONDS = 60.0
+
+
+def in_process_handlers(plugin_type: str) -> Optional[skel.Handlers]:
+    """Berth's own plugin's handlers, or None when ``plugin_type`` is not ours (or not installed here)."""
+    module_name = IN_PROCESS.get(plugin_type)
+    if module_name is None:
+        return None
+    module = importlib.import_module(module_name)
+    return getattr(module, "HANDLERS", None)
+
+
+def find_plugin(plugin_type: str, path: tuple[str, ...]) -> str:
+    if "/" in plugin_type or plugin_type in (".", ".."):
+        raise errors.InvalidConfig(f"plugin type {plugin_type!r} is not a plugin name")
+    for directory in path:
+        candidate = os.path.join(directory, plugin_type)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise errors.InvalidConfig(f"failed to find plugin {plugin_type!r} in path {list(path)}")
+
+
+def delegate(plugin_type: str, command: str, config: Mapping[str, Any], req: skel.Request) -> Optional[Result]:
+    """Run ``command`` of plugin ``plugin_type`` with ``config`` as its stdin and ``req``'s environment.
+
+    Returns the delegate's result for ADD, None otherwise; raises its error as a CniError.
+    """
+    env = dict(req.env)
+    env["CNI_COMMAND"] = command
+    stdin = json.dumps(config).encode()
+    handlers = in_process_handlers(plugin_type)
+    if handlers is not None:
+        return _run_in_process(handlers, command, env, stdin)
+    return _run_executable(find_plugin(plugin_type, req.path), command, env, stdin)
+
+
+def _run_in_process(handlers: skel.Handlers, command: str, env: dict[str, str], stdin: bytes) -> Optional[Result]:
+    request = skel.parse_request(env, stdin)
+    outcome = skel.run_handler(handlers, request)
+    if command != "ADD":
+        return None
+    if not isinstance(outcome, Result):
+        raise errors.CniError(f"internal error: delegate ADD returned {type(outcome).__name__}", code=999)
+    return outcome
+
+
+def _run_executable(executable: str, command: str, env: dict[str, str], stdin: bytes) -> Optional[Result]:
+    try:
+        proc = subprocess.run([executable], input=stdin, env=env, capture_output=True,
+                              timeout=DELEGATE_TIMEOUT_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise errors.TryAgainLater(f"delegate {os.path.basename(executable)} {command} timed out") from None
+    except OSError as exc:
+        raise errors.IOFailure(f"cannot run delegate {executable}: {exc}") from None
+    if proc.returncode != 0:
+        raise _delegate_error(executable, proc)
+    if command != "ADD":
+        return None
+    try:
+        return Result.from_dict(json.loads(proc.stdout))
+    except (ValueError, ResultError) as exc:
+        raise errors.DecodeFailure(f"delegate {os.path.basename(executable)} printed an unreadable result: {exc}")
+
+
+def _delegate_error(executable: str, proc: subprocess.CompletedProcess) -> errors.CniError:
+    try:
+        data = json.loads(proc.stdout)
+        if isinstance(data, dict) and "code" in data:
+            return errors.from_dict(data)
+    except ValueError:
+        pass
+    detail = (proc.stderr or proc.stdout).decode(errors="replace").strip()[:2000]
+    return errors.CniError(f"delegate {os.path.basename(executable)} failed (exit {proc.returncode})", detail,
+                           code=999)

@@ -1,0 +1,137 @@
+"""``berth-register``: the chained CNI plugin that hands each container's endpoint to the local discovery agent.
+
+Last in a ``.conflist`` (as podman's old dnsname plugin was). ADD builds the endpoint from ``CNI_ARGS``
+``K8S_POD_NAME`` (the name), the ``aliases`` capability, ``prevResult`` (addresses) and ``portMappings``, sends it
+to the agent and passes ``prevResult`` through unchanged. If no agent is listening, the request is spooled on disk
+and the agent applies it when it starts: a registration is never lost and never fails a container start.
+Only invalid input (a name that is not a DNS label, ...) is an error, reported before anything is written.
+
+Config keys (all optional): ``agentSocket`` (default ``/run/berth/agent.sock``), ``spoolDir`` (default
+``/var/lib/berth/agent/spool``), ``timeout`` seconds for the agent's reply (default 5).
+Standard library only on this path: it runs for every container start.
+"""
+from __future__ import annotations
+
+from cni_plugins import errors, skel
+from discovery import wire
+from discovery.model import EndpointRecord, InvalidRecord, PortBinding
+
+INPUT_ERRORS = (4, 6, 7)  # the agent rejected the request itself: retrying later cannot help
+
+
+def _options(req: skel.Request) -> tuple[str, str, float]:
+    cfg = req.config
+    sock = cfg.get("agentSocket", wire.DEFAULT_SOCKET)
+    spool_dir = cfg.get("spoolDir", wire.DEFAULT_SPOOL_DIR)
+    timeout = cfg.get("timeout", 5)
+    if not isinstance(sock, str) or not sock:
+        raise errors.InvalidConfig("agentSocket: must be a path")
+    if not isinstance(spool_dir, str) or not spool_dir:
+        raise errors.InvalidConfig("spoolDir: must be a path")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise errors.InvalidConfig(f"timeout: {timeout!r} must be a positive number of seconds")
+    return sock, spool_dir, float(timeout)
+
+
+def endpoint_id(container_id: str, ifname: str) -> str:
+    return f"{container_id}/{ifname}"
+
+
+def build_record(req: skel.Request) -> EndpointRecord:
+    """The endpoint this attachment is, validated before anything is sent or spooled."""
+    name = req.args.get("K8S_POD_NAME", "")
+    if not name:
+        raise errors.InvalidEnvironment("CNI_ARGS: K8S_POD_NAME (the container name to register) is missing")
+    if req.prev_result is None:
+        raise errors.InvalidConfig("prevResult: missing; berth-register must be chained after a plugin that "
+                                   "assigns addresses")
+    try:
+        ports = []
+        for i, mapping in enumerate(req.runtime.port_mappings):
+            container_port = mapping.get("containerPort")
+            host_port = mapping.get("hostPort")
+            ports.append(PortBinding(port=container_port, protocol=str(mapping.get("protocol") or "tcp").lower(),
+                                     host_port=host_port or None, host_ip=mapping.get("hostIP") or None))
+        return EndpointRecord(
+            id=endpoint_id(req.container_id, req.ifname), name=name, aliases=req.runtime.aliases,
+            addresses=tuple(str(ip.address.ip) for ip in req.prev_result.ips), network=req.name,
+            container_id=req.container_id, ifname=req.ifname, ports=tuple(ports))
+    except InvalidRecord as exc:
+        raise errors.InvalidConfig(f"endpoint: {exc}") from None
+
+
+def _send(req: skel.Request, request: dict) -> dict | None:
+    """The agent's reply, or None after spooling the request because no agent could take it."""
+    sock, spool_dir, timeout = _options(req)
+    try:
+        reply = wire.call(sock, request, timeout)
+    except (OSError, ValueError):
+        reply = None
+    if reply is not None and reply.get("ok"):
+        return reply
+    if reply is not None and reply.get("code") in INPUT_ERRORS:
+        raise errors.CniError(str(reply.get("error")), code=int(reply["code"]))
+    try:
+        wire.spool(spool_dir, request)
+    except OSError as exc:
+        raise errors.IOFailure(f"spoolDir {spool_dir}: cannot keep the registration ({exc.strerror})") from None
+    return None
+
+
+def cmd_add(req: skel.Request):
+    record = build_record(req)
+    _send(req, {"op": "add", "endpoint": record.to_dict(), "netns": req.netns})
+    return req.prev_result
+
+
+def cmd_del(req: skel.Request) -> None:
+    _options(req)
+    _send(req, {"op": "del", "id": endpoint_id(req.container_id, req.ifname)})
+
+
+def cmd_check(req: skel.Request) -> None:
+    wanted = endpoint_id(req.container_id, req.ifname)
+    sock, spool_dir, timeout = _options(req)
+    try:
+        registered = bool(wire.call(sock, {"op": "check", "id": wanted}, timeout).get("registered"))
+    except (OSError, ValueError):
+        registered = _spooled_state(spool_dir, wanted)
+        if registered is None:
+            raise errors.TryAgainLater(f"agent socket {sock}: no agent to ask and nothing spooled for {wanted}")
+    if not registered:
+        raise errors.UnknownContainer(f"endpoint {wanted} is not registered with the discovery agent")
+
+
+def _spooled_state(spool_dir: str, wanted: str) -> bool | None:
+    """Whether the spool, replayed, would leave ``wanted`` registered (None: the spool does not mention it)."""
+    state = None
+    for _, request in wire.spooled(spool_dir):
+        if not request:
+            continue
+        if request.get("op") == "add" and (request.get("endpoint") or {}).get("id") == wanted:
+            state = True
+        elif request.get("op") == "del" and request.get("id") == wanted:
+            state = False
+    return state
+
+
+def cmd_gc(req: skel.Request) -> None:
+    if req.valid_attachments is None:
+        return  # no list of valid attachments: nothing can be judged stale
+    valid = [[a.container_id, a.ifname] for a in req.valid_attachments]
+    _send(req, {"op": "gc", "network": req.name, "valid": valid})
+
+
+def cmd_status(req: skel.Request) -> None:
+    _options(req)  # ADD always works (it spools when no agent listens), so only bad config is "not ready"
+
+
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+
+
+def main() -> int:
+    return skel.main(HANDLERS, about="berth-register: hands container endpoints to the Berth discovery agent")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""Spec versions and the CNI result model, with conversion between versions in this one place.
+
+Plugins build a :class:`Result` and never think about versions; :meth:`Result.to_dict` renders it for the version
+the runtime asked for (``ips[].version`` for 0.3.x/0.4.0, the 1.1.0-only fields dropped for older versions), and
+:meth:`Result.from_dict` reads a ``prevResult`` of any supported version.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+LATEST_VERSION = SUPPORTED_VERSIONS[-1]
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """``"1.0.0"`` → ``(1, 0, 0)``; raises ValueError for anything else."""
+    parts = version.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{version!r} is not a semantic version")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def at_least(version: str, minimum: str) -> bool:
+    return version_tuple(version) >= version_tuple(minimum)
+
+
+def _is_1x(version: str) -> bool:
+    return at_least(version, "1.0.0")
+
+
+class ResultError(ValueError):
+    """A result (or prevResult) that does not parse; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    mac: str = ""
+    sandbox: str = ""
+    mtu: int | None = None          # 1.1.0
+    socket_path: str = ""           # 1.1.0
+    pci_id: str = ""                # 1.1.0
+
+    def to_dict(self, version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.mac:
+            out["mac"] = self.mac
+        if at_least(version, "1.1.0") and self.mtu:
+            out["mtu"] = self.mtu
+        if self.sandbox:
+            out["sandbox"] = self.sandbox
+        if at_least(version, "1.1.0"):
+            if self.socket_path:
+                out["socketPath"] = self.socket_path
+            if self.pci_id:
+                out["pciID"] = self.pci_id
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Interface":
+        if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+            raise ResultError("interfaces: each interface needs a string 'name'")
+        mtu = data.get("mtu")
+        return cls(name=data["name"], mac=str(data.get("mac", "")), sandbox=str(data.get("sandbox", "")),
+                   mtu=int(mtu) if mtu else None, socket_path=str(data.get("socketPath", "")),
+                   pci_id=str(data.get("pciID", "")))
+
+
+@dataclass(frozen=True)
+class IPConfig:
+    address: IPInterface
+    gateway: IPAddress | None = None
+    interface: int | None = None  # index into Result.interfaces
+
+    @property
+    def family(self) -> str:
+        return str(self.address.version)
+
+    def to_dict(self, version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if not _is_1x(version):
+            out["version"] = self.family
+        if self.interface is not None:
+            out["interface"] = self.interface
+        out["address"] = self.address.with_prefixlen
+        if self.gateway is not None:
+            out["gateway"] = str(self.gateway)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "IPConfig":
+        if not isinstance(data, Mapping):
+            raise ResultError("ips: each entry must be an object")
+        try:
+            address = ipaddress.ip_interface(data["address"])
+        except (KeyError, ValueError, TypeError):
+            raise ResultError(f"ips.address: {data.get('address')!r} is not an address with prefix") from None
+        if "/" not in str(data["address"]):
+            raise ResultError(f"ips.address: {data['address']!r} needs a prefix length")
+        gateway = None
+        if data.get("gateway"):
+            try:
+                gateway = ipaddress.ip_address(data["gateway"])
+            except ValueError:
+                raise ResultError(f"ips.gateway: {data['gateway']!r} is not an address") from None
+        declared = data.get("version")
+        if declared is not None and str(declared) != str(address.version):
+            raise ResultError(f"ips.version: {declared!r} does not match address {data['address']!r}")
+        interface = data.get("interface")
+        if interface is not None and (not isinstance(interface, int) or interface < 0):
+            raise ResultError(f"ips.interface: {interface!r} is not an interface index")
+        return cls(address=address, gateway=gateway, interface=interface)
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: IPNetwork
+    gw: IPAddress | None = None
+    mtu: int | None = None        # the rest: 1.1.0
+    advmss: int | None = None
+    priority: int | None = None
+    table: int | None = None
+    scope: int | None = None
+
+    def to_dict(self, version: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"dst": self.dst.with_prefixlen}
+        if self.gw is not None:
+            out["gw"] = str(self.gw)
+        if at_least(version, "1.1.0"):
+            for key, value in (("mtu", self.mtu), ("advmss", self.advmss), ("priority", self.priority)):
+                if value:
+                    out[key] = value
+            for key, value in (("table", self.table), ("scope", self.scope)):
+                if value is not None:
+                    out[key] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Route":
+        if not isinstance(data, Mapping):
+            raise ResultError("routes: each entry must be an object")
+        try:
+            dst = ipaddress.ip_network(data["dst"], strict=False)
+        except (KeyError, ValueError, TypeError):
+            raise ResultError(f"routes.dst: {data.get('dst')!r} is not a network") from None
+        gw = None
+        if data.get("gw"):
+            try:
+                gw = ipaddress.ip_address(data["gw"])
+            except ValueError:
+                raise ResultError(f"routes.gw: {data['gw']!r} is not an address") from None
+        ints = {}
+        for key in ("mtu", "advmss", "priority", "table", "scope"):
+            value = data.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ResultError(f"routes.{key}: {value!r} is not an integer")
+            ints[key] = value
+        return cls(dst=dst, gw=gw, **ints)
+
+
+@dataclass(frozen=True)
+class DNS:
+    nameservers: tuple[str, ...] = ()
+    domain: str = ""
+    search: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.nameservers:
+            out["nameservers"] = list(self.nameservers)
+        if self.domain:
+            out["domain"] = self.domain
+        if self.search:
+            out["search"] = list(self.search)
+        if self.options:
+            out["options"] = list(self.options)
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.nameservers or self.domain or self.search or self.options)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "DNS":
+        if not data:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise ResultError("dns: must be an object")
+
+        def strings(key: str) -> tuple[str, ...]:
+            value = data.get(key) or ()
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ResultError(f"dns.{key}: must be a list of strings")
+            return tuple(value)
+
+        return cls(nameservers=strings("nameservers"), domain=str(data.get("domain") or ""),
+                   search=strings("search"), options=strings("options"))
+
+
+@dataclass(frozen=True)
+class Result:
+    """A CNI result, independent of spec version."""
+
+    cni_version: str = LATEST_VERSION
+    interfaces: tuple[Interface, ...] = ()
+    ips: tuple[IPConfig, ...] = ()
+    routes: tuple[Route, ...] = ()
+    dns: DNS = field(default_factory=DNS)
+
+    def __post_init__(self) -> None:
+        for name in ("interfaces", "ips", "routes"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def to_dict(self, version: str | None = None) -> dict[str, Any]:
+        """The result as the spec's JSON object for ``version`` (default: the result's own)."""
+        version = version or self.cni_version
+        if version not in SUPPORTED_VERSIONS:
+            raise ResultError(f"cannot convert a result to version {version!r}")
+        out: dict[str, Any] = {"cniVersion": version}
+        if self.interfaces:
+            out["interfaces"] = [i.to_dict(version) for i in self.interfaces]
+        if self.ips:
+            out["ips"] = [ip.to_dict(version) for ip in self.ips]
+        if self.routes:
+            out["routes"] = [r.to_dict(version) for r in self.routes]
+        out["dns"] = self.dns.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Result":
+        """Parse a result of any supported version (as found in ``prevResult`` or a delegate's stdout)."""
+        if not isinstance(data, Mapping):
+            raise ResultError("result: must be a JSON object")
+        version = data.get("cniVersion") or LATEST_VERSION
+        if version not in SUPPORTED_VERSIONS:
+            raise ResultError(f"result: unsupported cniVersion {version!r}")
+
+        def entries(key: str) -> list:
+            value = data.get(key) or []
+            if not isinstance(value, list):
+                raise ResultError(f"{key}: must be a list")
+            return value
+
+        interfaces = tuple(Interface.from_dict(i) for i in entries("interfaces"))
+        ips = tuple(IPConfig.from_dict(i) for i in entries("ips"))
+        for ip in ips:
+            if ip.interface is not None and ip.interface >= len(interfaces):
+                raise ResultError(f"ips.interface: index {ip.interface} has no interface")
+        return cls(cni_version=version, interfaces=interfaces, ips=ips,
+                   routes=tuple(Route.from_dict(r) for r in entries("routes")), dns=DNS.from_dict(data.get("dns")))

@@ -1,0 +1,86 @@
+"""``berth agent``: run the discovery agent (socket for berth-register, Consul-compatible HTTP API)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import threading
+
+from discovery import wire
+
+DEFAULT_STORE = "sqlite:////var/lib/berth/berth.db"
+
+
+def _addr(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not ADDR:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be greater than 0")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=DEFAULT_STORE, help="datastore URL (sqlite:///path or etcd://h:p)")
+    parser.add_argument("--socket", default=wire.DEFAULT_SOCKET, help="Unix socket for berth-register")
+    parser.add_argument("--http", type=_addr, default=("127.0.0.1", 8500),
+                        help="ADDR:PORT for the Consul-compatible HTTP API (port 0: any free port)")
+    parser.add_argument("--no-http", action="store_true", help="do not serve the HTTP API")
+    parser.add_argument("--host", default=socket.gethostname(), help="this host's name in the records")
+    parser.add_argument("--address", default="127.0.0.1", help="this host's address (Consul node address)")
+    parser.add_argument("--ttl", type=_positive, default=15.0, help="lease TTL in seconds")
+    parser.add_argument("--state-dir", default=wire.DEFAULT_STATE_DIR, help="where local endpoints persist")
+    parser.add_argument("--spool-dir", default=None, help="berth-register's spool (default STATE_DIR/spool)")
+    parser.add_argument("--resync", type=_positive, default=10.0, help="anti-entropy interval in seconds")
+    parser.add_argument("--skydns", choices=("auto", "on", "off"), default="auto",
+                        help="publish SkyDNS keys for CoreDNS (auto: with etcd)")
+    parser.add_argument("--zone", default="berth.local", help="DNS zone of the SkyDNS keys")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from discovery.agent import Agent
+    from discovery.agent_socket import AgentSocket
+    from discovery.consul_api import ConsulApi, ConsulHttpServer
+    from discovery.view import DiscoveryView
+    from store.api import open_store
+
+    skydns = args.skydns == "on" or (args.skydns == "auto" and args.store.startswith("etcd:"))
+    store = open_store(args.store)
+    agent = Agent(store, args.host, args.state_dir, args.ttl, spool_dir=args.spool_dir,
+                  skydns_zone=args.zone if skydns else None, node_address=args.address,
+                  resync_interval=args.resync)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    agent.start()
+    listener = AgentSocket(args.socket, agent.handle)
+    listener.start()
+    view = http = None
+    if not args.no_http:
+        view = DiscoveryView(store).start()
+        http = ConsulHttpServer(args.http, ConsulApi(agent, view))
+        http.start()
+        logging.getLogger("berth.agent").info("HTTP API on %s:%d", args.http[0], http.port)
+    agent.drain_spool()  # anything spooled while the socket was coming up
+    logging.getLogger("berth.agent").info("agent %s ready on %s", args.host, args.socket)
+    print(f"ready socket={args.socket} http={http.port if http else 0}", flush=True)
+    done.wait()
+    listener.stop()
+    if http is not None:
+        http.stop()
+    if view is not None:
+        view.stop()
+    agent.stop()
+    store.close()
+    return 0

@@ -1,0 +1,81 @@
+"""The agent's own endpoints, persisted under its state dir so a restart (or a crash) loses nothing.
+
+One small JSON file per endpoint, written atomically (temp file + rename), so a crash mid-write leaves either
+the old or the new version, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from discovery.health import CheckSpec
+from discovery.model import EndpointRecord, InvalidRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    """An endpoint this host runs. ``netns`` is set for CNI attachments (gone netns → stale endpoint)."""
+
+    record: EndpointRecord
+    netns: str = ""
+    checks: tuple[CheckSpec, ...] = ()
+    source: str = "cni"  # "cni" (berth-register) or "api" (the Consul-compatible HTTP API)
+
+    def to_dict(self) -> dict:
+        return {"record": self.record.to_dict(), "netns": self.netns, "source": self.source,
+                "checks": [c.to_dict() for c in self.checks]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LocalEndpoint":
+        return cls(record=EndpointRecord.from_dict(d["record"]), netns=d.get("netns", ""),
+                   checks=tuple(CheckSpec.from_dict(c) for c in d.get("checks", ())),
+                   source=d.get("source", "cni"))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class LocalEndpoints:
+    """``<state dir>/endpoints/<quoted id>.json``."""
+
+    def __init__(self, state_dir: str | os.PathLike) -> None:
+        self.dir = Path(state_dir) / "endpoints"
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _path(self, endpoint_id: str) -> Path:
+        return self.dir / f"{quote(endpoint_id, safe='')}.json"
+
+    def save(self, endpoint: LocalEndpoint) -> None:
+        write_atomic(self._path(endpoint.record.id), json.dumps(endpoint.to_dict()).encode())
+
+    def remove(self, endpoint_id: str) -> None:
+        try:
+            self._path(endpoint_id).unlink()
+        except FileNotFoundError:
+            pass
+
+    def load(self) -> dict[str, LocalEndpoint]:
+        out: dict[str, LocalEndpoint] = {}
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                endpoint = LocalEndpoint.from_dict(json.loads(path.read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError, InvalidRecord) as exc:
+                log.warning("ignoring unreadable endpoint file %s: %s", path, exc)
+                continue
+            if endpoint.record.id != unquote(path.stem):
+                log.warning("ignoring endpoint file %s: id %r does not match", path, endpoint.record.id)
+                continue
+            out[endpoint.record.id] = endpoint
+        return out

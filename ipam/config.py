@@ -1,0 +1,229 @@
+"""host-local's IPAM configuration, parsed once into frozen range sets.
+
+Defaults and validation follow host-local's ``Canonicalize`` (checked against Debian's /usr/lib/cni/host-local):
+``rangeStart`` defaults to the subnet's first host, ``rangeEnd`` to the last address (IPv4: the one before the
+broadcast), ``gateway`` to the first host; a /31, /32, /127 or /128 is too small; host bits, mixed families inside
+a set and overlapping ranges are refused. Messages keep host-local's wording and add the field's path.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from .errors import ConfigError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+
+
+@dataclass(frozen=True)
+class Range:
+    """One contiguous pool inside a subnet; ``range_start`` and ``range_end`` are inclusive."""
+
+    subnet: IPNetwork
+    range_start: IPAddress
+    range_end: IPAddress
+    gateway: IPAddress
+
+    @property
+    def version(self) -> int:
+        return self.subnet.version
+
+    def contains(self, ip: IPAddress) -> bool:
+        return (ip.version == self.version and ip in self.subnet
+                and self.range_start <= ip <= self.range_end)
+
+    def overlaps(self, other: Range) -> bool:
+        if self.version != other.version:
+            return False
+        return (self.contains(other.range_start) or self.contains(other.range_end)
+                or other.contains(self.range_start) or other.contains(self.range_end))
+
+    def __str__(self) -> str:
+        return f"{self.range_start}-{self.range_end}"
+
+
+@dataclass(frozen=True)
+class RangeSet:
+    """Ranges of one family; an attachment gets one address per range set (so two sets give dual stack)."""
+
+    ranges: tuple[Range, ...]
+
+    @property
+    def version(self) -> int:
+        return self.ranges[0].version
+
+    def contains(self, ip: IPAddress) -> bool:
+        return any(r.contains(ip) for r in self.ranges)
+
+    def range_for(self, ip: IPAddress) -> Range | None:
+        return next((r for r in self.ranges if r.contains(ip)), None)
+
+    def overlaps(self, other: RangeSet) -> bool:
+        return any(a.overlaps(b) for a in self.ranges for b in other.ranges)
+
+    def __str__(self) -> str:
+        return ",".join(str(r) for r in self.ranges)
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: IPNetwork
+    gw: IPAddress | None = None
+
+
+@dataclass(frozen=True)
+class IpamConfig:
+    network: str
+    range_sets: tuple[RangeSet, ...]
+    routes: tuple[Route, ...] = ()
+    data_dir: str = DEFAULT_DATA_DIR
+    resolv_conf: str | None = None
+
+
+def parse_ip(value: Any, field: str) -> IPAddress:
+    """An address as Go's ``net.ParseIP`` takes it (no zone); an IPv4-mapped IPv6 address counts as IPv4."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{field}: expected an IP address string, got {value!r}")
+    try:
+        ip = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ConfigError(f"{field}: invalid IP address: {value}") from None
+    if ip.version == 6 and ip.scope_id is not None:
+        raise ConfigError(f"{field}: invalid IP address: {value}")
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def parse_requested(values: Iterable[str], field: str = "ips") -> tuple[IPAddress, ...]:
+    """Requested addresses (``ips`` capability, ``args.cni.ips``, ``CNI_ARGS IP=``); ``a.b.c.d/nn`` is accepted."""
+    out = []
+    for i, value in enumerate(values):
+        text = value.split("/", 1)[0] if isinstance(value, str) else value
+        ip = parse_ip(text, f"{field}[{i}]")
+        if ip not in out:
+            out.append(ip)
+    return tuple(out)
+
+
+def _parse_subnet(value: Any, field: str) -> IPNetwork:
+    if value is None or value == "":
+        raise ConfigError(f"{field}: IP <nil> not v4 nor v6")
+    if not isinstance(value, str) or "/" not in value:
+        raise ConfigError(f"{field}: invalid CIDR address: {value}")
+    try:
+        iface = ipaddress.ip_interface(value.strip())
+    except ValueError:
+        raise ConfigError(f"{field}: invalid CIDR address: {value}") from None
+    return iface  # type: ignore[return-value]  # an interface: the caller checks the host bits
+
+
+def parse_range(raw: Any, field: str) -> Range:
+    """One range, canonicalized as host-local does (defaults filled, every address inside the subnet)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{field}: expected an object with 'subnet', got {raw!r}")
+    iface = _parse_subnet(raw.get("subnet"), f"{field}.subnet")
+    subnet = iface.network
+    if subnet.prefixlen > subnet.max_prefixlen - 2:
+        raise ConfigError(f"{field}.subnet: Network {subnet} too small to allocate from")
+    if iface.ip != subnet.network_address:
+        raise ConfigError(f"{field}.subnet: Network has host bits set. For a subnet mask of length "
+                          f"{subnet.prefixlen} the network address is {subnet.network_address}")
+    first = subnet.network_address + 1
+    last = subnet.broadcast_address - 1 if subnet.version == 4 else subnet.broadcast_address
+
+    def optional_ip(key: str) -> IPAddress | None:
+        value = raw.get(key)
+        return None if value in (None, "") else parse_ip(value, f"{field}.{key}")
+
+    gateway = optional_ip("gateway") or first
+    start, end = optional_ip("rangeStart"), optional_ip("rangeEnd")
+    if start is not None:
+        beyond_end = end is not None and end.version == start.version and start > end
+        if start.version != subnet.version or start not in subnet or beyond_end:
+            raise ConfigError(f"{field}.rangeStart: RangeStart {start} not in network {subnet}")
+    else:
+        start = first
+    if end is not None:
+        if end.version != subnet.version or end not in subnet or end < start:
+            raise ConfigError(f"{field}.rangeEnd: RangeEnd {end} not in network {subnet}")
+    else:
+        end = last
+    return Range(subnet=subnet, range_start=start, range_end=end, gateway=gateway)
+
+
+def parse_range_set(raw: Any, field: str, single: bool = False) -> RangeSet:
+    """A list of ranges; ``single`` for host-local's old form, whose one range sits in the ipam object itself."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{field}: expected a list of ranges, got {raw!r}")
+    if not raw:
+        raise ConfigError(f"{field}: empty range set")
+    ranges = tuple(parse_range(item, field if single else f"{field}[{i}]") for i, item in enumerate(raw))
+    if any(r.version != ranges[0].version for r in ranges):
+        raise ConfigError(f"{field}: mixed address families")
+    for i, a in enumerate(ranges):
+        for b in ranges[i + 1:]:
+            if a.overlaps(b):
+                raise ConfigError(f"{field}: subnets {a} and {b} overlap")
+    return RangeSet(ranges)
+
+
+def _parse_route(raw: Any, field: str) -> Route:
+    if not isinstance(raw, Mapping) or "dst" not in raw:
+        raise ConfigError(f"{field}: expected an object with 'dst', got {raw!r}")
+    try:
+        dst = ipaddress.ip_network(str(raw["dst"]).strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"{field}.dst: invalid CIDR address: {raw['dst']}") from None
+    gw = raw.get("gw")
+    return Route(dst=dst, gw=None if gw in (None, "") else parse_ip(gw, f"{field}.gw"))
+
+
+def parse_ipam_config(ipam: Any, network: str, ip_ranges: Any = None) -> IpamConfig:
+    """Parse the ``ipam`` object of a network config (and the ``ipRanges`` capability, prepended as host-local does)."""
+    if not isinstance(ipam, Mapping):
+        raise ConfigError("ipam: IPAM config missing 'ipam' key")
+    raw_sets: list[tuple[Any, str, bool]] = []
+    if ip_ranges:
+        if not isinstance(ip_ranges, list):
+            raise ConfigError(f"runtimeConfig.ipRanges: expected a list of range sets, got {ip_ranges!r}")
+        raw_sets += [(s, f"runtimeConfig.ipRanges[{i}]", False) for i, s in enumerate(ip_ranges)]
+    if ipam.get("subnet") not in (None, ""):
+        single = {k: ipam.get(k) for k in ("subnet", "rangeStart", "rangeEnd", "gateway")}
+        raw_sets.append(([single], "ipam", True))
+    ranges = ipam.get("ranges")
+    if ranges is not None:
+        if not isinstance(ranges, list):
+            raise ConfigError(f"ipam.ranges: expected a list of range sets, got {ranges!r}")
+        raw_sets += [(s, f"ipam.ranges[{i}]", False) for i, s in enumerate(ranges)]
+    if not raw_sets:
+        raise ConfigError("ipam.ranges: no IP ranges specified")
+    sets = []
+    for i, (raw, field, single) in enumerate(raw_sets):
+        try:
+            sets.append(parse_range_set(raw, field, single))
+        except ConfigError as err:
+            raise ConfigError(f"invalid range set {i}: {err}") from None
+    for i, a in enumerate(sets):
+        for j, b in enumerate(sets[i + 1:], start=i + 1):
+            if a.overlaps(b):
+                raise ConfigError(f"range set {i} overlaps with {j}")
+    routes = ipam.get("routes") or []
+    if not isinstance(routes, list):
+        raise ConfigError(f"ipam.routes: expected a list, got {routes!r}")
+    data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
+    resolv_conf = ipam.get("resolvConf") or None
+    for key, value in (("dataDir", data_dir), ("resolvConf", resolv_conf)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"ipam.{key}: expected a path string, got {value!r}")
+    return IpamConfig(
+        network=network,
+        range_sets=tuple(sets),
+        routes=tuple(_parse_route(r, f"ipam.routes[{i}]") for i, r in enumerate(routes)),
+        data_dir=data_dir,
+        resolv_conf=resolv_conf,
+    )

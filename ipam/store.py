@@ -1,0 +1,86 @@
+"""The small interface every reservation store provides, and the in-memory one the pure tests use.
+
+Shaped after host-local's ``Store``: the allocator takes the lock, then reserves address by address, so a store
+only needs to answer "is this one free? take it" atomically. ``disk.DiskStore`` keeps host-local's layout; a
+cluster store over the shared datastore can implement the same seven methods.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ContextManager, Iterable, Iterator, Protocol
+
+from .config import IPAddress
+
+
+@dataclass(frozen=True, order=True)
+class Attachment:
+    """Who holds an address: a container's interface. ``ifname == ""`` is an old-format reservation (id only)."""
+
+    container_id: str
+    ifname: str
+
+    def covers(self, other: Attachment) -> bool:
+        """True when ``other`` (a reservation's owner) belongs to this attachment, old id-only format included."""
+        return self.container_id == other.container_id and other.ifname in ("", self.ifname)
+
+
+class Store(Protocol):
+    """Reservation store. Every method except ``lock`` expects the caller to hold ``lock()``."""
+
+    def lock(self) -> ContextManager[None]:
+        """Hold the store's lock (across processes and threads) for one operation."""
+
+    def reserve(self, attachment: Attachment, ip: IPAddress, range_set: int) -> bool:
+        """Take ``ip`` for ``attachment``; False when it is already taken. Records it as the set's last reserved."""
+
+    def last_reserved(self, range_set: int) -> IPAddress | None:
+        """The address most recently reserved in range set ``range_set`` (round robin continues after it)."""
+
+    def release(self, attachment: Attachment, ips: Iterable[IPAddress] | None = None) -> list[IPAddress]:
+        """Free the attachment's reservations (only ``ips`` when given); returns what was freed. Idempotent."""
+
+    def get(self, attachment: Attachment) -> list[IPAddress]:
+        """The addresses ``attachment`` holds."""
+
+    def reservations(self) -> dict[IPAddress, Attachment]:
+        """Every reservation: address → owner."""
+
+
+class MemoryStore:
+    """A store in a dict, for the allocator's tests and for callers that need no persistence."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._owner: dict[IPAddress, Attachment] = {}
+        self._last: dict[int, IPAddress] = {}
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        with self._mutex:
+            yield
+
+    def reserve(self, attachment: Attachment, ip: IPAddress, range_set: int) -> bool:
+        if ip in self._owner:
+            return False
+        self._owner[ip] = attachment
+        self._last[range_set] = ip
+        return True
+
+    def last_reserved(self, range_set: int) -> IPAddress | None:
+        return self._last.get(range_set)
+
+    def release(self, attachment: Attachment, ips: Iterable[IPAddress] | None = None) -> list[IPAddress]:
+        wanted = None if ips is None else set(ips)
+        freed = [ip for ip, owner in self._owner.items()
+                 if attachment.covers(owner) and (wanted is None or ip in wanted)]
+        for ip in freed:
+            del self._owner[ip]
+        return freed
+
+    def get(self, attachment: Attachment) -> list[IPAddress]:
+        return [ip for ip, owner in self._owner.items() if owner == attachment]
+
+    def reservations(self) -> dict[IPAddress, Attachment]:
+        return dict(self._owner)

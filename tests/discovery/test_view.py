@@ -1,0 +1,64 @@
+"""The discovery view over real stores: snapshot, then deltas, callbacks, and no stale record after churn."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from discovery.model import ENDPOINTS_PREFIX, EndpointRecord, endpoint_key
+from discovery.view import DiscoveryView
+
+
+def put(store, host: str, id_: str, name: str, address: str = "10.0.0.2", lease: int = 0) -> str:
+    key = endpoint_key(host, id_)
+    store.put(key, EndpointRecord(id=id_, name=name, addresses=(address,), host=host).to_json().encode(), lease)
+    return key
+
+
+def test_view_lists_then_follows_changes(store_url, open_url):
+    store = open_url(store_url)
+    k1 = put(store, "h1", "a", "alpha")
+    store.put("/berth/other/x", b"not a record, and outside the prefix")
+    changes = []
+    seen = threading.Event()
+    with DiscoveryView(store) as view:
+        assert set(view.records()) == {k1} and view.records()[k1].name == "alpha"
+        assert view.revision >= 1
+        view.subscribe(lambda change: (changes.append(change), seen.set()))
+        k2 = put(store, "h2", "b", "beta")
+        assert view.wait_until(lambda recs: k2 in recs, timeout=10)
+        put(store, "h1", "a", "alpha", address="10.0.0.7")
+        assert view.wait_until(lambda recs: recs[k1].addresses == ("10.0.0.7",), timeout=10)
+        store.delete(k2)
+        assert view.wait_until(lambda recs: k2 not in recs, timeout=10)
+        assert seen.wait(10)
+    assert any(k2 in c.added for c in changes) and any(k2 in c.removed for c in changes)
+    assert any(k1 in c.updated for c in changes)
+    assert changes == sorted(changes, key=lambda c: c.revision)
+
+
+def test_view_sees_lease_expiry_as_removal(store_url, open_url):
+    store = open_url(store_url)
+    lease = store.grant_lease(1)
+    key = put(store, "h1", "leased", "gone-soon", lease=lease.id)
+    with DiscoveryView(store) as view:
+        assert key in view.records()
+        assert view.wait_until(lambda recs: key not in recs, timeout=15)
+
+
+def test_view_follows_writes_from_another_process(store_url, open_url):
+    store = open_url(store_url)
+    with DiscoveryView(store, prefix=ENDPOINTS_PREFIX) as view:
+        script = (
+            "import sys\nfrom store.api import open_store\nfrom discovery.model import EndpointRecord, endpoint_key\n"
+            "s = open_store(sys.argv[1])\n"
+            "for i in range(20):\n"
+            "    r = EndpointRecord(id=f'c{i}', name=f'n{i}', addresses=(f'10.1.0.{i + 1}',), host='hx')\n"
+            "    s.put(endpoint_key('hx', r.id), r.to_json().encode())\n"
+            "s.delete(endpoint_key('hx', 'c3'))\ns.close()\n")
+        subprocess.run([sys.executable, "-c", script, store_url], check=True, timeout=60)
+        assert view.wait_until(lambda recs: len(recs) == 19, timeout=10)
+        assert endpoint_key("hx", "c3") not in view.records()
+        listed, revision = store.get_prefix(ENDPOINTS_PREFIX)
+        assert view.wait_until(lambda recs: view.revision >= revision, timeout=10)
+        assert {kv.key for kv in listed} == set(view.records())

@@ -1,0 +1,78 @@
+"""What only the embedded backend has: its URL, its file, and the bounded change log."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from store.api import InvalidRequest, StoreError, open_store
+from store.sqlite import COMPACT_EVERY, SqliteStore
+
+
+@pytest.mark.parametrize("url", ["sqlite://relative.db", "sqlite:relative.db", "sqlite:///x.db?history=lots",
+                                 "sqlite:///x.db?history=3"])
+def test_bad_url_is_refused(url):
+    with pytest.raises(InvalidRequest):
+        SqliteStore.from_url(url)
+
+
+def test_state_and_revision_survive_reopening(scratch_dir):
+    url = f"sqlite://{scratch_dir}/bt.db"
+    first = open_store(url)
+    revision = first.put("bt/k", b"v")
+    lease = first.grant_lease(60)
+    first.put("bt/leased", b"v", lease=lease.id)
+    first.close()
+    second = open_store(url)
+    try:
+        assert second.get("bt/k").mod_revision == revision
+        assert second.put("bt/k", b"w") == revision + 2
+        assert second.keep_alive(lease.id) == 60
+    finally:
+        second.close()
+
+
+def test_missing_parent_directory_is_created(scratch_dir):
+    store = open_store(f"sqlite://{scratch_dir}/nested/dir/bt.db")
+    try:
+        assert store.put("bt/k", b"v") == 1
+    finally:
+        store.close()
+
+
+def test_change_log_stays_bounded(scratch_dir):
+    path = scratch_dir / "bt.db"
+    store = SqliteStore.from_url(f"sqlite://{path}?history={COMPACT_EVERY}")
+    try:
+        for index in range(10 * COMPACT_EVERY):
+            store.put("bt/k", str(index).encode())
+        with sqlite3.connect(path) as conn:
+            rows = conn.execute("SELECT COUNT(*) FROM log").fetchone()[0]
+        assert rows <= 2 * COMPACT_EVERY
+        assert store.get("bt/k").value == str(10 * COMPACT_EVERY - 1).encode()
+    finally:
+        store.close()
+
+
+def test_lagging_watch_resyncs_after_automatic_compaction(scratch_dir):
+    store = SqliteStore.from_url(f"sqlite://{scratch_dir}/bt.db?history={COMPACT_EVERY}")
+    try:
+        store.put("bt/w/gone", b"x")
+        watch = store.watch_prefix("bt/w/")
+        store.delete("bt/w/gone")
+        for index in range(4 * COMPACT_EVERY):
+            store.put("bt/w/busy", str(index).encode())
+        batch = watch.next_batch(10)
+        assert batch.resynced
+        assert [(e.kind, e.key, e.value) for e in batch.events] == [
+            ("delete", "bt/w/gone", b""), ("put", "bt/w/busy", str(4 * COMPACT_EVERY - 1).encode())]
+        watch.close()
+    finally:
+        store.close()
+
+
+def test_closed_store_refuses_work(scratch_dir):
+    store = open_store(f"sqlite://{scratch_dir}/bt.db")
+    store.close()
+    with pytest.raises(StoreError):
+        store.put("bt/k", b"v")
