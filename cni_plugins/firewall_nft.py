@@ -114,8 +114,8 @@ class NftBackend:
         if self.role == "portmap":
             # The jumps are rewritten in the same transaction, so parallel ADDs never duplicate them.
             lines += [f"add chain {t} hostports",
-                      f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
-                      f"add chain {t} output {{ type nat hook output priority dstnat; policy accept; }}",
+                      f"add chain {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}",
+                      f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",
                       f"flush chain {t} prerouting", f"flush chain {t} output",
                       f"add rule {t} prerouting fib daddr type local jump hostports",
                       f"add rule {t} output fib daddr type local jump hostports"]
