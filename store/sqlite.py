@@ -22,6 +22,7 @@ from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lea
                        StoreError, StoreUnavailable, TxnResult)
 from store.common import (check_compare, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, compare_holds, prefix_range_end)
+from store.change_signal import ChangeSignal
 from store.sqlite_watch import SqliteWatch
 
 SCHEMA = """
@@ -161,6 +162,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._closed = False
         self._watches: weakref.WeakSet[SqliteWatch] = weakref.WeakSet()
+        self._signal: ChangeSignal | None = None
         with sqlite_errors(f"open {self.path}"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._conn()
@@ -225,7 +227,9 @@ class SqliteStore:
                 self._expire_leases(conn)
             result = body(WriteTxn(conn, self.history))
             conn.execute("COMMIT")
-            return result
+        if self._signal is not None:
+            self._signal.notify()
+        return result
 
     @contextlib.contextmanager
     def read_txn(self, conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
@@ -364,6 +368,13 @@ class SqliteStore:
 
         self._write("compact", body, sweep=False)
 
+    def change_signal(self) -> ChangeSignal:
+        """The wake-up shared by this object's watches (made on first use: a store nobody watches needs none)."""
+        with self._lock:
+            if self._signal is None:
+                self._signal = ChangeSignal(self.path)
+            return self._signal
+
     def watch_prefix(self, prefix: str, start_revision: int | None = None) -> SqliteWatch:
         check_key(prefix, "prefix")
         if start_revision is not None:
@@ -378,6 +389,9 @@ class SqliteStore:
         self._closed = True
         with self._lock:
             connections, self._connections = self._connections, []
+            signal, self._signal = self._signal, None
+        if signal is not None:
+            signal.close()
         for conn in connections:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()

@@ -123,3 +123,24 @@ class Capture:
         if self._sniffer.running:
             self._sniffer.stop()
         self.packets = list(self._sniffer.results or [])
+
+
+def cni(command: str, config: dict, *, host: str | None = None, container_id: str = "", netns: str = "",
+        ifname: str = "eth0") -> tuple[int, object]:
+    """Exec ``berth-overlay`` as a runtime does (inside the namespace ``host`` plays the host); (rc, parsed stdout)."""
+    from tests.conftest import REFERENCE_CNI_DIR, VENV_BIN, plugin_path
+
+    env = {"CNI_COMMAND": command, "CNI_PATH": f"{VENV_BIN}:{REFERENCE_CNI_DIR}",
+           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_ARGS": "IgnoreUnknown=1"}
+    if container_id:
+        env["CNI_CONTAINERID"] = container_id
+    if netns:
+        env["CNI_NETNS"] = netns
+    if ifname:
+        env["CNI_IFNAME"] = ifname
+    argv = [str(plugin_path("berth-overlay"))]
+    if host:
+        argv = ["ip", "netns", "exec", host, *argv]
+    done = subprocess.run(argv, input=json.dumps(config).encode(), env=env, capture_output=True, timeout=60)
+    text = done.stdout.decode()
+    return done.returncode, (json.loads(text) if text.strip() else None)

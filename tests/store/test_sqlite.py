@@ -76,3 +76,23 @@ def test_closed_store_refuses_work(scratch_dir):
     store.close()
     with pytest.raises(StoreError):
         store.put("bt/k", b"v")
+
+
+def test_watch_falls_back_to_polling_without_inotify(scratch_dir, monkeypatch, workers):
+    import store.change_signal
+    monkeypatch.setattr(store.change_signal, "_inotify_on", lambda directory: None)
+    url = f"sqlite://{scratch_dir}/bt.db"
+    watcher = open_store(url)
+    try:
+        watch = watcher.watch_prefix("bt/p/")
+        assert not watch._signal.live
+        writer = workers.start("put", url, "bt/p/k", "one", "two")
+        workers.expect(writer, "done")
+        events = []
+        while len(events) < 2:
+            batch = watch.next_batch(10)
+            assert batch is not None
+            events += batch.events
+        assert [e.value for e in events] == [b"one", b"two"]
+    finally:
+        watcher.close()
