@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "connection is closed (default 10)")
     parser.add_argument("--max-udp-size", type=int, default=1232, help="largest UDP answer with EDNS "
                         "(default 1232)")
+    parser.add_argument("--no-batch", action="store_true", help="plain recvfrom/sendto instead of "
+                        "recvmmsg/sendmmsg (for comparison)")
     parser.add_argument("--upstream-timeout", type=float, default=2.0, help="seconds per upstream try")
 
 
@@ -58,19 +60,23 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def interface_networks(hosts: list[str]) -> list[str]:
-    """The networks (from ``ip -j addr``) that the given local addresses live on: the container bridges."""
-    wanted = {h for h in hosts if h not in WILDCARDS}
+    """The networks the given local addresses live on (the container bridges when dnsd listens on a gateway)."""
+    wanted = [h for h in hosts if h not in WILDCARDS]
     if not wanted:
         return []
     try:
         out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True).stdout
-        links = json.loads(out)
+        return networks_of(wanted, json.loads(out))
     except (OSError, subprocess.CalledProcessError, ValueError):
         return []
+
+
+def networks_of(addresses: list[str], links: list[dict]) -> list[str]:
+    """From ``ip -j addr`` output: the network of each interface address in ``addresses``."""
     found = []
     for link in links:
         for info in link.get("addr_info", ()):
-            if info.get("local") in wanted:
+            if info.get("local") in addresses and "prefixlen" in info:
                 found.append(str(ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False)))
     return found
 
@@ -104,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     forwarding = bool(upstreams) and not args.no_forward
     options = ServerOptions(listen=tuple(listens), workers=max(1, args.workers),
                             tcp_idle_timeout=args.tcp_idle_timeout, upstreams=tuple(upstreams),
-                            upstream_timeout=args.upstream_timeout)
+                            upstream_timeout=args.upstream_timeout, batched_udp=not args.no_batch)
     listeners = [bind_listener(host, port, options.workers) for host, port in listens]
 
     def make_responder():

@@ -1,12 +1,17 @@
 """The agent as a real process over real stores: leases, restarts, anti-entropy."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from discovery import wire
 from discovery.model import endpoint_key
 from discovery.view import DiscoveryView
-from tests.conftest import run
+from tests.conftest import VENV_BIN, run
 from tests.discovery.conftest import SHORT_TTL, register_config, run_register, wait_for
 
 
@@ -82,3 +87,27 @@ def test_restart_keeps_local_endpoints_even_when_the_store_lost_them(store_url, 
     store.delete(key)
     agent.start()
     assert store.get(key) is not None  # the start-up reconcile runs before the agent says ready
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "soon"])
+def test_agent_refuses_a_ttl_that_is_not_positive_and_creates_nothing(tmp_path, ttl):
+    db, sock, state = tmp_path / "b.db", tmp_path / "a.sock", tmp_path / "state"
+    proc = run(str(VENV_BIN / "berth"), "agent", "--store", f"sqlite:///{db}", "--socket", str(sock),
+               "--state-dir", str(state), "--http", "127.0.0.1:0", f"--ttl={ttl}", check=False)
+    assert proc.returncode == 2 and "--ttl" in proc.stderr
+    assert not db.exists() and not sock.exists() and not state.exists()
+
+
+@pytest.mark.root
+def test_agent_socket_refuses_non_root_clients(store_url, agents):
+    workdir = Path(tempfile.mkdtemp(prefix="bt-sock-"))
+    try:
+        workdir.chmod(0o755)  # the directory lets anyone reach the socket; the socket itself must not
+        agent = agents(store_url, workdir=workdir)
+        script = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+                  "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(3)\n")
+        proc = subprocess.run(["/usr/bin/python3", "-c", script, agent.socket], user=65534, capture_output=True)
+        assert proc.returncode == 3, proc.stderr
+        assert wire.call(agent.socket, {"op": "ping"})["ok"] is True
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
