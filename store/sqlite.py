@@ -5,6 +5,7 @@ readers run beside the one writer, every write is an ``IMMEDIATE`` transaction, 
 writers queue instead of failing. A global revision counter numbers the writes; the ``log`` table keeps
 recent changes so a watch can replay from a revision; old log rows are compacted away. There is no server,
 so leases expire whenever anybody touches the store — writers, readers and watchers all run the sweep.
+Lease deadlines use the machine's boot clock, which every process shares and nobody can set.
 """
 from __future__ import annotations
 
@@ -38,12 +39,38 @@ CREATE TABLE IF NOT EXISTS log (
 CREATE INDEX IF NOT EXISTS log_by_revision ON log (revision);
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS leases_by_expiry ON leases (expires_at);
+CREATE TABLE IF NOT EXISTS boot (id TEXT NOT NULL);
 """
 
 DEFAULT_HISTORY = 10_000      # revisions of change log kept for watches that fall behind
 COMPACT_EVERY = 64            # revisions between automatic compactions
 BUSY_TIMEOUT = 10.0           # seconds a writer waits for another process's transaction
 MAX_IDLE_CONNECTIONS = 8
+
+
+def lease_clock() -> float:
+    """Seconds since boot: every process on the machine reads the same value, and it never jumps when the
+    wall clock is set. Lease deadlines are kept in it (so a reboot is detected with :func:`boot_id`)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def forget_leases_of_earlier_boots(conn: sqlite3.Connection) -> None:
+    """Inside the schema transaction: after a reboot every lease holder is gone and the clock restarted
+    from zero, so every lease is due now (the next write or watch deletes their keys, visibly)."""
+    current = boot_id()
+    row = conn.execute("SELECT id FROM boot").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO boot VALUES (?)", (current,))
+    elif row[0] != current:
+        conn.execute("UPDATE leases SET expires_at = 0")
+        conn.execute("UPDATE boot SET id = ?", (current,))
 
 
 @contextlib.contextmanager
@@ -170,7 +197,9 @@ class SqliteStore:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
                 with self._rollback_on_error(conn):
-                    conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+                    conn.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+                    forget_leases_of_earlier_boots(conn)
+                    conn.execute("COMMIT")
 
     @classmethod
     def from_url(cls, url: str) -> "SqliteStore":
@@ -255,7 +284,7 @@ class SqliteStore:
 
     def _expire_leases(self, conn: sqlite3.Connection) -> None:
         """Inside a write transaction: each expired lease's keys become deletes at a revision of their own."""
-        now = time.time()
+        now = lease_clock()
         expired = conn.execute("SELECT id FROM leases WHERE expires_at <= ? ORDER BY expires_at", (now,)).fetchall()
         for (lease_id,) in expired:
             WriteTxn(conn, self.history).delete_where("lease = ?", (lease_id,))
@@ -265,7 +294,7 @@ class SqliteStore:
         """Cheap check any reader or watcher runs; takes the write lock only when a lease has expired."""
         with sqlite_errors("check lease expiry"), contextlib.ExitStack() as stack:
             conn = conn or stack.enter_context(self.connection())
-            due = conn.execute("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1", (time.time(),)).fetchone()
+            due = conn.execute("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1", (lease_clock(),)).fetchone()
         if due:
             self._write("expire leases", lambda txn: None)
 
@@ -277,7 +306,7 @@ class SqliteStore:
                 lease_id = secrets.randbits(62) or 1
                 if not txn.lease_alive(lease_id):
                     break
-            txn.conn.execute("INSERT INTO leases VALUES (?, ?, ?)", (lease_id, ttl, time.time() + ttl))
+            txn.conn.execute("INSERT INTO leases VALUES (?, ?, ?)", (lease_id, ttl, lease_clock() + ttl))
             return Lease(lease_id, ttl)
 
         return self._write("grant lease", body)
@@ -289,7 +318,7 @@ class SqliteStore:
             row = txn.conn.execute("SELECT ttl FROM leases WHERE id = ?", (lease_id,)).fetchone()
             if row is None:
                 raise LeaseNotFound(f"lease {lease_id:x} not found (expired or revoked)")
-            txn.conn.execute("UPDATE leases SET expires_at = ? WHERE id = ?", (time.time() + row[0], lease_id))
+            txn.conn.execute("UPDATE leases SET expires_at = ? WHERE id = ?", (lease_clock() + row[0], lease_id))
             return row[0]
 
         return self._write("keep lease alive", body)
