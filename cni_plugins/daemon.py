@@ -121,19 +121,36 @@ class CniDaemon:
                     return
                 conn.settimeout(launcher.ACCEPT_TIMEOUT)
                 build_id, plugin_type, env, stdin = self._read_request(conn)
-                handlers = self.resolve(plugin_type) if build_id == self.build_id else None
+                handlers = self._handlers_for(plugin_type) if build_id == self.build_id else None
                 if handlers is None:
                     conn.sendall(launcher.STATUS_SKEW)
                     return
-                if self.stopping.is_set() or not self.slots.acquire(blocking=False):
+                if not self.slots.acquire(blocking=False):
                     conn.sendall(launcher.STATUS_BUSY)
                     return
                 try:
-                    self._run_accepted(conn, handlers, env, stdin)
+                    with self.in_flight_lock:  # checked and counted together: a draining daemon waits for it
+                        if self.stopping.is_set():
+                            conn.sendall(launcher.STATUS_BUSY)
+                            return
+                        self.in_flight += 1
+                    try:
+                        self._run_accepted(conn, handlers, env, stdin)
+                    finally:
+                        with self.in_flight_lock:
+                            self.in_flight -= 1
+                            self.in_flight_lock.notify_all()
                 finally:
                     self.slots.release()
             except (OSError, EOFError, ValueError) as exc:
                 log.debug("CNI call dropped: %s", exc)
+
+    def _handlers_for(self, plugin_type: str) -> Optional[skel.Handlers]:
+        try:
+            return self.resolve(plugin_type)
+        except Exception as exc:  # noqa: BLE001 - a plugin that cannot load here is run by the launcher itself
+            log.warning("cannot serve %s: %s", plugin_type, exc)
+            return None
 
     def _read_request(self, conn: socket.socket) -> tuple[str, str, dict, bytes]:
         header = launcher.recv_exact(conn, len(launcher.MAGIC) + 1)
@@ -149,15 +166,8 @@ class CniDaemon:
         if _peer_hung_up(conn):
             return  # the launcher gave up before we accepted: it runs the call itself
         conn.sendall(launcher.STATUS_ACCEPTED)
-        with self.in_flight_lock:
-            self.in_flight += 1
-        try:
-            reply = skel.dispatch(handlers, env, stdin)
-            self.calls_served += 1
-        finally:
-            with self.in_flight_lock:
-                self.in_flight -= 1
-                self.in_flight_lock.notify_all()
+        reply = skel.dispatch(handlers, env, stdin)
+        self.calls_served += 1
         conn.settimeout(None)
         conn.sendall(launcher.pack_fields(reply.exit_code.to_bytes(4, "big"), reply.stdout, reply.stderr))
 

@@ -1,7 +1,8 @@
-"""Watching the embedded store: poll the revision counter every few milliseconds, read the log when it moves.
+"""Watching the embedded store: check the revision counter whenever the file changes, read the log when it moved.
 
-A poll is one indexed read of one row, so a watcher costs little while nothing changes, and a change made by
-another process is seen within one poll interval. The watcher also runs the lease-expiry sweep, because an
+A check is one indexed read of one row. The file's change signal (inotify) wakes the watch when any process
+writes; without it the watch polls every few milliseconds, and even with it checks every 50 ms in case a
+wake-up was missed. The watcher also runs the lease-expiry sweep, because an
 embedded store has no server to do it: a store only read and watched must still see its leases expire.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ from store.common import PrefixView
 if TYPE_CHECKING:
     from store.sqlite import SqliteStore
 
-POLL_INTERVAL = 0.002        # seconds between revision checks
+POLL_INTERVAL = 0.002         # seconds between revision checks when the file cannot signal changes
+SIGNALLED_CHECK_INTERVAL = 0.05  # seconds between checks when it can (a safety net for a missed wake-up)
 EXPIRY_CHECK_INTERVAL = 0.05  # seconds between lease-expiry checks
 
 
@@ -37,6 +39,7 @@ class SqliteWatch:
         self._closed = threading.Event()
         self._busy = threading.Lock()
         self._next_expiry_check = 0.0
+        self._signal = store.change_signal()
         self._conn = store.new_connection()
         try:
             with store.read_txn(self._conn, "start watch") as conn:
@@ -77,6 +80,7 @@ class SqliteWatch:
         """The next batch of changes; None when ``timeout`` seconds pass first or the watch is closed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed.is_set():
+            seen = self._signal.generation
             with self._busy:
                 if self._closed.is_set():
                     break
@@ -84,9 +88,13 @@ class SqliteWatch:
                 batch = self._poll()
             if batch is not None:
                 return batch
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            self._closed.wait(POLL_INTERVAL)
+            pause = SIGNALLED_CHECK_INTERVAL if self._signal.live else POLL_INTERVAL
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                pause = min(pause, remaining)
+            self._signal.wait(seen, pause)
         return None
 
     def __iter__(self) -> Iterator[WatchBatch]:
@@ -127,6 +135,7 @@ class SqliteWatch:
 
     def close(self) -> None:
         self._closed.set()
+        self._signal.notify()
         with self._busy:
             if self._conn is not None:
                 self.store.forget_connection(self._conn)

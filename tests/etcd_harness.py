@@ -127,6 +127,12 @@ class EtcdMember:
         except (OSError, ValueError):
             return False
 
+    def status(self) -> dict:
+        """The member's ``/v3/maintenance/status`` through etcd's JSON gateway (ids come as strings)."""
+        request = urllib.request.Request(self.client_url + "/v3/maintenance/status", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return json.load(response)
+
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -166,6 +172,21 @@ class EtcdCluster:
                 raise RuntimeError(f"etcd members not healthy after {timeout:.0f}s:\n{tails}")
             if pending:
                 time.sleep(0.05)
+
+    def leader_index(self, timeout: float = START_TIMEOUT) -> int:
+        """Which running member leads now (waits through an election)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index, member in enumerate(self.members):
+                if not member.running or member.netns:
+                    continue
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    status = member.status()
+                    if status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                        return index
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no etcd leader after {timeout:.0f}s")
+            time.sleep(0.05)
 
     def kill(self, index: int) -> EtcdMember:
         member = self.members[index]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from berth.install_cni import render_launcher
+from berth.install_cni import build_native_launcher, find_compiler, render_launcher
 from tests.conftest import REPO_ROOT, VENV_BIN
 
 PLUGIN = "bt-echo"
@@ -40,12 +40,24 @@ def workdir():
         subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
-@pytest.fixture
-def launcher(workdir):
-    path = workdir / PLUGIN
-    path.write_text(render_launcher(PLUGIN, MODULE, extra_paths=(str(REPO_ROOT),)))
-    path.chmod(0o755)
-    return path
+@pytest.fixture(params=["python", "native"])
+def launcher(request, workdir):
+    """The plugin executable as `berth install-cni` lays it out: the Python launcher, or the native one with the
+    Python launcher beside it as its fallback."""
+    python_dir = workdir / ".berth-python" if request.param == "native" else workdir
+    python_dir.mkdir(exist_ok=True)
+    python_launcher = python_dir / PLUGIN
+    python_launcher.write_text(render_launcher(PLUGIN, MODULE, extra_paths=(str(REPO_ROOT),)))
+    python_launcher.chmod(0o755)
+    if request.param == "python":
+        return python_launcher
+    compiler = find_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler: the native launcher is not installed on this machine either")
+    native = workdir / PLUGIN
+    native.write_bytes(build_native_launcher(python_dir, compiler))
+    native.chmod(0o755)
+    return native
 
 
 class DaemonProcess:
@@ -138,8 +150,10 @@ def test_stale_socket_file_from_dead_daemon_falls_back_without_hanging(launcher,
 
 
 def test_launcher_of_another_build_falls_back_instead_of_mixing_code(launcher, daemon):
-    source = launcher.read_text()
-    launcher.write_text(source.replace("BUILD_ID = '", "BUILD_ID = 'older-", 1))
+    data = launcher.read_bytes()
+    build_id = daemon_build_id = __import__("berth.buildinfo").buildinfo.build_id().encode()
+    assert build_id in data
+    launcher.write_bytes(data.replace(daemon_build_id, b"0" * len(daemon_build_id)))
     code, body = call(launcher, cni_env(BERTH_CNI_SOCKET=str(daemon.socket_path)))
     assert code == 0 and served_by(body) != daemon.proc.pid
 
@@ -179,8 +193,9 @@ def test_graceful_restart_completes_calls_in_flight(launcher, daemon, workdir):
     code, body = call(launcher, cni_env("ADD", "during", BERTH_CNI_SOCKET=str(daemon.socket_path)))
     assert code == 0 and served_by(body) != old_pid
     gate.touch()
-    body = json.loads(proc.stdout.read())
-    assert proc.wait(10) == 0 and served_by(body) == old_pid
+    raw = proc.stdout.read()
+    assert proc.wait(10) == 0, raw
+    assert served_by(json.loads(raw)) == old_pid
     assert daemon.proc.wait(10) == 0
 
 

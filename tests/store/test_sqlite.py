@@ -76,3 +76,43 @@ def test_closed_store_refuses_work(scratch_dir):
     store.close()
     with pytest.raises(StoreError):
         store.put("bt/k", b"v")
+
+
+def test_watch_falls_back_to_polling_without_inotify(scratch_dir, monkeypatch, workers):
+    import store.change_signal
+    monkeypatch.setattr(store.change_signal, "_inotify_on", lambda directory: None)
+    url = f"sqlite://{scratch_dir}/bt.db"
+    watcher = open_store(url)
+    try:
+        watch = watcher.watch_prefix("bt/p/")
+        assert not watch._signal.live
+        writer = workers.start("put", url, "bt/p/k", "one", "two")
+        workers.expect(writer, "done")
+        events = []
+        while len(events) < 2:
+            batch = watch.next_batch(10)
+            assert batch is not None
+            events += batch.events
+        assert [e.value for e in events] == [b"one", b"two"]
+    finally:
+        watcher.close()
+
+
+def test_short_lived_threads_leave_no_open_connections(scratch_dir):
+    """A daemon serving each request on a new thread must not leak a connection (a file descriptor) per thread."""
+    import os
+    import threading
+
+    from store.sqlite import MAX_IDLE_CONNECTIONS
+    store = open_store(f"sqlite://{scratch_dir}/bt.db")
+    try:
+        store.put("bt/k", b"v")
+        before = len(os.listdir("/proc/self/fd"))
+        for index in range(100):
+            thread = threading.Thread(target=lambda i=index: (store.put(f"bt/t/{i}", b"v"), store.get("bt/k")))
+            thread.start()
+            thread.join()
+        assert len(os.listdir("/proc/self/fd")) <= before + 2 * MAX_IDLE_CONNECTIONS
+        assert len(store.get_prefix("bt/t/")[0]) == 100
+    finally:
+        store.close()

@@ -1,0 +1,158 @@
+"""berth-bridge: a drop-in for the reference ``bridge`` CNI plugin.
+
+The entry is a dispatcher: parse the config once (:mod:`bridge_config`), compute the desired state
+(:mod:`bridge_plan`), make it real through netlink (:mod:`link_ops`) with an undo stack, and answer in the spec's
+terms. Handlers touch no process-wide state, so a long-lived daemon can run them in worker threads.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+from cni_plugins import errors, firewall, invoke, link_ops, netns, skel
+from cni_plugins.bridge_config import BridgeConfig, parse, parse_mac
+from cni_plugins.bridge_plan import AddPlan, build_result, check_problems, plan_add
+from cni_plugins.types import Result
+
+STATE_DIFFERS = 101  # CHECK: the attachment is not what prevResult says
+
+
+def _config(req: skel.Request) -> BridgeConfig:
+    return parse(req.config, req.cni_version)
+
+
+def _ipam(cfg: BridgeConfig, command: str, req: skel.Request) -> Optional[Result]:
+    """Run IPAM (in process when it is Berth's own, else exec'd from CNI_PATH) with the whole network config."""
+    return invoke.delegate(cfg.ipam["type"], command, req.config, req)
+
+
+def _ipam_speaks(cfg: BridgeConfig, command: str, req: skel.Request) -> bool:
+    """GC and STATUS exist from spec 1.1.0 on: forward them only to an IPAM plugin that knows that version."""
+    plugin_type = cfg.ipam["type"]
+    if plugin_type in invoke.IN_PROCESS:
+        return True
+    import json
+    import subprocess
+
+    executable = invoke.find_plugin(plugin_type, req.path)
+    proc = subprocess.run([executable], input=b"", env={**req.env, "CNI_COMMAND": "VERSION"},
+                          capture_output=True, timeout=10, check=False)
+    try:
+        return "1.1.0" in json.loads(proc.stdout).get("supportedVersions", ())
+    except (ValueError, AttributeError):
+        return False
+
+
+def _tag(cfg: BridgeConfig, req: skel.Request) -> str:
+    return firewall.attachment_tag(cfg.name, req.container_id, req.ifname)
+
+
+def _masquerade_rules(plan: AddPlan) -> list[firewall.Rule]:
+    return [firewall.Masquerade(source=a.ip, subnet=a.network) for a in plan.masquerade]
+
+
+def cmd_add(req: skel.Request) -> Result:
+    cfg = _config(req)
+    mac = parse_mac(req.runtime.mac, "mac") if req.runtime.mac else None
+    if not netns.exists(req.netns):
+        raise errors.InvalidEnvironment(f"failed to open netns {req.netns!r}")
+    undo = link_ops.Undo()
+    ipam_result = None
+    try:
+        if cfg.ipam is not None:
+            ipam_result = _ipam(cfg, "ADD", req)
+            undo.push(lambda: _ipam(cfg, "DEL", req))
+            if not ipam_result.ips:
+                raise errors.CniError("IPAM plugin returned missing IP config", code=100)
+        plan = plan_add(cfg, req.ifname, link_ops.new_host_veth_name(), mac, ipam_result)
+        return _apply(cfg, req, plan, undo)
+    except BaseException:
+        undo.unwind()
+        raise
+
+
+def _apply(cfg: BridgeConfig, req: skel.Request, plan: AddPlan, undo: link_ops.Undo) -> Result:
+    ipr = netns.iproute()
+    try:
+        bridge = link_ops.ensure_bridge(ipr, plan.bridge)
+        if plan.bridge.gateway_addresses:
+            link_ops.ensure_gateway_addresses(ipr, bridge["index"], plan.bridge)
+        host_name, host = link_ops.create_veth(ipr, req.netns, plan.port, undo)
+        link_ops.attach_port(ipr, host["index"], bridge["index"], plan.port)
+        container_mac = link_ops.configure_container(req.netns, plan.port, plan.container, wait_dad=cfg.enable_dad)
+        link_ops.write_host_sysctls(plan.host_sysctls)
+        tag = _tag(cfg, req)
+        if plan.masquerade:
+            backend = firewall.backend_for(cfg.ip_masq_backend, "nat")
+            backend.add(tag, _masquerade_rules(plan))
+            undo.push(lambda: backend.remove([tag]))
+        if cfg.macspoofchk:
+            spoof = firewall.backend_for("nftables", "macspoof")
+            spoof.add(tag, [firewall.MacSpoofCheck(host_ifname=host_name, mac=container_mac)])
+            undo.push(lambda: spoof.remove([tag]))
+        if host_name != plan.port.host_name:  # the drawn name was taken and create_veth chose another
+            plan = replace(plan, port=replace(plan.port, host_name=host_name))
+        return build_result(cfg, plan, bridge_mac=link_ops.bridge_mac(ipr, cfg.bridge) or "",
+                            host_mac=link_ops.mac_of(ipr, host["index"]), container_mac=container_mac,
+                            netns=req.netns)
+    finally:
+        ipr.close()
+
+
+def cmd_del(req: skel.Request) -> None:
+    """Idempotent: a missing namespace, link or rule is success; the address is always released."""
+    cfg = _config(req)
+    if cfg.ipam is not None:
+        _ipam(cfg, "DEL", req)
+    link_ops.delete_container_link(req.netns, req.ifname)
+    tag = _tag(cfg, req)
+    if cfg.ip_masq:
+        firewall.backend_for(cfg.ip_masq_backend, "nat").remove([tag])
+    if cfg.macspoofchk:
+        firewall.backend_for("nftables", "macspoof").remove([tag])
+
+
+def cmd_check(req: skel.Request) -> None:
+    cfg = _config(req)
+    if req.prev_result is None:
+        raise errors.InvalidConfig("required prevResult missing")
+    if cfg.ipam is not None:
+        _ipam(cfg, "CHECK", req)
+    if not netns.exists(req.netns):
+        raise errors.InvalidEnvironment(f"failed to open netns {req.netns!r}")
+    host_names = tuple(i.name for i in req.prev_result.interfaces if not i.sandbox)
+    observed = link_ops.observe(req.netns, req.ifname, tuple(dict.fromkeys((cfg.bridge, *host_names))))
+    problems = check_problems(cfg, req.prev_result, req.ifname, req.netns, observed)
+    if cfg.ip_masq:
+        tag = _tag(cfg, req)
+        found = firewall.backend_for(cfg.ip_masq_backend, "nat").rules(tag + " ")
+        if not found and any(ip.interface is None or ip.interface == 2 for ip in req.prev_result.ips):
+            problems.append("masquerade rules are missing")
+    if problems:
+        raise errors.CniError("attachment differs from prevResult: " + "; ".join(problems), code=STATE_DIFFERS)
+
+
+def cmd_gc(req: skel.Request) -> None:
+    """Free the NAT rules of every attachment the runtime no longer lists, then let IPAM do the same."""
+    cfg = _config(req)
+    valid = req.valid_attachments or ()
+    keep = {firewall.attachment_tag(cfg.name, a.container_id, a.ifname) for a in valid}
+    if req.valid_attachments is not None:
+        firewall.gc(firewall.backend_for(cfg.ip_masq_backend, "nat"), cfg.name, keep)
+        if cfg.macspoofchk:
+            firewall.gc(firewall.backend_for("nftables", "macspoof"), cfg.name, keep)
+    if cfg.ipam is not None and _ipam_speaks(cfg, "GC", req):
+        _ipam(cfg, "GC", req)
+
+
+def cmd_status(req: skel.Request) -> None:
+    cfg = _config(req)
+    if cfg.ipam is not None and _ipam_speaks(cfg, "STATUS", req):
+        _ipam(cfg, "STATUS", req)
+
+
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+
+
+def main() -> int:
+    return skel.main(HANDLERS, about="berth-bridge: bridge CNI plugin")

@@ -1,0 +1,142 @@
+"""The bridge plugin's network config, parsed once into a frozen dataclass before any side effect.
+
+Keys, meanings and defaults follow the reference ``bridge`` plugin so an existing conflist works unchanged;
+every error names the key that is wrong.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from cni_plugins import errors
+from cni_plugins.types import DNS, ResultError
+
+MAX_LINK_NAME = 15
+MAX_VLAN = 4094
+MASQ_BACKENDS = ("nftables", "iptables")
+_MAC = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    name: str
+    cni_version: str
+    bridge: str = "cni0"
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    ip_masq: bool = False
+    ip_masq_backend: str = "nftables"
+    mtu: int = 0
+    hairpin_mode: bool = False
+    promisc_mode: bool = False
+    vlan: int = 0
+    vlan_trunk: tuple[int, ...] = ()
+    preserve_default_vlan: bool = True
+    macspoofchk: bool = False
+    enable_dad: bool = False
+    port_isolation: bool = False
+    disable_container_interface: bool = False
+    ipam: Optional[Mapping[str, Any]] = None
+    dns: DNS = DNS()
+
+    @property
+    def vlan_filtering(self) -> bool:
+        return bool(self.vlan or self.vlan_trunk)
+
+
+def _bool(config: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    value = config.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise errors.InvalidConfig(f"{key}: must be true or false, not {value!r}")
+    return value
+
+
+def _int(config: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    value = config.get(key, 0)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise errors.InvalidConfig(f"{key}: must be an integer between {low} and {high}, not {value!r}")
+    return value
+
+
+def _vlan_trunk(raw: Any) -> tuple[int, ...]:
+    """``[{"id": 5}, {"minID": 10, "maxID": 12}]`` → ``(5, 10, 11, 12)``, each checked as the reference does."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise errors.InvalidConfig("vlanTrunk: must be a list of {id} or {minID, maxID} objects")
+    ids: list[int] = []
+    for entry in raw:
+        if not isinstance(entry, Mapping):
+            raise errors.InvalidConfig(f"vlanTrunk: entry {entry!r} must be an object")
+        low, high = entry.get("minID"), entry.get("maxID")
+        if low is not None or high is not None:
+            for key, value in (("minID", low), ("maxID", high)):
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_VLAN:
+                    raise errors.InvalidConfig(f"vlanTrunk.{key}: must be between 1 and {MAX_VLAN}, not {value!r}")
+            if high < low:
+                raise errors.InvalidConfig(f"vlanTrunk: minID {low} is greater than maxID {high}")
+            ids.extend(range(low, high + 1))
+        if "id" in entry:
+            value = entry["id"]
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_VLAN:
+                raise errors.InvalidConfig(f"vlanTrunk.id: must be between 1 and {MAX_VLAN}, not {value!r}")
+            ids.append(value)
+    return tuple(sorted(set(ids)))
+
+
+def parse_link_name(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise errors.InvalidConfig(f"{key}: must be a non-empty string")
+    if len(value) > MAX_LINK_NAME:
+        raise errors.InvalidConfig(f"{key}: {value!r} is longer than {MAX_LINK_NAME} characters")
+    if value in (".", "..") or re.search(r"[/:\s]", value):
+        raise errors.InvalidConfig(f"{key}: {value!r} is not a valid interface name")
+    return value
+
+
+def parse_mac(value: Any, source: str) -> str:
+    if not isinstance(value, str) or not _MAC.match(value):
+        raise errors.InvalidConfig(f"{source}: {value!r} is not a MAC address")
+    return value.lower().replace("-", ":")
+
+
+def parse(config: Mapping[str, Any], cni_version: str) -> BridgeConfig:
+    """Validate a bridge network config (the parsed stdin) and fill the reference's defaults."""
+    bridge = parse_link_name(config.get("bridge") or "cni0", "bridge")
+    hairpin, promisc = _bool(config, "hairpinMode"), _bool(config, "promiscMode")
+    if hairpin and promisc:
+        raise errors.InvalidConfig("hairpinMode and promiscMode: cannot set both at the same time")
+    vlan = _int(config, "vlan", 0, MAX_VLAN)
+    trunk = _vlan_trunk(config.get("vlanTrunk"))
+    if vlan and trunk:
+        raise errors.InvalidConfig("vlan and vlanTrunk: cannot set both at the same time")
+    backend = config.get("ipMasqBackend") or "nftables"
+    if backend not in MASQ_BACKENDS:
+        raise errors.InvalidConfig(f"ipMasqBackend: must be one of {list(MASQ_BACKENDS)}, not {backend!r}")
+    ipam = config.get("ipam")
+    if ipam is not None and not isinstance(ipam, Mapping):
+        raise errors.InvalidConfig("ipam: must be an object")
+    if ipam is not None and not ipam:
+        ipam = None  # an empty ipam block means layer 2 only
+    if ipam is not None and not isinstance(ipam.get("type"), str):
+        raise errors.InvalidConfig("ipam.type: must name an IPAM plugin")
+    try:
+        dns = DNS.from_dict(config.get("dns"))
+    except ResultError as exc:
+        raise errors.InvalidConfig(str(exc)) from None
+    default_gateway = _bool(config, "isDefaultGateway")
+    return BridgeConfig(
+        name=str(config.get("name")), cni_version=cni_version, bridge=bridge,
+        is_gateway=_bool(config, "isGateway") or default_gateway, is_default_gateway=default_gateway,
+        force_address=_bool(config, "forceAddress"), ip_masq=_bool(config, "ipMasq"), ip_masq_backend=backend,
+        mtu=_int(config, "mtu", 0, 65535), hairpin_mode=hairpin, promisc_mode=promisc, vlan=vlan,
+        vlan_trunk=trunk, preserve_default_vlan=_bool(config, "preserveDefaultVlan", True),
+        macspoofchk=_bool(config, "macspoofchk"), enable_dad=_bool(config, "enabledad"),
+        port_isolation=_bool(config, "portIsolation"),
+        disable_container_interface=_bool(config, "disableContainerInterface"), ipam=ipam, dns=dns)

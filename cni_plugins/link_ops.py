@@ -1,0 +1,322 @@
+"""Netlink side effects of the bridge plugin: each function makes one part of a plan real.
+
+Every function that creates something pushes its inverse on an :class:`Undo` stack, so ADD can unwind in reverse
+when a later step fails. Creation tolerates ``EEXIST`` where another ADD may win a race (the bridge, its gateway
+address), which is what makes two parallel first ADDs safe without a lock.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from cni_plugins import errors, netns
+from cni_plugins.bridge_plan import BridgeSpec, ContainerSpec, Observed, ObservedLink, PortSpec
+
+IFA_F_NODAD = 0x02
+IFF_PROMISC = 0x100
+BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 0x2, 0x4
+HAIRPIN_ON = 1
+
+
+class Undo:
+    """A stack of inverse actions, run newest first; each is best effort so one failure does not stop the rest."""
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], None]] = []
+
+    def push(self, step: Callable[[], None]) -> None:
+        self._steps.append(step)
+
+    def unwind(self) -> None:
+        while self._steps:
+            step = self._steps.pop()
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - undo is best effort; the original error is what matters
+                pass
+
+
+def _netlink_error():
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return NetlinkError
+
+
+def _code(exc: Exception) -> int:
+    return getattr(exc, "code", 0) or 0
+
+
+def fail(step: str, exc: Exception) -> errors.CniError:
+    """A netlink failure as the spec's I/O error, naming the step."""
+    return errors.IOFailure(f"{step}: {os.strerror(_code(exc)) if _code(exc) else exc}", str(exc))
+
+
+def kind_of(link) -> str:
+    return link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) or ""
+
+
+def lookup(ipr, name: str):
+    """The link called ``name``, or None."""
+    NetlinkError = _netlink_error()
+    try:
+        links = ipr.get_links(ifname=name)
+    except NetlinkError as exc:
+        if _code(exc) == errno.ENODEV:
+            return None
+        raise
+    return links[0] if links else None
+
+
+# --- host side ----------------------------------------------------------------------------------------------------
+
+def ensure_bridge(ipr, spec: BridgeSpec):
+    """Create the bridge or reuse it; returns its link message. A non-bridge of that name is an error."""
+    NetlinkError = _netlink_error()
+    link = lookup(ipr, spec.name)
+    if link is None:
+        attrs = {"ifname": spec.name, "kind": "bridge"}
+        if spec.mtu:
+            attrs["mtu"] = spec.mtu
+        if spec.vlan_filtering:
+            attrs["br_vlan_filtering"] = 1
+        try:
+            ipr.link("add", **attrs)
+        except NetlinkError as exc:
+            if _code(exc) != errno.EEXIST:  # another ADD created it first: fine
+                raise fail(f"could not create bridge {spec.name}", exc) from None
+        link = lookup(ipr, spec.name)
+        if link is None:
+            raise errors.IOFailure(f"bridge {spec.name} vanished right after creation")
+    if kind_of(link) != "bridge":
+        raise errors.CniError(f"{spec.name} already exists but is not a bridge", kind_of(link), code=100)
+    index = link["index"]
+    try:
+        if spec.vlan_filtering and not link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_VLAN_FILTERING")):
+            ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+        if spec.promisc and not link["flags"] & IFF_PROMISC:
+            ipr.link("set", index=index, flags=IFF_PROMISC, change=IFF_PROMISC)
+        if link.get("state") != "up":
+            ipr.link("set", index=index, state="up")
+    except NetlinkError as exc:
+        raise fail(f"could not configure bridge {spec.name}", exc) from None
+    return link
+
+
+def ensure_gateway_addresses(ipr, index: int, spec: BridgeSpec) -> None:
+    """Put each gateway address on the bridge; another address in the same subnet needs ``forceAddress``."""
+    NetlinkError = _netlink_error()
+    present = [ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}") for a in ipr.get_addr(index=index)]
+    for wanted in spec.gateway_addresses:
+        if wanted in present:
+            continue
+        for other in present:
+            if other.version == wanted.version and other.network == wanted.network and other != wanted:
+                if not spec.force_address:
+                    raise errors.CniError(
+                        f"bridge {spec.name} already has an IP address {other} in the same subnet as {wanted}",
+                        "set forceAddress to replace it", code=100)
+                ipr.addr("del", index=index, address=str(other.ip), prefixlen=other.network.prefixlen)
+        flags = IFA_F_NODAD if wanted.version == 6 else 0
+        try:
+            ipr.addr("add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen, flags=flags)
+        except NetlinkError as exc:
+            if _code(exc) != errno.EEXIST:
+                raise fail(f"could not add {wanted} to bridge {spec.name}", exc) from None
+
+
+def new_host_veth_name() -> str:
+    return "veth" + secrets.token_hex(4)
+
+
+def create_veth(ipr, netns_path: str, port: PortSpec, undo: Undo) -> tuple[str, object]:
+    """The veth pair, its peer created directly inside the container namespace; returns (host name, host link)."""
+    NetlinkError = _netlink_error()
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        name = port.host_name
+        for _ in range(5):
+            peer = {"ifname": port.ifname, "net_ns_fd": fd}
+            attrs = {"ifname": name, "kind": "veth", "peer": peer}
+            if port.mtu:
+                attrs["mtu"] = peer["mtu"] = port.mtu
+            if port.mac:
+                peer["address"] = port.mac
+            try:
+                ipr.link("add", **attrs)
+            except NetlinkError as exc:
+                if _code(exc) == errno.EEXIST and lookup(ipr, name) is not None:
+                    name = new_host_veth_name()  # host name taken: draw another
+                    continue
+                if _code(exc) == errno.EEXIST:
+                    raise errors.CniError(f"container veth name provided ({port.ifname}) already exists",
+                                          code=100) from None
+                raise fail(f"could not create veth {name}/{port.ifname}", exc) from None
+            break
+        else:
+            raise errors.IOFailure("could not find a free host veth name")
+    finally:
+        os.close(fd)
+    link = lookup(ipr, name)
+    undo.push(lambda: ipr.link("del", index=link["index"]))
+    return name, link
+
+
+def attach_port(ipr, host_index: int, bridge_index: int, port: PortSpec) -> None:
+    NetlinkError = _netlink_error()
+    try:
+        ipr.link("set", index=host_index, master=bridge_index)
+        if port.hairpin or port.isolated:
+            flags = {}
+            if port.hairpin:
+                flags["mode"] = HAIRPIN_ON
+            if port.isolated:
+                flags["isolated"] = 1
+            ipr.brport("set", index=host_index, **flags)
+        if port.pvid:
+            ipr.vlan_filter("add", index=host_index, vlan_info={
+                "vid": port.pvid, "flags": BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED})
+        for vid in port.trunk:
+            ipr.vlan_filter("add", index=host_index, vlan_info={"vid": vid})
+        if (port.pvid or port.trunk) and not port.preserve_default_vlan:
+            ipr.vlan_filter("del", index=host_index, vlan_info={"vid": 1})
+        ipr.link("set", index=host_index, state="up")
+    except NetlinkError as exc:
+        raise fail(f"could not attach {port.host_name} to the bridge", exc) from None
+
+
+# --- container side -----------------------------------------------------------------------------------------------
+
+def configure_container(netns_path: str, port: PortSpec, spec: ContainerSpec, wait_dad: bool) -> str:
+    """Sysctls, addresses, link up, routes inside the container; returns the interface's MAC."""
+    NetlinkError = _netlink_error()
+    with netns.entered(netns_path):
+        ipr = netns.iproute()
+        try:
+            link = lookup(ipr, port.ifname)
+            if link is None:
+                raise errors.IOFailure(f"interface {port.ifname} did not appear in {netns_path}")
+            index = link["index"]
+            step = "sysctl"
+            try:
+                for key, value in spec.sysctls:
+                    netns.write_sysctl(key, value)
+                for address in spec.addresses:
+                    step = f"add address {address}"
+                    flags = IFA_F_NODAD if address.version == 6 and spec.nodad else 0
+                    ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
+                             flags=flags)
+                if spec.up:
+                    step = "set link up"
+                    ipr.link("set", index=index, state="up")
+                if wait_dad and any(a.version == 6 for a in spec.addresses):
+                    _settle_ipv6(ipr, index)
+                for route in spec.routes:
+                    step = f"add route {route.dst}"
+                    attrs = {"dst": str(route.dst), "oif": index, "family": 2 if route.dst.version == 4 else 10}
+                    if route.gw is not None:
+                        attrs["gateway"] = str(route.gw)
+                    ipr.route("add", **attrs)
+            except (NetlinkError, OSError) as exc:
+                raise fail(f"{port.ifname} in {netns_path}: {step}", exc) from None
+            return link.get("IFLA_ADDRESS")
+        finally:
+            ipr.close()
+
+
+def _settle_ipv6(ipr, index: int, timeout: float = 5.0) -> None:
+    """With DAD enabled, wait until no address is tentative (routes via them fail before)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(a["flags"] & 0x40 for a in ipr.get_addr(index=index, family=10)):  # IFA_F_TENTATIVE
+            return
+        time.sleep(0.05)
+
+
+def delete_container_link(netns_path: str, ifname: str) -> bool:
+    """Remove the container's interface (its host peer goes with it); absent namespace or link is success."""
+    NetlinkError = _netlink_error()
+    if not netns_path or not netns.exists(netns_path):
+        return False
+    ipr = netns.iproute(netns_path)
+    try:
+        link = lookup(ipr, ifname)
+        if link is None:
+            return False
+        try:
+            ipr.link("del", index=link["index"])
+        except NetlinkError as exc:
+            if _code(exc) != errno.ENODEV:
+                raise fail(f"could not delete {ifname} in {netns_path}", exc) from None
+        return True
+    finally:
+        ipr.close()
+
+
+def observe(netns_path: str, ifname: str, host_names: tuple[str, ...]) -> Observed:
+    """A snapshot of what CHECK compares: named host links, the container's interface, its addresses and routes."""
+    host_links: dict[str, ObservedLink] = {}
+    host_indexes: dict[str, int] = {}
+    ipr = netns.iproute()
+    try:
+        for name in host_names:
+            link = lookup(ipr, name)
+            if link is None:
+                continue
+            host_indexes[name] = link["index"]
+            master = link.get("IFLA_MASTER")
+            master_name = None
+            if master:
+                master_link = ipr.get_links(master)[0]
+                master_name = master_link.get("IFLA_IFNAME")
+            host_links[name] = ObservedLink(name=name, kind=kind_of(link), mac=link.get("IFLA_ADDRESS") or "",
+                                            master=master_name)
+    finally:
+        ipr.close()
+    container = None
+    addresses: set = set()
+    routes: set = set()
+    if netns.exists(netns_path):
+        ipr = netns.iproute(netns_path)
+        try:
+            link = lookup(ipr, ifname)
+            if link is not None:
+                index = link["index"]
+                container = ObservedLink(name=ifname, kind=kind_of(link), mac=link.get("IFLA_ADDRESS") or "",
+                                         peer_index=link.get("IFLA_LINK"))
+                for a in ipr.get_addr(index=index):
+                    addresses.add(ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"))
+                for family in (2, 10):
+                    for r in ipr.get_routes(family=family, oif=index, table=254):
+                        dst = r.get("RTA_DST")
+                        net = ipaddress.ip_network(f"{dst}/{r['dst_len']}" if dst else
+                                                   ("0.0.0.0/0" if family == 2 else "::/0"), strict=False)
+                        gw = r.get("RTA_GATEWAY")
+                        routes.add((net, ipaddress.ip_address(gw) if gw else None))
+        finally:
+            ipr.close()
+    return Observed(host_links=host_links, host_indexes=host_indexes, container=container,
+                    container_addresses=frozenset(addresses), container_routes=frozenset(routes))
+
+
+def write_host_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
+    """Host sysctls (``ip_forward``): read first, so a host that already forwards sees no write."""
+    for key, value in sysctls:
+        try:
+            if netns.read_sysctl(key) != value:
+                netns.write_sysctl(key, value)
+        except OSError as exc:
+            raise errors.IOFailure(f"could not set sysctl {key}={value}: {exc}") from None
+
+
+def mac_of(ipr, index: int) -> str:
+    return ipr.get_links(index)[0].get("IFLA_ADDRESS") or ""
+
+
+def bridge_mac(ipr, name: str) -> Optional[str]:
+    link = lookup(ipr, name)
+    return link.get("IFLA_ADDRESS") if link is not None else None

@@ -1,0 +1,244 @@
+"""berth-overlay: flannel's CNI plugin for Berth's overlay — the host's share of the network, handed to the bridge.
+
+The daemon (``berth overlay``) publishes the host's subnet in the subnet file; this plugin turns it into a
+berth-bridge config (berth-ipam over the subnet, the overlay's MTU, a route to the whole overlay network) and
+delegates. The delegated config is saved per attachment under ``dataDir`` so DEL and CHECK use exactly what ADD used
+even after the subnet file changed, and GC can release attachments the runtime forgot. Unlike flannel, CHECK checks
+(the address is in this host's current subnet, the bridge exists) and GC/STATUS are real.
+
+Config keys (flannel's): ``subnetFile``, ``dataDir``, ``delegate`` (base of the bridge config, ``type`` defaults to
+berth-bridge), ``ipam`` (base of the delegated IPAM config, ``type`` defaults to berth-ipam).
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from cni_plugins import errors, invoke, skel
+from cni_plugins.types import Result
+from overlay import subnetfile
+
+DEFAULT_DATA_DIR = "/var/lib/cni/berth-overlay"
+DEFAULT_DELEGATE = "berth-bridge"
+DEFAULT_IPAM = "berth-ipam"
+STATE_DIFFERS = 101  # CHECK: the attachment no longer matches the host (as berth-bridge uses it)
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    subnet_file: str
+    data_dir: str
+    delegate: Mapping[str, Any]
+    ipam: Mapping[str, Any]
+
+
+def parse(config: Mapping[str, Any]) -> OverlayConfig:
+    def path(key: str, default: str) -> str:
+        value = config.get(key) or default
+        if not isinstance(value, str) or not os.path.isabs(value):
+            raise errors.InvalidConfig(f"{key}: must be an absolute path, not {value!r}")
+        return value
+
+    def mapping(key: str) -> Mapping[str, Any]:
+        value = config.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise errors.InvalidConfig(f"{key}: must be an object, not {value!r}")
+        if "type" in value and (not isinstance(value["type"], str) or not value["type"]):
+            raise errors.InvalidConfig(f"{key}.type: must name a plugin, not {value['type']!r}")
+        return value
+
+    return OverlayConfig(path("subnetFile", subnetfile.DEFAULT_SUBNET_FILE), path("dataDir", DEFAULT_DATA_DIR),
+                         mapping("delegate"), mapping("ipam"))
+
+
+def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: skel.Request) -> dict[str, Any]:
+    """The bridge's network config for this host's subnet (pure)."""
+    conf: dict[str, Any] = {k: v for k, v in cfg.delegate.items()}
+    conf.setdefault("type", DEFAULT_DELEGATE)
+    conf["name"] = req.name
+    conf["cniVersion"] = req.cni_version
+    conf.setdefault("mtu", settings.mtu)
+    conf.setdefault("isGateway", True)
+    conf.setdefault("ipMasq", not settings.ipmasq)  # the daemon masquerades already when FLANNEL_IPMASQ is true
+    ipam: dict[str, Any] = {k: v for k, v in cfg.ipam.items() if k not in ("subnet", "rangeStart", "rangeEnd")}
+    ipam.setdefault("type", DEFAULT_IPAM)
+    ipam["ranges"] = [[{"subnet": str(settings.subnet.network)}]]
+    routes = list(ipam.get("routes") or [])
+    if not any(isinstance(r, Mapping) and r.get("dst") == str(settings.network) for r in routes):
+        routes.append({"dst": str(settings.network)})
+    ipam["routes"] = routes
+    conf["ipam"] = ipam
+    for key in ("runtimeConfig", "args"):
+        if key in req.config:
+            conf[key] = req.config[key]
+    return conf
+
+
+# -- saved delegate configs ------------------------------------------------------------------------------------
+
+def _saved_path(cfg: OverlayConfig, container_id: str, ifname: str) -> str:
+    return os.path.join(cfg.data_dir, f"{container_id}-{ifname}.json")
+
+
+def _save(cfg: OverlayConfig, req: skel.Request, conf: Mapping[str, Any]) -> None:
+    try:
+        os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cfg.data_dir, prefix=".tmp-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"containerID": req.container_id, "ifname": req.ifname, "delegate": conf}, handle)
+        os.replace(tmp, _saved_path(cfg, req.container_id, req.ifname))
+    except OSError as exc:
+        raise errors.IOFailure(f"saving the delegated config under {cfg.data_dir}: {exc}") from None
+
+
+def _load(cfg: OverlayConfig, container_id: str, ifname: str) -> Optional[dict[str, Any]]:
+    try:
+        with open(_saved_path(cfg, container_id, ifname)) as handle:
+            return json.load(handle)["delegate"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise errors.IOFailure(f"reading the saved config of {container_id}/{ifname}: {exc}") from None
+
+
+def _forget(cfg: OverlayConfig, container_id: str, ifname: str) -> None:
+    try:
+        os.unlink(_saved_path(cfg, container_id, ifname))
+    except FileNotFoundError:
+        pass
+
+
+def _saved_attachments(cfg: OverlayConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    found = []
+    try:
+        names = sorted(os.listdir(cfg.data_dir))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(cfg.data_dir, name)) as handle:
+                doc = json.load(handle)
+            found.append((doc["containerID"], doc["ifname"], doc["delegate"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def _settings(cfg: OverlayConfig) -> subnetfile.SubnetFile:
+    try:
+        return subnetfile.read(cfg.subnet_file)
+    except FileNotFoundError:
+        raise errors.TryAgainLater(f"no subnet file at {cfg.subnet_file}: is `berth overlay` running here?",
+                                   "the overlay daemon writes it once it holds this host's subnet lease") from None
+    except (OSError, subnetfile.SubnetFileError) as exc:
+        raise errors.IOFailure(f"reading {cfg.subnet_file}: {exc}") from None
+
+
+def _with_prev_result(conf: dict[str, Any], req: skel.Request) -> dict[str, Any]:
+    if req.config.get("prevResult") is not None:
+        conf = {**conf, "prevResult": req.config["prevResult"]}
+    return conf
+
+
+# -- handlers ---------------------------------------------------------------------------------------------------
+
+def cmd_add(req: skel.Request) -> Result:
+    cfg = parse(req.config)
+    conf = delegate_config(cfg, _settings(cfg), req)
+    _save(cfg, req, conf)
+    try:
+        return invoke.delegate(conf["type"], "ADD", conf, req)
+    except BaseException:
+        _forget(cfg, req.container_id, req.ifname)
+        raise
+
+
+def cmd_del(req: skel.Request) -> None:
+    """Idempotent: with no saved config (ADD never ran, or DEL already did) the current subnet file stands in,
+    so the bridge and IPAM still release whatever they hold; with neither there is nothing to undo."""
+    cfg = parse(req.config)
+    conf = _load(cfg, req.container_id, req.ifname)
+    if conf is None:
+        settings = subnetfile.read_if_present(cfg.subnet_file)
+        if settings is None:
+            return
+        conf = delegate_config(cfg, settings, req)
+    invoke.delegate(conf["type"], "DEL", _with_prev_result(conf, req), req)
+    _forget(cfg, req.container_id, req.ifname)
+
+
+def cmd_check(req: skel.Request) -> None:
+    cfg = parse(req.config)
+    if req.prev_result is None:
+        raise errors.InvalidConfig("required prevResult missing")
+    conf = _load(cfg, req.container_id, req.ifname)
+    if conf is None:
+        raise errors.CniError(f"no saved config for {req.container_id}/{req.ifname}: was ADD run here?",
+                              code=STATE_DIFFERS)
+    settings = _settings(cfg)
+    subnet = settings.subnet.network
+    for ip in req.prev_result.ips:
+        address = ipaddress.ip_interface(str(ip.address)).ip
+        if address.version == 4 and address not in subnet:
+            raise errors.CniError(f"address {address} is outside this host's subnet {subnet}",
+                                  "the host's subnet lease changed since ADD", code=STATE_DIFFERS)
+    bridge = conf.get("bridge") or "cni0"
+    try:
+        socket.if_nametoindex(bridge)
+    except OSError:
+        raise errors.CniError(f"bridge {bridge!r} is missing on this host", code=STATE_DIFFERS) from None
+    invoke.delegate(conf["type"], "CHECK", _with_prev_result(conf, req), req)
+
+
+def cmd_gc(req: skel.Request) -> None:
+    """DEL every saved attachment the runtime no longer lists, then let the bridge and IPAM collect the rest."""
+    cfg = parse(req.config)
+    failures = []
+    if req.valid_attachments is not None:
+        valid = {(a.container_id, a.ifname) for a in req.valid_attachments}
+        for container_id, ifname, conf in _saved_attachments(cfg):
+            if (container_id, ifname) in valid:
+                continue
+            env = {k: v for k, v in req.env.items() if k != "CNI_NETNS"}
+            env.update(CNI_COMMAND="DEL", CNI_CONTAINERID=container_id, CNI_IFNAME=ifname)
+            try:
+                invoke.delegate(conf["type"], "DEL", conf, dataclasses.replace(req, env=env))
+                _forget(cfg, container_id, ifname)
+            except errors.CniError as exc:
+                failures.append(f"{container_id}/{ifname}: {exc}")
+    settings = subnetfile.read_if_present(cfg.subnet_file)
+    if settings is not None:
+        conf = delegate_config(cfg, settings, req)
+        for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+            if key in req.config:
+                conf[key] = req.config[key]
+        invoke.delegate(conf["type"], "GC", conf, req)
+    if failures:
+        raise errors.CniError("GC could not release every stale attachment", "; ".join(failures), code=999)
+
+
+def cmd_status(req: skel.Request) -> None:
+    cfg = parse(req.config)
+    settings = subnetfile.read_if_present(cfg.subnet_file)
+    if settings is None:
+        raise errors.NotAvailable(f"this host holds no overlay subnet lease (no readable {cfg.subnet_file})",
+                                  "start `berth overlay` on this host")
+    conf = delegate_config(cfg, settings, req)
+    invoke.delegate(conf["type"], "STATUS", conf, req)
+
+
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+
+
+def main() -> int:
+    return skel.main(HANDLERS, about="berth-overlay: the host's overlay subnet, delegated to berth-bridge")

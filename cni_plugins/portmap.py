@@ -1,0 +1,117 @@
+"""berth-portmap: chained after the bridge, publishes host ports as DNAT rules (``docker run -p``).
+
+Traffic to a host port is forwarded to the container whether it arrives from outside (prerouting) or from the host
+itself (output; localhost works through ``route_localnet`` and a masquerade, as in the reference). Unlike the
+reference, a host port another container already holds is refused with a clear error instead of being stolen.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from cni_plugins import errors, firewall, netns, skel
+from cni_plugins.portmap_plan import PORT_TAKEN, PortmapConfig, conflicts, container_ips, parse, plan_rules
+from cni_plugins.types import Result
+
+LOCK_PATH = "/run/berth/portmap.lock"
+
+
+def _config(req: skel.Request) -> PortmapConfig:
+    return parse(req.config, req.cni_version, req.runtime.port_mappings)
+
+
+def _tag(cfg: PortmapConfig, req: skel.Request) -> str:
+    return firewall.attachment_tag(cfg.name, req.container_id, req.ifname)
+
+
+@contextmanager
+def _host_port_lock() -> Iterator[None]:
+    """Check-then-add of host ports is one critical section across processes and threads (one fd per call)."""
+    os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _enable_route_localnet(prev: Result) -> None:
+    """Let 127.0.0.1 be DNATed out of the host-side interfaces (the bridge) toward the container."""
+    for iface in prev.interfaces:
+        if iface.sandbox:
+            continue
+        key = f"net/ipv4/conf/{iface.name}/route_localnet"
+        try:
+            if netns.read_sysctl(key) != "1":
+                netns.write_sysctl(key, "1")
+        except FileNotFoundError:
+            continue  # an interface that is gone, or one the result names without a host link
+        except OSError as exc:
+            raise errors.IOFailure(f"could not set {key}: {exc}") from None
+
+
+def _prev(req: skel.Request) -> Result:
+    if req.prev_result is None:
+        raise errors.InvalidConfig("portmap must be chained after a plugin that returns a result (no prevResult)")
+    return req.prev_result
+
+
+def cmd_add(req: skel.Request) -> Result:
+    cfg = _config(req)
+    prev = _prev(req)
+    if not cfg.mappings:
+        return prev
+    addresses = container_ips(prev, req.ifname)
+    rules = plan_rules(cfg, addresses)
+    if not rules:
+        return prev
+    tag = _tag(cfg, req)
+    backend = firewall.backend_for(cfg.backend, "portmap")
+    with _host_port_lock():
+        taken = conflicts(cfg, tag, (r.comment for r in backend.rules(firewall.TAG_PREFIX + " ")))
+        if taken:
+            raise errors.CniError("; ".join(taken), "each host port can be published by one container",
+                                  code=PORT_TAKEN)
+        backend.remove([tag])  # a repeated ADD replaces its own rules
+        backend.add(tag, rules)
+    if cfg.snat and any(a.version == 4 for a in addresses):
+        try:
+            _enable_route_localnet(prev)
+        except errors.CniError:
+            backend.remove([tag])
+            raise
+    return prev
+
+
+def cmd_del(req: skel.Request) -> None:
+    cfg = _config(req)
+    firewall.backend_for(cfg.backend, "portmap").remove([_tag(cfg, req)])
+
+
+def cmd_check(req: skel.Request) -> None:
+    cfg = _config(req)
+    prev = _prev(req)
+    expected = {firewall.comment_for(_tag(cfg, req), r) for r in plan_rules(cfg, container_ips(prev, req.ifname))}
+    present = {r.comment for r in firewall.backend_for(cfg.backend, "portmap").rules(_tag(cfg, req) + " ")}
+    missing = sorted(expected - present)
+    if missing:
+        raise errors.CniError(f"port mapping rules are missing: {missing}", code=101)
+
+
+def cmd_gc(req: skel.Request) -> None:
+    """Remove the rules of every attachment of this network that the runtime no longer lists."""
+    if req.valid_attachments is None:
+        return
+    cfg = parse(req.config, req.cni_version, ())
+    keep = {firewall.attachment_tag(cfg.name, a.container_id, a.ifname) for a in req.valid_attachments}
+    firewall.gc(firewall.backend_for(cfg.backend, "portmap"), cfg.name, keep)
+
+
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc)
+
+
+def main() -> int:
+    return skel.main(HANDLERS, about="berth-portmap: host port mapping CNI plugin")

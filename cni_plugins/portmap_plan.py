@@ -1,0 +1,135 @@
+"""The portmap plugin's config and rule plan, pure.
+
+``runtimeConfig.portMappings`` and the container's addresses from ``prevResult`` become abstract firewall rules
+(:mod:`cni_plugins.firewall`); a host port another attachment already holds is a conflict found here, before any
+rule is written.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+from cni_plugins import errors
+from cni_plugins.firewall import Dnat, Rule, SnatToContainer, tag_of
+from cni_plugins.types import IPAddress, Result
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+BACKENDS = ("nftables", "iptables")
+PORT_TAKEN = 102  # plugin-specific CNI error code: a host port is already mapped by another container
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    host_port: int
+    container_port: int
+    protocol: str
+    host_ip: Optional[IPAddress]
+
+
+@dataclass(frozen=True)
+class PortmapConfig:
+    name: str
+    cni_version: str
+    snat: bool
+    masq_all: bool
+    backend: str
+    mappings: tuple[PortMapping, ...]
+
+
+def _port(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise errors.InvalidConfig(f"{field}: must be a port between 1 and 65535, not {value!r}")
+    return value
+
+
+def parse_mapping(raw: Mapping[str, Any], index: int) -> PortMapping:
+    field = f"runtimeConfig.portMappings[{index}]"
+    protocol = str(raw.get("protocol") or "tcp").lower()
+    if protocol not in PROTOCOLS:
+        raise errors.InvalidConfig(f"{field}.protocol: must be one of {list(PROTOCOLS)}, not {raw.get('protocol')!r}")
+    host_ip = None
+    if raw.get("hostIP"):
+        try:
+            host_ip = ipaddress.ip_address(raw["hostIP"])
+        except ValueError:
+            raise errors.InvalidConfig(f"{field}.hostIP: {raw['hostIP']!r} is not an address") from None
+        if host_ip.is_unspecified:
+            host_ip = None  # 0.0.0.0 / :: mean every address, as no hostIP does
+    return PortMapping(host_port=_port(raw.get("hostPort"), f"{field}.hostPort"),
+                       container_port=_port(raw.get("containerPort"), f"{field}.containerPort"),
+                       protocol=protocol, host_ip=host_ip)
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise errors.InvalidConfig(f"{key}: must be true or false, not {value!r}")
+    return value
+
+
+def parse(config: Mapping[str, Any], cni_version: str, mappings: Iterable[Mapping[str, Any]]) -> PortmapConfig:
+    backend = config.get("backend") or "nftables"
+    if backend not in BACKENDS:
+        raise errors.InvalidConfig(f"backend: must be one of {list(BACKENDS)}, not {backend!r}")
+    parsed = tuple(dict.fromkeys(parse_mapping(m, i) for i, m in enumerate(mappings)))
+    return PortmapConfig(name=str(config.get("name")), cni_version=cni_version, snat=_flag(config, "snat", True),
+                         masq_all=_flag(config, "masqAll", False), backend=backend, mappings=parsed)
+
+
+def container_ips(prev: Result, ifname: str) -> tuple[IPAddress, ...]:
+    """The container's addresses: those of ``prevResult`` on an interface inside the sandbox (or unassigned)."""
+    out = []
+    for ip in prev.ips:
+        if ip.interface is not None:
+            iface = prev.interfaces[ip.interface]
+            if not iface.sandbox:
+                continue
+        out.append(ip.address.ip)
+    return tuple(out)
+
+
+def plan_rules(cfg: PortmapConfig, addresses: Iterable[IPAddress]) -> list[Rule]:
+    rules: list[Rule] = []
+    for address in addresses:
+        for m in cfg.mappings:
+            if m.host_ip is not None and m.host_ip.version != address.version:
+                continue
+            rules.append(Dnat(protocol=m.protocol, host_port=m.host_port, host_ip=m.host_ip, container_ip=address,
+                              container_port=m.container_port))
+            if cfg.snat:
+                if address.version == 4:
+                    rules.append(SnatToContainer("localhost", m.protocol, address, m.container_port))
+                rules.append(SnatToContainer("hairpin", m.protocol, address, m.container_port))
+            if cfg.masq_all:
+                rules.append(SnatToContainer("all", m.protocol, address, m.container_port))
+    return list(dict.fromkeys(rules))
+
+
+def _claim(comment: str) -> Optional[tuple[str, int, str]]:
+    """``... dnat tcp/8080/*`` → ("tcp", 8080, "*"); None for other rules."""
+    words = comment.split(" ")
+    if len(words) < 6 or words[4] != "dnat":
+        return None
+    protocol, port, host_ip = words[5].split("/", 2)
+    return protocol, int(port), host_ip
+
+
+def conflicts(cfg: PortmapConfig, tag: str, existing_comments: Iterable[str]) -> list[str]:
+    """Host ports of ``cfg`` already held by another attachment: same protocol and port, overlapping host IP."""
+    taken: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for comment in existing_comments:
+        claim = _claim(comment)
+        if claim and tag_of(comment) != tag:
+            taken.setdefault(claim[:2], []).append((claim[2], tag_of(comment).split(" ")[2]))
+    out = []
+    for m in cfg.mappings:
+        wanted = str(m.host_ip) if m.host_ip else "*"
+        for held_ip, owner in taken.get((m.protocol, m.host_port), []):
+            if "*" in (held_ip, wanted) or held_ip == wanted:
+                out.append(f"{m.protocol} host port {m.host_port}"
+                           f"{'' if wanted == '*' else ' on ' + wanted} is already mapped by container {owner}")
+                break
+    return out

@@ -1,0 +1,148 @@
+"""The ordered chain of handlers a question passes through (CoreDNS's lesson): zone → gate → cache → forward.
+
+Each handler either answers (returns a result) or passes (returns None). None of them does I/O: forwarding ends
+in a :class:`Forward` that the socket shell carries out and hands back to the responder.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dnslib import DNSHeader, DNSQuestion, DNSRecord, EDNS0, RR
+
+from .acl import RecursionPolicy
+from .names import ZoneIndex
+from .records import AXFR, IXFR, NOERROR, NOTIMP, NXDOMAIN, OPT, REFUSED, Answer
+from .wire import Query
+
+UPSTREAM_UDP_SIZE = 1232
+IN_CLASSES = (1, 255)  # IN, ANY
+
+
+@dataclass(frozen=True)
+class Context:
+    client: str
+    index: ZoneIndex
+    now: float
+
+
+@dataclass(frozen=True)
+class ZoneAnswer:
+    """An authoritative answer; deterministic for its question, so its packed bytes may be cached."""
+
+    answer: Answer
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    rcode: int
+    recursion_available: bool = False
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    message: DNSRecord
+    age: int = 0
+
+
+@dataclass
+class Forward:
+    """Work for the shell: send ``packet`` upstream, give the reply to ``Responder.complete``."""
+
+    query: Query
+    packet: bytes
+    tcp: bool
+    client: str = ""
+    upstream_id: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upstream_id = int.from_bytes(self.packet[:2], "big")
+
+
+Result = ZoneAnswer | ErrorAnswer | UpstreamAnswer | Forward
+
+
+class Handler(Protocol):
+    def handle(self, query: Query, ctx: Context) -> Result | None: ...
+
+
+class ZoneHandler:
+    """Answers everything inside the zone and PTR questions for known addresses."""
+
+    def handle(self, query: Query, ctx: Context) -> Result | None:
+        if query.qtype in (AXFR, IXFR):
+            return ErrorAnswer(NOTIMP) if ctx.index.is_authoritative_for(query.name, query.qtype) else None
+        if query.qclass not in IN_CLASSES:
+            return ErrorAnswer(REFUSED) if ctx.index.in_zone(query.name) else None
+        answer = ctx.index.lookup(query.name, query.qtype)
+        return None if answer is None else ZoneAnswer(answer)
+
+
+class RecursionGate:
+    """Everything past this point is recursion: only allowed clients get it (BCP 140), others REFUSED."""
+
+    def __init__(self, policy: RecursionPolicy, enabled: bool) -> None:
+        self.policy = policy
+        self.enabled = enabled
+
+    def handle(self, query: Query, ctx: Context) -> Result | None:
+        if not self.enabled or not self.policy.allows(ctx.client, ctx.index.endpoint_addresses):
+            return ErrorAnswer(REFUSED)
+        return None
+
+
+class UpstreamCache:
+    """Upstream answers kept for their TTL (the smallest in the message, capped), served with aged TTLs."""
+
+    def __init__(self, max_ttl: int = 300, max_entries: int = 10_000) -> None:
+        self.max_ttl = max_ttl
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, int, int], tuple[float, float, DNSRecord]] = {}
+
+    def handle(self, query: Query, ctx: Context) -> Result | None:
+        entry = self._entries.get((query.name, query.qtype, query.qclass))
+        if entry is None:
+            return None
+        stored, expires, message = entry
+        if ctx.now >= expires:
+            del self._entries[(query.name, query.qtype, query.qclass)]
+            return None
+        return UpstreamAnswer(message, int(ctx.now - stored))
+
+    def store(self, query: Query, message: DNSRecord, now: float) -> None:
+        rcode = message.header.rcode
+        records = [rr for rr in (*message.rr, *message.auth, *message.ar) if rr.rtype != OPT]
+        if rcode not in (NOERROR, NXDOMAIN) or not records:
+            return
+        ttl = min(min(rr.ttl for rr in records), self.max_ttl)
+        if ttl <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[(query.name, query.qtype, query.qclass)] = (now, now + ttl, message)
+
+
+class ForwardHandler:
+    """The end of the chain: ask upstream (through the shell)."""
+
+    def handle(self, query: Query, ctx: Context) -> Result | None:
+        message = DNSRecord(DNSHeader(id=secrets.randbits(16), rd=1),
+                            q=DNSQuestion(query.name + "." if query.name else ".", query.qtype, query.qclass))
+        message.add_ar(EDNS0(udp_len=UPSTREAM_UDP_SIZE))
+        return Forward(query, bytes(message.pack()), tcp=False, client=ctx.client)
+
+
+def aged(records: list[RR], age: int) -> list[RR]:
+    if not age:
+        return list(records)
+    return [RR(rr.rname, rr.rtype, rr.rclass, max(0, rr.ttl - age), rr.rdata) for rr in records]
+
+
+def run_chain(handlers: list[Handler], query: Query, ctx: Context) -> Result:
+    for handler in handlers:
+        result = handler.handle(query, ctx)
+        if result is not None:
+            return result
+    return ErrorAnswer(REFUSED)
+

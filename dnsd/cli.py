@@ -1,0 +1,137 @@
+"""``berth dns``: run dnsd. Parses options into frozen configs at the edge, binds, then hands over to the shell."""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import subprocess
+import sys
+
+from .acl import LOOPBACK, RecursionPolicy
+from .names import DEFAULT_ZONE, ZoneConfig
+from .server import ServerOptions, bind_listener, run_workers
+from .upstream import Upstream, parse_resolv_conf
+
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", metavar="URL", help="answer from the discovery view of this datastore "
+                        "(sqlite:///path.db, etcd://host:port)")
+    source.add_argument("--records", metavar="FILE", help="answer from a JSON list of endpoint records "
+                        "(re-read when it changes)")
+    parser.add_argument("--listen", metavar="ADDR:PORT", action="append",
+                        help="address to serve UDP and TCP on (repeatable; port 0 picks a free one; "
+                        "default 127.0.0.1:53)")
+    parser.add_argument("--zone", default=DEFAULT_ZONE, help=f"the zone answered (default {DEFAULT_ZONE})")
+    parser.add_argument("--ttl", type=int, default=5, help="TTL of answers in seconds (default 5)")
+    parser.add_argument("--negative-ttl", type=int, default=5, help="SOA minimum: TTL of NXDOMAIN/NODATA")
+    parser.add_argument("--upstream", metavar="IP[:PORT]", action="append", default=[],
+                        help="resolver for names outside the zone (repeatable; default: resolv.conf's)")
+    parser.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where to read upstreams from")
+    parser.add_argument("--no-forward", action="store_true", help="authoritative only: REFUSED for other names")
+    parser.add_argument("--allow-recursion", metavar="CIDR", action="append", default=[],
+                        help="client network that may use forwarding (repeatable)")
+    parser.add_argument("--no-default-recursion", action="store_true",
+                        help="drop the default recursion clients (loopback, the listen networks, endpoints)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP "
+                        "connection is closed (default 10)")
+    parser.add_argument("--max-udp-size", type=int, default=1232, help="largest UDP answer with EDNS "
+                        "(default 1232)")
+    parser.add_argument("--no-batch", action="store_true", help="plain recvfrom/sendto instead of "
+                        "recvmmsg/sendmmsg (for comparison)")
+    parser.add_argument("--upstream-timeout", type=float, default=2.0, help="seconds per upstream try")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, "53"
+    try:
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
+        raise SystemExit(f"berth dns: --listen {text!r} is not ADDR:PORT") from None
+
+
+def interface_networks(hosts: list[str]) -> list[str]:
+    """The networks (from ``ip -j addr``) that the given local addresses live on: the container bridges."""
+    wanted = {h for h in hosts if h not in WILDCARDS}
+    if not wanted:
+        return []
+    try:
+        out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True).stdout
+        links = json.loads(out)
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return []
+    found = []
+    for link in links:
+        for info in link.get("addr_info", ()):
+            if info.get("local") in wanted:
+                found.append(str(ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False)))
+    return found
+
+
+def make_view(args: argparse.Namespace):
+    if args.records:
+        from .view import FileView
+        return FileView(args.records)
+    from discovery.view import DiscoveryView
+    from store.api import open_store
+    return DiscoveryView(open_store(args.store)).start()
+
+
+def run(args: argparse.Namespace) -> int:
+    listens = [parse_listen(text) for text in (args.listen or ["127.0.0.1:53"])]
+    hosts = [host for host, _ in listens]
+    zone = ZoneConfig(args.zone, args.ttl, args.negative_ttl,
+                      tuple(h for h in hosts if h not in WILDCARDS and not ipaddress.ip_address(h).is_loopback))
+    cidrs = [] if args.no_default_recursion else [*LOOPBACK, *interface_networks(hosts)]
+    policy = RecursionPolicy.from_cidrs([*cidrs, *args.allow_recursion],
+                                        allow_endpoints=not args.no_default_recursion)
+    upstreams = [Upstream.parse(u) for u in args.upstream]
+    if not upstreams and not args.no_forward:
+        try:
+            with open(args.resolv_conf, encoding="utf-8") as f:
+                upstreams = parse_resolv_conf(f.read())
+        except OSError:
+            upstreams = []
+        ours = {(host, port) for host, port in listens}
+        upstreams = [u for u in upstreams if (u.host, u.port) not in ours]
+    forwarding = bool(upstreams) and not args.no_forward
+    options = ServerOptions(listen=tuple(listens), workers=max(1, args.workers),
+                            tcp_idle_timeout=args.tcp_idle_timeout, upstreams=tuple(upstreams),
+                            upstream_timeout=args.upstream_timeout, batched_udp=not args.no_batch)
+    listeners = [bind_listener(host, port, options.workers) for host, port in listens]
+
+    def make_responder():
+        from .responder import Responder
+        return Responder(make_view(args), zone, policy, forwarding, server_udp_size=args.max_udp_size)
+
+    def ready() -> None:
+        for ln in listeners:
+            host = f"[{ln.host}]" if ":" in ln.host else ln.host
+            print(f"dnsd: listening on {host}:{ln.port} (udp, tcp) zone {zone.zone}.", flush=True)
+        upstream_text = ", ".join(f"{u.host}:{u.port}" for u in upstreams) if forwarding else "off"
+        print(f"dnsd: forwarding: {upstream_text}", flush=True)
+
+    try:
+        return run_workers(listeners, make_responder, options, ready)
+    finally:
+        for ln in listeners:
+            ln.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="berth dns")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

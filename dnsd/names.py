@@ -1,0 +1,174 @@
+"""The name scheme: endpoint records → the zone's names, and a question → an answer. Pure: no I/O, no clock.
+
+Names (``Z`` is the zone, default ``berth.internal``), built only from endpoints that are not critical:
+
+- ``<name>.Z`` and ``<name>.<network>.Z``: A/AAAA (and TXT) for every container name and alias;
+- ``<service>.service.Z`` and ``<tag>.<service>.service.Z``: A/AAAA per endpoint, SRV per port (Consul style);
+- ``_<service>._<proto>.service.Z`` (RFC 2782) and Consul's ``_<service>._<tag>.service.Z``: SRV whose target
+  (``<name>.<network>.Z``, or ``<name>.Z`` without a network) has its A/AAAA in the additional section;
+- PTR in ``in-addr.arpa``/``ip6.arpa`` for every address, pointing at ``<name>.Z``;
+- SOA and NS at the apex; the SOA serial is the view's revision and its minimum is the negative TTL (RFC 2308).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable
+
+from discovery.model import DNS_LABEL, EndpointRecord, Health
+
+from .records import (A, AAAA, ANY, NOERROR, NS, NXDOMAIN, PTR, SOA, SRV, TXT, Answer, Record, Soa, Srv)
+
+DEFAULT_ZONE = "berth.internal"
+REVERSE_SUFFIXES = ("in-addr.arpa", "ip6.arpa")
+
+
+@dataclass(frozen=True)
+class ZoneConfig:
+    zone: str = DEFAULT_ZONE
+    ttl: int = 5
+    negative_ttl: int = 5
+    nameserver_addresses: tuple[str, ...] = ()  # A/AAAA of ns.<zone>, when the server knows where it listens
+
+    def __post_init__(self) -> None:
+        zone = self.zone.rstrip(".").lower()
+        if not zone or any(not DNS_LABEL.match(label) for label in zone.split(".")):
+            raise ValueError(f"zone: {self.zone!r} is not a DNS name")
+        object.__setattr__(self, "zone", zone)
+        for name in ("ttl", "negative_ttl"):
+            if not 0 <= getattr(self, name) <= 2**31 - 1:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is out of range")
+
+
+def normalise(name: str) -> str:
+    """Lower-case, without the trailing dot (the form every index key uses)."""
+    return name.rstrip(".").lower()
+
+
+def address_type(address: str) -> int:
+    return AAAA if ":" in address else A
+
+
+class ZoneIndex:
+    """Every name of the zone (and the reverse names of known addresses) with its record sets."""
+
+    def __init__(self, records: Iterable[EndpointRecord], config: ZoneConfig, revision: int) -> None:
+        self.config = config
+        self.zone = config.zone
+        self.revision = revision
+        self._nodes: dict[str, dict[int, list[Record]]] = {}
+        self._reverse: dict[str, dict[int, list[Record]]] = {}
+        live = [r for r in records if r.health != Health.CRITICAL]
+        self.endpoint_addresses = frozenset(a for r in live for a in r.addresses)
+        self._build(live)
+        self._add_empty_non_terminals()
+        self.soa = self._nodes[self.zone][SOA][0]
+
+    # -- building -------------------------------------------------------------------------------------------
+    def _add(self, nodes: dict, name: str, rtype: int, rdata) -> None:
+        rrsets = nodes.setdefault(name, {})
+        rrset = rrsets.setdefault(rtype, [])
+        record = Record(name, rtype, self.config.ttl, rdata)
+        if record not in rrset:
+            rrset.append(record)
+
+    def _build(self, endpoints: list[EndpointRecord]) -> None:
+        z, cfg = self.zone, self.config
+        ns_name = f"ns.{z}"
+        soa = Soa(ns_name, f"hostmaster.{z}", self.revision % 2**32, 3600, 600, 86400, cfg.negative_ttl)
+        self._nodes[z] = {SOA: [Record(z, SOA, cfg.negative_ttl, soa)], NS: [Record(z, NS, cfg.ttl, ns_name)]}
+        for address in cfg.nameserver_addresses:
+            self._add(self._nodes, ns_name, address_type(address), address)
+        for ep in sorted(endpoints, key=lambda e: e.id):
+            target = f"{ep.name}.{ep.network}.{z}" if ep.network else f"{ep.name}.{z}"
+            for name in ep.names:
+                owners = [f"{name}.{z}"] + ([f"{name}.{ep.network}.{z}"] if ep.network else [])
+                for owner in owners:
+                    for address in ep.addresses:
+                        self._add(self._nodes, owner, address_type(address), address)
+                    if ep.txt:
+                        self._add(self._nodes, owner, TXT, tuple(ep.txt))
+            for address in ep.addresses:
+                reverse = ipaddress.ip_address(address).reverse_pointer
+                self._add(self._reverse, reverse, PTR, f"{ep.name}.{z}")
+            self._add_service(ep, target)
+
+    def _add_service(self, ep: EndpointRecord, target: str) -> None:
+        z = self.zone
+        base = f"{ep.service}.service.{z}"
+        tags = sorted({t.lower() for t in ep.tags if DNS_LABEL.match(t)})
+        owners = [base] + [f"{tag}.{base}" for tag in tags]
+        for owner in owners:
+            for address in ep.addresses:
+                self._add(self._nodes, owner, address_type(address), address)
+        if not ep.addresses:
+            return  # an SRV target must resolve
+        for port in ep.ports:
+            srv = Srv(1, 1, port.port, target)
+            for owner in owners:
+                self._add(self._nodes, owner, SRV, srv)
+            self._add(self._nodes, f"_{ep.service}._{port.protocol}.service.{z}", SRV, srv)
+            for tag in tags:
+                self._add(self._nodes, f"_{ep.service}._{tag}.service.{z}", SRV, srv)
+
+    def _add_empty_non_terminals(self) -> None:
+        suffix = "." + self.zone
+        for name in list(self._nodes):
+            while name.endswith(suffix):
+                name = name.partition(".")[2]
+                self._nodes.setdefault(name, {})
+
+    # -- answering ------------------------------------------------------------------------------------------
+    def in_zone(self, name: str) -> bool:
+        return name == self.zone or name.endswith("." + self.zone)
+
+    def is_authoritative_for(self, name: str, qtype: int) -> bool:
+        """Inside the zone, or a PTR question for an address we know (other reverse names go upstream)."""
+        return self.in_zone(name) or (name in self._reverse and qtype in (PTR, ANY))
+
+    def lookup(self, name: str, qtype: int, rotation: int = 0) -> Answer | None:
+        """The answer for ``name`` (normalised) and ``qtype``; None when the name is not ours.
+
+        ``rotation`` rotates a multi-record answer set, so callers can hand out every endpoint first in turn."""
+        if not self.is_authoritative_for(name, qtype):
+            return None
+        rrsets = self._nodes.get(name)
+        if rrsets is None:
+            rrsets = self._reverse.get(name)
+            if rrsets is None:
+                return Answer(NXDOMAIN, authority=(self.soa,))
+        if qtype == ANY:
+            found = [r for rtype in sorted(rrsets) for r in rrsets[rtype]]
+        else:
+            found = list(rrsets.get(qtype, ()))
+        if not found:
+            return Answer(NOERROR, authority=(self.soa,))  # NODATA, or an empty non-terminal
+        if rotation and len(found) > 1:
+            k = rotation % len(found)
+            found = found[k:] + found[:k]
+        return Answer(NOERROR, answer=tuple(found), additional=tuple(self._additional(found)))
+
+    def answer_size(self, name: str, qtype: int) -> int:
+        """How many records a question's answer carries (so the caller knows how many rotations exist)."""
+        rrsets = self._nodes.get(name) or self._reverse.get(name) or {}
+        if qtype == ANY:
+            return sum(len(v) for v in rrsets.values())
+        return len(rrsets.get(qtype, ()))
+
+    def _additional(self, answer: list[Record]) -> list[Record]:
+        targets: list[str] = []
+        for record in answer:
+            if record.rtype == SRV:
+                targets.append(record.rdata.target)
+            elif record.rtype == NS:
+                targets.append(record.rdata)
+        extra: list[Record] = []
+        for target in dict.fromkeys(targets):
+            rrsets = self._nodes.get(target, {})
+            extra.extend(rrsets.get(A, ()))
+            extra.extend(rrsets.get(AAAA, ()))
+        return extra
+
+    def names(self) -> list[str]:
+        """Every owner name (for tests and ``--list``)."""
+        return sorted(n for n, rrsets in {**self._nodes, **self._reverse}.items() if rrsets)

@@ -1,0 +1,141 @@
+"""The sans-IO core: request bytes in, reply bytes (or a :class:`Forward` to carry out) out.
+
+The fast path is a dict lookup: packed replies keyed by everything in the query except its ID (flags, question in
+its exact case, EDNS size class), so a hit only patches the ID — no parsing. The cache holds authoritative answers
+only (the same for every client) and is dropped whenever the view's revision moves.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Callable
+
+from dnslib import DNSRecord
+
+from .acl import RecursionPolicy
+from .chain import (Context, ErrorAnswer, Forward, ForwardHandler, RecursionGate, UpstreamAnswer, UpstreamCache,
+                    ZoneAnswer, ZoneHandler, aged, run_chain)
+from .names import ZoneConfig, ZoneIndex
+from .records import OPT, SERVFAIL
+from .view import RecordView
+from .wire import Query, owner_for, pack_reply, parse_query, simple_reply, to_rr
+
+TC_BIT = 0x02
+MAX_ROTATIONS = 8  # multi-record answers are handed out in up to this many rotated orders
+
+
+class Responder:
+    def __init__(self, view: RecordView, zone: ZoneConfig = ZoneConfig(),
+                 policy: RecursionPolicy = RecursionPolicy(), forwarding: bool = False,
+                 clock: Callable[[], float] = time.monotonic, server_udp_size: int = 1232,
+                 max_packed: int = 100_000) -> None:
+        self.view = view
+        self.zone = zone
+        self.clock = clock
+        self.server_udp_size = server_udp_size
+        self.forwarding = forwarding
+        self.max_packed = max_packed
+        self.packed_udp: dict[bytes, object] = {}
+        self.packed_tcp: dict[bytes, object] = {}
+        self.upstream_cache = UpstreamCache()
+        self.chain = [ZoneHandler(), RecursionGate(policy, forwarding), self.upstream_cache, ForwardHandler()]
+        self.revision: int | None = None
+        self.index: ZoneIndex
+        self._lock = threading.Lock()  # orders rebuilds against cache fills from other threads
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the zone when the view moved on; drop every packed answer made from the old one."""
+        with self._lock:
+            revision = self.view.revision
+            if revision == self.revision:
+                return
+            self.index = ZoneIndex(self.view.records().values(), self.zone, revision)
+            self.revision = revision
+            self.packed_udp.clear()
+            self.packed_tcp.clear()
+
+    def respond(self, data: bytes, client: str, tcp: bool = False) -> bytes | Forward | None:
+        if self.view.revision != self.revision:
+            self.refresh()
+        packed = self.packed_tcp if tcp else self.packed_udp
+        hit = packed.get(data[2:])
+        if hit is not None:
+            return data[:2] + (hit if hit.__class__ is bytes else next(hit))
+        return self.respond_slowly(data, client, tcp)
+
+    def respond_slowly(self, data: bytes, client: str, tcp: bool) -> bytes | Forward | None:
+        query = parse_query(data, self.server_udp_size)
+        if not isinstance(query, Query):
+            return query
+        index = self.index
+        result = run_chain(self.chain, query, Context(client, index, self.clock()))
+        limit = 65535 if tcp else query.udp_limit(self.server_udp_size)
+        if isinstance(result, Forward):
+            result.tcp = tcp
+            return result
+        if isinstance(result, ErrorAnswer):
+            return simple_reply(query, result.rcode, result.recursion_available, self.server_udp_size)
+        if isinstance(result, UpstreamAnswer):
+            return self._pack_upstream(query, result.message, result.age, limit)
+        reply = self._pack_zone(query, index, result, limit)
+        self._remember(data, tcp, query, index, result, limit, reply)
+        return reply
+
+    def _pack_zone(self, query: Query, index: ZoneIndex, result: ZoneAnswer, limit: int) -> bytes:
+        a = result.answer
+        sections = ([to_rr(r, owner_for(r, query)) for r in a.answer],
+                    [to_rr(r, owner_for(r, query)) for r in a.authority],
+                    [to_rr(r, owner_for(r, query)) for r in a.additional])
+        return pack_reply(query, a.rcode, a.authoritative, self.forwarding, sections, limit, self.server_udp_size)
+
+    def _remember(self, data: bytes, tcp: bool, query: Query, index: ZoneIndex, result: ZoneAnswer,
+                  limit: int, reply: bytes) -> None:
+        count = len(result.answer.answer)
+        if count < 2 or reply[2] & TC_BIT:  # one order only; a truncated reply is the same for every order
+            entry: object = reply[2:]
+        else:
+            variants = [reply[2:]]
+            for rotation in range(1, min(count, MAX_ROTATIONS)):
+                rotated = ZoneAnswer(index.lookup(query.name, query.qtype, rotation))
+                variants.append(self._pack_zone(query, index, rotated, limit)[2:])
+            entry = itertools.cycle(variants)
+            next(entry)  # the caller is sending variant 0 now
+        packed = self.packed_tcp if tcp else self.packed_udp
+        with self._lock:
+            if index.revision != self.revision:
+                return  # made from a view that has moved on
+            if len(packed) >= self.max_packed:
+                packed.clear()
+            packed[data[2:]] = entry
+
+    def _pack_upstream(self, query: Query, message: DNSRecord, age: int, limit: int) -> bytes:
+        sections = (aged(message.rr, age), aged(message.auth, age),
+                    aged([rr for rr in message.ar if rr.rtype != OPT], age))
+        return pack_reply(query, message.header.rcode, False, True, sections, limit, self.server_udp_size)
+
+    def complete(self, forward: Forward, reply: bytes | None) -> bytes:
+        """The client's reply once the shell has asked upstream (``reply`` None: every upstream failed)."""
+        query = forward.query
+        limit = 65535 if forward.tcp else query.udp_limit(self.server_udp_size)
+        message = _matching_reply(reply, forward)
+        if message is None:
+            return simple_reply(query, SERVFAIL, True, self.server_udp_size)
+        self.upstream_cache.store(query, message, self.clock())
+        return self._pack_upstream(query, message, 0, limit)
+
+
+def _matching_reply(reply: bytes | None, forward: Forward) -> DNSRecord | None:
+    if reply is None:
+        return None
+    try:
+        message = DNSRecord.parse(reply)
+    except Exception:
+        return None
+    if message.header.id != forward.upstream_id or len(message.questions) != 1:
+        return None
+    question = message.questions[0]
+    if str(question.qname).rstrip(".").lower() != forward.query.name or question.qtype != forward.query.qtype:
+        return None
+    return message

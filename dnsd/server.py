@@ -1,0 +1,286 @@
+"""The socket shell: moves bytes between sockets and the :class:`Responder`; no DNS logic lives here.
+
+UDP: one blocking loop per socket whose cache hit costs one dict lookup and one ``sendto``. TCP (RFC 7766): a
+thread per connection, any number of queries on it, closed after an idle timeout. Forwarded questions run on a
+small thread pool so a slow upstream never stalls the loop. Several worker processes may share a port through
+SO_REUSEPORT, each with its own view and responder.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import udp_batch
+from . import upstream as upstream_io
+from .chain import Forward
+from .responder import Responder
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 0),)
+    workers: int = 1
+    tcp_idle_timeout: float = 10.0
+    max_tcp_connections: int = 256
+    upstreams: tuple[upstream_io.Upstream, ...] = ()
+    upstream_timeout: float = 2.0
+    forward_threads: int = 16
+    batched_udp: bool = True  # recvmmsg/sendmmsg where the platform has them
+
+
+@dataclass
+class Listener:
+    """The sockets of one listen address: a UDP socket per worker (SO_REUSEPORT) and one TCP socket."""
+
+    host: str
+    port: int
+    udp: list[socket.socket] = field(default_factory=list)
+    tcp: socket.socket | None = None
+
+    def close(self) -> None:
+        for sock in (*self.udp, self.tcp):
+            if sock is not None:
+                sock.close()
+
+
+def bind_listener(host: str, port: int, workers: int, attempts: int = 20) -> Listener:
+    """Bind UDP and TCP on the same port (a free one when ``port`` is 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    last_error: OSError | None = None
+    for _ in range(attempts if port == 0 else 1):
+        listener = Listener(host, port)
+        try:
+            for _ in range(workers):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                listener.udp.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.bind((host, listener.port))
+                listener.port = sock.getsockname()[1]
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            listener.tcp = tcp
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((host, listener.port))
+            tcp.listen(128)
+            return listener
+        except OSError as exc:
+            listener.close()
+            last_error = exc
+    raise OSError(f"cannot listen on {host}:{port}: {last_error}")
+
+
+class Worker:
+    """One responder and the threads that serve its sockets."""
+
+    def __init__(self, responder: Responder, options: ServerOptions) -> None:
+        self.responder = responder
+        self.options = options
+        self.stopping = threading.Event()
+        self.forward_pool = ThreadPoolExecutor(options.forward_threads, thread_name_prefix="dnsd-forward")
+        self.tcp_slots = threading.BoundedSemaphore(options.max_tcp_connections)
+        self.threads: list[threading.Thread] = []
+        self.sockets: list[socket.socket] = []
+
+    def start(self, udp_socks: list[socket.socket], tcp_socks: list[socket.socket]) -> None:
+        for sock in udp_socks:
+            self._spawn(self.serve_udp, sock)
+        for sock in tcp_socks:
+            self._spawn(self.accept_tcp, sock)
+
+    def _spawn(self, target: Callable, sock: socket.socket) -> None:
+        self.sockets.append(sock)
+        thread = threading.Thread(target=target, args=(sock,), daemon=True, name=f"dnsd-{target.__name__}")
+        thread.start()
+        self.threads.append(thread)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recvfrom/accept
+            except OSError:
+                pass
+        for thread in self.threads:
+            thread.join(timeout=5)
+        for sock in self.sockets:
+            sock.close()
+        self.forward_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- UDP ------------------------------------------------------------------------------------------------
+    def serve_udp(self, sock: socket.socket) -> None:
+        if self.options.batched_udp and udp_batch.available():
+            return self.serve_udp_batched(sock)
+        responder = self.responder
+        view = responder.view
+        packed = responder.packed_udp  # cleared in place on every revision change, never replaced
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        slow = responder.respond_slowly
+        while True:
+            try:
+                data, client = recvfrom(65535)
+            except OSError:
+                if self.stopping.is_set():
+                    return
+                continue
+            if not data and self.stopping.is_set():
+                return
+            if view.revision != responder.revision:
+                responder.refresh()
+            hit = packed.get(data[2:])
+            try:
+                if hit is not None:
+                    sendto(data[:2] + (hit if hit.__class__ is bytes else next(hit)), client)
+                    continue
+                reply = slow(data, client[0], False)
+                if reply is None:
+                    continue
+                if reply.__class__ is Forward:
+                    self.forward_pool.submit(self._forward_udp, sock, reply, client)
+                    continue
+                sendto(reply, client)
+            except OSError:
+                continue
+            except Exception as exc:  # a bug must cost one answer, never the server
+                print(f"dnsd: error answering {client}: {exc!r}", file=sys.stderr)
+
+    def serve_udp_batched(self, sock: socket.socket) -> None:
+        responder = self.responder
+        view = responder.view
+
+        def refresh() -> None:
+            if view.revision != responder.revision:
+                responder.refresh()
+
+        def slow(data: bytes, client) -> bytes | None:
+            try:
+                reply = responder.respond_slowly(data, client[0], False)
+            except Exception as exc:  # a bug must cost one answer, never the server
+                print(f"dnsd: error answering {client}: {exc!r}", file=sys.stderr)
+                return None
+            if reply.__class__ is Forward:
+                self.forward_pool.submit(self._forward_udp, sock, reply, client)
+                return None
+            return reply
+
+        udp_batch.serve_batched(sock, responder.packed_udp, refresh, slow, self.stopping)
+
+    def _forward_udp(self, sock: socket.socket, forward: Forward, client) -> None:
+        try:
+            reply = upstream_io.resolve(forward.packet, list(self.options.upstreams), self.options.upstream_timeout)
+            sock.sendto(self.responder.complete(forward, reply), client)
+        except Exception as exc:
+            print(f"dnsd: forwarding for {client} failed: {exc!r}", file=sys.stderr)
+
+    # -- TCP ------------------------------------------------------------------------------------------------
+    def accept_tcp(self, sock: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, client = sock.accept()
+            except OSError:
+                if self.stopping.is_set():
+                    return
+                continue
+            if not self.tcp_slots.acquire(blocking=False):
+                conn.close()  # too many open connections: shed, the client retries
+                continue
+            threading.Thread(target=self.serve_tcp, args=(conn, client), daemon=True).start()
+
+    def serve_tcp(self, conn: socket.socket, client) -> None:
+        conn.settimeout(self.options.tcp_idle_timeout)
+        try:
+            while not self.stopping.is_set():
+                header = _read_exactly(conn, 2)
+                if header is None:
+                    return
+                data = _read_exactly(conn, struct.unpack("!H", header)[0])
+                if data is None:
+                    return
+                reply = self.responder.respond(data, client[0], tcp=True)
+                if reply.__class__ is Forward:
+                    answer = upstream_io.resolve(reply.packet, list(self.options.upstreams),
+                                                 self.options.upstream_timeout)
+                    reply = self.responder.complete(reply, answer)
+                if reply is None:
+                    continue
+                conn.sendall(struct.pack("!H", len(reply)) + reply)
+        except (OSError, ValueError):
+            return
+        except Exception as exc:
+            print(f"dnsd: error on TCP from {client}: {exc!r}", file=sys.stderr)
+        finally:
+            conn.close()
+            self.tcp_slots.release()
+
+
+def _read_exactly(conn: socket.socket, count: int) -> bytes | None:
+    """``count`` bytes, or None when the peer closed or went idle (RFC 7766 §6.2.3: the server may close)."""
+    chunks = []
+    while count:
+        try:
+            chunk = conn.recv(count)
+        except socket.timeout:
+            return None
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+def run_workers(listeners: list[Listener], make_responder: Callable[[], Responder], options: ServerOptions,
+                ready: Callable[[], None] = lambda: None) -> int:
+    """Serve until SIGTERM/SIGINT. With one worker, in this process; with more, one forked process each."""
+    if options.workers <= 1:
+        worker = Worker(make_responder(), options)
+        worker.start([ln.udp[0] for ln in listeners], [ln.tcp for ln in listeners])
+        ready()
+        _wait_for_signal()
+        worker.stop()
+        return 0
+    children = []
+    for index in range(options.workers):
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent()
+            try:
+                worker = Worker(make_responder(), options)
+                worker.start([ln.udp[index] for ln in listeners], [ln.tcp for ln in listeners])
+                _wait_for_signal()
+            finally:
+                os._exit(0)
+        children.append(pid)
+    ready()
+    _wait_for_signal()
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for pid in children:
+        os.waitpid(pid, 0)
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass

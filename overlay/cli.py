@@ -1,0 +1,165 @@
+"""``berth overlay``: run the host daemon, or manage the overlay's records in the store.
+
+    berth overlay --store URL --iface IF [--subnet-file PATH] ...     the daemon (runs until SIGTERM)
+    berth overlay init --store URL --network CIDR [--subnet-len N] [--vni N] [--port N]
+    berth overlay reserve --store URL --subnet CIDR --public-ip IP    a subnet that never expires
+    berth overlay unreserve --store URL --subnet CIDR
+    berth overlay leases --store URL                                  hosts, subnets, VTEPs
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import sys
+
+from overlay.config import DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_VNI
+from overlay.subnetfile import DEFAULT_SUBNET_FILE
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    store_default = os.environ.get("BERTH_STORE")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS,
+                        help="datastore URL: sqlite:///abs/path.db or etcd://host:port (env BERTH_STORE)")
+    common.add_argument("--prefix", default=argparse.SUPPRESS,
+                        help=f"key prefix of the overlay's records (default {DEFAULT_PREFIX})")
+    parser.set_defaults(store=store_default, prefix=DEFAULT_PREFIX, action=None)
+    parser.add_argument("--store", help="datastore URL: sqlite:///abs/path.db or etcd://host:port (env BERTH_STORE)")
+    parser.add_argument("--prefix", help=f"key prefix of the overlay's records (default {DEFAULT_PREFIX})")
+    parser.add_argument("--iface", help="the underlay interface (its first IPv4 address is this host's)")
+    parser.add_argument("--public-ip", help="which address of --iface to use")
+    parser.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE, help="where to write flannel's subnet file")
+    parser.add_argument("--device", help="VXLAN device name (default berth.<VNI>)")
+    parser.add_argument("--lease-ttl", type=float, default=30.0, help="seconds the subnet outlives the daemon")
+    parser.add_argument("--no-ip-masq", dest="ip_masq", action="store_false",
+                        help="do not masquerade traffic leaving the overlay")
+    parser.add_argument("--release-on-exit", action="store_true",
+                        help="on SIGTERM give the subnet back and remove the device (default: keep both)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+
+    init = actions.add_parser("init", parents=[common], help="write the network config to the store")
+    init.add_argument("--network", required=True, help="the overlay's CIDR, e.g. 10.244.0.0/16")
+    init.add_argument("--subnet-len", type=int, help="prefix length of each host's subnet (default 24)")
+    init.add_argument("--subnet-min", help="first subnet to hand out")
+    init.add_argument("--subnet-max", help="last subnet to hand out")
+    init.add_argument("--vni", type=int, default=DEFAULT_VNI)
+    init.add_argument("--port", type=int, default=DEFAULT_PORT, help="VXLAN UDP port")
+    init.add_argument("--mtu", type=int, default=0, help="overlay MTU (default: underlay MTU - 50)")
+    init.add_argument("--direct-routing", action="store_true",
+                      help="no encapsulation to hosts on the same layer-2 segment")
+    init.add_argument("--force", action="store_true", help="replace a different existing config")
+
+    reserve = actions.add_parser("reserve", parents=[common], help="keep a subnet for a host forever")
+    reserve.add_argument("--subnet", required=True)
+    reserve.add_argument("--public-ip", dest="reserve_ip", required=True)
+    unreserve = actions.add_parser("unreserve", parents=[common], help="drop a reservation")
+    unreserve.add_argument("--subnet", required=True)
+    actions.add_parser("leases", parents=[common], help="list every host's subnet lease")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(asctime)s berth-overlay %(levelname)s %(message)s", stream=sys.stderr)
+    if not args.store:
+        print("berth overlay: --store is required (or set BERTH_STORE)", file=sys.stderr)
+        return 2
+    try:
+        if args.action is None:
+            return _run_daemon(args)
+        return {"init": _init, "reserve": _reserve, "unreserve": _unreserve, "leases": _leases}[args.action](args)
+    except (ValueError, RuntimeError) as exc:
+        print(f"berth overlay: {exc}", file=sys.stderr)
+        return 1
+
+
+def _open(args):
+    from store.api import open_store
+    return open_store(args.store)
+
+
+def _init(args) -> int:
+    from overlay import claim
+    from overlay.config import make_config
+
+    config = make_config(args.network, args.subnet_len, args.subnet_min, args.subnet_max, args.vni, args.port,
+                         args.mtu, args.direct_routing)
+    store = _open(args)
+    try:
+        if not claim.write_config(store, args.prefix, config, force=args.force):
+            print(f"berth overlay: a different network config is already stored "
+                  f"(use --force to replace it): {claim.load_config(store, args.prefix)}", file=sys.stderr)
+            return 1
+    finally:
+        store.close()
+    print(f"overlay network {config.network}: /{config.subnet_len} per host "
+          f"({config.subnet_count()} subnets), VNI {config.vni}, UDP port {config.port}")
+    return 0
+
+
+def _reserve(args) -> int:
+    from overlay import claim
+
+    store = _open(args)
+    try:
+        config = claim.load_config(store, args.prefix)
+        lease = claim.reserve(store, args.prefix, config, ipaddress.IPv4Network(args.subnet),
+                              ipaddress.IPv4Address(args.reserve_ip))
+    finally:
+        store.close()
+    print(f"reserved {lease.subnet} for {lease.public_ip}")
+    return 0
+
+
+def _unreserve(args) -> int:
+    from overlay import claim
+
+    store = _open(args)
+    try:
+        gone = claim.unreserve(store, args.prefix, ipaddress.IPv4Network(args.subnet))
+    finally:
+        store.close()
+    print(f"{args.subnet}: {'removed' if gone else 'no such reservation'}")
+    return 0 if gone else 1
+
+
+def _leases(args) -> int:
+    from overlay import claim
+
+    store = _open(args)
+    try:
+        leases, _ = claim.list_leases(store, args.prefix)
+    finally:
+        store.close()
+    print(f"{'SUBNET':<20} {'HOST':<16} {'VTEP MAC':<18} KIND")
+    for kv, lease in leases:
+        kind = "reserved" if kv.lease == 0 else "leased"
+        print(f"{str(lease.subnet):<20} {str(lease.public_ip):<16} {lease.vtep_mac or '-':<18} {kind}")
+    return 0
+
+
+def _run_daemon(args) -> int:
+    from overlay.daemon import DaemonOptions, OverlayDaemon
+
+    if not args.iface:
+        print("berth overlay: --iface is required to run the daemon", file=sys.stderr)
+        return 2
+    daemon = OverlayDaemon(DaemonOptions(
+        store_url=args.store, iface=args.iface, public_ip=args.public_ip, prefix=args.prefix,
+        subnet_file=args.subnet_file, device=args.device, lease_ttl=args.lease_ttl, ip_masq=args.ip_masq,
+        release_on_exit=args.release_on_exit))
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())
+    try:
+        daemon.start()
+        while not daemon.stopping.wait(1.0):
+            pass
+    finally:
+        daemon.stop()
+    if daemon.failed is not None:
+        logging.getLogger("berth.overlay").error("stopped: %s", daemon.failed)
+        return 1
+    return 0

@@ -1,0 +1,249 @@
+"""``berth overlay``: the host daemon that ties the lease, the VXLAN device and the peers' kernel entries together.
+
+Start-up order matters: lease first (it decides the subnet and the MAC), then the device, then one full
+reconciliation against a snapshot (which also sweeps entries of hosts that left while this daemon was down), and
+only then the subnet file, so a plugin never hands out addresses from a subnet this host does not hold. After that
+two loops run apart: the watch (snapshot, then deltas; re-list after compaction) and the lease keep-alive.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from overlay import claim, kernel, masq, subnetfile
+from overlay.config import DEFAULT_PREFIX, NetworkConfig
+from overlay.lease import subnet_key, subnets_prefix
+from overlay.reconcile import Delta, LeaseWatcher, desired_state, plan
+from store.api import Compacted, LeaseNotFound, StoreError
+
+log = logging.getLogger("berth.overlay")
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    store_url: str
+    iface: str
+    public_ip: str | None = None
+    prefix: str = DEFAULT_PREFIX
+    subnet_file: str = subnetfile.DEFAULT_SUBNET_FILE
+    device: str | None = None  # default: berth.<VNI>
+    lease_ttl: float = 30.0
+    ip_masq: bool = True
+    release_on_exit: bool = False
+    config_wait: float = 60.0  # how long to wait for `berth overlay init` before giving up
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+class OverlayDaemon:
+    def __init__(self, options: DaemonOptions, store=None) -> None:
+        self.options = options
+        self.store = store
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self._recover_lock = threading.Lock()
+        self._watch = None
+        self._keepalive: claim.KeepAlive | None = None
+        self._worker: threading.Thread | None = None
+
+    # -- start-up -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from pyroute2 import IPRoute
+        from store.api import open_store
+
+        opts = self.options
+        if self.store is None:
+            self.store = open_store(opts.store_url)
+        self.config = self._wait_for_config()
+        with IPRoute() as ipr:
+            self.underlay = kernel.underlay(ipr, opts.iface, opts.public_ip)
+            self.device = opts.device or f"berth.{self.config.vni}"
+            public_ip = self.underlay.address.ip
+            previous = subnetfile.read_if_present(opts.subnet_file)
+            preferred = None
+            if previous is not None and previous.subnet.network.subnet_of(self.config.network):
+                preferred = previous.subnet.network
+            mac = (previous.vtep_mac if previous and previous.vtep_mac else "") \
+                or kernel.existing_mac(ipr, self.device) or kernel.random_mac()
+            self.held = claim.acquire(self.store, opts.prefix, self.config, public_ip, mac, opts.lease_ttl,
+                                      preferred=preferred)
+            lease = self.held.lease
+            log.info("lease %s for %s (VTEP MAC %s, %s) written at %.6f", lease.subnet, public_ip, lease.vtep_mac,
+                     "reserved" if not self.held.store_lease else f"store lease {self.held.store_lease:x}",
+                     time.time())
+            self.mtu = kernel.vxlan_mtu(self.underlay.mtu, self.config.mtu)
+            self.vxlan_index = kernel.ensure_vxlan(ipr, kernel.VxlanSpec(
+                self.device, self.config.vni, self.config.port, public_ip, self.underlay.index, lease.vtep_mac,
+                self.mtu, lease.vtep_ip))
+        kernel.enable_forwarding()
+        if opts.ip_masq:
+            masq.apply(self.config.network, lease.subnet)
+        self.watcher = LeaseWatcher(lease.subnet, public_ip, opts.prefix)
+        self._worker = threading.Thread(target=self._watch_loop, name="berth-overlay-watch", daemon=True)
+        self._worker.start()
+        while not self.ready.wait(0.2):
+            if self.failed is not None:
+                raise DaemonError(f"first reconciliation failed: {self.failed}") from self.failed
+        subnetfile.write(opts.subnet_file, subnetfile.for_lease(
+            self.config.network, lease.subnet, self.mtu, opts.ip_masq, lease.vtep_mac))
+        if self.held.store_lease:
+            self._keepalive = claim.KeepAlive(self.store, self.held.store_lease, self.held.ttl,
+                                              self._on_lease_lost)
+            self._keepalive.start()
+        log.info("ready: subnet %s on %s, %d peers", lease.subnet, self.device, len(self.watcher.leases))
+
+    def _wait_for_config(self) -> NetworkConfig:
+        deadline = time.monotonic() + self.options.config_wait
+        while True:
+            try:
+                return claim.load_config(self.store, self.options.prefix)
+            except claim.ClaimError:
+                if time.monotonic() > deadline or self.stopping.is_set():
+                    raise
+                log.info("waiting for the network config (berth overlay init)")
+                self.stopping.wait(1.0)
+
+    # -- the watch --------------------------------------------------------------------------------------------
+
+    def _watch_loop(self) -> None:
+        from pyroute2 import IPRoute
+
+        prefix = subnets_prefix(self.options.prefix)
+        with IPRoute() as ipr:
+            while not self.stopping.is_set():
+                try:
+                    kvs, revision = self.store.get_prefix(prefix)
+                    self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv in kvs))
+                    self.ready.set()
+                    self._watch = self.store.watch_prefix(prefix, revision + 1)
+                    for batch in self._watch:
+                        if self.stopping.is_set():
+                            break
+                        if batch.resynced:
+                            log.info("watch re-listed at revision %d", batch.revision)
+                        self._reconcile(ipr, self.watcher.apply(batch.events))
+                except Compacted:
+                    log.info("watch compacted: re-listing")
+                except StoreError as exc:
+                    if self.stopping.is_set():
+                        break
+                    log.warning("watch failed, re-listing in 1 s: %s", exc)
+                    self.stopping.wait(1.0)
+                except Exception as exc:  # a netlink failure: report it, try again from a fresh listing
+                    if self.stopping.is_set():
+                        break
+                    log.exception("reconciliation failed")
+                    if not self.ready.is_set():
+                        self.failed = exc
+                        return
+                    self.stopping.wait(1.0)
+                finally:
+                    self._close_watch()
+
+    def _reconcile(self, ipr, delta: Delta) -> None:
+        if delta.own_lost and self.held.store_lease:
+            log.warning("this host's lease key disappeared")
+            threading.Thread(target=self._on_lease_lost, daemon=True).start()
+        use_direct = self.config.direct_routing
+        desired = desired_state(self.watcher.leases.values(), self.device, self.underlay.name,
+                                self.underlay.networks if use_direct else ())
+        changes = plan(desired, kernel.read_state(ipr, self.vxlan_index))
+        if not changes.empty():
+            kernel.apply_plan(ipr, changes, self.vxlan_index)
+        for lease in delta.added:
+            log.info("peer %s at %s (MAC %s) installed", lease.subnet, lease.public_ip, lease.vtep_mac)
+        for lease in delta.removed:
+            log.info("peer %s at %s removed", lease.subnet, lease.public_ip)
+
+    def _close_watch(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            try:
+                watch.close()
+            except Exception:  # closing a broken watch must not hide why it broke
+                pass
+
+    # -- the lease ----------------------------------------------------------------------------------------------
+
+    def _on_lease_lost(self) -> int:
+        """Take the same subnet again under a new store lease; if another host has it, stop (the supervisor
+        restarts the daemon, which claims a new subnet and rewrites the subnet file)."""
+        with self._recover_lock:
+            key = subnet_key(self.held.lease.subnet, self.options.prefix)
+            try:
+                current = self.store.get(key)
+                if current is not None and current.lease == self.held.store_lease:
+                    return self.held.store_lease  # already restored
+                if current is None and self.store.create(key, self.held.lease.to_json(),
+                                                         lease=self.held.store_lease):
+                    return self.held.store_lease
+            except LeaseNotFound:
+                pass
+            except StoreError as exc:
+                log.warning("restoring the lease failed: %s", exc)
+            try:
+                self.held = claim.reclaim(self.store, self.options.prefix, self.held)
+                log.info("lease %s restored under store lease %x", self.held.lease.subnet, self.held.store_lease)
+                return self.held.store_lease
+            except (claim.ClaimError, StoreError) as exc:
+                log.error("lost subnet %s: %s", self.held.lease.subnet, exc)
+                self.failed = exc
+                _remove_quietly(self.options.subnet_file)
+                self.stopping.set()
+                return 0
+
+    # -- shutdown -------------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the loops. Kernel state and the lease stay (a restart finds them and peers notice nothing)
+        unless ``release_on_exit``: then the subnet is given back and this host's device and rules removed."""
+        self.stopping.set()
+        if self._keepalive is not None:
+            self._keepalive.stop()
+        self._close_watch()
+        if self._worker is not None:
+            self._worker.join(timeout=5)
+        if self.options.release_on_exit and getattr(self, "held", None) is not None:
+            claim.release(self.store, self.options.prefix, self.held)
+            _remove_quietly(self.options.subnet_file)
+            self._remove_kernel_state()
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception:
+                pass
+
+    def _remove_kernel_state(self) -> None:
+        from pyroute2 import IPRoute
+
+        try:
+            with IPRoute() as ipr:
+                kernel.apply_plan(ipr, plan(kernel.KernelState(), kernel.read_state(ipr, self.vxlan_index)),
+                                  self.vxlan_index)
+                found = ipr.link_lookup(ifname=self.device)
+                if found:
+                    ipr.link("del", index=found[0])
+            if self.options.ip_masq:
+                masq.remove()
+        except Exception as exc:
+            log.warning("cleaning up kernel state: %s", exc)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def subnet_of(path: str) -> ipaddress.IPv4Network | None:
+    found = subnetfile.read_if_present(path)
+    return found.subnet.network if found else None

@@ -1,0 +1,241 @@
+"""Simulated hosts (namespaces on one underlay bridge), each running its own ``berth overlay`` process.
+
+Containers here are hand-made namespaces on each host's bridge, so these tests cover the daemon alone; the CNI
+plugin's own tests put containers on the same hosts through ``berth-overlay``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import importlib.util
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from overlay import subnetfile
+from tests.overlay.helpers import Capture, ip_json, overlay_entries, ping, tcp_exchange, wait_until
+
+pytestmark = pytest.mark.root
+
+HAS_ETCD_BACKEND = importlib.util.find_spec("store.etcd") is not None
+
+
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=[pytest.mark.etcd, pytest.mark.skipif(
+    not HAS_ETCD_BACKEND, reason="the etcd backend (store/etcd.py) is not on this branch yet")])])
+def store(request, tmp_path):
+    """A store URL maker for ``make_sim``: the shared SQLite file, or a real etcd running inside the simulation's
+    underlay namespace (reachable from every host namespace, from nowhere else)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/overlay.db"
+    from tests.etcd_harness import start_etcd
+
+    def start(sim):
+        cluster = start_etcd(1, host=str(sim.underlay_gateway), netns=sim.underlay_ns)
+        request.addfinalizer(cluster.close)
+        return cluster.url
+
+    return start
+
+
+def vxlan_mac(host) -> str:
+    return ip_json(host.netns, "link", "show", "berth.1")[0]["address"]
+
+
+def test_containers_on_two_hosts_reach_each_other_through_vxlan(make_sim, store):
+    sim = make_sim(store, hosts=2)
+    a, b = sim.hosts
+    assert a.subnet() != b.subnet()
+    ca, cb = sim.add_plain_container(a), sim.add_plain_container(b)
+
+    wait_until(lambda: ping(ca.netns, cb.address.ip), what="A's container reaching B's")
+    with Capture(sim.underlay_ns, "br0", "udp port 8472", count=4) as cap:
+        assert ping(ca.netns, cb.address.ip, count=2)
+    assert tcp_exchange(cb.netns, str(cb.address.ip), ca.netns, b"hello over vxlan") == b"hello over vxlan"
+    assert tcp_exchange(ca.netns, str(ca.address.ip), cb.netns, b"and back") == b"and back"
+
+    from scapy.all import ICMP, IP, UDP
+    from scapy.layers.vxlan import VXLAN
+    assert len(cap.packets) >= 4
+    for packet in cap.packets:
+        assert packet[UDP].dport == 8472
+        assert {packet[IP].src, packet[IP].dst} == {str(a.address.ip), str(b.address.ip)}
+        vxlan = VXLAN(bytes(packet[UDP].payload))
+        assert vxlan.vni == 1
+        inner = vxlan[IP]  # the containers' own addresses: no masquerade between containers
+        assert {inner.src, inner.dst} == {str(ca.address.ip), str(cb.address.ip)}
+        assert inner.haslayer(ICMP)
+
+    # the subnet file a CNI plugin reads, in flannel's format
+    settings = subnetfile.read(a.subnet_file)
+    assert settings.network == ipaddress.IPv4Network("10.214.0.0/16")
+    assert settings.mtu == 1450 and settings.ipmasq
+    assert ip_json(a.netns, "link", "show", "berth.1")[0]["mtu"] == 1450
+
+
+def test_vxlan_device_settings(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=1, vni=77, port=4789)
+    (a,) = sim.hosts
+    link = ip_json(a.netns, "-d", "link", "show", "berth.77")[0]
+    data = link["linkinfo"]["info_data"]
+    assert data["id"] == 77 and data["port"] == 4789 and data["local"] == str(a.address.ip)
+    assert data.get("learning") is False
+    assert link["mtu"] == 1450
+    assert [addr["local"] for addr in ip_json(a.netns, "-4", "addr", "show", "berth.77")[0]["addr_info"]] == \
+        [str(a.subnet().network_address)]
+
+
+def test_host_joins_and_dies(make_sim, store):
+    sim = make_sim(store, hosts=3, start=False)
+    a, b, c = sim.hosts
+    a.start(wait=False), b.start(wait=False)
+    a.wait_ready(), b.wait_ready()
+    ca, cb = sim.add_plain_container(a), sim.add_plain_container(b)
+    wait_until(lambda: ping(ca.netns, cb.address.ip), what="A and B connected")
+
+    c.start()  # joins
+    cc = sim.add_plain_container(c)
+    wait_until(lambda: ping(ca.netns, cc.address.ip), what="A reaching C's container")
+    wait_until(lambda: ping(cb.netns, cc.address.ip), what="B reaching C's container")
+    c_subnet = str(c.subnet())
+    for host in (a, b):
+        assert c_subnet in overlay_entries(host.netns)["routes"]
+
+    c.kill(signal.SIGKILL)  # dies: nobody renews its lease any more
+    c_vtep = str(ipaddress.IPv4Network(c_subnet).network_address)
+
+    def c_forgotten(host):
+        entries = overlay_entries(host.netns)
+        return (c_subnet not in entries["routes"] and c_vtep not in entries["neighbours"]
+                and not any(dst == str(c.address.ip) for _mac, dst in entries["fdb"]))
+
+    for host in (a, b):
+        wait_until(lambda: c_forgotten(host), timeout=20, what=f"{host.label} forgetting C")
+        assert len(overlay_entries(host.netns)["routes"]) == 1  # the other survivor stays
+    assert ping(ca.netns, cb.address.ip)
+    assert not ping(ca.netns, cc.address.ip)
+
+
+def test_sixteen_hosts_starting_at_once_get_distinct_subnets(make_sim, sqlite_url):
+    # exactly 16 subnets for 16 hosts: every claim races, and one duplicate would leave a host without
+    sim = make_sim(sqlite_url, hosts=16, start=False, network="10.214.0.0/20", subnet_min="10.214.0.0",
+                   subnet_max="10.214.15.0", lease_ttl=10)
+    sim.start_all(timeout=90)
+    subnets = [host.subnet() for host in sim.hosts]
+    assert len(set(subnets)) == 16
+    assert all(s.subnet_of(ipaddress.IPv4Network("10.214.0.0/20")) for s in subnets)
+    for i, first in enumerate(subnets):
+        assert not any(first.overlaps(other) for other in subnets[i + 1:])
+    listing = subprocess.run([*sim.hosts[0].argv()[:7], "overlay", "leases", "--store", sim.store_url],
+                             capture_output=True, text=True, check=True).stdout
+    listed = {line.split()[0]: line.split()[1] for line in listing.splitlines()[1:]}
+    assert listed == {str(h.subnet()): str(h.address.ip) for h in sim.hosts}
+
+
+def test_sigkilled_daemon_comes_back_with_same_subnet_and_mac_without_losing_pings(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=2, lease_ttl=3)
+    a, b = sim.hosts
+    ca, cb = sim.add_plain_container(a), sim.add_plain_container(b)
+    wait_until(lambda: ping(ca.netns, cb.address.ip), what="connectivity")
+    subnet, mac = b.subnet(), vxlan_mac(b)
+
+    # 100 pings at 50 ms: the kill and the restart happen while they run; every one must be answered
+    pinger = subprocess.Popen(["ip", "netns", "exec", ca.netns, "busybox", "ping", "-c", "100", "-i", "0.05",
+                               "-W", "2", str(cb.address.ip)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        time.sleep(0.5)
+        b.kill(signal.SIGKILL)
+        b.start()
+        assert pinger.poll() is None, "the restart outlasted the pings: nothing was measured"
+    finally:
+        output = pinger.communicate(timeout=30)[0]
+    sent, received = _ping_counts(output)
+    assert sent == 100
+    assert sent - received == 0, output[-300:]
+    assert b.subnet() == subnet and vxlan_mac(b) == mac
+    assert f"lease {subnet} for {b.address.ip} (VTEP MAC {mac}" in b.log_since_start()
+
+
+def _ping_counts(output: str) -> tuple[int, int]:
+    for line in output.splitlines():
+        if "packets transmitted" in line:
+            parts = line.split()
+            return int(parts[0]), int(parts[3])
+    raise AssertionError(f"no ping summary in {output!r}")
+
+
+def test_after_reboot_and_lease_expiry_host_reclaims_its_subnet_and_mac(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=2, lease_ttl=1.5)
+    a, b = sim.hosts
+    subnet, mac = b.subnet(), vxlan_mac(b)
+    b.kill(signal.SIGKILL)
+    b.exec("ip", "link", "del", "berth.1")  # a reboot loses the device; only the subnet file remains
+    wait_until(lambda: str(subnet) not in overlay_entries(a.netns)["routes"], timeout=20,
+               what="B's lease expiring at A")
+    b.start()
+    assert b.subnet() == subnet and vxlan_mac(b) == mac
+    wait_until(lambda: overlay_entries(a.netns)["routes"].get(str(subnet)) == str(subnet.network_address),
+               what="A re-learning B")
+    ca, cb = sim.add_plain_container(a), sim.add_plain_container(b)
+    wait_until(lambda: ping(ca.netns, cb.address.ip), what="connectivity after the reboot")
+
+
+def test_stale_entries_of_departed_hosts_are_removed_at_start_up(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=3, lease_ttl=1.5)
+    a, b, c = sim.hosts
+    c_subnet = str(c.subnet())
+    assert c_subnet in overlay_entries(a.netns)["routes"]
+    a.kill(signal.SIGKILL)  # A is down while C leaves: nobody tells A
+    c.kill(signal.SIGKILL)
+    wait_until(lambda: c_subnet not in overlay_entries(b.netns)["routes"], timeout=20, what="C's lease expiring")
+    assert c_subnet in overlay_entries(a.netns)["routes"]  # still there: A was not running
+    a.start()
+    entries = overlay_entries(a.netns)
+    assert set(entries["routes"]) == {str(b.subnet())}
+    assert set(entries["neighbours"]) == {str(b.subnet().network_address)}
+    assert {dst for _mac, dst in entries["fdb"]} == {str(b.address.ip)}
+
+
+def test_masquerade_for_traffic_leaving_the_overlay(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=1)
+    (a,) = sim.hosts
+    ca = sim.add_plain_container(a)
+    outside = sim.underlay_gateway  # the underlay namespace has no route back to the overlay network
+    with Capture(sim.underlay_ns, "br0", "icmp", count=2) as cap:
+        assert ping(ca.netns, outside)
+    from scapy.all import IP
+    assert cap.packets and all(str(a.address.ip) in (p[IP].src, p[IP].dst) for p in cap.packets)
+    tables = subprocess.run(["ip", "netns", "exec", a.netns, "nft", "list", "tables"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "table ip berth-overlay" in tables
+
+
+def test_direct_routing_between_hosts_on_one_segment(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=2, direct_routing=True)
+    a, b = sim.hosts
+    ca, cb = sim.add_plain_container(a), sim.add_plain_container(b)
+    entries = overlay_entries(a.netns)
+    assert entries["routes"] == {str(b.subnet()): str(b.address.ip)}
+    assert entries["fdb"] == set() and entries["neighbours"] == {}
+    with Capture(sim.underlay_ns, "br0", "icmp", count=2) as cap:
+        assert wait_until(lambda: ping(ca.netns, cb.address.ip), what="direct route")
+    from scapy.all import IP, UDP
+    assert cap.packets and not any(p.haslayer(UDP) for p in cap.packets)
+    assert {cap.packets[0][IP].src, cap.packets[0][IP].dst} == {str(ca.address.ip), str(cb.address.ip)}
+
+
+def test_reserved_subnet_is_used_and_never_expires(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=2, start=False, lease_ttl=1)
+    a, b = sim.hosts
+    reserve = [*a.argv()[:7], "overlay", "reserve", "--store", sim.store_url, "--subnet", "10.214.200.0/24",
+               "--public-ip", str(b.address.ip)]
+    subprocess.run(reserve, check=True, capture_output=True)
+    sim.start_all()
+    assert b.subnet() == ipaddress.IPv4Network("10.214.200.0/24")
+    b.kill(signal.SIGKILL)
+    time.sleep(2.5)  # well past the TTL: a leased subnet would be gone by now
+    assert overlay_entries(a.netns)["routes"].get("10.214.200.0/24") == "10.214.200.0"
+    b.start()
+    assert b.subnet() == ipaddress.IPv4Network("10.214.200.0/24")

@@ -1,0 +1,88 @@
+"""A three-member etcd cluster on loopback loses a member mid-test: writes, watches and leases carry on."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from store.api import open_store
+from tests.store.conftest import WAIT, collect
+
+pytestmark = [pytest.mark.etcd, pytest.mark.slow]
+
+WRITES = 60
+
+
+def write_all(store, prefix: str, errors: list, killed: threading.Event, kill_after: int) -> None:
+    try:
+        for index in range(WRITES):
+            if index == kill_after:
+                killed.wait(WAIT)
+            store.put(f"{prefix}{index:03d}", str(index).encode())
+    except Exception as exc:  # reported by the test, not lost in a thread
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("victim", ["in-use", "leader"])
+def test_writes_and_watches_continue_when_a_member_dies(etcd_cluster, prefix, victim):
+    writer, watcher = open_store(etcd_cluster.url), open_store(etcd_cluster.url)
+    try:
+        watch = watcher.watch_prefix(prefix)
+        assert watch.next_batch(0.05) is None  # starts the stream before anything is killed
+        errors: list = []
+        killed = threading.Event()
+        thread = threading.Thread(target=write_all, args=(writer, prefix, errors, killed, WRITES // 2))
+        thread.start()
+        seen = collect(watch, WRITES // 2)
+        if victim == "in-use":
+            index = etcd_cluster.endpoints.index(writer.endpoint)
+            assert watch.endpoint == writer.endpoint
+        else:
+            index = etcd_cluster.leader_index()
+        etcd_cluster.kill(index)
+        killed.set()
+        seen += collect(watch, WRITES - len(seen))
+        thread.join(WAIT)
+        assert not errors
+        assert [event.value for event in seen] == [str(i).encode() for i in range(WRITES)]
+        revisions = [event.mod_revision for event in seen]
+        assert revisions == sorted(set(revisions))
+        assert len(writer.get_prefix(prefix)[0]) == WRITES
+        if victim == "in-use":
+            gone = etcd_cluster.members[index].endpoint
+            assert watch.endpoint != gone and writer.endpoint != gone  # both failed over
+        watch.close()
+    finally:
+        writer.close()
+        watcher.close()
+
+
+def test_lease_survives_losing_the_leader(etcd_cluster, prefix):
+    store = open_store(etcd_cluster.url)
+    try:
+        lease = store.grant_lease(2)
+        store.put(prefix + "owned", b"v", lease=lease.id)
+        etcd_cluster.kill(etcd_cluster.leader_index())
+        for _ in range(3):
+            assert store.keep_alive(lease.id) >= 1
+        assert store.get(prefix + "owned").lease == lease.id
+        store.revoke_lease(lease.id)
+        assert store.get(prefix + "owned") is None
+    finally:
+        store.close()
+
+
+def test_restarted_member_catches_up(etcd_cluster, prefix):
+    store = open_store(etcd_cluster.url)
+    try:
+        etcd_cluster.kill(2)
+        revision = store.put(prefix + "while-away", b"v")
+        etcd_cluster.restart(2)
+        only_that_member = open_store(etcd_cluster.member_url(2))
+        try:
+            kv = only_that_member.get(prefix + "while-away")
+            assert kv is not None and kv.mod_revision == revision
+        finally:
+            only_that_member.close()
+    finally:
+        store.close()
