@@ -46,8 +46,9 @@ def host_veths(host):
     return [l["ifname"] for l in ns_json(host, "link", "show", "type", "veth")]
 
 
-def test_v4_add_gives_address_routes_and_a_reachable_gateway(host, container, make_conf):
-    conf = make_conf(isDefaultGateway=True, mtu=1400, dns={"nameservers": ["10.231.1.53"]})
+@pytest.mark.parametrize("ipam", ["host-local", "berth-ipam"])
+def test_v4_add_gives_address_routes_and_a_reachable_gateway(host, container, make_conf, ipam):
+    conf = make_conf(isDefaultGateway=True, mtu=1400, dns={"nameservers": ["10.231.1.53"]}, ipam_type=ipam)
     ns = container()
     r = add(conf, host, ns)
     assert r.rc == 0, r.out
@@ -198,8 +199,9 @@ def test_vlan_port_or_a_clean_failure_where_the_kernel_lacks_vlan_filtering(host
         assert host_veths(host) == [] and ns_json(ns_name(ns), "link", "show", "type", "veth") == []
 
 
-def test_add_failing_after_ipam_releases_the_address_and_leaves_nothing(host, container, make_conf, ipam_dir):
-    conf = make_conf(isGateway=True, ipMasq=True)
+@pytest.mark.parametrize("ipam", ["host-local", "berth-ipam"])
+def test_add_failing_after_ipam_releases_the_address_and_leaves_nothing(host, container, make_conf, ipam_dir, ipam):
+    conf = make_conf(isGateway=True, ipMasq=True, ipam_type=ipam)
     ns = container()
     c = ns_name(ns)
     subprocess.run(["ip", "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "other"], check=True)
@@ -245,7 +247,7 @@ def test_check_passes_then_catches_a_removed_route(host, container, make_conf):
     assert bad.rc == 1 and "route to 0.0.0.0/0 via 10.231.1.1 is missing" in bad.out["msg"], bad.out
 
 
-def test_gc_removes_rules_of_attachments_not_listed(host, container, make_conf):
+def test_gc_removes_rules_of_attachments_not_listed(host, container, make_conf, ipam_dir):
     conf = make_conf(isGateway=True, ipMasq=True)
     assert add(conf, host, container(), "keep").rc == 0
     assert add(conf, host, container(), "gone").rc == 0
@@ -256,6 +258,21 @@ def test_gc_removes_rules_of_attachments_not_listed(host, container, make_conf):
     assert r.rc == 0, r.out
     ruleset = nft_ruleset(host)
     assert " keep eth0 masq" in ruleset and " gone eth0 " not in ruleset
+
+
+def test_gc_is_forwarded_to_berth_ipam_and_frees_stale_reservations(host, container, make_conf, ipam_dir):
+    conf = make_conf(isGateway=True, ipMasq=True, ipam_type="berth-ipam", cniVersion="1.1.0")
+    conf["cniVersion"] = "1.1.0"
+    assert add(conf, host, container(), "keep").rc == 0
+    assert add(conf, host, container(), "gone").rc == 0
+    assert len(reservations(ipam_dir, conf["name"])) == 2
+    gc_conf = {**conf, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    r = call("berth-bridge", "GC", gc_conf, host=host, ifname="")
+    assert r.rc == 0, r.out
+    assert reservations(ipam_dir, conf["name"]) == ["10.231.1.2"]
+    assert " gone eth0 " not in nft_ruleset(host)
+    status = call("berth-bridge", "STATUS", conf, host=host, ifname="")
+    assert status.rc == 0, status.out
 
 
 def test_parallel_first_adds_share_one_bridge_and_one_gateway_address(host, container, make_conf):
@@ -291,3 +308,36 @@ def test_missing_netns_is_an_environment_error_before_ipam(host, make_conf, ipam
     r = add(conf, host, "/run/netns/bt-does-not-exist")
     assert r.rc == 1 and r.code == 4, r.out
     assert reservations(ipam_dir, conf["name"]) == []
+
+
+def test_in_process_handlers_in_threads_leave_every_thread_in_its_own_namespace(host, container, make_conf):
+    """The daemon case: handlers run in worker threads of one process; each worker enters the host namespace
+    itself, and no thread may be left inside a container's namespace afterwards."""
+    import concurrent.futures
+    import os
+
+    from cni_plugins import bridge, netns, skel
+    from tests.bridge.cni_call import cni_env
+
+    conf = make_conf(isGateway=True, ipam_type="berth-ipam")
+    spaces = [container() for _ in range(5)]
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    host_ino = os.stat(f"/run/netns/{host}").st_ino
+
+    def one(i):
+        with netns.entered(f"/run/netns/{host}"):
+            reply = skel.dispatch(bridge.HANDLERS, cni_env("ADD", container_id=f"t{i}", netns=spaces[i]),
+                                  json.dumps(conf).encode())
+            still_host = os.stat("/proc/thread-self/ns/net").st_ino == host_ino
+        return reply, still_host, os.stat("/proc/thread-self/ns/net").st_ino
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        outcomes = list(pool.map(one, range(5)))
+    assert all(reply.exit_code == 0 for reply, _, _ in outcomes), [r.stdout for r, _, _ in outcomes]
+    assert all(still_host for _, still_host, _ in outcomes), "a handler left its thread in another namespace"
+    assert all(after == own for _, _, after in outcomes)
+    addresses = {json.loads(reply.stdout)["ips"][0]["address"] for reply, _, _ in outcomes}
+    assert len(addresses) == 5
+    assert ns_json(host, "link", "show", "type", "bridge")[0]["ifname"] == conf["bridge"]
+    real_host = subprocess.run(["ip", "link", "show", conf["bridge"]], capture_output=True)
+    assert real_host.returncode != 0, "the bridge must exist only in the namespace playing the host"
