@@ -111,3 +111,19 @@ def test_agent_socket_refuses_non_root_clients(store_url, agents):
         assert wire.call(agent.socket, {"op": "ping"})["ok"] is True
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.etcd
+@pytest.mark.slow
+def test_registrations_during_a_store_outage_are_written_when_it_returns(agents, open_url):
+    pytest.importorskip("store.etcd")
+    from tests.etcd_harness import start_etcd
+    with start_etcd(1) as cluster:
+        agent = agents(cluster.url, ttl=3)
+        before = add(agent, "ba01", "before")
+        cluster.kill(0)
+        during = add(agent, "ba02", "during")  # succeeds: kept by the agent (or spooled), never refused
+        assert wire.call(agent.socket, {"op": "check", "id": "ba02/eth0"})["registered"] is True
+        cluster.restart(0)
+        store = open_url(cluster.url)
+        assert wait_for(lambda: store.get(during) and store.get(before), timeout=30)
