@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "connection is closed (default 10)")
     parser.add_argument("--max-udp-size", type=int, default=1232, help="largest UDP answer with EDNS "
                         "(default 1232)")
+    parser.add_argument("--no-batch", action="store_true", help="plain recvfrom/sendto instead of "
+                        "recvmmsg/sendmmsg (for comparison)")
     parser.add_argument("--upstream-timeout", type=float, default=2.0, help="seconds per upstream try")
 
 
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     forwarding = bool(upstreams) and not args.no_forward
     options = ServerOptions(listen=tuple(listens), workers=max(1, args.workers),
                             tcp_idle_timeout=args.tcp_idle_timeout, upstreams=tuple(upstreams),
-                            upstream_timeout=args.upstream_timeout)
+                            upstream_timeout=args.upstream_timeout, batched_udp=not args.no_batch)
     listeners = [bind_listener(host, port, options.workers) for host, port in listens]
 
     def make_responder():

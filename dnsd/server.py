@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import udp_batch
 from . import upstream as upstream_io
 from .chain import Forward
 from .responder import Responder
@@ -34,6 +35,7 @@ class ServerOptions:
     upstreams: tuple[upstream_io.Upstream, ...] = ()
     upstream_timeout: float = 2.0
     forward_threads: int = 16
+    batched_udp: bool = True  # recvmmsg/sendmmsg where the platform has them
 
 
 @dataclass
@@ -116,6 +118,8 @@ class Worker:
 
     # -- UDP ------------------------------------------------------------------------------------------------
     def serve_udp(self, sock: socket.socket) -> None:
+        if self.options.batched_udp and udp_batch.available():
+            return self.serve_udp_batched(sock)
         responder = self.responder
         view = responder.view
         packed = responder.packed_udp  # cleared in place on every revision change, never replaced
@@ -148,6 +152,27 @@ class Worker:
                 continue
             except Exception as exc:  # a bug must cost one answer, never the server
                 print(f"dnsd: error answering {client}: {exc!r}", file=sys.stderr)
+
+    def serve_udp_batched(self, sock: socket.socket) -> None:
+        responder = self.responder
+        view = responder.view
+
+        def refresh() -> None:
+            if view.revision != responder.revision:
+                responder.refresh()
+
+        def slow(data: bytes, client) -> bytes | None:
+            try:
+                reply = responder.respond_slowly(data, client[0], False)
+            except Exception as exc:  # a bug must cost one answer, never the server
+                print(f"dnsd: error answering {client}: {exc!r}", file=sys.stderr)
+                return None
+            if reply.__class__ is Forward:
+                self.forward_pool.submit(self._forward_udp, sock, reply, client)
+                return None
+            return reply
+
+        udp_batch.serve_batched(sock, responder.packed_udp, refresh, slow, self.stopping)
 
     def _forward_udp(self, sock: socket.socket, forward: Forward, client) -> None:
         try:

@@ -102,6 +102,8 @@ class WatchBatch:
 
 class Watch(Protocol):
     def __iter__(self) -> Iterator[WatchBatch]: ...
+    def next_batch(self, timeout: float | None = None) -> WatchBatch | None:
+        """The next batch; None when ``timeout`` seconds pass first or the watch is closed."""
     def close(self) -> None: ...
 
 
@@ -127,7 +129,8 @@ class Store(Protocol):
     def revoke_lease(self, lease_id: int) -> None: ...
     def watch_prefix(self, prefix: str, start_revision: int | None = None) -> Watch:
         """Changes under ``prefix`` after ``start_revision`` (default: from now). For snapshot-then-deltas,
-        call :meth:`get_prefix` and watch from its revision + 1."""
+        call :meth:`get_prefix` and watch from its revision + 1. Raises :class:`Compacted` when the state
+        before ``start_revision`` is no longer kept; a watch that falls behind later resyncs instead."""
     def close(self) -> None: ...
 
 

@@ -43,6 +43,7 @@ CREATE INDEX IF NOT EXISTS leases_by_expiry ON leases (expires_at);
 DEFAULT_HISTORY = 10_000      # revisions of change log kept for watches that fall behind
 COMPACT_EVERY = 64            # revisions between automatic compactions
 BUSY_TIMEOUT = 10.0           # seconds a writer waits for another process's transaction
+MAX_IDLE_CONNECTIONS = 8
 
 
 @contextlib.contextmanager
@@ -150,26 +151,26 @@ def compact_log(conn: sqlite3.Connection, revision: int) -> None:
 
 
 class SqliteStore:
-    """The embedded backend. Thread-safe: each thread gets its own connection to the shared file."""
+    """The embedded backend. Thread-safe: each call borrows a pooled connection to the shared file."""
 
     def __init__(self, path: str | Path, history: int = DEFAULT_HISTORY) -> None:
         if history < COMPACT_EVERY:
             raise InvalidRequest(f"history must keep at least {COMPACT_EVERY} revisions, got {history}")
         self.path = Path(path)
         self.history = history
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []           # pooled, free for any thread
+        self._connections: list[sqlite3.Connection] = []    # every open one, closed with the store
         self._lock = threading.Lock()
         self._closed = False
         self._watches: weakref.WeakSet[SqliteWatch] = weakref.WeakSet()
         self._signal: ChangeSignal | None = None
         with sqlite_errors(f"open {self.path}"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._conn()
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
-            with self._write_conn(conn):
-                conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+            with self.connection() as conn:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                with self._rollback_on_error(conn):
+                    conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
 
     @classmethod
     def from_url(cls, url: str) -> "SqliteStore":
@@ -191,8 +192,9 @@ class SqliteStore:
     def new_connection(self) -> sqlite3.Connection:
         if self._closed:
             raise StoreError("sqlite store is closed")
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA synchronous = NORMAL")
+        with sqlite_errors(f"open {self.path}"):
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA synchronous = NORMAL")
         with self._lock:
             self._connections.append(conn)
         return conn
@@ -203,14 +205,25 @@ class SqliteStore:
                 self._connections.remove(conn)
         conn.close()
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._closed:
-            conn = self._local.conn = self.new_connection()
-        return conn
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection for one operation: threads share a few, none is left behind by a dead thread."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self.new_connection()
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS and not conn.in_transaction
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                self.forget_connection(conn)
 
     @contextlib.contextmanager
-    def _write_conn(self, conn: sqlite3.Connection) -> Iterator[None]:
+    def _rollback_on_error(self, conn: sqlite3.Connection) -> Iterator[None]:
         try:
             yield
         except BaseException:
@@ -220,8 +233,7 @@ class SqliteStore:
 
     def _write(self, what: str, body, sweep: bool = True):
         """Run ``body(txn)`` in one IMMEDIATE transaction, after deleting the keys of expired leases."""
-        conn = self._conn()
-        with sqlite_errors(what), self._write_conn(conn):
+        with self.connection() as conn, sqlite_errors(what), self._rollback_on_error(conn):
             conn.execute("BEGIN IMMEDIATE")
             if sweep:
                 self._expire_leases(conn)
@@ -234,7 +246,7 @@ class SqliteStore:
     @contextlib.contextmanager
     def read_txn(self, conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot (WAL readers see one committed state for the whole transaction)."""
-        with sqlite_errors(what), self._write_conn(conn):
+        with sqlite_errors(what), self._rollback_on_error(conn):
             conn.execute("BEGIN")
             yield conn
             conn.execute("COMMIT")
@@ -251,8 +263,8 @@ class SqliteStore:
 
     def expire_due_leases(self, conn: sqlite3.Connection | None = None) -> None:
         """Cheap check any reader or watcher runs; takes the write lock only when a lease has expired."""
-        conn = conn or self._conn()
-        with sqlite_errors("check lease expiry"):
+        with sqlite_errors("check lease expiry"), contextlib.ExitStack() as stack:
+            conn = conn or stack.enter_context(self.connection())
             due = conn.execute("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1", (time.time(),)).fetchone()
         if due:
             self._write("expire leases", lambda txn: None)
@@ -298,15 +310,15 @@ class SqliteStore:
     def get(self, key: str) -> KeyValue | None:
         check_key(key)
         self.expire_due_leases()
-        with sqlite_errors("get"):
-            row = self._conn().execute(f"SELECT {WriteTxn.KV_COLUMNS} FROM kv WHERE key = ?",
+        with sqlite_errors("get"), self.connection() as conn:
+            row = conn.execute(f"SELECT {WriteTxn.KV_COLUMNS} FROM kv WHERE key = ?",
                                        (key.encode(),)).fetchone()
         return row_to_kv(row) if row else None
 
     def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         check_key(prefix, "prefix")
         self.expire_due_leases()
-        with self.read_txn(self._conn(), "get prefix") as conn:
+        with self.connection() as pooled, self.read_txn(pooled, "get prefix") as conn:
             return self.list_prefix(conn, prefix)
 
     @staticmethod
@@ -388,7 +400,7 @@ class SqliteStore:
             watch.close()
         self._closed = True
         with self._lock:
-            connections, self._connections = self._connections, []
+            connections, self._connections, self._idle = self._connections, [], []
             signal, self._signal = self._signal, None
         if signal is not None:
             signal.close()

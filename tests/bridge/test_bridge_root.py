@@ -46,8 +46,9 @@ def host_veths(host):
     return [l["ifname"] for l in ns_json(host, "link", "show", "type", "veth")]
 
 
-def test_v4_add_gives_address_routes_and_a_reachable_gateway(host, container, make_conf):
-    conf = make_conf(isDefaultGateway=True, mtu=1400, dns={"nameservers": ["10.231.1.53"]})
+@pytest.mark.parametrize("ipam", ["host-local", "berth-ipam"])
+def test_v4_add_gives_address_routes_and_a_reachable_gateway(host, container, make_conf, ipam):
+    conf = make_conf(isDefaultGateway=True, mtu=1400, dns={"nameservers": ["10.231.1.53"]}, ipam_type=ipam)
     ns = container()
     r = add(conf, host, ns)
     assert r.rc == 0, r.out
@@ -198,8 +199,9 @@ def test_vlan_port_or_a_clean_failure_where_the_kernel_lacks_vlan_filtering(host
         assert host_veths(host) == [] and ns_json(ns_name(ns), "link", "show", "type", "veth") == []
 
 
-def test_add_failing_after_ipam_releases_the_address_and_leaves_nothing(host, container, make_conf, ipam_dir):
-    conf = make_conf(isGateway=True, ipMasq=True)
+@pytest.mark.parametrize("ipam", ["host-local", "berth-ipam"])
+def test_add_failing_after_ipam_releases_the_address_and_leaves_nothing(host, container, make_conf, ipam_dir, ipam):
+    conf = make_conf(isGateway=True, ipMasq=True, ipam_type=ipam)
     ns = container()
     c = ns_name(ns)
     subprocess.run(["ip", "-n", c, "link", "add", "eth0", "type", "veth", "peer", "name", "other"], check=True)
@@ -245,7 +247,7 @@ def test_check_passes_then_catches_a_removed_route(host, container, make_conf):
     assert bad.rc == 1 and "route to 0.0.0.0/0 via 10.231.1.1 is missing" in bad.out["msg"], bad.out
 
 
-def test_gc_removes_rules_of_attachments_not_listed(host, container, make_conf):
+def test_gc_removes_rules_of_attachments_not_listed(host, container, make_conf, ipam_dir):
     conf = make_conf(isGateway=True, ipMasq=True)
     assert add(conf, host, container(), "keep").rc == 0
     assert add(conf, host, container(), "gone").rc == 0
@@ -256,6 +258,21 @@ def test_gc_removes_rules_of_attachments_not_listed(host, container, make_conf):
     assert r.rc == 0, r.out
     ruleset = nft_ruleset(host)
     assert " keep eth0 masq" in ruleset and " gone eth0 " not in ruleset
+
+
+def test_gc_is_forwarded_to_berth_ipam_and_frees_stale_reservations(host, container, make_conf, ipam_dir):
+    conf = make_conf(isGateway=True, ipMasq=True, ipam_type="berth-ipam", cniVersion="1.1.0")
+    conf["cniVersion"] = "1.1.0"
+    assert add(conf, host, container(), "keep").rc == 0
+    assert add(conf, host, container(), "gone").rc == 0
+    assert len(reservations(ipam_dir, conf["name"])) == 2
+    gc_conf = {**conf, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    r = call("berth-bridge", "GC", gc_conf, host=host, ifname="")
+    assert r.rc == 0, r.out
+    assert reservations(ipam_dir, conf["name"]) == ["10.231.1.2"]
+    assert " gone eth0 " not in nft_ruleset(host)
+    status = call("berth-bridge", "STATUS", conf, host=host, ifname="")
+    assert status.rc == 0, status.out
 
 
 def test_parallel_first_adds_share_one_bridge_and_one_gateway_address(host, container, make_conf):

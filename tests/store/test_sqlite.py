@@ -96,3 +96,23 @@ def test_watch_falls_back_to_polling_without_inotify(scratch_dir, monkeypatch, w
         assert [e.value for e in events] == [b"one", b"two"]
     finally:
         watcher.close()
+
+
+def test_short_lived_threads_leave_no_open_connections(scratch_dir):
+    """A daemon serving each request on a new thread must not leak a connection (a file descriptor) per thread."""
+    import os
+    import threading
+
+    from store.sqlite import MAX_IDLE_CONNECTIONS
+    store = open_store(f"sqlite://{scratch_dir}/bt.db")
+    try:
+        store.put("bt/k", b"v")
+        before = len(os.listdir("/proc/self/fd"))
+        for index in range(100):
+            thread = threading.Thread(target=lambda i=index: (store.put(f"bt/t/{i}", b"v"), store.get("bt/k")))
+            thread.start()
+            thread.join()
+        assert len(os.listdir("/proc/self/fd")) <= before + 2 * MAX_IDLE_CONNECTIONS
+        assert len(store.get_prefix("bt/t/")[0]) == 100
+    finally:
+        store.close()

@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""dnsd against dnsmasq, side by side in one run, on the same 1,000 names.
+
+    .venv/bin/python bench/dns_bench.py [--duration 10] [--workers 2] [--rounds 1]
+
+For each query set (the 1,000 names; the same with 10% unknown names) and each server: every answer is first
+checked name by name (address, rcode), then ``dnsperf -c 4 -l DURATION`` measures queries/s, average latency and
+lost queries, then a short verbose ``dnsperf`` run gives the p99 latency and the rcodes seen under load.
+dnsmasq gets ``--local=/ZONE/`` besides the hosts file so that it, too, answers unknown names NXDOMAIN itself,
+and ``--local-ttl=5`` so that its answers carry the same TTL as dnsd's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dnslib import DNSRecord  # noqa: E402
+
+from discovery.model import EndpointRecord  # noqa: E402
+
+ZONE = "berth.internal"
+DNSMASQ = "/usr/sbin/dnsmasq"
+AARDVARK = "/usr/lib/podman/aardvark-dns"
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Result:
+    qps: float
+    avg_ms: float
+    lost: int
+    sent: int
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP right now (dnsmasq binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def make_world(folder: Path, count: int) -> tuple[dict[str, str], list[str], list[str]]:
+    """Records for dnsd, the same names in a hosts file for dnsmasq, and the two query lists."""
+    expected = {f"btbench{i}.{ZONE}": f"10.{200 + i // 65025}.{i // 255 % 255}.{i % 255 + 1}" for i in range(count)}
+    records = [EndpointRecord(id=f"bench{i}/eth0", name=name.split(".")[0], addresses=(addr,))
+               for i, (name, addr) in enumerate(expected.items())]
+    (folder / "records.json").write_text("[" + ",".join(r.to_json() for r in records) + "]")
+    (folder / "hosts").write_text("".join(f"{addr} {name}\n" for name, addr in expected.items()))
+    known = list(expected)
+    mixed = [name if i % 10 else f"btmissing{i}.{ZONE}" for i, name in enumerate(known)]
+    (folder / "known.txt").write_text("".join(f"{n} A\n" for n in known))
+    (folder / "mixed.txt").write_text("".join(f"{n} A\n" for n in mixed))
+    return expected, known, mixed
+
+
+def start_dnsmasq(folder: Path) -> Server:
+    port = free_port()
+    proc = subprocess.Popen([DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                             f"--addn-hosts={folder / 'hosts'}", f"--port={port}", "--listen-address=127.0.0.1",
+                             "--bind-interfaces", f"--local=/{ZONE}/", "--local-ttl=5", "--pid-file="],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = Server("dnsmasq", port, proc)
+    wait_until_answering(server)
+    return server
+
+
+def start_dnsd(folder: Path, workers: int, extra: list[str]) -> Server:
+    proc = subprocess.Popen([sys.executable, "-m", "berth.cli", "dns", "--records", str(folder / "records.json"),
+                             "--listen", "127.0.0.1:0", "--no-forward", "--workers", str(workers), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    line = proc.stdout.readline()
+    match = re.search(r"127\.0\.0\.1:(\d+)", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"berth dns did not start: {line!r}")
+    label = f"berth dns ({workers} worker{'s' if workers > 1 else ''}{', ' + ' '.join(extra) if extra else ''})"
+    server = Server(label, int(match.group(1)), proc)
+    wait_until_answering(server)
+    return server
+
+
+def start_aardvark(folder: Path, expected: dict[str, str]) -> Server | None:
+    """aardvark-dns reads one file per network: a header with its listen address, then one container a line."""
+    if not os.access(AARDVARK, os.X_OK):
+        return None
+    config = folder / "aardvark"
+    config.mkdir(exist_ok=True)
+    lines = ["127.0.0.1"] + [f"{i:064x} {addr}  {name.split('.')[0]}" for i, (name, addr) in
+                             enumerate(expected.items())]
+    (config / "btbench").write_text("\n".join(lines) + "\n")
+    port = free_port()
+    proc = subprocess.Popen([AARDVARK, "--config", str(config), "-p", str(port), "run"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = Server("aardvark-dns", port, proc)
+    try:
+        wait_until_answering(server, name="btbench0")
+    except RuntimeError:
+        server.stop()
+        return None
+    return server
+
+
+def query(port: int, name: str, timeout: float = 2.0) -> DNSRecord | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(DNSRecord.question(name, "A").pack(), ("127.0.0.1", port))
+        try:
+            return DNSRecord.parse(sock.recv(4096))
+        except socket.timeout:
+            return None
+
+
+def wait_until_answering(server: Server, name: str = f"btbench0.{ZONE}") -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited: {server.proc.stderr.read()}")
+        if query(server.port, name, timeout=0.3) is not None:
+            return
+    raise RuntimeError(f"{server.name} does not answer")
+
+
+def verify(server: Server, names: list[str], expected: dict[str, str], short_names: bool = False) -> str:
+    """Ask every name once: known names need exactly their address, unknown ones NXDOMAIN."""
+    good = wrong = 0
+    for name in names:
+        reply = query(server.port, name.split(".")[0] if short_names else name)
+        if reply is None:
+            wrong += 1
+            continue
+        if name in expected:
+            ok = reply.header.rcode == 0 and [str(rr.rdata) for rr in reply.rr] == [expected[name]]
+        else:
+            ok = reply.header.rcode == 3 and not reply.rr
+        good += ok
+        wrong += not ok
+    return f"{good}/{len(names)} correct" + (f", {wrong} WRONG" if wrong else "")
+
+
+def dnsperf(port: int, query_file: Path, clients: int, seconds: float, verbose: bool = False) -> str:
+    argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(query_file), "-c", str(clients),
+            "-l", str(seconds)] + (["-v"] if verbose else [])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+
+
+def measure(server: Server, query_file: Path, clients: int, seconds: float) -> Result:
+    out = dnsperf(server.port, query_file, clients, seconds)
+    return Result(qps=float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1)),
+                  avg_ms=1000 * float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1)),
+                  lost=int(re.search(r"Queries lost:\s+(\d+)", out).group(1)),
+                  sent=int(re.search(r"Queries sent:\s+(\d+)", out).group(1)))
+
+
+def tail_latency(server: Server, query_file: Path, clients: int, seconds: float) -> tuple[float, str]:
+    """p99 latency and the rcodes seen, from a verbose run (verbose output slows dnsperf, so it is separate)."""
+    out = dnsperf(server.port, query_file, clients, seconds, verbose=True)
+    latencies, rcodes = [], {}
+    for line in out.splitlines():
+        if line.startswith("> "):
+            fields = line.split()
+            rcodes[fields[1]] = rcodes.get(fields[1], 0) + 1
+            latencies.append(float(fields[-1]))
+    if len(latencies) < 100:
+        return float("nan"), ""
+    total = sum(rcodes.values())
+    return (1000 * statistics.quantiles(latencies, n=100)[98],
+            " ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(rcodes.items())))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10, help="seconds per dnsperf run (default 10)")
+    parser.add_argument("--clients", type=int, default=4, help="dnsperf -c (default 4)")
+    parser.add_argument("--names", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2, help="berth dns worker processes (default 2)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times; "
+                        "the median qps is reported")
+    parser.add_argument("--p99-seconds", type=float, default=3, help="length of the verbose run for p99")
+    parser.add_argument("--aardvark", action="store_true", help="add aardvark-dns as a third peer")
+    parser.add_argument("--dnsd-arg", action="append", default=[], help="extra argument for berth dns")
+    args = parser.parse_args()
+    for tool in ("dnsperf", DNSMASQ):
+        if shutil.which(tool) is None:
+            print(f"missing {tool} (apt-get install dnsperf dnsmasq-base)", file=sys.stderr)
+            return 2
+
+    with tempfile.TemporaryDirectory(prefix="bt-dnsbench-") as tmp:
+        folder = Path(tmp)
+        folder.chmod(0o755)  # dnsmasq reads its hosts file after dropping to an unprivileged user
+        expected, known, mixed = make_world(folder, args.names)
+        servers: list[Server] = []
+        try:
+            servers.append(start_dnsmasq(folder))
+            servers.append(start_dnsd(folder, args.workers, args.dnsd_arg))
+            if args.aardvark:
+                peer = start_aardvark(folder, expected)
+                if peer is None:
+                    print("aardvark-dns: could not be started here; left out")
+                else:
+                    servers.append(peer)
+            print(f"{args.names} names, dnsperf -c {args.clients} -l {args.duration:g}, {os.cpu_count()} CPUs, "
+                  f"load average {os.getloadavg()[0]:.1f}")
+            print("correctness (every name asked once):")
+            for server in servers:
+                short = server.name == "aardvark-dns"
+                for label, names in (("known", known), ("10% unknown", mixed)):
+                    print(f"  {server.name:<28} {label:<12} {verify(server, names, expected, short)}")
+            measured = [s for s in servers if s.name != "aardvark-dns"]  # it answers short names only
+            for label, names_file in (("1,000 names", folder / "known.txt"),
+                                      ("10% unknown names", folder / "mixed.txt")):
+                runs: dict[str, list[Result]] = {s.name: [] for s in measured}
+                for _ in range(args.rounds):
+                    for server in measured:
+                        runs[server.name].append(measure(server, names_file, args.clients, args.duration))
+                tails = {s.name: tail_latency(s, names_file, args.clients, args.p99_seconds)
+                         for s in measured} if args.p99_seconds > 0 else {}
+                report(label, runs, tails)
+            if any(s.name == "aardvark-dns" for s in servers):
+                aardvark = next(s for s in servers if s.name == "aardvark-dns")
+                short_file = folder / "short.txt"
+                short_file.write_text("".join(f"{n.split('.')[0]} A\n" for n in known))
+                result = measure(aardvark, short_file, args.clients, args.duration)
+                print(f"\naardvark-dns (short names, same 1,000): {result.qps:,.0f} q/s, avg "
+                      f"{result.avg_ms:.2f} ms, lost {result.lost}")
+        finally:
+            for server in servers:
+                server.stop()
+    return 0
+
+
+def report(label: str, runs: dict[str, list[Result]], tails: dict[str, tuple[float, str]]) -> None:
+    print(f"\n{label}:")
+    print(f"  {'server':<28} {'queries/s':>10} {'avg ms':>7} {'p99 ms':>7} {'lost':>6}  {'vs dnsmasq':>10}  rcodes")
+    baseline = None
+    for name, results in runs.items():
+        qps = statistics.median(r.qps for r in results)
+        avg = statistics.median(r.avg_ms for r in results)
+        lost = sum(r.lost for r in results)
+        p99, rcodes = tails.get(name, (float("nan"), ""))
+        if baseline is None:
+            baseline = qps
+        print(f"  {name:<28} {qps:>10,.0f} {avg:>7.2f} {p99:>7.2f} {lost:>6}  {qps / baseline:>9.2f}x  {rcodes}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Batched UDP for the hot path: ``recvmmsg``/``sendmmsg`` through ctypes (Linux).
+
+A cache hit then costs no system call of its own: one ``recvmmsg`` collects every waiting query, each reply is
+written over its query in place (the ID is already there, only the bytes after it change), and one ``sendmmsg``
+sends them all back to the addresses the kernel filled in. Anything that is not a hit goes to the same slow path
+as the plain loop.
+"""
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+from typing import Callable
+
+BATCH = 64
+SLOT = 4096           # largest datagram read per query, and largest UDP reply written back
+MSG_WAITFORONE = 0x10000
+SOCKADDR_SIZE = 28    # sockaddr_in6; sockaddr_in fits too
+
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class MsgHdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(IoVec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+        libc.sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+LIBC = _libc()
+
+
+def available() -> bool:
+    return LIBC is not None
+
+
+def client_address(raw: bytes) -> tuple[str, int]:
+    """A sockaddr_in/sockaddr_in6 as (address, port)."""
+    family = int.from_bytes(raw[:2], "little")
+    port = struct.unpack("!H", raw[2:4])[0]
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+    return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+
+
+class BatchedUdp:
+    """The buffers for one socket: queries land in ``buffer`` slot by slot; replies are written in place."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buffer = ctypes.create_string_buffer(BATCH * SLOT)
+        self.view = memoryview(self.buffer).cast("B")
+        self.names = ctypes.create_string_buffer(BATCH * SOCKADDR_SIZE)
+        self.names_view = memoryview(self.names).cast("B")
+        base = ctypes.addressof(self.buffer)
+        names = ctypes.addressof(self.names)
+        self.recv_iov = (IoVec * BATCH)(*[IoVec(base + i * SLOT, SLOT) for i in range(BATCH)])
+        self.send_iov = (IoVec * BATCH)(*[IoVec(base + i * SLOT, 0) for i in range(BATCH)])
+        self.recv_msgs = (MMsgHdr * BATCH)()
+        self.send_msgs = (MMsgHdr * BATCH)()
+        for i in range(BATCH):
+            for msgs, iov in ((self.recv_msgs, self.recv_iov), (self.send_msgs, self.send_iov)):
+                hdr = msgs[i].msg_hdr
+                hdr.msg_name = names + i * SOCKADDR_SIZE
+                hdr.msg_namelen = SOCKADDR_SIZE
+                hdr.msg_iov = ctypes.pointer(iov[i])
+                hdr.msg_iovlen = 1
+        # every sender on one socket has the same address size (sockaddr_in, or sockaddr_in6 on an IPv6 one)
+        sender_size = 16 if sock.family == socket.AF_INET else SOCKADDR_SIZE
+        for i in range(BATCH):
+            self.send_msgs[i].msg_hdr.msg_namelen = sender_size
+        entry_words = ctypes.sizeof(MMsgHdr) // 4
+        self.lengths = memoryview(self.recv_msgs).cast("B").cast("I")
+        self.length_at = [i * entry_words + MMsgHdr.msg_len.offset // 4 for i in range(BATCH)]
+        self.send_lengths = memoryview(self.send_iov).cast("B").cast("Q")
+        self.recv_ptr = ctypes.addressof(self.recv_msgs)
+        self.send_ptr = ctypes.addressof(self.send_msgs)
+        self.entry_size = ctypes.sizeof(MMsgHdr)
+
+    def receive(self) -> int:
+        """Block for at least one query; how many arrived (0 on an interrupted or failed call)."""
+        count = LIBC.recvmmsg(self.fd, self.recv_ptr, BATCH, MSG_WAITFORONE, None)
+        return max(count, 0)
+
+    def send(self, indices: list[int]) -> None:
+        """Send the replies written in the given slots (runs of neighbours go in one call)."""
+        start = 0
+        while start < len(indices):
+            end = start
+            while end + 1 < len(indices) and indices[end + 1] == indices[end] + 1:
+                end += 1
+            first, count = indices[start], end - start + 1
+            LIBC.sendmmsg(self.fd, self.send_ptr + first * self.entry_size, count, 0)
+            start = end + 1
+
+
+def serve_batched(sock: socket.socket, packed: dict, refresh: Callable[[], None],
+                  slow: Callable[[bytes, tuple[str, int]], bytes | None], stopping) -> None:
+    """The batched loop: ``packed`` is the responder's cache of replies-without-ID, ``slow`` answers the rest
+    (returns reply bytes to send, or None when it has dealt with the query itself or stays silent)."""
+    io = BatchedUdp(sock)
+    view, lengths, length_at, send_lengths = io.view, io.lengths, io.length_at, io.send_lengths
+    get = packed.get
+    while not stopping.is_set():
+        count = io.receive()
+        if not count:
+            continue
+        refresh()
+        ready = []
+        for i in range(count):
+            offset = i * SLOT
+            size = lengths[length_at[i]]
+            hit = get(bytes(view[offset + 2:offset + size])) if size > 12 else None
+            if hit is not None:
+                if hit.__class__ is not bytes:
+                    hit = next(hit)
+                view[offset + 2:offset + 2 + len(hit)] = hit
+                send_lengths[2 * i + 1] = len(hit) + 2
+                ready.append(i)
+                continue
+            if size == 0 and stopping.is_set():
+                return
+            name = bytes(io.names_view[i * SOCKADDR_SIZE:(i + 1) * SOCKADDR_SIZE])
+            reply = slow(bytes(view[offset:offset + size]), client_address(name))
+            if reply is not None and len(reply) <= SLOT:
+                view[offset:offset + len(reply)] = reply
+                send_lengths[2 * i + 1] = len(reply)
+                ready.append(i)
+        if ready:
+            io.send(ready)
