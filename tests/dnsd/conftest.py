@@ -122,12 +122,13 @@ class InProcessServer:
     """The real shell (sockets, threads) in this process, over a :class:`StaticView` the test changes."""
 
     def __init__(self, view: StaticView, policy: RecursionPolicy = RecursionPolicy(),
-                 upstreams: tuple[Upstream, ...] = ()) -> None:
+                 upstreams: tuple[Upstream, ...] = (), **options) -> None:
         self.view = view
         self.listener = bind_listener("127.0.0.1", 0, 1)
         self.port = self.listener.port
         self.responder = Responder(view, ZoneConfig(), policy, forwarding=bool(upstreams))
-        self.worker = Worker(self.responder, ServerOptions(upstreams=tuple(upstreams), upstream_timeout=1.0))
+        options.setdefault("upstream_timeout", 1.0)
+        self.worker = Worker(self.responder, ServerOptions(upstreams=tuple(upstreams), **options))
         self.worker.start(self.listener.udp, [self.listener.tcp])
 
     def stop(self) -> None:
