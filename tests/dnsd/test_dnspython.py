@@ -196,7 +196,7 @@ def _drain_stderr(server) -> str:
 
 
 QUESTIONS = [(f"btweb1.{Z}", "A"), (f"BTWEB1.{Z}", "A"), (f"btnothere.{Z}", "A"), (f"btdb.{Z}", "AAAA"),
-             (f"_btweb._tcp.service.{Z}", "SRV"), (f"btbig.service.{Z}", "A"), ("example.com", "A"),
+             (f"_btdb._tcp.service.{Z}", "SRV"), (f"btbig.service.{Z}", "A"), ("example.com", "A"),
              ("11.0.89.10.in-addr.arpa", "PTR")]
 
 
