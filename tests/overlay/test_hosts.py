@@ -167,7 +167,7 @@ def _ping_counts(output: str) -> tuple[int, int]:
 
 
 def test_after_reboot_and_lease_expiry_host_reclaims_its_subnet_and_mac(make_sim, sqlite_url):
-    sim = make_sim(sqlite_url, hosts=2, lease_ttl=1.5)
+    sim = make_sim(sqlite_url, hosts=2, lease_ttl=3)
     a, b = sim.hosts
     subnet, mac = b.subnet(), vxlan_mac(b)
     b.kill(signal.SIGKILL)
@@ -183,7 +183,7 @@ def test_after_reboot_and_lease_expiry_host_reclaims_its_subnet_and_mac(make_sim
 
 
 def test_stale_entries_of_departed_hosts_are_removed_at_start_up(make_sim, sqlite_url):
-    sim = make_sim(sqlite_url, hosts=3, lease_ttl=1.5)
+    sim = make_sim(sqlite_url, hosts=3, lease_ttl=3)
     a, b, c = sim.hosts
     c_subnet = str(c.subnet())
     assert c_subnet in overlay_entries(a.netns)["routes"]
