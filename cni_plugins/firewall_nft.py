@@ -1,4 +1,5 @@
-"""The nftables backend: tables ``inet berth-nat`` (ipMasq) and ``inet berth-portmap`` (host ports).
+"""The nftables backend: tables ``inet berth-nat`` (ipMasq), ``inet berth-portmap`` (host ports) and
+``bridge berth-macspoof`` (macspoofchk).
 
 Commands go to libnftables in process (one transaction per call, no ``nft`` process on the hot path); where the
 library is missing, the same text goes to ``nft -f -``. Each call uses its own library context, so handlers may run
@@ -14,7 +15,12 @@ from typing import Iterable, Optional
 from cni_plugins.firewall import (Dnat, FirewallError, MacSpoofCheck, Masquerade, Rule, SnatToContainer,
                                   TaggedRule, comment_for, family_of, tag_of)
 
-TABLES = {"nat": ("inet", "berth-nat"), "portmap": ("inet", "berth-portmap"), "macspoof": ("bridge", "berth-macspoof")}
+# role → (family, table)
+TABLES = {
+    "nat": ("inet", "berth-nat"),
+    "portmap": ("inet", "berth-portmap"),
+    "macspoof": ("bridge", "berth-macspoof"),
+}
 _OUTPUT_HANDLE, _OUTPUT_JSON = 1 << 3, 1 << 4
 _lib: Optional[ctypes.CDLL] = None
 _lib_missing = False

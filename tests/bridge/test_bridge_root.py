@@ -308,3 +308,36 @@ def test_missing_netns_is_an_environment_error_before_ipam(host, make_conf, ipam
     r = add(conf, host, "/run/netns/bt-does-not-exist")
     assert r.rc == 1 and r.code == 4, r.out
     assert reservations(ipam_dir, conf["name"]) == []
+
+
+def test_in_process_handlers_in_threads_leave_every_thread_in_its_own_namespace(host, container, make_conf):
+    """The daemon case: handlers run in worker threads of one process; each worker enters the host namespace
+    itself, and no thread may be left inside a container's namespace afterwards."""
+    import concurrent.futures
+    import os
+
+    from cni_plugins import bridge, netns, skel
+    from tests.bridge.cni_call import cni_env
+
+    conf = make_conf(isGateway=True, ipam_type="berth-ipam")
+    spaces = [container() for _ in range(5)]
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    host_ino = os.stat(f"/run/netns/{host}").st_ino
+
+    def one(i):
+        with netns.entered(f"/run/netns/{host}"):
+            reply = skel.dispatch(bridge.HANDLERS, cni_env("ADD", container_id=f"t{i}", netns=spaces[i]),
+                                  json.dumps(conf).encode())
+            still_host = os.stat("/proc/thread-self/ns/net").st_ino == host_ino
+        return reply, still_host, os.stat("/proc/thread-self/ns/net").st_ino
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        outcomes = list(pool.map(one, range(5)))
+    assert all(reply.exit_code == 0 for reply, _, _ in outcomes), [r.stdout for r, _, _ in outcomes]
+    assert all(still_host for _, still_host, _ in outcomes), "a handler left its thread in another namespace"
+    assert all(after == own for _, _, after in outcomes)
+    addresses = {json.loads(reply.stdout)["ips"][0]["address"] for reply, _, _ in outcomes}
+    assert len(addresses) == 5
+    assert ns_json(host, "link", "show", "type", "bridge")[0]["ifname"] == conf["bridge"]
+    real_host = subprocess.run(["ip", "link", "show", conf["bridge"]], capture_output=True)
+    assert real_host.returncode != 0, "the bridge must exist only in the namespace playing the host"

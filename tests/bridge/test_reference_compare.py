@@ -14,6 +14,8 @@ CASES = {
     "dual-stack": dict(subnets=["10.231.12.0/24", "fd00:231:12::/64"], isDefaultGateway=True),
     "v6-no-gateway": dict(subnets=["fd00:231:13::/64"]),
     "layer2-with-dns": dict(subnets=None, dns={"nameservers": ["10.231.14.53"], "search": ["bt.test"]}),
+    "spec-0.3.1": dict(subnets=["10.231.15.0/24"], isGateway=True, version="0.3.1"),
+    "spec-0.4.0-two-ranges": dict(subnets=["10.231.16.0/24", "10.231.17.0/24"], version="0.4.0"),
 }
 
 

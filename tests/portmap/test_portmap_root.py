@@ -15,6 +15,7 @@ from tests.conftest import unique_name
 
 pytestmark = pytest.mark.root
 HOST_IP, OUTSIDE_IP = "10.231.200.1", "10.231.200.2"
+HOST_IP6, OUTSIDE_IP6 = "fd00:231:200::1", "fd00:231:200::2"
 
 
 @pytest.fixture
@@ -25,10 +26,12 @@ def site(netns, tmp_path, make_conf):
     subprocess.run(["ip", "-n", host, "link", "add", a, "type", "veth", "peer", "name", b, "netns", outside],
                    check=True)
     subprocess.run(["ip", "-n", host, "addr", "add", f"{HOST_IP}/24", "dev", a], check=True)
+    subprocess.run(["ip", "-n", host, "addr", "add", f"{HOST_IP6}/64", "dev", a, "nodad"], check=True)
+    subprocess.run(["ip", "-n", outside, "addr", "add", f"{OUTSIDE_IP6}/64", "dev", b, "nodad"], check=True)
     subprocess.run(["ip", "-n", host, "link", "set", a, "up"], check=True)
     subprocess.run(["ip", "-n", outside, "addr", "add", f"{OUTSIDE_IP}/24", "dev", b], check=True)
     subprocess.run(["ip", "-n", outside, "link", "set", b, "up"], check=True)
-    conf = make_conf(isDefaultGateway=True)
+    conf = make_conf(isDefaultGateway=True, subnets=["10.231.1.0/24", "fd00:231:1::/64"])
     servers = []
 
     def start(cid):
@@ -82,6 +85,7 @@ def test_published_port_reaches_the_container_from_outside_host_and_localhost(si
     assert fetch(host, HOST_IP, port) == "web1"
     assert fetch(host, "127.0.0.1", port) == "web1"
     assert fetch(host, bridge_ip, port) == "web1"
+    assert fetch(outside, HOST_IP6, port) == "web1"
     assert call("berth-portmap", "CHECK", pm, host=host, container_id="web1", netns=ns).rc == 0
 
     assert call("berth-portmap", "DEL", pm, host=host, container_id="web1", netns=ns).rc == 0
