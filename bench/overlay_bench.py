@@ -124,12 +124,16 @@ def time_reachability(probes: list[tuple[str, socket.socket]], target: str, dead
     return first
 
 
+def _forgotten(netns: str, subnet: str) -> bool:
+    done = subprocess.run(["ip", "-n", netns, "route", "show", "proto", "77"], capture_output=True, text=True)
+    return done.returncode == 0 and subnet not in done.stdout
+
+
 def wait_forgotten(sim: SimCluster, steady, subnet: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     pending = list(steady)
     while pending:
-        pending = [h for h in pending if subnet in subprocess.run(
-            ["ip", "-n", h.netns, "route", "show", "proto", "77"], capture_output=True, text=True).stdout]
+        pending = [h for h in pending if not _forgotten(h.netns, subnet)]
         if pending and time.monotonic() > deadline:
             raise RuntimeError(f"{len(pending)} hosts still route to {subnet}")
         if pending:
