@@ -10,6 +10,15 @@ import threading
 from discovery import wire
 
 DEFAULT_STORE = "sqlite:////var/lib/berth/berth.db"
+log = logging.getLogger("berth.agent")
+
+
+def store_url(url: str, ttl: float) -> str:
+    """The agent's etcd calls give up within a third of the lease TTL (at least 1 s) unless the URL says
+    otherwise: a keep-alive that waits longer is too late anyway, and a registration must not stall."""
+    if url.startswith("etcd:") and "timeout=" not in url:
+        return f"{url}{'&' if '?' in url else '?'}timeout={max(1.0, ttl / 3):g}"
+    return url
 
 
 def _addr(value: str) -> tuple[str, int]:
@@ -53,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from discovery.agent_socket import AgentSocket
     from discovery.consul_api import ConsulApi, ConsulHttpServer
     from discovery.view import DiscoveryView
-    from store.api import open_store
+    from store.api import StoreError, open_store
 
     skydns = args.skydns == "on" or (args.skydns == "auto" and args.store.startswith("etcd:"))
-    store = open_store(args.store)
+    store = open_store(store_url(args.store, args.ttl))
     agent = Agent(store, args.host, args.state_dir, args.ttl, spool_dir=args.spool_dir,
                   skydns_zone=args.zone if skydns else None, node_address=args.address,
                   resync_interval=args.resync)
@@ -68,12 +77,22 @@ def run(args: argparse.Namespace) -> int:
     listener.start()
     view = http = None
     if not args.no_http:
-        view = DiscoveryView(store).start()
+        view = DiscoveryView(store)
+        while True:  # the catalog needs one listing; an unreachable store is retried, not fatal
+            try:
+                view.start()
+                break
+            except StoreError as exc:
+                log.warning("listing the store for the HTTP API failed (%s); retrying", exc)
+                if done.wait(1.0):
+                    agent.stop()
+                    listener.stop()
+                    return 0
         http = ConsulHttpServer(args.http, ConsulApi(agent, view))
         http.start()
-        logging.getLogger("berth.agent").info("HTTP API on %s:%d", args.http[0], http.port)
+        log.info("HTTP API on %s:%d", args.http[0], http.port)
     agent.drain_spool()  # anything spooled while the socket was coming up
-    logging.getLogger("berth.agent").info("agent %s ready on %s", args.host, args.socket)
+    log.info("agent %s ready on %s", args.host, args.socket)
     print(f"ready socket={args.socket} http={http.port if http else 0}", flush=True)
     done.wait()
     listener.stop()

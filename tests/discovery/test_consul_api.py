@@ -124,7 +124,7 @@ def test_http_check_follows_the_status_code(api):
 
 def test_ttl_check_is_driven_by_the_application_and_expires(api):
     agent, c = api
-    c.agent.service.register("worker", service_id="w1", address="10.3.0.1", check=consul.Check.ttl("1s"))
+    c.agent.service.register("worker", service_id="w1", address="10.3.0.1", check=consul.Check.ttl("3s"))
     assert _status(c, "worker") == ["critical"]  # Consul's initial state for a check
     assert c.agent.check.ttl_pass("service:w1", "all good")
     assert _status(c, "worker") == ["passing"] and len(_passing(c, "worker")) == 1
