@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put,
                        StoreError, TxnResult)
 from store.change_signal import ChangeSignal
-from store.common import (check_compare, check_key, check_lease_id, check_ops, check_revision, check_ttl,
+from store.common import (check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, compare_holds)
 from store.sqlite_txn import (COMPACT_EVERY, DEFAULT_HISTORY, SCHEMA, WriteTxn, compact_log,
                               forget_leases_of_earlier_boots, key_range_sql, lease_clock, row_to_kv, sqlite_errors)
@@ -227,7 +227,7 @@ class SqliteStore:
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
             failure: Sequence[Put | Delete] = ()) -> TxnResult:
-        compares = [check_compare(compare) for compare in compares]
+        compares = check_compares(compares)
         success_ops, failure_ops = check_ops(success), check_ops(failure)
 
         def body(txn: WriteTxn) -> TxnResult:
