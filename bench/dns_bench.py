@@ -42,8 +42,33 @@ class Server:
     name: str
     port: int
     proc: subprocess.Popen
+    daemon_pid: int | None = None  # aardvark-dns forks into the background
+
+    def pids(self) -> list[int]:
+        main = self.daemon_pid or self.proc.pid
+        try:
+            children = Path(f"/proc/{main}/task/{main}/children").read_text().split()
+        except OSError:
+            children = []
+        return [main, *map(int, children)]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and its worker processes so far."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
+        if self.daemon_pid is not None:
+            try:
+                os.kill(self.daemon_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -59,6 +84,7 @@ class Result:
     avg_ms: float
     lost: int
     sent: int
+    cpu_us: float = float("nan")  # server CPU per answered query
 
 
 def free_port() -> int:
@@ -128,7 +154,14 @@ def start_aardvark(folder: Path, expected: dict[str, str]) -> Server | None:
     port = free_port()
     proc = subprocess.Popen([AARDVARK, "--config", str(config), "-p", str(port), "run"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server = Server("aardvark-dns", port, proc)
+    proc.wait(10)  # it daemonises: the child's pid lands in aardvark.pid
+    pid_file = config / "aardvark.pid"
+    deadline = time.monotonic() + 5
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not pid_file.exists():
+        return None
+    server = Server("aardvark-dns", port, proc, daemon_pid=int(pid_file.read_text().split()[0]))
     try:
         wait_until_answering(server, name="btbench0")
     except RuntimeError:
@@ -150,7 +183,7 @@ def query(port: int, name: str, timeout: float = 2.0) -> DNSRecord | None:
 def wait_until_answering(server: Server, name: str = f"btbench0.{ZONE}") -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
+        if server.proc.poll() is not None and server.daemon_pid is None:
             raise RuntimeError(f"{server.name} exited: {server.proc.stderr.read()}")
         if query(server.port, name, timeout=0.3) is not None:
             return
@@ -181,11 +214,15 @@ def dnsperf(port: int, query_file: Path, clients: int, seconds: float, verbose: 
 
 
 def measure(server: Server, query_file: Path, clients: int, seconds: float) -> Result:
+    cpu_before = server.cpu_seconds()
     out = dnsperf(server.port, query_file, clients, seconds)
+    cpu = server.cpu_seconds() - cpu_before
+    completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))
     return Result(qps=float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1)),
                   avg_ms=1000 * float(re.search(r"Average Latency \(s\):\s+([\d.]+)", out).group(1)),
                   lost=int(re.search(r"Queries lost:\s+(\d+)", out).group(1)),
-                  sent=int(re.search(r"Queries sent:\s+(\d+)", out).group(1)))
+                  sent=int(re.search(r"Queries sent:\s+(\d+)", out).group(1)),
+                  cpu_us=1e6 * cpu / completed if completed else float("nan"))
 
 
 def tail_latency(server: Server, query_file: Path, clients: int, seconds: float) -> tuple[float, str]:
@@ -209,7 +246,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10, help="seconds per dnsperf run (default 10)")
     parser.add_argument("--clients", type=int, default=4, help="dnsperf -c (default 4)")
     parser.add_argument("--names", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2, help="berth dns worker processes (default 2)")
+    parser.add_argument("--workers", default="2", help="berth dns worker processes; a comma list runs one "
+                        "server per count (default 2)")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times; "
                         "the median qps is reported")
     parser.add_argument("--p99-seconds", type=float, default=3, help="length of the verbose run for p99")
@@ -228,7 +266,8 @@ def main() -> int:
         servers: list[Server] = []
         try:
             servers.append(start_dnsmasq(folder))
-            servers.append(start_dnsd(folder, args.workers, args.dnsd_arg))
+            for workers in args.workers.split(","):
+                servers.append(start_dnsd(folder, int(workers), args.dnsd_arg))
             if args.aardvark:
                 peer = start_aardvark(folder, expected)
                 if peer is None:
@@ -258,7 +297,7 @@ def main() -> int:
                 short_file.write_text("".join(f"{n.split('.')[0]} A\n" for n in known))
                 result = measure(aardvark, short_file, args.clients, args.duration)
                 print(f"\naardvark-dns (short names, same 1,000): {result.qps:,.0f} q/s, avg "
-                      f"{result.avg_ms:.2f} ms, lost {result.lost}")
+                      f"{result.avg_ms:.2f} ms, lost {result.lost}, CPU {result.cpu_us:.1f} us/q")
         finally:
             for server in servers:
                 server.stop()
@@ -267,16 +306,19 @@ def main() -> int:
 
 def report(label: str, runs: dict[str, list[Result]], tails: dict[str, tuple[float, str]]) -> None:
     print(f"\n{label}:")
-    print(f"  {'server':<28} {'queries/s':>10} {'avg ms':>7} {'p99 ms':>7} {'lost':>6}  {'vs dnsmasq':>10}  rcodes")
+    print(f"  {'server':<28} {'queries/s':>10} {'avg ms':>7} {'p99 ms':>7} {'lost':>6} {'CPU us/q':>8}  "
+          f"{'vs dnsmasq':>10}  rcodes (under load)")
     baseline = None
     for name, results in runs.items():
         qps = statistics.median(r.qps for r in results)
         avg = statistics.median(r.avg_ms for r in results)
         lost = sum(r.lost for r in results)
+        cpu = statistics.median(r.cpu_us for r in results)
         p99, rcodes = tails.get(name, (float("nan"), ""))
         if baseline is None:
             baseline = qps
-        print(f"  {name:<28} {qps:>10,.0f} {avg:>7.2f} {p99:>7.2f} {lost:>6}  {qps / baseline:>9.2f}x  {rcodes}")
+        print(f"  {name:<28} {qps:>10,.0f} {avg:>7.2f} {p99:>7.2f} {lost:>6} {cpu:>8.1f}  {qps / baseline:>9.2f}x  "
+              f"{rcodes}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,13 @@
+"""dnsd: Berth's DNS server — authoritative for the discovery view's names, a forwarder for everything else.
+
+Layers, inner to outer: ``names`` (pure name scheme: records → zone index → answers), ``chain`` (zone → recursion
+gate → upstream cache → forward), ``responder`` (sans-IO: bytes in, bytes or a Forward out, with the packed-answer
+cache), ``server``/``udp_batch`` (sockets only), ``cli`` (``berth dns``).
+
+For containers, run it on the bridge gateway so their resolv.conf can point at it (the bridge's ``dns`` block:
+nameservers = the gateway, search = the zone)::
+
+    berth dns --store sqlite:///var/lib/berth/store.db --listen 10.88.0.1:53 --workers 2
+
+Clients on the gateway's network (and loopback, and any endpoint in the view) may recurse; others get REFUSED.
+"""

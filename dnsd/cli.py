@@ -60,19 +60,23 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def interface_networks(hosts: list[str]) -> list[str]:
-    """The networks (from ``ip -j addr``) that the given local addresses live on: the container bridges."""
-    wanted = {h for h in hosts if h not in WILDCARDS}
+    """The networks the given local addresses live on (the container bridges when dnsd listens on a gateway)."""
+    wanted = [h for h in hosts if h not in WILDCARDS]
     if not wanted:
         return []
     try:
         out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True).stdout
-        links = json.loads(out)
+        return networks_of(wanted, json.loads(out))
     except (OSError, subprocess.CalledProcessError, ValueError):
         return []
+
+
+def networks_of(addresses: list[str], links: list[dict]) -> list[str]:
+    """From ``ip -j addr`` output: the network of each interface address in ``addresses``."""
     found = []
     for link in links:
         for info in link.get("addr_info", ()):
-            if info.get("local") in wanted:
+            if info.get("local") in addresses and "prefixlen" in info:
                 found.append(str(ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False)))
     return found
 
@@ -89,8 +93,7 @@ def make_view(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     listens = [parse_listen(text) for text in (args.listen or ["127.0.0.1:53"])]
     hosts = [host for host, _ in listens]
-    zone = ZoneConfig(args.zone, args.ttl, args.negative_ttl,
-                      tuple(h for h in hosts if h not in WILDCARDS and not ipaddress.ip_address(h).is_loopback))
+    zone = ZoneConfig(args.zone, args.ttl, args.negative_ttl, tuple(h for h in hosts if h not in WILDCARDS))
     cidrs = [] if args.no_default_recursion else [*LOOPBACK, *interface_networks(hosts)]
     policy = RecursionPolicy.from_cidrs([*cidrs, *args.allow_recursion],
                                         allow_endpoints=not args.no_default_recursion)

@@ -4,23 +4,22 @@
 address, and ``lock`` is held with flock for every operation, so the reference host-local and berth-ipam can
 share one data directory (each reads what the other wrote).
 
-The address files stay the truth. The index (``<dataDir>/.berth-index/<network>/``: one small file per
-attachment listing its addresses) is a cache, trusted only while the network directory is exactly as we left
-it. Every file created or removed there bumps the directory's mtime to "now"; after each of our own complete
-updates we set the mtime one second into the past and record it (with the inode) in ``stamp``. A crash
-between an address file and its index entry, or any change made by another tool (host-local knows no index),
-leaves an mtime that cannot equal the stamp, and the index is rebuilt from the address files. Network names
-never start with a dot, so ``.berth-index`` cannot collide with a network's directory.
+The address files stay the truth. The index (``<dataDir>/.berth-index/<network>/<containerID>@<ifname>/<ip>``:
+one directory per attachment holding an empty file per address, so every update is a single metadata
+operation and nothing is ever rewritten) is a cache, trusted only while the network directory is exactly as
+we left it. Every file created or removed there bumps the directory's mtime to "now"; after each of our own
+complete updates we set the mtime one second into the past and copy it onto the mtime of ``stamp.<inode>``.
+A crash between an address file and its index entry, or any change made by another tool (host-local knows no
+index), leaves a directory mtime that cannot equal the stamp's, and the index is rebuilt from the address
+files. Network names never start with a dot, so ``.berth-index`` cannot collide with a network's directory.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import ipaddress
 import os
 from contextlib import contextmanager
 from typing import Iterable, Iterator
-from urllib.parse import quote
 
 from .config import DEFAULT_DATA_DIR, IPAddress
 from .errors import StoreFailure
@@ -29,7 +28,7 @@ from .store import Attachment
 LOCK_FILE = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
 INDEX_DIR = ".berth-index"
-STAMP_FILE = "stamp"
+STAMP_PREFIX = "stamp."
 LINE_BREAK = "\r\n"
 SEAL_OFFSET_NS = 1_000_000_000
 
@@ -79,14 +78,12 @@ class DiskStore:
     def check_usable(self) -> None:
         """Raise StoreFailure unless reservations could be written here now (STATUS)."""
         if self.exists():
-            with self.lock():
-                probe = self._tmp_path()
-                try:
-                    os.makedirs(self.index_dir, mode=0o755, exist_ok=True)
-                    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-                    os.unlink(probe)
+            with self.lock():  # opening the lock read-write already fails on a read-only file system
+                try:  # an unnamed file: proves the directory takes new files without changing it
+                    os.close(os.open(self.dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644))
                 except OSError as err:
-                    raise StoreFailure(f"cannot write under {self.index_dir}: {err.strerror}") from err
+                    if not os.access(self.dir, os.W_OK | os.X_OK):
+                        raise StoreFailure(f"cannot write in {self.dir}: {err.strerror}") from err
             return
         ancestor = os.path.abspath(self.dir)
         while not os.path.lexists(ancestor):
@@ -114,18 +111,31 @@ class DiskStore:
     # -- the Store protocol ----------------------------------------------------------------------------------
     def reserve(self, attachment: Attachment, ip: IPAddress, range_set: int) -> bool:
         self._ensure_index()
+        attachment = _normal(attachment)
         path = os.path.join(self.dir, str(ip))
-        self._torn = True
+        if os.path.lexists(path):
+            return False
         try:
-            if not self._create_exclusive(path, owner_text(attachment).encode()):
-                self._torn = False
+            if not _create_with_content(self.dir, path, owner_text(attachment).encode()):
                 return False
-            self._write_entry(attachment, self._read_entry(attachment) + [ip])
-            self._torn = False
-            self._write_atomic(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_set}"), str(ip).encode())
         except OSError as err:
             raise StoreFailure(f"cannot reserve {ip} in {self.dir}: {err.strerror}") from err
-        self._seal()
+        self._torn = True  # until the index entry exists too
+        try:
+            entry = self._entry_dir(attachment)
+            os.makedirs(entry, mode=0o755, exist_ok=True)
+            os.close(os.open(os.path.join(entry, str(ip)), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            self._torn = False
+            # in place, as host-local writes it: a torn file only costs round robin one step
+            fd = os.open(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_set}"),
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, str(ip).encode())
+            finally:
+                os.close(fd)
+            self._seal()
+        except OSError as err:
+            raise StoreFailure(f"cannot reserve {ip} in {self.dir}: {err.strerror}") from err
         return True
 
     def last_reserved(self, range_set: int) -> IPAddress | None:
@@ -137,15 +147,19 @@ class DiskStore:
 
     def release(self, attachment: Attachment, ips: Iterable[IPAddress] | None = None) -> list[IPAddress]:
         self._ensure_index()
-        freed = self._release_entry(attachment, ips)
-        if not freed and ips is None and attachment.ifname:
-            freed = self._release_entry(Attachment(attachment.container_id, ""), None)  # host-local's fallback
-        self._seal()
+        attachment = _normal(attachment)
+        try:
+            freed = self._release_entry(attachment, ips)
+            if not freed and ips is None and attachment.ifname:  # host-local's fallback: old id-only files
+                freed = self._release_entry(Attachment(attachment.container_id, ""), None)
+            self._seal()
+        except OSError as err:
+            raise StoreFailure(f"cannot release {attachment} in {self.dir}: {err.strerror}") from err
         return freed
 
     def get(self, attachment: Attachment) -> list[IPAddress]:
         self._ensure_index()
-        return self._read_entry(attachment)
+        return self._read_entry(_normal(attachment))
 
     def reservations(self) -> dict[IPAddress, Attachment]:
         """Read from the address files themselves (the truth), for GC and STATUS."""
@@ -171,32 +185,30 @@ class DiskStore:
 
     # -- releasing -------------------------------------------------------------------------------------------
     def _release_entry(self, attachment: Attachment, ips: Iterable[IPAddress] | None) -> list[IPAddress]:
-        attachment = Attachment(attachment.container_id.strip(), attachment.ifname)
         held = self._read_entry(attachment)
         wanted = held if ips is None else [ip for ip in held if ip in set(ips)]
+        entry = self._entry_dir(attachment)
         freed = []
-        self._torn = True
-        try:
-            for ip in wanted:
-                path = os.path.join(self.dir, str(ip))
-                try:
-                    with open(path, "rb") as f:
-                        owner = parse_owner(f.read())
-                except FileNotFoundError:
-                    owner = None
-                if owner == attachment:
-                    os.unlink(path)
-                    freed.append(ip)
-            if wanted:
-                self._write_entry(attachment, [ip for ip in held if ip not in wanted])
-            self._torn = False
-        except OSError as err:
-            raise StoreFailure(f"cannot release {attachment} in {self.dir}: {err.strerror}") from err
+        self._torn = bool(wanted)
+        for ip in wanted:
+            path = os.path.join(self.dir, str(ip))
+            try:
+                with open(path, "rb") as f:
+                    owner = parse_owner(f.read())
+            except FileNotFoundError:
+                owner = None
+            if owner == attachment:
+                os.unlink(path)
+                freed.append(ip)
+            _unlink_if_present(os.path.join(entry, str(ip)))
+        if wanted and len(wanted) == len(held):
+            _rmdir_if_present(entry)
+        self._torn = False
         return freed
 
     # -- the index ---------------------------------------------------------------------------------------------
-    def _entry_path(self, attachment: Attachment) -> str:
-        name = f"{quote(attachment.container_id.strip(), safe='')}@{quote(attachment.ifname, safe='')}"
+    def _entry_dir(self, attachment: Attachment) -> str:
+        name = f"{_quote(attachment.container_id)}@{_quote(attachment.ifname)}"
         if len(name) > 200:
             import hashlib  # rare: only for very long container ids
 
@@ -205,30 +217,24 @@ class DiskStore:
 
     def _read_entry(self, attachment: Attachment) -> list[IPAddress]:
         try:
-            with open(self._entry_path(attachment), "rb") as f:
-                return [ipaddress.ip_address(line) for line in f.read().decode().split()]
+            names = os.listdir(self._entry_dir(attachment))
         except FileNotFoundError:
             return []
-        except (OSError, ValueError) as err:  # a torn entry: the stamp check rebuilds it next time
-            raise StoreFailure(f"unreadable index entry for {attachment}: {err}") from err
-
-    def _write_entry(self, attachment: Attachment, ips: list[IPAddress]) -> None:
-        path = self._entry_path(attachment)
-        if ips:
-            self._write_atomic(path, "".join(f"{ip}\n" for ip in ips).encode())
-        else:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        except OSError as err:
+            raise StoreFailure(f"cannot read the index entry of {attachment}: {err.strerror}") from err
+        return sorted((ipaddress.ip_address(n) for n in names), key=lambda ip: (ip.version, ip))
 
     def _ensure_index(self) -> None:
         """Trust the index only when the network directory is exactly as our last complete update left it."""
         if self._validated:
             return
         try:
-            os.makedirs(self.index_dir, mode=0o755, exist_ok=True)
-            if self._read_stamp() != self._dir_stamp():
+            ino, mtime = self._dir_stamp()
+            try:
+                sealed = os.stat(os.path.join(self.index_dir, f"{STAMP_PREFIX}{ino}")).st_mtime_ns
+            except FileNotFoundError:
+                sealed = None
+            if sealed != mtime:
                 self.rebuild_index()
         except OSError as err:
             raise StoreFailure(f"cannot use the index {self.index_dir}: {err.strerror}") from err
@@ -236,84 +242,49 @@ class DiskStore:
 
     def rebuild_index(self) -> None:
         """Throw the index away and derive it again from the address files (caller holds the lock)."""
-        stamp = os.path.join(self.index_dir, STAMP_FILE)
-        try:
-            os.unlink(stamp)
-        except FileNotFoundError:
-            pass
-        for name in os.listdir(self.index_dir):
-            os.unlink(os.path.join(self.index_dir, name))
-        held: dict[Attachment, list[IPAddress]] = {}
-        for ip, owner in sorted(self.reservations().items(), key=lambda item: (item[0].version, item[0])):
-            held.setdefault(owner, []).append(ip)
-        for owner, ips in held.items():
-            self._write_entry(owner, ips)
+        import shutil
+
+        os.makedirs(self.index_dir, mode=0o755, exist_ok=True)
+        names = os.listdir(self.index_dir)
+        for name in names:  # stamps first: a crash from here on leaves no stamp, so the next one rebuilds
+            if name.startswith(STAMP_PREFIX):
+                os.unlink(os.path.join(self.index_dir, name))
+        for name in names:
+            path = os.path.join(self.index_dir, name)
+            if not name.startswith(STAMP_PREFIX):
+                shutil.rmtree(path) if os.path.isdir(path) else _unlink_if_present(path)
+        for ip, owner in self.reservations().items():
+            entry = self._entry_dir(owner)
+            os.makedirs(entry, mode=0o755, exist_ok=True)
+            os.close(os.open(os.path.join(entry, str(ip)), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        ino, _ = self._dir_stamp()
+        os.close(os.open(os.path.join(self.index_dir, f"{STAMP_PREFIX}{ino}"),
+                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         self._torn = False
         self._seal()
 
     def _seal(self) -> None:
+        """Mark the index as matching the directory: move the directory's mtime one second back (no tool's
+        later change can produce that value) and copy it onto the stamp."""
         if self._torn:
             return
         st = os.stat(self.dir)
-        os.utime(self.dir, ns=(st.st_atime_ns, st.st_mtime_ns - SEAL_OFFSET_NS))
-        stamp = self._dir_stamp()
-        self._write_atomic(os.path.join(self.index_dir, STAMP_FILE), f"{stamp[0]} {stamp[1]}\n".encode())
+        sealed = st.st_mtime_ns - SEAL_OFFSET_NS
+        os.utime(self.dir, ns=(st.st_atime_ns, sealed))
+        sealed = os.stat(self.dir).st_mtime_ns  # as the file system stored it (its granularity)
+        os.utime(os.path.join(self.index_dir, f"{STAMP_PREFIX}{st.st_ino}"), ns=(sealed, sealed))
 
     def _dir_stamp(self) -> tuple[int, int]:
         st = os.stat(self.dir)
         return st.st_ino, st.st_mtime_ns
 
-    def _read_stamp(self) -> tuple[int, int] | None:
-        try:
-            with open(os.path.join(self.index_dir, STAMP_FILE), "rb") as f:
-                ino, mtime = f.read().split()
-                return int(ino), int(mtime)
-        except (OSError, ValueError):
-            return None
 
-    # -- files -------------------------------------------------------------------------------------------------
-    def _tmp_path(self) -> str:
-        return os.path.join(self.index_dir, f"tmp.{os.urandom(6).hex()}")
-
-    def _write_atomic(self, path: str, data: bytes) -> None:
-        tmp = self._tmp_path()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        try:
-            os.replace(tmp, path)
-        except OSError as err:
-            os.unlink(tmp)
-            if err.errno != errno.EXDEV:
-                raise
-            with open(path, "wb") as f:  # the index lives on another file system: no atomic rename there
-                f.write(data)
-
-    def _create_exclusive(self, path: str, data: bytes) -> bool:
-        """Create ``path`` with its content in one step (link a finished temp file): a reader never sees it
-        empty. False when it exists."""
-        tmp = self._tmp_path()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError as err:
-            if err.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
-                raise
-            return self._create_exclusive_in_place(path, data)
-        finally:
-            os.unlink(tmp)
-
-    @staticmethod
-    def _create_exclusive_in_place(path: str, data: bytes) -> bool:
+def _create_with_content(directory: str, path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` in one step, False when it exists: the content is written to an unnamed
+    file (O_TMPFILE) that is then linked in, so no reader and no crash ever sees the file empty."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+    except OSError:  # a file system without O_TMPFILE: create, then write (host-local's way)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except FileExistsError:
@@ -323,3 +294,42 @@ class DiskStore:
         finally:
             os.close(fd)
         return True
+    try:
+        os.write(fd, data)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:  # a dir fd makes Python use linkat(AT_SYMLINK_FOLLOW), which links the unnamed file itself
+            os.link(f"/proc/self/fd/{fd}", os.path.basename(path), dst_dir_fd=dir_fd, follow_symlinks=True)
+        finally:
+            os.close(dir_fd)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.close(fd)
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _quote(text: str) -> str:
+    """Percent-encode all but ``[A-Za-z0-9_.-]``, so ``@`` separates id and ifname and no name holds a ``/``."""
+    return "".join(c if c in _PLAIN else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+def _normal(attachment: Attachment) -> Attachment:
+    """host-local trims the container id before writing it; so do we, everywhere."""
+    return Attachment(attachment.container_id.strip(), attachment.ifname)
+
+
+def _unlink_if_present(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _rmdir_if_present(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except (FileNotFoundError, OSError):
+        pass  # not empty: another address of the attachment is still listed

@@ -24,6 +24,7 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.max_receive_message_length", 256 << 20),  # a large prefix listing; gRPC's default is 4 MiB
 ]
 # Codes that mean "this member cannot answer now": no leader, leader changed, member down or restarting.
 FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,

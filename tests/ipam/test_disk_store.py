@@ -87,38 +87,78 @@ class Crash(BaseException):
     """Stands in for SIGKILL at one point inside an operation (the exec tests kill real processes)."""
 
 
-@pytest.mark.parametrize("point", ["_write_entry", "_write_atomic", "_seal"])
-def test_a_crash_anywhere_inside_reserve_leaves_an_index_that_finds_the_address(tmp_path, monkeypatch, point):
-    reserve(store(tmp_path), B, "10.0.0.3")
-    crashing = store(tmp_path)
-    monkeypatch.setattr(crashing, point, lambda *a, **k: (_ for _ in ()).throw(Crash()))
-    with pytest.raises(Crash):
-        reserve(crashing, A, "10.0.0.2")
-    s = store(tmp_path)
-    with s.lock():
-        assert s.get(A) == ([ip("10.0.0.2")] if (tmp_path / "net1" / "10.0.0.2").exists() else [])
-        s.release(A)
-        assert s.get(B) == [ip("10.0.0.3")]
-    assert files(tmp_path) == ["10.0.0.3", "last_reserved_ip.0", "lock"]
+class CrashingOs:
+    """``os`` for ipam.disk, dying at the n-th call that changes the file system."""
+
+    MUTATING = {"open", "write", "unlink", "rmdir", "makedirs", "utime", "replace", "link", "mkdir"}
+
+    def __init__(self, crash_at):
+        self.calls, self.crash_at = 0, crash_at
+
+    def __getattr__(self, name):
+        real = getattr(os, name)
+        if name not in self.MUTATING:
+            return real
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.crash_at:
+                raise Crash(f"{name} #{self.calls}")
+            return real(*args, **kwargs)
+        return counted
 
 
-@pytest.mark.parametrize("point", ["_write_entry", "_seal"])
-def test_a_crash_inside_release_leaves_an_index_that_agrees_with_the_files(tmp_path, monkeypatch, point):
-    reserve(store(tmp_path), A, "10.0.0.2", "fd00::2")
-    crashing = store(tmp_path)
-    monkeypatch.setattr(crashing, point, lambda *a, **k: (_ for _ in ()).throw(Crash()))
-    with pytest.raises(Crash), crashing.lock():
-        crashing.release(A, [ip("10.0.0.2")])
-    s = store(tmp_path)
-    with s.lock():
-        assert s.get(A) == [ip("fd00::2")]
-        assert s.reserve(B, ip("10.0.0.2"), 0)
+def truth(tmp_path, attachment):
+    owners = store(tmp_path).reservations()
+    return sorted((ip_ for ip_, owner in owners.items() if owner == attachment), key=lambda a: (a.version, a))
+
+
+OPERATIONS = {
+    "reserve two addresses": lambda s: [s.reserve(A, ip("10.0.0.2"), 0), s.reserve(A, ip("fd00::2"), 1)],
+    "release": lambda s: s.release(A),
+    "release one address": lambda s: s.release(A, [ip("10.0.0.5")]),
+}
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_a_crash_at_any_point_leaves_an_index_that_agrees_with_the_address_files(tmp_path, monkeypatch, operation):
+    """Crash at the 1st, 2nd, ... file-system change until the operation completes; after each crash a fresh
+    store must see exactly what the address files say, and release must then free exactly those."""
+    import ipam.disk
+
+    for crash_at in range(1, 100):
+        data = tmp_path / str(crash_at)
+        reserve(store(data), B, "10.0.0.3")
+        if operation.startswith("release"):
+            reserve(store(data), A, "10.0.0.5", "fd00::5")
+        fake = CrashingOs(crash_at)
+        monkeypatch.setattr(ipam.disk, "os", fake)
+        crashed = False
+        try:
+            s = store(data)
+            with s.lock():
+                OPERATIONS[operation](s)
+        except Crash:
+            crashed = True
+        finally:
+            monkeypatch.setattr(ipam.disk, "os", os)
+        fresh = store(data)
+        with fresh.lock():
+            assert fresh.get(A) == truth(data, A), crash_at
+            assert fresh.get(B) == [ip("10.0.0.3")]
+            fresh.release(A)
+        assert files(data) == ["10.0.0.3", "last_reserved_ip.0"] + (
+            ["last_reserved_ip.1"] if "last_reserved_ip.1" in files(data) else []) + ["lock"]
+        if not crashed:
+            break
+    assert not crashed and crash_at > 3
 
 
 def test_a_lost_index_is_rebuilt_from_the_address_files(tmp_path):
     reserve(store(tmp_path), A, "10.0.0.2")
-    for name in os.listdir(tmp_path / ".berth-index" / "net1"):
-        os.unlink(tmp_path / ".berth-index" / "net1" / name)
+    import shutil
+
+    shutil.rmtree(tmp_path / ".berth-index")
     s = store(tmp_path)
     with s.lock():
         assert s.get(A) == [ip("10.0.0.2")]
@@ -168,3 +208,14 @@ def test_resolv_conf_is_read_as_host_local_reads_it():
                               "domain b.example\nsearch x.example y.example\nsearch z\noptions ndots:2 rotate\nbogus\n")
     assert found.nameservers == ("10.0.0.53", "fd00::53") and found.domain == "b.example"
     assert found.search == ("x.example", "y.example", "z") and found.options == ("ndots:2", "rotate")
+
+
+def test_ids_and_ifnames_with_separators_never_share_an_index_entry(tmp_path):
+    odd, other = Attachment("weird@id/x", "e@1"), Attachment("weird", "id/x@e@1")
+    s = store(tmp_path)
+    reserve(s, odd, "10.0.0.2")
+    reserve(s, other, "10.0.0.3")
+    with s.lock():
+        assert s.get(odd) == [ip("10.0.0.2")] and s.get(other) == [ip("10.0.0.3")]
+        assert s.release(odd) == [ip("10.0.0.2")]
+        assert s.get(other) == [ip("10.0.0.3")]

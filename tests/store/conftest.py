@@ -69,8 +69,9 @@ class Workers:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.store.workers", *args], cwd=REPO_ROOT, text=True,
+    def start(self, *args: str, netns: str | None = None) -> subprocess.Popen:
+        inside = ["ip", "netns", "exec", netns] if netns else []
+        proc = subprocess.Popen([*inside, sys.executable, "-m", "tests.store.workers", *args], cwd=REPO_ROOT, text=True,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.procs.append(proc)
         return proc
