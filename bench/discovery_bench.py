@@ -50,7 +50,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def run_backend(url: str, count: int, work: Path) -> dict:
+def run_backend(url: str, count: int, work: Path, via: str = "exec") -> dict:
     from discovery.model import endpoint_key
     host = "bench-host"
     sock, state = work / "agent.sock", work / "state"
@@ -59,10 +59,23 @@ def run_backend(url: str, count: int, work: Path) -> dict:
                               "--log-level", "WARNING"], stdout=subprocess.PIPE, start_new_session=True)
     watcher = subprocess.Popen([sys.executable, "-c", WATCHER, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                cwd=REPO)
+    daemon = None
+    plugin = str(VENV_BIN / "berth-register")
+    extra_env: dict[str, str] = {}
+    if via == "daemon":  # the thin launcher forwarding to ``berth cni-daemon`` (the fast path runtimes get)
+        cni_sock = work / "cni" / "cni.sock"
+        daemon = subprocess.Popen([str(VENV_BIN / "berth"), "cni-daemon", "--socket", str(cni_sock)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        subprocess.run([str(VENV_BIN / "berth"), "install-cni", "--dir", str(work / "cni-bin")], check=True,
+                       stdout=subprocess.DEVNULL)  # launchers of this very build, so the daemon answers them
+        plugin = str(work / "cni-bin" / "berth-register")
+        extra_env["BERTH_CNI_SOCKET"] = str(cni_sock)
+        deadline = time.monotonic() + 20
+        while not cni_sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     try:
         assert agent.stdout.readline().startswith(b"ready"), "agent did not start"
         assert watcher.stdout.readline().startswith(b"ready"), "watcher did not start"
-        plugin = str(VENV_BIN / "berth-register")
         netns = f"/proc/{os.getpid()}/ns/net"
         returned: dict[str, int] = {}
         started: dict[str, int] = {}
@@ -76,7 +89,7 @@ def run_backend(url: str, count: int, work: Path) -> dict:
                                               "interface": 0}]}}
             env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": netns,
                    "CNI_IFNAME": "eth0", "CNI_PATH": str(VENV_BIN),
-                   "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME=svc{i}"}
+                   "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME=svc{i}", **extra_env}
             start = time.monotonic_ns()
             proc = subprocess.run([plugin], input=json.dumps(config).encode(), env=env, capture_output=True)
             end = time.monotonic_ns()
@@ -88,7 +101,9 @@ def run_backend(url: str, count: int, work: Path) -> dict:
         watcher.stdin.close()
         seen = json.loads(watcher.stdout.read().decode().strip().splitlines()[-1])
     finally:
-        for proc in (watcher, agent):
+        for proc in (watcher, agent, daemon):
+            if proc is None:
+                continue
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
@@ -106,13 +121,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--backends", default="sqlite,etcd")
+    parser.add_argument("--via", choices=("exec", "daemon"), default="exec",
+                        help="exec: the Python plugin executable; daemon: the native launcher + berth cni-daemon")
     args = parser.parse_args()
     results = {}
     for backend in args.backends.split(","):
         with tempfile.TemporaryDirectory(prefix="bt-discbench-") as tmp:
             work = Path(tmp)
             if backend == "sqlite":
-                results[backend] = run_backend(f"sqlite:///{work / 'berth.db'}", args.count, work)
+                results[backend] = run_backend(f"sqlite:///{work / 'berth.db'}", args.count, work, args.via)
             elif backend == "etcd":
                 try:
                     import store.etcd  # noqa: F401
@@ -121,11 +138,11 @@ def main() -> int:
                     continue
                 from tests.etcd_harness import start_etcd
                 with start_etcd(1) as cluster:
-                    results[backend] = run_backend(cluster.url, args.count, work)
+                    results[backend] = run_backend(cluster.url, args.count, work, args.via)
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
         r = results[backend]
-        print(f"{backend}: n={r['count']} missing={r['missing']} register->watcher p50={r['p50_ms']:.2f} ms "
+        print(f"{backend} ({args.via}): n={r['count']} missing={r['missing']} register->watcher p50={r['p50_ms']:.2f} ms "
               f"p99={r['p99_ms']:.2f} ms max={r['max_ms']:.2f} ms (visible before ADD returned: "
               f"{r['visible_before_return']}); ADD exec start->watcher p50={r['start_p50_ms']:.1f} ms "
               f"p99={r['start_p99_ms']:.1f} ms; ADD exec p50={r['add_exec_p50_ms']:.1f} ms "

@@ -23,11 +23,15 @@ FALLBACK_SUBDIR = ".berth-python"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", default=DEFAULT_DIR, help=f"CNI bin directory (default {DEFAULT_DIR})")
+    parser.add_argument("--socket", default=None,
+                        help="the CNI daemon's socket the launchers use when BERTH_CNI_SOCKET is unset "
+                             "(default /run/berth/cni.sock)")
     parser.add_argument("--launcher", choices=("auto", "native", "python"), default="auto",
                         help="native needs a C compiler; auto uses it when present (default)")
 
 
-def render_launcher(plugin_type: str, module: str, extra_paths: tuple[str, ...] = ()) -> str:
+def render_launcher(plugin_type: str, module: str, extra_paths: tuple[str, ...] = (),
+                    socket_path: str | None = None) -> str:
     """The Python launcher's source for one plugin; ``extra_paths`` are added to its fallback import path."""
     from berth.buildinfo import build_id
     from cni_plugins import launcher, skel
@@ -40,6 +44,8 @@ def render_launcher(plugin_type: str, module: str, extra_paths: tuple[str, ...] 
         'BUILD_ID = ""': f"BUILD_ID = {build_id()!r}",
         "SITE_DIRS: list = []": f"SITE_DIRS: list = {site_dirs!r}",
         'VERSION_REPLY = b""': f"VERSION_REPLY = {skel.version_reply()!r}",
+        f"DEFAULT_SOCKET = {launcher.DEFAULT_SOCKET!r}".replace("'", '"'):
+            f"DEFAULT_SOCKET = {(socket_path or launcher.DEFAULT_SOCKET)!r}",
     }
     for placeholder, value in filled.items():
         if placeholder not in source:
@@ -61,7 +67,7 @@ def find_compiler() -> str | None:
     return shutil.which("cc") or shutil.which("gcc")
 
 
-def build_native_launcher(fallback_dir: Path, compiler: str) -> bytes:
+def build_native_launcher(fallback_dir: Path, compiler: str, socket_path: str | None = None) -> bytes:
     """Compile ``launcher.c`` with this build's id and fallback directory baked in; returns the binary."""
     from berth.buildinfo import build_id
     from cni_plugins import skel
@@ -73,14 +79,15 @@ def build_native_launcher(fallback_dir: Path, compiler: str) -> bytes:
         header.write_text(
             f"#define BERTH_BUILD_ID {json.dumps(build_id())}\n"
             f"#define BERTH_FALLBACK_DIR {json.dumps(str(fallback_dir))}\n"
-            f"#define BERTH_VERSION_REPLY {json.dumps(skel.version_reply().decode())}\n")
+            f"#define BERTH_VERSION_REPLY {json.dumps(skel.version_reply().decode())}\n"
+            + (f"#define BERTH_DEFAULT_SOCKET {json.dumps(socket_path)}\n" if socket_path else ""))
         binary = Path(workdir) / "launcher"
         subprocess.run([compiler, "-O2", "-Wall", "-include", str(header), "-o", str(binary), str(source)],
                        check=True, capture_output=True)
         return binary.read_bytes()
 
 
-def install(directory: str, launcher: str = "auto") -> list[Path]:
+def install(directory: str, launcher: str = "auto", socket_path: str | None = None) -> list[Path]:
     from cni_plugins.invoke import IN_PROCESS
 
     target = Path(directory).resolve()
@@ -90,10 +97,10 @@ def install(directory: str, launcher: str = "auto") -> list[Path]:
         raise SystemExit("install-cni: --launcher native needs a C compiler (cc or gcc)")
     python_dir = target / FALLBACK_SUBDIR if compiler else target
     python_dir.mkdir(exist_ok=True)
-    native = build_native_launcher(python_dir, compiler) if compiler else None
+    native = build_native_launcher(python_dir, compiler, socket_path) if compiler else None
     written = []
     for plugin_type, module in IN_PROCESS.items():
-        _write_atomically(python_dir / plugin_type, render_launcher(plugin_type, module).encode())
+        _write_atomically(python_dir / plugin_type, render_launcher(plugin_type, module, socket_path=socket_path).encode())
         if native is not None:
             _write_atomically(target / plugin_type, native)
         written.append(target / plugin_type)
@@ -101,6 +108,6 @@ def install(directory: str, launcher: str = "auto") -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in install(args.dir, args.launcher):
+    for path in install(args.dir, args.launcher, args.socket):
         print(f"installed {path}")
     return 0

@@ -7,7 +7,8 @@ exactly what the plugin executable would have printed, by running the same :func
 Safety rules it keeps:
 - only root (or the daemon's own uid) may connect: the socket is 0600 in a 0700 directory, and every peer's
   credentials are checked (SO_PEERCRED) in case the file mode is loosened;
-- a launcher of another build is told to run the call itself (``S``), never answered by different code;
+- a launcher of another build, or in other network or mount namespaces than the daemon's, is told to run the
+  call itself (``S``): it is never answered by different code, nor acted on in the wrong "host";
 - a call is accepted (``A``) before it runs, and only while the launcher is still connected; after SIGTERM the
   daemon stops accepting, finishes the calls in flight, and exits — launchers that find no daemon run in process;
 - the socket is bound under a temporary name and renamed into place, so a restart never leaves a moment where a
@@ -108,20 +109,22 @@ class CniDaemon:
 
     # --- one call ------------------------------------------------------------------------------------------------
 
-    def _peer_allowed(self, conn: socket.socket) -> bool:
+    def _peer(self, conn: socket.socket) -> tuple[int, int]:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return uid in (0, os.geteuid())
+        pid, uid, _gid = struct.unpack("3i", creds)
+        return pid, uid
 
     def _serve_connection(self, conn: socket.socket) -> None:
         with conn:
             try:
-                if not self._peer_allowed(conn):
-                    log.warning("refused a CNI call from a non-root peer")
+                peer_pid, peer_uid = self._peer(conn)
+                if peer_uid not in (0, os.geteuid()):
+                    log.warning("refused a CNI call from uid %d", peer_uid)
                     return
                 conn.settimeout(launcher.ACCEPT_TIMEOUT)
                 build_id, plugin_type, env, stdin = self._read_request(conn)
-                handlers = self._handlers_for(plugin_type) if build_id == self.build_id else None
+                servable = build_id == self.build_id and same_namespaces(peer_pid)
+                handlers = self._handlers_for(plugin_type) if servable else None
                 if handlers is None:
                     conn.sendall(launcher.STATUS_SKEW)
                     return
@@ -172,6 +175,18 @@ class CniDaemon:
         conn.sendall(launcher.pack_fields(reply.exit_code.to_bytes(4, "big"), reply.stdout, reply.stderr))
 
 
+def same_namespaces(pid: int) -> bool:
+    """Whether process ``pid`` shares this daemon's network and mount namespaces.
+
+    A plugin acts on "the host" it is exec'd in (its bridge, sysctls, firewall, paths such as CNI_NETNS): a
+    launcher started elsewhere (``ip netns exec``, a containerised runtime) must run the call itself."""
+    try:
+        return all(os.stat(f"/proc/{pid}/ns/{kind}").st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino
+                   for kind in ("net", "mnt"))
+    except OSError:
+        return False
+
+
 def _peer_hung_up(conn: socket.socket) -> bool:
     readable, _, _ = select.select([conn], [], [], 0)
     if not readable:
@@ -191,4 +206,5 @@ def run_daemon(socket_path: str) -> int:
         signal.signal(signum, lambda *_: daemon.stop())
     log.info("serving CNI calls on %s (build %s)", socket_path, daemon.build_id[:12])
     daemon.serve_forever()
+    log.info("stopped after serving %d calls", daemon.calls_served)
     return 0

@@ -25,7 +25,9 @@
 
 #define MAGIC "BERTHCNI"
 #define PROTOCOL_VERSION 1
-#define DEFAULT_SOCKET "/run/berth/cni.sock"
+#ifndef BERTH_DEFAULT_SOCKET
+#define BERTH_DEFAULT_SOCKET "/run/berth/cni.sock"
+#endif
 
 extern char **environ;
 
@@ -131,7 +133,7 @@ int main(int argc, char **argv) {
         fall_back(plugin, argv, NULL);
 
     const char *socket_path = getenv("BERTH_CNI_SOCKET");
-    if (!socket_path || !*socket_path) socket_path = DEFAULT_SOCKET;
+    if (!socket_path || !*socket_path) socket_path = BERTH_DEFAULT_SOCKET;
     struct sockaddr_un address = {.sun_family = AF_UNIX};
     if (strlen(socket_path) >= sizeof address.sun_path) fall_back(plugin, argv, NULL);
     strcpy(address.sun_path, socket_path);

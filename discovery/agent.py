@@ -66,6 +66,9 @@ class Agent:
         self._endpoints: dict[str, LocalEndpoint] = {}
         self._written: dict[str, dict[str, bytes]] = {}
         self._checks: dict[str, _Check] = {}
+        # False after a write failed: later changes only go to disk until anti-entropy reaches the store again,
+        # so an outage costs one slow write, not one per container start.
+        self._store_ok = True
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health-probe")
@@ -209,26 +212,33 @@ class Agent:
 
     # -- anti-entropy ------------------------------------------------------------------------------------
     def reconcile(self) -> SyncPlan:
-        """Remove endpoints whose netns is gone, then make the store hold exactly this host's keys."""
+        """Remove endpoints whose netns is gone, then make the store hold exactly this host's keys.
+
+        The store is listed without holding the agent's lock (a slow or absent store must not stall
+        registrations); the plan is then made under the lock from the endpoints as they are *now*. A listing a
+        moment stale is harmless: it can only cause a put of a key already there or a delete of one already
+        gone."""
         self.drain_spool()
         with self._lock:
             for eid in stale_endpoints(self._endpoints, self.netns_exists):
                 log.info("endpoint %s: network namespace gone; removing", eid)
                 self.remove(eid)
-            lease = self.lease.lease_id
-            if not lease:
-                return SyncPlan({}, ())
+        lease = self.lease.lease_id
+        if not lease:
+            return SyncPlan({}, ())
+        stored = self._stored_keys()
+        with self._lock:
             desired: dict[str, bytes] = {}
             written: dict[str, dict[str, bytes]] = {}
             for eid, endpoint in self._endpoints.items():
                 written[eid] = endpoint_keys(self._with_health(endpoint), self.pub)
                 desired.update(written[eid])
-            stored = self._stored_keys()
             plan = plan_sync(desired, stored, lease)
             if plan:
                 log.info("anti-entropy: %d puts, %d deletes", len(plan.puts), len(plan.deletes))
                 self._apply(plan, lease)
             self._written = written
+            self._store_ok = True
             return plan
 
     def _stored_keys(self) -> list[tuple[str, bytes, int]]:
@@ -315,11 +325,15 @@ class Agent:
         lease = self.lease.lease_id
         if not plan or not lease:
             return 0
+        if not self._store_ok:
+            self._written.pop(endpoint_id, None)
+            return 0
         try:
             revision = self._apply(plan, lease)
         except StoreError as exc:
             log.warning("writing endpoint %s failed (%s); anti-entropy will retry", endpoint_id, exc)
             self._written.pop(endpoint_id, None)
+            self._store_ok = False
             return 0
         if new:
             self._written[endpoint_id] = new

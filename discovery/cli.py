@@ -5,11 +5,21 @@ import argparse
 import logging
 import signal
 import socket
+import sys
 import threading
 
 from discovery import wire
 
 DEFAULT_STORE = "sqlite:////var/lib/berth/berth.db"
+log = logging.getLogger("berth.agent")
+
+
+def store_url(url: str, ttl: float) -> str:
+    """The agent's etcd calls give up within a third of the lease TTL (at least 1 s) unless the URL says
+    otherwise: a keep-alive that waits longer is too late anyway, and a registration must not stall."""
+    if url.startswith("etcd:") and "timeout=" not in url:
+        return f"{url}{'&' if '?' in url else '?'}timeout={max(1.0, ttl / 3):g}"
+    return url
 
 
 def _addr(value: str) -> tuple[str, int]:
@@ -53,34 +63,53 @@ def run(args: argparse.Namespace) -> int:
     from discovery.agent_socket import AgentSocket
     from discovery.consul_api import ConsulApi, ConsulHttpServer
     from discovery.view import DiscoveryView
-    from store.api import open_store
+    from store.api import StoreError, open_store
 
     skydns = args.skydns == "on" or (args.skydns == "auto" and args.store.startswith("etcd:"))
-    store = open_store(args.store)
-    agent = Agent(store, args.host, args.state_dir, args.ttl, spool_dir=args.spool_dir,
-                  skydns_zone=args.zone if skydns else None, node_address=args.address,
-                  resync_interval=args.resync)
+    cleanup: list = []  # undone in reverse, whatever happens
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    agent.start()
-    listener = AgentSocket(args.socket, agent.handle)
-    listener.start()
-    view = http = None
-    if not args.no_http:
-        view = DiscoveryView(store).start()
-        http = ConsulHttpServer(args.http, ConsulApi(agent, view))
-        http.start()
-        logging.getLogger("berth.agent").info("HTTP API on %s:%d", args.http[0], http.port)
-    agent.drain_spool()  # anything spooled while the socket was coming up
-    logging.getLogger("berth.agent").info("agent %s ready on %s", args.host, args.socket)
-    print(f"ready socket={args.socket} http={http.port if http else 0}", flush=True)
-    done.wait()
-    listener.stop()
-    if http is not None:
-        http.stop()
-    if view is not None:
-        view.stop()
-    agent.stop()
-    store.close()
-    return 0
+    try:
+        store = open_store(store_url(args.store, args.ttl))
+        cleanup.append(store.close)
+        agent = Agent(store, args.host, args.state_dir, args.ttl, spool_dir=args.spool_dir,
+                      skydns_zone=args.zone if skydns else None, node_address=args.address,
+                      resync_interval=args.resync)
+        view = DiscoveryView(store)
+        http = None
+        if not args.no_http:  # bind first: a port already taken is reported before anything else starts
+            http = ConsulHttpServer(args.http, ConsulApi(agent, view))
+            cleanup.append(http.server_close)
+        agent.start()
+        cleanup.append(agent.stop)
+        listener = AgentSocket(args.socket, agent.handle)
+        listener.start()
+        cleanup.append(listener.stop)
+        if http is not None:
+            while True:  # the catalog needs one listing; an unreachable store is retried, not fatal
+                try:
+                    view.start()
+                    break
+                except StoreError as exc:
+                    log.warning("listing the store for the HTTP API failed (%s); retrying", exc)
+                    if done.wait(1.0):
+                        return 0
+            cleanup.append(view.stop)
+            http.start()
+            cleanup.append(http.shutdown)
+            log.info("HTTP API on %s:%d", args.http[0], http.port)
+        agent.drain_spool()  # anything spooled while the socket was coming up
+        log.info("agent %s ready on %s", args.host, args.socket)
+        print(f"ready socket={args.socket} http={http.port if http else 0}", flush=True)
+        done.wait()
+        return 0
+    except (OSError, ValueError) as exc:
+        print(f"berth agent: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for undo in reversed(cleanup):
+            try:
+                undo()
+            except Exception:  # keep undoing the rest
+                log.exception("shutting down")

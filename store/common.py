@@ -12,6 +12,7 @@ from store.api import Compare, Delete, InvalidRequest, KeyValue, Put, WatchEvent
 
 COMPARE_TARGETS = ("value", "version", "create_revision", "mod_revision")
 COMPARE_OPS = ("=", "!=", "<", ">")
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops; every backend keeps the same limit so code moves between them
 
 
 def check_key(key: object, what: str = "key") -> str:
@@ -46,6 +47,13 @@ def check_revision(revision: object, what: str = "revision") -> int:
     return revision
 
 
+def check_compares(compares: Iterable[object]) -> list[Compare]:
+    compares = list(compares)
+    if len(compares) > MAX_TXN_OPS:
+        raise InvalidRequest(f"a transaction may hold at most {MAX_TXN_OPS} compares, got {len(compares)}")
+    return [check_compare(compare) for compare in compares]
+
+
 def check_compare(compare: object) -> Compare:
     if not isinstance(compare, Compare):
         raise InvalidRequest(f"compare must be a store.api.Compare, got {type(compare).__name__}")
@@ -65,6 +73,9 @@ def check_ops(ops: Iterable[object]) -> list[Put | Delete]:
     """Validate one branch of a transaction; like etcd, a key may be written only once per branch."""
     checked: list[Put | Delete] = []
     written: set[str] = set()
+    ops = list(ops)
+    if len(ops) > MAX_TXN_OPS:
+        raise InvalidRequest(f"a transaction branch may hold at most {MAX_TXN_OPS} operations, got {len(ops)}")
     for op in ops:
         if isinstance(op, Put):
             check_key(op.key)

@@ -18,7 +18,7 @@ from pyetcd.etcdrpc import rpc_pb2 as rpc
 from pyetcd.etcdrpc import rpc_pb2_grpc as rpc_grpc
 
 from store.api import Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put, TxnResult
-from store.common import (check_compare, check_key, check_lease_id, check_ops, check_revision, check_ttl,
+from store.common import (check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, prefix_range_end)
 from store.etcd_client import Caller, Endpoints, parse_endpoints
 from store.etcd_watch import EtcdWatch
@@ -130,7 +130,7 @@ class EtcdStore:
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
             failure: Sequence[Put | Delete] = ()) -> TxnResult:
-        compares = [check_compare(compare) for compare in compares]
+        compares = check_compares(compares)
         success_ops, failure_ops = check_ops(success), check_ops(failure)
         request = rpc.TxnRequest(compare=[to_compare(c) for c in compares],
                                  success=[to_request_op(op) for op in success_ops],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 import random
 import threading
-import time
 from typing import TYPE_CHECKING, Iterator
 
 import grpc

@@ -12,143 +12,22 @@ import contextlib
 import secrets
 import sqlite3
 import threading
-import time
 import weakref
 from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import parse_qs, urlparse
 
 from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put,
-                       StoreError, StoreUnavailable, TxnResult)
-from store.common import (check_compare, check_key, check_lease_id, check_ops, check_revision, check_ttl,
-                          check_value, compare_holds, prefix_range_end)
+                       StoreError, TxnResult)
 from store.change_signal import ChangeSignal
+from store.common import (check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
+                          check_value, compare_holds)
+from store.sqlite_txn import (COMPACT_EVERY, DEFAULT_HISTORY, SCHEMA, WriteTxn, compact_log,
+                              forget_leases_of_earlier_boots, key_range_sql, lease_clock, row_to_kv, sqlite_errors)
 from store.sqlite_watch import SqliteWatch
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compact_revision', 0);
-CREATE TABLE IF NOT EXISTS kv (
-    key BLOB PRIMARY KEY, value BLOB NOT NULL, create_revision INTEGER NOT NULL,
-    mod_revision INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS kv_by_lease ON kv (lease) WHERE lease != 0;
-CREATE TABLE IF NOT EXISTS log (
-    id INTEGER PRIMARY KEY, revision INTEGER NOT NULL, kind TEXT NOT NULL, key BLOB NOT NULL,
-    value BLOB NOT NULL, prev_mod_revision INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS log_by_revision ON log (revision);
-CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS leases_by_expiry ON leases (expires_at);
-"""
-
-DEFAULT_HISTORY = 10_000      # revisions of change log kept for watches that fall behind
-COMPACT_EVERY = 64            # revisions between automatic compactions
 BUSY_TIMEOUT = 10.0           # seconds a writer waits for another process's transaction
 MAX_IDLE_CONNECTIONS = 8
-
-
-@contextlib.contextmanager
-def sqlite_errors(what: str) -> Iterator[None]:
-    """SQLite's exceptions become Berth's: a busy or unreachable file is retryable, anything else is not."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        text = str(exc).lower()
-        if any(word in text for word in ("locked", "busy", "unable to open", "disk i/o", "readonly")):
-            raise StoreUnavailable(f"sqlite store: {what}: {exc}") from exc
-        raise StoreError(f"sqlite store: {what}: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise StoreError(f"sqlite store: {what}: {exc}") from exc
-
-
-def row_to_kv(row: Sequence) -> KeyValue:
-    key, value, create_revision, mod_revision, version, lease = row
-    return KeyValue(bytes(key).decode(), bytes(value), create_revision, mod_revision, version, lease)
-
-
-def key_range_sql(prefix: str) -> tuple[str, tuple]:
-    """A WHERE clause selecting every key under ``prefix`` through the primary-key index."""
-    start = prefix.encode()
-    end = prefix_range_end(start)
-    if end is None:
-        return "key >= ?", (start,)
-    return "key >= ? AND key < ?", (start, end)
-
-
-class WriteTxn:
-    """One IMMEDIATE transaction: every change in it shares one new revision, allocated on first change."""
-
-    KV_COLUMNS = "key, value, create_revision, mod_revision, version, lease"
-
-    def __init__(self, conn: sqlite3.Connection, history: int) -> None:
-        self.conn = conn
-        self.history = history
-        self.base = conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
-        self.new_revision = 0
-
-    @property
-    def revision(self) -> int:
-        return self.new_revision or self.base
-
-    def next_revision(self) -> int:
-        if not self.new_revision:
-            self.new_revision = self.base + 1
-            self.conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (self.new_revision,))
-            self.compact_if_due()
-        return self.new_revision
-
-    def compact_if_due(self) -> None:
-        if self.new_revision % COMPACT_EVERY == 0 and self.new_revision > self.history:
-            compact_log(self.conn, self.new_revision - self.history)
-
-    def get(self, key: str) -> KeyValue | None:
-        row = self.conn.execute(f"SELECT {self.KV_COLUMNS} FROM kv WHERE key = ?", (key.encode(),)).fetchone()
-        return row_to_kv(row) if row else None
-
-    def lease_alive(self, lease: int) -> bool:
-        return self.conn.execute("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone() is not None
-
-    def put(self, key: str, value: bytes, lease: int) -> None:
-        if lease and not self.lease_alive(lease):
-            raise LeaseNotFound(f"lease {lease:x} not found (expired or revoked)")
-        old = self.get(key)
-        revision = self.next_revision()
-        create_revision, version = (old.create_revision, old.version + 1) if old else (revision, 1)
-        self.conn.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)",
-                          (key.encode(), value, create_revision, revision, version, lease))
-        self.log("put", key.encode(), value, old.mod_revision if old else 0)
-
-    def delete(self, key: str, prefix: bool = False) -> int:
-        if prefix:
-            where, args = key_range_sql(key)
-        else:
-            where, args = "key = ?", (key.encode(),)
-        return self.delete_where(where, args)
-
-    def delete_where(self, where: str, args: tuple) -> int:
-        doomed = self.conn.execute(f"SELECT key, mod_revision FROM kv WHERE {where} ORDER BY key", args).fetchall()
-        if not doomed:
-            return 0
-        self.next_revision()
-        for key, mod_revision in doomed:
-            self.conn.execute("DELETE FROM kv WHERE key = ?", (key,))
-            self.log("delete", key, b"", mod_revision)
-        return len(doomed)
-
-    def log(self, kind: str, key: bytes, value: bytes, prev_mod_revision: int) -> None:
-        self.conn.execute("INSERT INTO log (revision, kind, key, value, prev_mod_revision) VALUES (?, ?, ?, ?, ?)",
-                          (self.new_revision, kind, key, value, prev_mod_revision))
-
-    def apply(self, op: Put | Delete) -> None:
-        if isinstance(op, Put):
-            self.put(op.key, op.value, op.lease)
-        else:
-            self.delete(op.key, op.prefix)
-
-
-def compact_log(conn: sqlite3.Connection, revision: int) -> None:
-    conn.execute("DELETE FROM log WHERE revision <= ?", (revision,))
-    conn.execute("UPDATE meta SET value = MAX(value, ?) WHERE name = 'compact_revision'", (revision,))
-
 
 class SqliteStore:
     """The embedded backend. Thread-safe: each call borrows a pooled connection to the shared file."""
@@ -170,7 +49,9 @@ class SqliteStore:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
                 with self._rollback_on_error(conn):
-                    conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+                    conn.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+                    forget_leases_of_earlier_boots(conn)
+                    conn.execute("COMMIT")
 
     @classmethod
     def from_url(cls, url: str) -> "SqliteStore":
@@ -255,7 +136,7 @@ class SqliteStore:
 
     def _expire_leases(self, conn: sqlite3.Connection) -> None:
         """Inside a write transaction: each expired lease's keys become deletes at a revision of their own."""
-        now = time.time()
+        now = lease_clock()
         expired = conn.execute("SELECT id FROM leases WHERE expires_at <= ? ORDER BY expires_at", (now,)).fetchall()
         for (lease_id,) in expired:
             WriteTxn(conn, self.history).delete_where("lease = ?", (lease_id,))
@@ -265,7 +146,7 @@ class SqliteStore:
         """Cheap check any reader or watcher runs; takes the write lock only when a lease has expired."""
         with sqlite_errors("check lease expiry"), contextlib.ExitStack() as stack:
             conn = conn or stack.enter_context(self.connection())
-            due = conn.execute("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1", (time.time(),)).fetchone()
+            due = conn.execute("SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1", (lease_clock(),)).fetchone()
         if due:
             self._write("expire leases", lambda txn: None)
 
@@ -277,7 +158,7 @@ class SqliteStore:
                 lease_id = secrets.randbits(62) or 1
                 if not txn.lease_alive(lease_id):
                     break
-            txn.conn.execute("INSERT INTO leases VALUES (?, ?, ?)", (lease_id, ttl, time.time() + ttl))
+            txn.conn.execute("INSERT INTO leases VALUES (?, ?, ?)", (lease_id, ttl, lease_clock() + ttl))
             return Lease(lease_id, ttl)
 
         return self._write("grant lease", body)
@@ -289,7 +170,7 @@ class SqliteStore:
             row = txn.conn.execute("SELECT ttl FROM leases WHERE id = ?", (lease_id,)).fetchone()
             if row is None:
                 raise LeaseNotFound(f"lease {lease_id:x} not found (expired or revoked)")
-            txn.conn.execute("UPDATE leases SET expires_at = ? WHERE id = ?", (time.time() + row[0], lease_id))
+            txn.conn.execute("UPDATE leases SET expires_at = ? WHERE id = ?", (lease_clock() + row[0], lease_id))
             return row[0]
 
         return self._write("keep lease alive", body)
@@ -346,7 +227,7 @@ class SqliteStore:
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
             failure: Sequence[Put | Delete] = ()) -> TxnResult:
-        compares = [check_compare(compare) for compare in compares]
+        compares = check_compares(compares)
         success_ops, failure_ops = check_ops(success), check_ops(failure)
 
         def body(txn: WriteTxn) -> TxnResult:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from store.api import Compacted, WatchBatch, WatchEvent
 from store.common import PrefixView
+from store.sqlite_txn import key_range_sql, sqlite_errors
 
 if TYPE_CHECKING:
     from store.sqlite import SqliteStore
@@ -30,12 +31,9 @@ class SqliteWatch:
     re-listing and emitting the difference (``resynced=True``)."""
 
     def __init__(self, store: "SqliteStore", prefix: str, start_revision: int | None) -> None:
-        from store.sqlite import key_range_sql, sqlite_errors
-
         self.store = store
         self.prefix = prefix
         self._where, self._args = key_range_sql(prefix)
-        self._errors = sqlite_errors
         self._closed = threading.Event()
         self._busy = threading.Lock()
         self._next_expiry_check = 0.0
@@ -111,7 +109,7 @@ class SqliteWatch:
             self.store.expire_due_leases(self._conn)
 
     def _poll(self) -> WatchBatch | None:
-        with self._errors("watch"):
+        with sqlite_errors("watch"):
             revision = self._conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0]
         if revision == self.seen_revision:
             return None

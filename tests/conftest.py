@@ -21,6 +21,41 @@ CNI_BIN = Path(os.environ.get("BERTH_CNI_BIN", REPO_ROOT / ".venv" / "cni-bin"))
 REFERENCE_CNI_DIR = Path("/usr/lib/cni")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--cni-daemon", action="store_true",
+                     help="run a CNI daemon for the session, so plugin executables answer through it")
+
+
+# Where the launchers in CNI_BIN look for the daemon (``make venv`` bakes this path into them).
+CNI_DAEMON_SOCKET = REPO_ROOT / ".venv" / "run" / "cni.sock"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cni_daemon(request):
+    """With ``--cni-daemon``: every plugin call a test makes through CNI_BIN goes through a live daemon."""
+    if not request.config.getoption("--cni-daemon"):
+        yield None
+        return
+    # Launchers of another build fall back to in process: reinstall them so they match the daemon's code.
+    run(str(VENV_BIN / "berth"), "install-cni", "--dir", str(CNI_BIN), "--socket", str(CNI_DAEMON_SOCKET))
+    proc = subprocess.Popen([str(VENV_BIN / "berth"), "cni-daemon", "--socket", str(CNI_DAEMON_SOCKET),
+                             "--log-level", "INFO"])
+    try:
+        import time
+        deadline = time.monotonic() + 60
+        while not CNI_DAEMON_SOCKET.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the CNI daemon did not start")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def unique_name(kind: str = "", length: int = 15) -> str:
     """A test-made name: the ``bt`` prefix, an optional kind, random hex; at most ``length`` characters."""
     stem = f"{TEST_PREFIX}{kind}"

@@ -238,3 +238,16 @@ def test_non_root_user_cannot_drive_the_daemon(daemon):
     os.chmod(daemon.socket_path.parent, 0o755)
     os.chmod(daemon.socket_path, 0o666)
     assert _as_nobody_try_daemon(daemon.socket_path) == "closed"
+
+
+@pytest.mark.root
+def test_launcher_in_another_network_namespace_runs_the_call_itself(launcher, daemon, netns):
+    """A plugin exec'd inside another namespace acts on that "host": the daemon must not answer for it."""
+    host = netns("host")
+    env = cni_env(BERTH_CNI_SOCKET=str(daemon.socket_path))
+    proc = subprocess.run(["ip", "netns", "exec", host, str(launcher)], input=CONFIG, env=env,
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 0
+    assert served_by(json.loads(proc.stdout)) != daemon.proc.pid
+    same_host = call(launcher, env)
+    assert served_by(same_host[1]) == daemon.proc.pid

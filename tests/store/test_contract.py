@@ -144,6 +144,12 @@ def test_txn_writes_all_operations_at_one_revision(store, prefix):
                                                          (prefix + "new/2", result.revision)]
 
 
+def test_txn_takes_up_to_128_operations(store, prefix):
+    result = store.txn([], [Put(f"{prefix}{index:03d}", b"v") for index in range(128)])
+    assert result.succeeded
+    assert len(store.get_prefix(prefix)[0]) == 128
+
+
 def test_failed_txn_changes_nothing(store, prefix):
     before = store.put(prefix + "k", b"v")
     result = store.txn([Compare(prefix + "k", "value", "=", b"other")], [Put(prefix + "k", b"new")])
@@ -429,8 +435,10 @@ def test_closed_watch_ends_iteration(store, prefix):
     lambda s, p: s.txn([], [Put(p + "k", b"v"), Put(p + "k", b"w")]),
     lambda s, p: s.txn([], [Put(p + "k", b"v"), "delete everything"]),
     lambda s, p: s.watch_prefix(p, 0),
+    lambda s, p: s.txn([], [Put(f"{p}{i}", b"v") for i in range(129)]),
 ], ids=["empty-key", "str-value", "negative-lease", "get-empty-key", "ttl-zero", "ttl-negative", "ttl-nan",
-        "compare-target", "compare-op", "compare-type", "duplicate-put", "not-an-op", "revision-zero"])
+        "compare-target", "compare-op", "compare-type", "duplicate-put", "not-an-op", "revision-zero",
+        "too-many-ops"])
 def test_bad_input_is_refused_and_writes_nothing(store, prefix, call):
     _, before = store.get_prefix(prefix)
     with pytest.raises(InvalidRequest) as caught:

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from store.api import InvalidRequest, StoreError, open_store
+from store.api import InvalidRequest, LeaseNotFound, StoreError, open_store
 from store.sqlite import COMPACT_EVERY, SqliteStore
 
 
@@ -116,3 +116,23 @@ def test_short_lived_threads_leave_no_open_connections(scratch_dir):
         assert len(store.get_prefix("bt/t/")[0]) == 100
     finally:
         store.close()
+
+
+def test_leases_do_not_outlive_a_reboot(scratch_dir):
+    """A reboot cannot run here; the file is made to look written before one (another boot id)."""
+    path = scratch_dir / "bt.db"
+    before = open_store(f"sqlite://{path}")
+    lease = before.grant_lease(3600)
+    before.put("bt/leased", b"v", lease=lease.id)
+    before.put("bt/plain", b"v")
+    before.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE boot SET id = 'an earlier boot'")
+    after = open_store(f"sqlite://{path}")
+    try:
+        assert after.get("bt/leased") is None
+        assert after.get("bt/plain") is not None
+        with pytest.raises(LeaseNotFound):
+            after.keep_alive(lease.id)
+    finally:
+        after.close()
