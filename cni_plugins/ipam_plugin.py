@@ -25,7 +25,8 @@ CODE_CHECK_MISMATCH = 102        # CHECK: the reservations differ from prevResul
 
 @contextmanager
 def _cni_errors() -> Iterator[None]:
-    """The IPAM library's errors become the spec's, each with its code."""
+    """The IPAM library's errors become the spec's, each with its code. An exhausted range set is 50, the code
+    STATUS reports for it too: this network cannot serve ADD until an address is released."""
     try:
         yield
     except ConfigError as err:

@@ -93,8 +93,7 @@ def make_view(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     listens = [parse_listen(text) for text in (args.listen or ["127.0.0.1:53"])]
     hosts = [host for host, _ in listens]
-    zone = ZoneConfig(args.zone, args.ttl, args.negative_ttl,
-                      tuple(h for h in hosts if h not in WILDCARDS and not ipaddress.ip_address(h).is_loopback))
+    zone = ZoneConfig(args.zone, args.ttl, args.negative_ttl, tuple(h for h in hosts if h not in WILDCARDS))
     cidrs = [] if args.no_default_recursion else [*LOOPBACK, *interface_networks(hosts)]
     policy = RecursionPolicy.from_cidrs([*cidrs, *args.allow_recursion],
                                         allow_endpoints=not args.no_default_recursion)

@@ -35,6 +35,7 @@ class ServerOptions:
     upstreams: tuple[upstream_io.Upstream, ...] = ()
     upstream_timeout: float = 2.0
     forward_threads: int = 16
+    max_pending_forwards: int = 1024  # past this, SERVFAIL at once rather than queue without bound
     batched_udp: bool = True  # recvmmsg/sendmmsg where the platform has them
 
 
@@ -87,6 +88,7 @@ class Worker:
         self.options = options
         self.stopping = threading.Event()
         self.forward_pool = ThreadPoolExecutor(options.forward_threads, thread_name_prefix="dnsd-forward")
+        self.forward_slots = threading.BoundedSemaphore(options.max_pending_forwards)
         self.tcp_slots = threading.BoundedSemaphore(options.max_tcp_connections)
         self.threads: list[threading.Thread] = []
         self.sockets: list[socket.socket] = []
@@ -145,8 +147,9 @@ class Worker:
                 if reply is None:
                     continue
                 if reply.__class__ is Forward:
-                    self.forward_pool.submit(self._forward_udp, sock, reply, client)
-                    continue
+                    reply = self.start_forward(sock, reply, client)
+                    if reply is None:
+                        continue
                 sendto(reply, client)
             except OSError:
                 continue
@@ -168,11 +171,17 @@ class Worker:
                 print(f"dnsd: error answering {client}: {exc!r}", file=sys.stderr)
                 return None
             if reply.__class__ is Forward:
-                self.forward_pool.submit(self._forward_udp, sock, reply, client)
-                return None
+                return self.start_forward(sock, reply, client)
             return reply
 
         udp_batch.serve_batched(sock, responder.packed_udp, refresh, slow, self.stopping)
+
+    def start_forward(self, sock: socket.socket, forward: Forward, client) -> bytes | None:
+        """Queue the upstream question; when too many are waiting already, SERVFAIL now (returned)."""
+        if not self.forward_slots.acquire(blocking=False):
+            return self.responder.complete(forward, None)
+        self.forward_pool.submit(self._forward_udp, sock, forward, client)
+        return None
 
     def _forward_udp(self, sock: socket.socket, forward: Forward, client) -> None:
         try:
@@ -180,6 +189,8 @@ class Worker:
             sock.sendto(self.responder.complete(forward, reply), client)
         except Exception as exc:
             print(f"dnsd: forwarding for {client} failed: {exc!r}", file=sys.stderr)
+        finally:
+            self.forward_slots.release()
 
     # -- TCP ------------------------------------------------------------------------------------------------
     def accept_tcp(self, sock: socket.socket) -> None:

@@ -20,7 +20,6 @@ import ipaddress
 import os
 from contextlib import contextmanager
 from typing import Iterable, Iterator
-from urllib.parse import quote
 
 from .config import DEFAULT_DATA_DIR, IPAddress
 from .errors import StoreFailure
@@ -79,14 +78,12 @@ class DiskStore:
     def check_usable(self) -> None:
         """Raise StoreFailure unless reservations could be written here now (STATUS)."""
         if self.exists():
-            with self.lock():
-                probe = os.path.join(self.index_dir, f"probe.{os.getpid()}.{os.urandom(4).hex()}")
-                try:
-                    os.makedirs(self.index_dir, mode=0o755, exist_ok=True)
-                    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-                    os.unlink(probe)
+            with self.lock():  # opening the lock read-write already fails on a read-only file system
+                try:  # an unnamed file: proves the directory takes new files without changing it
+                    os.close(os.open(self.dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644))
                 except OSError as err:
-                    raise StoreFailure(f"cannot write under {self.index_dir}: {err.strerror}") from err
+                    if not os.access(self.dir, os.W_OK | os.X_OK):
+                        raise StoreFailure(f"cannot write in {self.dir}: {err.strerror}") from err
             return
         ancestor = os.path.abspath(self.dir)
         while not os.path.lexists(ancestor):
@@ -211,7 +208,7 @@ class DiskStore:
 
     # -- the index ---------------------------------------------------------------------------------------------
     def _entry_dir(self, attachment: Attachment) -> str:
-        name = f"{quote(attachment.container_id, safe='')}@{quote(attachment.ifname, safe='')}"
+        name = f"{_quote(attachment.container_id)}@{_quote(attachment.ifname)}"
         if len(name) > 200:
             import hashlib  # rare: only for very long container ids
 
@@ -309,6 +306,14 @@ def _create_with_content(directory: str, path: str, data: bytes) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _quote(text: str) -> str:
+    """Percent-encode all but ``[A-Za-z0-9_.-]``, so ``@`` separates id and ifname and no name holds a ``/``."""
+    return "".join(c if c in _PLAIN else "".join(f"%{b:02X}" for b in c.encode()) for c in text)
 
 
 def _normal(attachment: Attachment) -> Attachment:

@@ -2,7 +2,7 @@
 
 Shaped after host-local's ``Store``: the allocator takes the lock, then reserves address by address, so a store
 only needs to answer "is this one free? take it" atomically. ``disk.DiskStore`` keeps host-local's layout; a
-cluster store over the shared datastore can implement the same seven methods.
+cluster store over the shared datastore can implement the same six methods.
 """
 from __future__ import annotations
 

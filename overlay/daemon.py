@@ -1,9 +1,12 @@
 """``berth overlay``: the host daemon that ties the lease, the VXLAN device and the peers' kernel entries together.
 
-Start-up order matters: lease first (it decides the subnet and the MAC), then the device, then one full
-reconciliation against a snapshot (which also sweeps entries of hosts that left while this daemon was down), and
-only then the subnet file, so a plugin never hands out addresses from a subnet this host does not hold. After that
-two loops run apart: the watch (snapshot, then deltas; re-list after compaction) and the lease keep-alive.
+Start-up order matters. The daemon lists the leases, creates the device (its MAC from this host's earlier lease or
+subnet file) and programs every peer from that listing (which also sweeps entries of hosts that left while it was
+down) *before* it claims or renews its own lease: peers install a host the moment its lease appears, so it must
+already be able to answer (flannel announces first and programs after). Then the device gets its address, the
+masquerade rules go in, and only then is the subnet file written, so a plugin never hands out addresses from a subnet
+this host does not hold. After that two loops run apart: the watch (from the listing's revision; re-list after
+compaction or a failure) and the lease keep-alive.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from overlay import claim, kernel, masq, subnetfile
 from overlay.config import DEFAULT_PREFIX, NetworkConfig
@@ -52,6 +55,7 @@ class OverlayDaemon:
         self._watch = None
         self._keepalive: claim.KeepAlive | None = None
         self._worker: threading.Thread | None = None
+        self._programmed = None  # the kernel entries as last programmed (None: read the kernel)
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -60,6 +64,7 @@ class OverlayDaemon:
         from store.api import open_store
 
         opts = self.options
+        started = time.monotonic()
         if self.store is None:
             self.store = open_store(opts.store_url)
         self.config = self._wait_for_config()
@@ -71,27 +76,41 @@ class OverlayDaemon:
             preferred = None
             if previous is not None and previous.subnet.network.subnet_of(self.config.network):
                 preferred = previous.subnet.network
-            mac = (previous.vtep_mac if previous and previous.vtep_mac else "") \
+            leases, revision = claim.list_leases(self.store, opts.prefix)
+            own = claim.find_own(leases, public_ip)
+            mac = (own[1].vtep_mac if own else "") or (previous.vtep_mac if previous else "") \
                 or kernel.existing_mac(ipr, self.device) or kernel.random_mac()
+            # ready to carry traffic before announcing: device and peers first, so that peers which install this
+            # host the moment its lease appears get answers at once
+            self.mtu = kernel.vxlan_mtu(self.underlay.mtu, self.config.mtu)
+            spec = kernel.VxlanSpec(self.device, self.config.vni, self.config.port, public_ip, self.underlay.index,
+                                    mac, self.mtu, None)
+            self.vxlan_index = kernel.ensure_vxlan(ipr, spec)
+            self._devices = {self.device: self.vxlan_index, self.underlay.name: self.underlay.index}
+            kernel.enable_forwarding()
+            self.watcher = LeaseWatcher(None, public_ip, opts.prefix)
+            self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv, _lease in leases))
+            log.debug("t+%.1f ms: device and %d peers programmed", _ms(started), len(self.watcher.leases))
+
             self.held = claim.acquire(self.store, opts.prefix, self.config, public_ip, mac, opts.lease_ttl,
                                       preferred=preferred)
             lease = self.held.lease
             log.info("lease %s for %s (VTEP MAC %s, %s) written at %.6f", lease.subnet, public_ip, lease.vtep_mac,
                      "reserved" if not self.held.store_lease else f"store lease {self.held.store_lease:x}",
                      time.time())
-            self.mtu = kernel.vxlan_mtu(self.underlay.mtu, self.config.mtu)
-            self.vxlan_index = kernel.ensure_vxlan(ipr, kernel.VxlanSpec(
-                self.device, self.config.vni, self.config.port, public_ip, self.underlay.index, lease.vtep_mac,
-                self.mtu, lease.vtep_ip))
-        kernel.enable_forwarding()
-        if opts.ip_masq:
-            masq.apply(self.config.network, lease.subnet)
-        self.watcher = LeaseWatcher(lease.subnet, public_ip, opts.prefix)
-        self._worker = threading.Thread(target=self._watch_loop, name="berth-overlay-watch", daemon=True)
+            self.watcher.own_subnet = lease.subnet
+            if lease.vtep_mac != mac:  # cannot happen unless the record changed between listing and claim
+                spec = replace(spec, mac=lease.vtep_mac)
+            kernel.ensure_vxlan(ipr, replace(spec, vtep_ip=lease.vtep_ip))
+        self._worker = threading.Thread(target=self._watch_loop, args=(revision,), name="berth-overlay-watch",
+                                        daemon=True)
         self._worker.start()
         while not self.ready.wait(0.2):
             if self.failed is not None:
-                raise DaemonError(f"first reconciliation failed: {self.failed}") from self.failed
+                raise DaemonError(f"the watch failed: {self.failed}") from self.failed
+        if opts.ip_masq:  # before the subnet file: no container can start before its traffic is masqueraded
+            masq.apply(self.config.network, lease.subnet)
+        log.debug("t+%.1f ms: masquerade rules", _ms(started))
         subnetfile.write(opts.subnet_file, subnetfile.for_lease(
             self.config.network, lease.subnet, self.mtu, opts.ip_masq, lease.vtep_mac))
         if self.held.store_lease:
@@ -113,15 +132,18 @@ class OverlayDaemon:
 
     # -- the watch --------------------------------------------------------------------------------------------
 
-    def _watch_loop(self) -> None:
+    def _watch_loop(self, revision: int) -> None:
+        """Watch from ``revision`` + 1 (the listing start-up reconciled against); after a failure, re-list."""
         from pyroute2 import IPRoute
 
         prefix = subnets_prefix(self.options.prefix)
         with IPRoute() as ipr:
             while not self.stopping.is_set():
                 try:
-                    kvs, revision = self.store.get_prefix(prefix)
-                    self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv in kvs))
+                    if revision is None:
+                        kvs, revision = self.store.get_prefix(prefix)
+                        self._programmed = None  # after a re-listing, compare with the kernel itself
+                        self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv in kvs))
                     self.ready.set()
                     self._watch = self.store.watch_prefix(prefix, revision + 1)
                     for batch in self._watch:
@@ -129,13 +151,16 @@ class OverlayDaemon:
                             break
                         if batch.resynced:
                             log.info("watch re-listed at revision %d", batch.revision)
+                            self._programmed = None
                         self._reconcile(ipr, self.watcher.apply(batch.events))
                 except Compacted:
                     log.info("watch compacted: re-listing")
+                    revision = None
                 except StoreError as exc:
                     if self.stopping.is_set():
                         break
                     log.warning("watch failed, re-listing in 1 s: %s", exc)
+                    revision = None
                     self.stopping.wait(1.0)
                 except Exception as exc:  # a netlink failure: report it, try again from a fresh listing
                     if self.stopping.is_set():
@@ -144,20 +169,26 @@ class OverlayDaemon:
                     if not self.ready.is_set():
                         self.failed = exc
                         return
+                    revision = None
                     self.stopping.wait(1.0)
                 finally:
                     self._close_watch()
 
     def _reconcile(self, ipr, delta: Delta) -> None:
-        if delta.own_lost and self.held.store_lease:
+        if delta.own_lost and self.watcher.own_subnet is not None and self.held.store_lease:
             log.warning("this host's lease key disappeared")
             threading.Thread(target=self._on_lease_lost, daemon=True).start()
         use_direct = self.config.direct_routing
         desired = desired_state(self.watcher.leases.values(), self.device, self.underlay.name,
                                 self.underlay.networks if use_direct else ())
-        changes = plan(desired, kernel.read_state(ipr, self.vxlan_index))
+        # the kernel is read after a listing (that read also finds entries of hosts gone while this daemon was
+        # down); between listings the daemon's own record of what it programmed is enough, and cheaper
+        actual = self._programmed if self._programmed is not None else kernel.read_state(ipr, self.vxlan_index)
+        changes = plan(desired, actual)
+        self._programmed = None  # unknown until the changes are made: a failure re-reads the kernel
         if not changes.empty():
-            kernel.apply_plan(ipr, changes, self.vxlan_index)
+            kernel.apply_plan(ipr, changes, self.vxlan_index, self._devices)
+        self._programmed = desired
         for lease in delta.added:
             log.info("peer %s at %s (MAC %s) installed", lease.subnet, lease.public_ip, lease.vtep_mac)
         for lease in delta.removed:
@@ -235,6 +266,10 @@ class OverlayDaemon:
                 masq.remove()
         except Exception as exc:
             log.warning("cleaning up kernel state: %s", exc)
+
+
+def _ms(since: float) -> float:
+    return (time.monotonic() - since) * 1000
 
 
 def _remove_quietly(path: str) -> None:

@@ -48,7 +48,7 @@ class VxlanSpec:
     underlay_index: int
     mac: str
     mtu: int
-    vtep_ip: ipaddress.IPv4Address
+    vtep_ip: ipaddress.IPv4Address | None  # None: leave the addresses alone (the subnet is not known yet)
 
 
 def random_mac() -> str:
@@ -101,15 +101,19 @@ def ensure_vxlan(ipr, spec: VxlanSpec) -> int:
     link = ipr.link("get", index=index)[0]
     if link.get("address") != spec.mac or link.get("mtu") != spec.mtu:
         ipr.link("set", index=index, address=spec.mac, mtu=spec.mtu)
-    want = ipaddress.IPv4Interface((spec.vtep_ip, 32))
+    if spec.vtep_ip is not None:
+        _ensure_only_address(ipr, index, ipaddress.IPv4Interface((spec.vtep_ip, 32)))
+    ipr.link("set", index=index, state="up")
+    return index
+
+
+def _ensure_only_address(ipr, index: int, want: ipaddress.IPv4Interface) -> None:
     for addr in ipr.get_addr(family=AF_INET, index=index):
         have = ipaddress.IPv4Interface((addr.get("IFA_ADDRESS"), addr["prefixlen"]))
         if have != want:
             ipr.addr("del", index=index, address=str(have.ip), prefixlen=have.network.prefixlen)
     if not ipr.get_addr(family=AF_INET, index=index, address=str(want.ip)):
         ipr.addr("add", index=index, address=str(want.ip), prefixlen=32)
-    ipr.link("set", index=index, state="up")
-    return index
 
 
 def _matches(link, spec: VxlanSpec) -> bool:
@@ -143,8 +147,10 @@ def read_state(ipr, vxlan_index: int) -> KernelState:
     return KernelState(frozenset(routes), frozenset(neighbours), frozenset(fdb))
 
 
-def apply_plan(ipr, plan: Plan, vxlan_index: int) -> None:
-    """Make the changes; an entry already gone (or already there) is not an error, so a repeat is harmless."""
+def apply_plan(ipr, plan: Plan, vxlan_index: int, devices: dict[str, int] | None = None) -> None:
+    """Make the changes; an entry already gone (or already there) is not an error, so a repeat is harmless.
+    ``devices`` maps route device names to indexes (looked up when missing: one netlink dump each)."""
+    devices = dict(devices or {})
     for route in plan.remove_routes:
         _tolerate(ipr.route, "del", dst=str(route.dst), gateway=str(route.gateway), proto=ROUTE_PROTO,
                   table=RT_TABLE_MAIN)
@@ -157,11 +163,13 @@ def apply_plan(ipr, plan: Plan, vxlan_index: int) -> None:
     for n in plan.add_neighbours:
         ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=vxlan_index, state=NUD_PERMANENT)
     for route in plan.add_routes:
-        found = ipr.link_lookup(ifname=route.device)
-        if not found:
-            raise KernelError(f"route {route.dst}: device {route.device!r} does not exist")
-        ipr.route("replace", dst=str(route.dst), gateway=str(route.gateway), oif=found[0], flags=RTNH_F_ONLINK,
-                  proto=ROUTE_PROTO, table=RT_TABLE_MAIN)
+        if route.device not in devices:
+            found = ipr.link_lookup(ifname=route.device)
+            if not found:
+                raise KernelError(f"route {route.dst}: device {route.device!r} does not exist")
+            devices[route.device] = found[0]
+        ipr.route("replace", dst=str(route.dst), gateway=str(route.gateway), oif=devices[route.device],
+                  flags=RTNH_F_ONLINK, proto=ROUTE_PROTO, table=RT_TABLE_MAIN)
 
 
 def _tolerate(call, *args, **kwargs) -> None:

@@ -82,7 +82,7 @@ class LeaseWatcher:
     This host's own lease is tracked apart (``own_subnet``) and never becomes a peer, nor does any lease that
     names this host's underlay address."""
 
-    own_subnet: ipaddress.IPv4Network
+    own_subnet: ipaddress.IPv4Network | None  # None until this host's lease is claimed
     own_public_ip: ipaddress.IPv4Address
     prefix: str = DEFAULT_PREFIX
     leases: dict[ipaddress.IPv4Network, SubnetLease] = field(default_factory=dict)
@@ -100,7 +100,7 @@ class LeaseWatcher:
         added = tuple(v for k, v in fresh.items() if self.leases.get(k) != v)
         removed = tuple(v for k, v in self.leases.items() if k not in fresh)
         self.leases = fresh
-        return Delta(added, removed, own_lost=not own_seen)
+        return Delta(added, removed, own_lost=self.own_subnet is not None and not own_seen)
 
     def apply(self, events: Iterable) -> Delta:
         """Apply watch events (objects with ``kind``, ``key``, ``value``) in order."""
@@ -142,6 +142,8 @@ class LeaseWatcher:
         return Delta(tuple(added.values()), tuple(removed.values()), own_lost)
 
     def _is_own_key(self, key: str) -> bool:
+        if self.own_subnet is None:
+            return False
         try:
             return subnet_from_key(key, self.prefix) == self.own_subnet
         except LeaseFormatError:
@@ -156,7 +158,7 @@ class LeaseWatcher:
             return None
         if lease.subnet == self.own_subnet or lease.public_ip == self.own_public_ip:
             return None
-        if lease.subnet.overlaps(self.own_subnet):
+        if self.own_subnet is not None and lease.subnet.overlaps(self.own_subnet):
             log.warning("ignoring lease %s: it overlaps this host's subnet %s", lease.subnet, self.own_subnet)
             return None
         return lease

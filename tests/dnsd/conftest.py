@@ -63,13 +63,15 @@ class DnsProcess:
     def __init__(self, args: list[str]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "berth.cli", "dns", "--listen", "127.0.0.1:0", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
+        self.ports: dict[str, int] = {}  # listen host -> port
+        while (line := self.proc.stdout.readline()).startswith("dnsd: listening on "):
+            host, _, port = line.split()[3].rpartition(":")
+            self.ports[host.strip("[]")] = int(port)
+        if not line.startswith("dnsd: forwarding") or not self.ports:
             self.stop()
             raise RuntimeError(f"berth dns did not start: {line!r} {self.proc.stderr.read()}")
         self.host = "127.0.0.1"
-        self.port = int(line.split("127.0.0.1:")[1].split()[0])
-        self.proc.stdout.readline()  # the forwarding line
+        self.port = self.ports[self.host]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -122,12 +124,13 @@ class InProcessServer:
     """The real shell (sockets, threads) in this process, over a :class:`StaticView` the test changes."""
 
     def __init__(self, view: StaticView, policy: RecursionPolicy = RecursionPolicy(),
-                 upstreams: tuple[Upstream, ...] = ()) -> None:
+                 upstreams: tuple[Upstream, ...] = (), **options) -> None:
         self.view = view
         self.listener = bind_listener("127.0.0.1", 0, 1)
         self.port = self.listener.port
         self.responder = Responder(view, ZoneConfig(), policy, forwarding=bool(upstreams))
-        self.worker = Worker(self.responder, ServerOptions(upstreams=tuple(upstreams), upstream_timeout=1.0))
+        options.setdefault("upstream_timeout", 1.0)
+        self.worker = Worker(self.responder, ServerOptions(upstreams=tuple(upstreams), **options))
         self.worker.start(self.listener.udp, [self.listener.tcp])
 
     def stop(self) -> None:

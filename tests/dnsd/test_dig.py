@@ -100,5 +100,10 @@ def test_unknown_opcode_gets_notimp(dns_module_server):
     assert "status: NOTIMP" in dig(dns_module_server, f"btweb1.{Z}", "+opcode=status")
 
 
+def test_nameserver_name_resolves_to_the_listen_address(dns_module_server):
+    assert dig(dns_module_server, f"{Z}", "NS", "+short").split() == [f"ns.{Z}."]
+    assert dig(dns_module_server, f"ns.{Z}", "+short").split() == ["127.0.0.1"]
+
+
 def test_forwarding_off_refuses_other_names(dns_module_server):
     assert "status: REFUSED" in dig(dns_module_server, "example.com", "A")

@@ -193,3 +193,31 @@ def _drain_stderr(server) -> str:
         return server.proc.stderr.read() or ""
     except (OSError, TypeError):
         return ""
+
+
+QUESTIONS = [(f"btweb1.{Z}", "A"), (f"BTWEB1.{Z}", "A"), (f"btnothere.{Z}", "A"), (f"btdb.{Z}", "AAAA"),
+             (f"_btdb._tcp.service.{Z}", "SRV"), (f"btbig.service.{Z}", "A"), ("example.com", "A"),
+             ("11.0.89.10.in-addr.arpa", "PTR")]
+
+
+def test_plain_and_batched_udp_loops_answer_alike(start_dns, records_file):
+    """The recvmmsg loop is the default; the recvfrom loop is its fallback. Both, on misses and on hits."""
+    batched = start_dns("--records", str(records_file), "--no-forward")
+    plain = start_dns("--records", str(records_file), "--no-forward", "--no-batch")
+    for _ in range(2):  # the first round fills the caches, the second is answered from them
+        for name, rdtype in QUESTIONS:  # (none of them rotates: a rotating answer differs by design)
+            one, other = ask(batched, name, rdtype), ask(plain, name, rdtype)
+            one.id = other.id = 0
+            assert one.to_wire() == other.to_wire(), name
+
+
+def test_several_listeners_including_ipv6(start_dns, records_file):
+    server = start_dns("--records", str(records_file), "--no-forward", "--listen", "[::1]:0")
+    query = dns.message.make_query(f"BtDb.{Z}", "AAAA")
+    for _ in range(2):
+        reply = dns.query.udp(query, "::1", port=server.ports["::1"], timeout=3)
+        assert [r.address for r in reply.answer[0]] == ["fd89::20"]
+        assert reply.question[0].name.to_text() == f"BtDb.{Z}."
+    tcp = dns.query.tcp(query, "::1", port=server.ports["::1"], timeout=3)
+    assert [r.address for r in tcp.answer[0]] == ["fd89::20"]
+    assert ask(server, f"btdb.{Z}", "AAAA").answer

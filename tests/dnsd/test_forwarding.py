@@ -1,6 +1,8 @@
 """Names outside the zone go upstream — here always a tiny DNS server the test runs on loopback."""
 from __future__ import annotations
 
+import socket
+
 import dns.flags
 import dns.message
 import dns.query
@@ -97,6 +99,21 @@ def test_unknown_reverse_names_go_upstream_known_ones_do_not(tiny_upstream):
         known = ask(server.port, "11.0.89.10.in-addr.arpa", "PTR")
         assert known.flags & dns.flags.AA and known.answer[0][0].target.to_text() == f"btweb1.{Z}."
         assert tiny_upstream.udp_queries == ["7.2.0.192.in-addr.arpa"]
+    finally:
+        server.stop()
+
+
+def test_too_many_waiting_forwards_get_servfail_at_once(silent_port):
+    server = InProcessServer(StaticView(sample_records()), upstreams=(Upstream("127.0.0.1", silent_port),),
+                             upstream_timeout=3.0, max_pending_forwards=1)
+    try:
+        waiting = dns.message.make_query("btslow.example", "A")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(waiting.to_wire(), ("127.0.0.1", server.port))  # holds the only slot for 3 s
+            shed = ask(server.port, "btshed.example")
+            assert shed.rcode() == dns.rcode.SERVFAIL
+            sock.settimeout(10)
+            assert dns.message.from_wire(sock.recv(512)).rcode() == dns.rcode.SERVFAIL  # its upstream timed out
     finally:
         server.stop()
 

@@ -208,3 +208,14 @@ def test_resolv_conf_is_read_as_host_local_reads_it():
                               "domain b.example\nsearch x.example y.example\nsearch z\noptions ndots:2 rotate\nbogus\n")
     assert found.nameservers == ("10.0.0.53", "fd00::53") and found.domain == "b.example"
     assert found.search == ("x.example", "y.example", "z") and found.options == ("ndots:2", "rotate")
+
+
+def test_ids_and_ifnames_with_separators_never_share_an_index_entry(tmp_path):
+    odd, other = Attachment("weird@id/x", "e@1"), Attachment("weird", "id/x@e@1")
+    s = store(tmp_path)
+    reserve(s, odd, "10.0.0.2")
+    reserve(s, other, "10.0.0.3")
+    with s.lock():
+        assert s.get(odd) == [ip("10.0.0.2")] and s.get(other) == [ip("10.0.0.3")]
+        assert s.release(odd) == [ip("10.0.0.2")]
+        assert s.get(other) == [ip("10.0.0.3")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import importlib.util
 import json
+import re
 import signal
 import subprocess
 import time
@@ -167,7 +168,7 @@ def _ping_counts(output: str) -> tuple[int, int]:
 
 
 def test_after_reboot_and_lease_expiry_host_reclaims_its_subnet_and_mac(make_sim, sqlite_url):
-    sim = make_sim(sqlite_url, hosts=2, lease_ttl=1.5)
+    sim = make_sim(sqlite_url, hosts=2, lease_ttl=3)
     a, b = sim.hosts
     subnet, mac = b.subnet(), vxlan_mac(b)
     b.kill(signal.SIGKILL)
@@ -183,7 +184,7 @@ def test_after_reboot_and_lease_expiry_host_reclaims_its_subnet_and_mac(make_sim
 
 
 def test_stale_entries_of_departed_hosts_are_removed_at_start_up(make_sim, sqlite_url):
-    sim = make_sim(sqlite_url, hosts=3, lease_ttl=1.5)
+    sim = make_sim(sqlite_url, hosts=3, lease_ttl=3)
     a, b, c = sim.hosts
     c_subnet = str(c.subnet())
     assert c_subnet in overlay_entries(a.netns)["routes"]
@@ -239,3 +240,50 @@ def test_reserved_subnet_is_used_and_never_expires(make_sim, sqlite_url):
     assert overlay_entries(a.netns)["routes"].get("10.214.200.0/24") == "10.214.200.0"
     b.start()
     assert b.subnet() == ipaddress.IPv4Network("10.214.200.0/24")
+
+
+def test_lost_store_lease_is_taken_again_with_the_same_subnet(make_sim, sqlite_url):
+    from store.api import open_store
+
+    sim = make_sim(sqlite_url, hosts=2, lease_ttl=3)
+    a, b = sim.hosts
+    subnet = a.subnet()
+    lease_id = int(re.search(r"store lease ([0-9a-f]+)", a.log_since_start()).group(1), 16)
+    store = open_store(sqlite_url)
+    try:
+        store.revoke_lease(lease_id)  # as if it had expired while the store was out of reach
+        wait_until(lambda: "restored under store lease" in a.log_since_start(), what="A restoring its lease")
+        kv = wait_until(lambda: store.get(f"/berth/overlay/subnets/{subnet.network_address}-24"),
+                        what="A's lease key back")
+        assert kv.lease not in (0, lease_id)
+    finally:
+        store.close()
+    assert a.subnet() == subnet and a.running
+    wait_until(lambda: str(subnet) in overlay_entries(b.netns)["routes"], what="B re-learning A")
+    ca, cb = sim.add_plain_container(a), sim.add_plain_container(b)
+    wait_until(lambda: ping(cb.netns, ca.address.ip), what="connectivity after the lease came back")
+
+
+def test_watch_that_lost_its_place_to_compaction_re_lists(make_sim, sqlite_url):
+    from store.api import open_store
+
+    sim = make_sim(sqlite_url, hosts=3, lease_ttl=5)
+    a, b, c = sim.hosts
+    c_subnet = c.subnet()
+    assert str(c_subnet) in overlay_entries(a.netns)["routes"]
+    store = open_store(sqlite_url)
+    try:
+        a.process.send_signal(signal.SIGSTOP)  # A's watch stays at an old revision...
+        try:
+            c.kill(signal.SIGKILL)
+            store.delete(f"/berth/overlay/subnets/{c_subnet.network_address}-24")
+            _kvs, revision = store.get_prefix("/berth/overlay/")
+            store.compact(revision)  # ... whose history is then thrown away
+        finally:
+            a.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: str(c_subnet) not in overlay_entries(a.netns)["routes"], what="A forgetting C")
+    finally:
+        store.close()
+    assert "watch re-listed" in a.log_since_start() or "watch compacted" in a.log_since_start()
+    entries = overlay_entries(a.netns)
+    assert set(entries["routes"]) == {str(b.subnet())} and len(entries["fdb"]) == 1

@@ -122,7 +122,7 @@ def test_containers_on_two_hosts_through_the_plugin(overlay_hosts, netns, tmp_pa
                                                          moved.mtu, moved.ipmasq))
     rc, out = cni("CHECK", {**conf_a, "prevResult": res_a}, host=a.netns, container_id="btca",
                   netns=netns.path(ns_a))
-    assert rc == 1 and out["code"] == 101 and "outside this host's subnet" in out["msg"]
+    assert rc == 1 and out["code"] == 101 and "outside this host's subnet" in out["msg"], (res_a, out, a.subnet_file.read_text())
     assert reserved(tmp_path, a) == [str(ip_a.ip)]
     rc, out = cni("DEL", {**conf_a, "prevResult": res_a}, host=a.netns, container_id="btca",
                   netns=netns.path(ns_a))
