@@ -66,7 +66,9 @@ def run_backend(url: str, count: int, work: Path, via: str = "exec") -> dict:
         cni_sock = work / "cni" / "cni.sock"
         daemon = subprocess.Popen([str(VENV_BIN / "berth"), "cni-daemon", "--socket", str(cni_sock)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        plugin = str(VENV_BIN.parent / "cni-bin" / "berth-register")
+        subprocess.run([str(VENV_BIN / "berth"), "install-cni", "--dir", str(work / "cni-bin")], check=True,
+                       stdout=subprocess.DEVNULL)  # launchers of this very build, so the daemon answers them
+        plugin = str(work / "cni-bin" / "berth-register")
         extra_env["BERTH_CNI_SOCKET"] = str(cni_sock)
         deadline = time.monotonic() + 20
         while not cni_sock.exists() and time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from typing import Any
 
 from discovery import consul_schema as cs
 from discovery.agent import Agent, UnknownCheck
+from discovery.health import parse_duration
 from discovery.local import LocalEndpoint
 from discovery.model import EndpointRecord, Health, InvalidRecord
 from discovery.view import DiscoveryView
@@ -22,6 +23,8 @@ from discovery.view import DiscoveryView
 log = logging.getLogger(__name__)
 
 READ_YOUR_WRITES_TIMEOUT = 2.0
+DEFAULT_BLOCK = 300.0  # Consul's default wait for a blocking query
+MAX_BLOCK = 600.0
 _TTL_STATUS = {"pass": Health.PASSING, "warn": Health.WARNING, "fail": Health.CRITICAL}
 
 
@@ -51,6 +54,12 @@ class ConsulApi:
             if p[:2] == ["agent", "check"] and len(p) == 4 and p[2] in _TTL_STATUS:
                 return self.ttl_update(p[3], _TTL_STATUS[p[2]], (query.get("note") or [""])[0])
         if method == "GET":
+            self._block(query)
+            if p[:2] == ["agent", "service"] and len(p) == 3:
+                record = self.agent.current_record(p[2])
+                if record is None:
+                    raise HttpError(404, f"unknown service ID: {p[2]}")
+                return 200, cs.agent_service(record)
             if p == ["agent", "services"]:
                 return 200, {eid: cs.agent_service(self.agent.current_record(eid))
                              for eid in self.agent.endpoints() if self.agent.current_record(eid)}
@@ -69,6 +78,17 @@ class ConsulApi:
             if p[:2] == ["health", "service"] and len(p) == 3:
                 return 200, self.health_service(p[2], query)
         raise HttpError(404 if method in ("GET", "PUT") else 405, f"unsupported: {method} {path}")
+
+    def _block(self, query: dict[str, list[str]]) -> None:
+        """Consul's blocking query: with ``?index=N``, answer once the data moved past N (or ``wait`` passed)."""
+        if "index" not in query:
+            return
+        try:
+            index = int(query["index"][0])
+            wait = parse_duration(query["wait"][0], "wait") if query.get("wait") else DEFAULT_BLOCK
+        except (ValueError, InvalidRecord) as exc:
+            raise HttpError(400, f"Invalid blocking query: {exc}") from None
+        self.view.wait_until(lambda _records: self.view.revision > index, min(wait, MAX_BLOCK))
 
     # -- writes ------------------------------------------------------------------------------------------
     def register(self, body: bytes) -> tuple[int, Any]:

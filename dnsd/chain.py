@@ -106,7 +106,7 @@ class UpstreamCache:
             return None
         stored, expires, message = entry
         if ctx.now >= expires:
-            del self._entries[(query.name, query.qtype, query.qclass)]
+            self._entries.pop((query.name, query.qtype, query.qclass), None)
             return None
         return UpstreamAnswer(message, int(ctx.now - stored))
 

@@ -1,8 +1,10 @@
 """The sans-IO core: request bytes in, reply bytes (or a :class:`Forward` to carry out) out.
 
-The fast path is a dict lookup: packed replies keyed by everything in the query except its ID (flags, question in
-its exact case, EDNS size class), so a hit only patches the ID — no parsing. The cache holds authoritative answers
-only (the same for every client) and is dropped whenever the view's revision moves.
+The fast path is a dict lookup: packed replies keyed by everything in the query except its ID (flags, question,
+EDNS size class), so a hit only patches the ID — no parsing. Keys and stored replies hold the question name in
+lower case; a query spelled in another case (0x20 randomisation) finds its entry through its folded key and gets
+its own spelling patched back over the question, which the answers' owner names point at (RFC 4343). The cache
+holds authoritative answers only (the same for every client) and is dropped whenever the view's revision moves.
 """
 from __future__ import annotations
 
@@ -66,6 +68,13 @@ class Responder:
         return self.respond_slowly(data, client, tcp)
 
     def respond_slowly(self, data: bytes, client: str, tcp: bool) -> bytes | Forward | None:
+        folded = fold_question(data)
+        if folded is not None and folded[0] != data[2:]:
+            hit = (self.packed_tcp if tcp else self.packed_udp).get(folded[0])
+            if hit is not None:
+                reply = hit if hit.__class__ is bytes else next(hit)
+                end = folded[1]
+                return data[:2] + reply[:10] + data[12:end] + reply[end - 2:]
         query = parse_query(data, self.server_udp_size)
         if not isinstance(query, Query):
             return query
@@ -80,7 +89,8 @@ class Responder:
         if isinstance(result, UpstreamAnswer):
             return self._pack_upstream(query, result.message, result.age, limit)
         reply = self._pack_zone(query, index, result, limit)
-        self._remember(data, tcp, query, index, result, limit, reply)
+        if folded is not None:
+            self._remember(folded, tcp, query, index, result, limit, reply)
         return reply
 
     def _pack_zone(self, query: Query, index: ZoneIndex, result: ZoneAnswer, limit: int) -> bytes:
@@ -90,16 +100,28 @@ class Responder:
                     [to_rr(r, owner_for(r, query)) for r in a.additional])
         return pack_reply(query, a.rcode, a.authoritative, self.forwarding, sections, limit, self.server_udp_size)
 
-    def _remember(self, data: bytes, tcp: bool, query: Query, index: ZoneIndex, result: ZoneAnswer,
-                  limit: int, reply: bytes) -> None:
+    def _remember(self, folded: tuple[bytes, int], tcp: bool, query: Query, index: ZoneIndex,
+                  result: ZoneAnswer, limit: int, reply: bytes) -> None:
+        key, end = folded
+        lowered = key[10:end - 2]
+
+        def stored(packed: bytes) -> bytes | None:
+            if packed[12:end].lower() != lowered:
+                return None  # the name was not packed back as it came: keep it out of the cache
+            return packed[2:12] + lowered + packed[end:]
+
         count = len(result.answer.answer)
         if count < 2 or reply[2] & TC_BIT:  # one order only; a truncated reply is the same for every order
-            entry: object = reply[2:]
+            entry: object = stored(reply)
+            if entry is None:
+                return
         else:
-            variants = [reply[2:]]
+            variants = [stored(reply)]
             for rotation in range(1, min(count, MAX_ROTATIONS)):
                 rotated = ZoneAnswer(index.lookup(query.name, query.qtype, rotation))
-                variants.append(self._pack_zone(query, index, rotated, limit)[2:])
+                variants.append(stored(self._pack_zone(query, index, rotated, limit)))
+            if None in variants:
+                return
             entry = itertools.cycle(variants)
             next(entry)  # the caller is sending variant 0 now
         packed = self.packed_tcp if tcp else self.packed_udp
@@ -108,7 +130,7 @@ class Responder:
                 return  # made from a view that has moved on
             if len(packed) >= self.max_packed:
                 packed.clear()
-            packed[data[2:]] = entry
+            packed[key] = entry
 
     def _pack_upstream(self, query: Query, message: DNSRecord, age: int, limit: int) -> bytes:
         sections = (aged(message.rr, age), aged(message.auth, age),
@@ -124,6 +146,23 @@ class Responder:
             return simple_reply(query, SERVFAIL, True, self.server_udp_size)
         self.upstream_cache.store(query, message, self.clock())
         return self._pack_upstream(query, message, 0, limit)
+
+
+def fold_question(data: bytes) -> tuple[bytes, int] | None:
+    """The cache key of a query with its question name in lower case, and where that name ends; None when the
+    name cannot be walked cheaply (no question, a pointer, a runt) and the full parser should judge it."""
+    end, size = 12, len(data)
+    while True:
+        if end >= size:
+            return None
+        length = data[end]
+        if length == 0:
+            break
+        if length > 63:
+            return None
+        end += 1 + length
+    end += 1
+    return data[2:12] + data[12:end].lower() + data[end:], end
 
 
 def _matching_reply(reply: bytes | None, forward: Forward) -> DNSRecord | None:

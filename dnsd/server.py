@@ -8,6 +8,7 @@ SO_REUSEPORT, each with its own view and responder.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -130,8 +131,8 @@ class Worker:
         while True:
             try:
                 data, client = recvfrom(65535)
-            except OSError:
-                if self.stopping.is_set():
+            except OSError as exc:
+                if self.stopping.is_set() or exc.errno in (errno.EBADF, errno.ENOTSOCK):
                     return
                 continue
             if not data and self.stopping.is_set():

@@ -8,6 +8,8 @@ as the plain loop.
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 import socket
 import struct
 from typing import Callable
@@ -95,20 +97,34 @@ class BatchedUdp:
         self.entry_size = ctypes.sizeof(MMsgHdr)
 
     def receive(self) -> int:
-        """Block for at least one query; how many arrived (0 on an interrupted or failed call)."""
+        """Block for at least one query; how many arrived (0 when interrupted). Raises once the socket is gone."""
         count = LIBC.recvmmsg(self.fd, self.recv_ptr, BATCH, MSG_WAITFORONE, None)
-        return max(count, 0)
+        if count < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL):
+                raise OSError(err, os.strerror(err))
+            return 0
+        return count
 
     def send(self, indices: list[int]) -> None:
-        """Send the replies written in the given slots (runs of neighbours go in one call)."""
+        """Send the replies written in the given slots (each run of neighbours in one call)."""
+        if indices[-1] - indices[0] + 1 == len(indices):  # the usual case: every query got a reply
+            self._send_run(indices[0], len(indices))
+            return
         start = 0
         while start < len(indices):
             end = start
             while end + 1 < len(indices) and indices[end + 1] == indices[end] + 1:
                 end += 1
-            first, count = indices[start], end - start + 1
-            LIBC.sendmmsg(self.fd, self.send_ptr + first * self.entry_size, count, 0)
+            self._send_run(indices[start], end - start + 1)
             start = end + 1
+
+    def _send_run(self, first: int, count: int) -> None:
+        while count > 0:
+            sent = LIBC.sendmmsg(self.fd, self.send_ptr + first * self.entry_size, count, 0)
+            sent = sent if sent > 0 else 1  # the kernel refused the first one: drop it, send the rest
+            first += sent
+            count -= sent
 
 
 def serve_batched(sock: socket.socket, packed: dict, refresh: Callable[[], None],
@@ -119,7 +135,10 @@ def serve_batched(sock: socket.socket, packed: dict, refresh: Callable[[], None]
     view, lengths, length_at, send_lengths = io.view, io.lengths, io.length_at, io.send_lengths
     get = packed.get
     while not stopping.is_set():
-        count = io.receive()
+        try:
+            count = io.receive()
+        except OSError:
+            return
         if not count:
             continue
         refresh()

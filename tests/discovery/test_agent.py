@@ -26,11 +26,14 @@ def add(agent, cid: str, name: str, netns: str | None = None) -> str:
 def test_killed_agent_endpoints_expire_and_come_back_on_restart(store_url, agents, open_url):
     store = open_url(store_url)
     agent = agents(store_url)
+    other_host = agents(store_url)  # another host sharing the store: its endpoints must not be touched
     keys = [add(agent, f"dd0{i}", f"svc{i}") for i in range(3)]
+    other = add(other_host, "dd09", "elsewhere")
     with DiscoveryView(store) as view:  # a reader elsewhere: it must see them go and come back
-        assert set(keys) <= set(view.records())
+        assert set(keys) | {other} <= set(view.records())
         agent.kill()  # SIGKILL: no chance to clean up; only the lease can remove the records
         assert view.wait_until(lambda recs: not set(keys) & set(recs), timeout=SHORT_TTL * 6)
+        assert other in view.records()
         agent.start()
         assert view.wait_until(lambda recs: set(keys) <= set(recs), timeout=10)
         assert view.records()[keys[0]].name == "svc0"
@@ -126,3 +129,11 @@ def test_registrations_during_a_store_outage_are_written_when_it_returns(agents,
         cluster.restart(0)
         store = open_url(cluster.url)
         assert wait_for(lambda: store.get(during) and store.get(before), timeout=30)
+
+
+def test_agent_reports_a_taken_http_port_clearly(store_url, agents, tmp_path):
+    first = agents(store_url)
+    proc = run(str(VENV_BIN / "berth"), "agent", "--store", store_url, "--socket", str(tmp_path / "b.sock"),
+               "--state-dir", str(tmp_path / "b-state"), "--http", f"127.0.0.1:{first.http_port}", check=False)
+    assert proc.returncode == 1 and "Address already in use" in proc.stderr
+    assert not (tmp_path / "b.sock").exists()

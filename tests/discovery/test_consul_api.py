@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import consul
@@ -145,3 +146,20 @@ def test_deregister_critical_service_after(api, open_url, store_url):
     assert wait_for(lambda: "f1" not in c.agent.services(), timeout=15)
     assert store.get(endpoint_key(agent.host, "f1")) is None
     assert "s1" in c.agent.services()
+
+
+def test_blocking_query_returns_when_the_catalog_changes(api):
+    agent, c = api
+    c.agent.service.register("cache", service_id="cache1", address="10.4.0.1", port=6379)
+    assert c.agent.service_definition("cache1")["Port"] == 6379
+    index, nodes = c.catalog.service("cache")
+    assert [n["ServiceID"] for n in nodes] == ["cache1"]
+    answer = {}
+    waiter = threading.Thread(target=lambda: answer.update(r=c.catalog.service("cache", index=index, wait="60s")))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive()  # nothing changed yet: the query is still waiting
+    c.agent.service.register("cache", service_id="cache2", address="10.4.0.2", port=6379)
+    waiter.join(timeout=60)
+    new_index, nodes = answer["r"]
+    assert int(new_index) > int(index) and sorted(n["ServiceID"] for n in nodes) == ["cache1", "cache2"]

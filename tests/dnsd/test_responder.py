@@ -32,7 +32,7 @@ def responder():
 
 def test_cache_hit_changes_only_the_id(responder):
     first = responder.respond(wire(f"btweb1.{Z}", qid=100), "127.0.0.1")
-    assert wire(f"btweb1.{Z}", qid=100)[2:] in responder.packed_udp
+    assert wire(f"btweb1.{Z}", qid=100)[2:] in responder.packed_udp  # lower case: its own key
     second = responder.respond(wire(f"btweb1.{Z}", qid=200), "127.0.0.1")
     assert second[:2] == struct.pack("!H", 200) and second[2:] == first[2:]
 
@@ -97,3 +97,27 @@ def test_listen_addresses_and_their_networks():
     assert networks_of(["10.88.0.1", "fd00::1"], links) == ["10.88.0.0/16", "fd00::/64"]
     with pytest.raises(SystemExit):
         parse_listen("nonsense:port")
+
+
+def test_randomised_case_is_answered_from_the_cache_with_its_own_case(responder, monkeypatch):
+    """0x20: after one query, every other spelling of the name is answered without parsing, echoing its case."""
+    import random
+
+    import dnsd.responder
+    responder.respond(wire(f"btweb1.{Z}"), "127.0.0.1")
+
+    def no_parsing(*_):
+        raise AssertionError("parsed a query the cache should have answered")
+    monkeypatch.setattr(dnsd.responder, "parse_query", no_parsing)
+    rng = random.Random(4343)
+    for qid in range(20):
+        spelling = "".join(c.upper() if rng.random() < 0.5 else c for c in f"btweb1.{Z}")
+        reply = dns.message.from_wire(responder.respond(wire(spelling, qid=qid), "127.0.0.1"))
+        assert reply.id == qid and reply.question[0].name.to_text() == spelling + "."
+        assert reply.answer[0].name.to_text() == spelling + "." and reply.answer[0][0].address == "10.89.0.11"
+
+
+def test_first_spelling_does_not_leak_into_later_answers(responder):
+    responder.respond(wire(f"BtWeB1.{Z}"), "127.0.0.1")
+    reply = dns.message.from_wire(responder.respond(wire(f"btweb1.{Z}"), "127.0.0.1"))
+    assert reply.question[0].name.to_text() == f"btweb1.{Z}." and reply.answer[0].name.to_text() == f"btweb1.{Z}."
