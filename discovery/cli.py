@@ -5,6 +5,7 @@ import argparse
 import logging
 import signal
 import socket
+import sys
 import threading
 
 from discovery import wire
@@ -65,41 +66,50 @@ def run(args: argparse.Namespace) -> int:
     from store.api import StoreError, open_store
 
     skydns = args.skydns == "on" or (args.skydns == "auto" and args.store.startswith("etcd:"))
-    store = open_store(store_url(args.store, args.ttl))
-    agent = Agent(store, args.host, args.state_dir, args.ttl, spool_dir=args.spool_dir,
-                  skydns_zone=args.zone if skydns else None, node_address=args.address,
-                  resync_interval=args.resync)
+    cleanup: list = []  # undone in reverse, whatever happens
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    agent.start()
-    listener = AgentSocket(args.socket, agent.handle)
-    listener.start()
-    view = http = None
-    if not args.no_http:
+    try:
+        store = open_store(store_url(args.store, args.ttl))
+        cleanup.append(store.close)
+        agent = Agent(store, args.host, args.state_dir, args.ttl, spool_dir=args.spool_dir,
+                      skydns_zone=args.zone if skydns else None, node_address=args.address,
+                      resync_interval=args.resync)
         view = DiscoveryView(store)
-        while True:  # the catalog needs one listing; an unreachable store is retried, not fatal
+        http = None
+        if not args.no_http:  # bind first: a port already taken is reported before anything else starts
+            http = ConsulHttpServer(args.http, ConsulApi(agent, view))
+            cleanup.append(http.server_close)
+        agent.start()
+        cleanup.append(agent.stop)
+        listener = AgentSocket(args.socket, agent.handle)
+        listener.start()
+        cleanup.append(listener.stop)
+        if http is not None:
+            while True:  # the catalog needs one listing; an unreachable store is retried, not fatal
+                try:
+                    view.start()
+                    break
+                except StoreError as exc:
+                    log.warning("listing the store for the HTTP API failed (%s); retrying", exc)
+                    if done.wait(1.0):
+                        return 0
+            cleanup.append(view.stop)
+            http.start()
+            cleanup.append(http.shutdown)
+            log.info("HTTP API on %s:%d", args.http[0], http.port)
+        agent.drain_spool()  # anything spooled while the socket was coming up
+        log.info("agent %s ready on %s", args.host, args.socket)
+        print(f"ready socket={args.socket} http={http.port if http else 0}", flush=True)
+        done.wait()
+        return 0
+    except (OSError, ValueError) as exc:
+        print(f"berth agent: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for undo in reversed(cleanup):
             try:
-                view.start()
-                break
-            except StoreError as exc:
-                log.warning("listing the store for the HTTP API failed (%s); retrying", exc)
-                if done.wait(1.0):
-                    agent.stop()
-                    listener.stop()
-                    return 0
-        http = ConsulHttpServer(args.http, ConsulApi(agent, view))
-        http.start()
-        log.info("HTTP API on %s:%d", args.http[0], http.port)
-    agent.drain_spool()  # anything spooled while the socket was coming up
-    log.info("agent %s ready on %s", args.host, args.socket)
-    print(f"ready socket={args.socket} http={http.port if http else 0}", flush=True)
-    done.wait()
-    listener.stop()
-    if http is not None:
-        http.stop()
-    if view is not None:
-        view.stop()
-    agent.stop()
-    store.close()
-    return 0
+                undo()
+            except Exception:  # keep undoing the rest
+                log.exception("shutting down")

@@ -240,6 +240,17 @@ class SimCluster:
         for host in self.hosts:
             host.wait_ready(timeout)
 
+    def summary(self) -> str:
+        """One line per host: namespace, underlay address, subnet and VTEP MAC (from its subnet file)."""
+        lines = [f"{'HOST':<5} {'NAMESPACE':<20} {'UNDERLAY':<16} {'SUBNET':<18} {'VTEP MAC':<18} DAEMON"]
+        for host in self.hosts:
+            found = subnetfile.read_if_present(host.subnet_file)
+            subnet = str(found.subnet.network) if found else "-"
+            mac = found.vtep_mac if found and found.vtep_mac else "-"
+            lines.append(f"{host.label:<5} {host.netns:<20} {str(host.address.ip):<16} {subnet:<18} {mac:<18} "
+                         f"{'running' if host.running else 'stopped'}")
+        return "\n".join(lines)
+
     def teardown(self) -> None:
         """Stop every daemon and remove every namespace this simulation made; safe to call twice."""
         for host in self.hosts:

@@ -129,3 +129,11 @@ def test_registrations_during_a_store_outage_are_written_when_it_returns(agents,
         cluster.restart(0)
         store = open_url(cluster.url)
         assert wait_for(lambda: store.get(during) and store.get(before), timeout=30)
+
+
+def test_agent_reports_a_taken_http_port_clearly(store_url, agents, tmp_path):
+    first = agents(store_url)
+    proc = run(str(VENV_BIN / "berth"), "agent", "--store", store_url, "--socket", str(tmp_path / "b.sock"),
+               "--state-dir", str(tmp_path / "b-state"), "--http", f"127.0.0.1:{first.http_port}", check=False)
+    assert proc.returncode == 1 and "Address already in use" in proc.stderr
+    assert not (tmp_path / "b.sock").exists()

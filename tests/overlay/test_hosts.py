@@ -287,3 +287,17 @@ def test_watch_that_lost_its_place_to_compaction_re_lists(make_sim, sqlite_url):
     assert "watch re-listed" in a.log_since_start() or "watch compacted" in a.log_since_start()
     entries = overlay_entries(a.netns)
     assert set(entries["routes"]) == {str(b.subnet())} and len(entries["fdb"]) == 1
+
+
+def test_orderly_stop_with_release_gives_the_subnet_back(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=2, lease_ttl=60, daemon_args=("--release-on-exit",))
+    a, b = sim.hosts
+    subnet = str(a.subnet())
+    a.stop()  # SIGTERM
+    assert not a.subnet_file.exists()
+    assert ip_json(a.netns, "link", "show", "type", "vxlan") == []
+    tables = subprocess.run(["ip", "netns", "exec", a.netns, "nft", "list", "tables"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "berth-overlay" not in tables
+    # with a 60 s TTL only the release can make B forget A this soon
+    wait_until(lambda: subnet not in overlay_entries(b.netns)["routes"], timeout=20, what="B forgetting A")
