@@ -1,9 +1,10 @@
 """``berth demo`` (stage 1): addresses for a handful of containers in real network namespaces, through berth-ipam.
 
-Each "container" is a namespace ``berth-demo-...``; berth-ipam is executed exactly as a runtime would (environment +
-stdin) with a dual-stack config, the addresses are put on ``eth0`` (one end of a veth pair kept) inside each namespace, shown in a table,
-then released; the data directory is shown to hold nothing but its bookkeeping. Everything made is removed, even
-when a step fails.
+Each "container" is a namespace ``berth-demo-...``; berth-ipam is executed exactly as a runtime would
+(environment + stdin) with a dual-stack config. The addresses go on ``eth0`` (one end of a veth pair) inside each
+namespace and into a table; STATUS is asked, one container is "lost" and reclaimed by GC, the rest are deleted,
+and the data directory is shown to hold nothing but its bookkeeping. Everything made is removed, even when a
+step fails.
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def _cni(command: str, config: dict, container_id: str, netns: str) -> dict | No
     return out
 
 
+def _files(data_dir: str) -> list[str]:
+    return sorted(os.listdir(Path(data_dir) / NETWORK))
+
+
 def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -85,12 +90,21 @@ def run(args: argparse.Namespace) -> int:
         first = namespaces[0]
         shown = _ip("-n", first, "-brief", "addr", "show", "dev", "eth0").stdout.strip()
         print(f"\ninside {first}: {shown}")
-        print(f"\nreservations on disk: {sorted(os.listdir(Path(data_dir) / NETWORK))}")
-        for container, namespace in added:
+        print(f"\nreservations on disk: {_files(data_dir)}")
+        _cni("STATUS", config, "", "")
+        print("STATUS: berth-ipam can serve ADD (a full range or an unusable data directory would say code 50)")
+
+        lost_container, _ = added.pop()
+        valid = [{"containerID": container, "ifname": "eth0"} for container, _ in added]
+        _cni("GC", {**config, "cni.dev/valid-attachments": valid}, "", "")
+        print(f"\nsay the runtime lost {lost_container} in a crash: GC, given the attachments still valid, "
+              f"released its addresses only:\n  {_files(data_dir)}")
+        while added:
+            container, namespace = added[0]
             _cni("DEL", config, container, f"/run/netns/{namespace}")
-        added.clear()
-        left = sorted(os.listdir(Path(data_dir) / NETWORK))
-        print(f"after DEL of every container: {left}")
+            added.pop(0)
+        left = _files(data_dir)
+        print(f"after DEL of every other container: {left}")
         addresses = [f for f in left if f != "lock" and not f.startswith("last_reserved_ip.")]
         print("nothing is left." if not addresses else f"LEFT BEHIND: {addresses}")
         return 0 if not addresses else 1

@@ -7,7 +7,9 @@ and the agent applies it when it starts: a registration is never lost and never 
 Only invalid input (a name that is not a DNS label, ...) is an error, reported before anything is written.
 
 Config keys (all optional): ``agentSocket`` (default ``/run/berth/agent.sock``), ``spoolDir`` (default
-``/var/lib/berth/agent/spool``), ``timeout`` seconds for the agent's reply (default 5).
+``/var/lib/berth/agent/spool``), ``timeout`` seconds for the agent's reply (default 5), ``tags`` (a list given to
+every endpoint of the network). Per container, ``args.cni.service`` names the service (default: the container
+name) and ``args.cni.tags`` adds tags.
 Standard library only on this path: it runs for every container start.
 """
 from __future__ import annotations
@@ -52,12 +54,30 @@ def build_record(req: skel.Request) -> EndpointRecord:
             host_port = mapping.get("hostPort")
             ports.append(PortBinding(port=container_port, protocol=str(mapping.get("protocol") or "tcp").lower(),
                                      host_port=host_port or None, host_ip=mapping.get("hostIP") or None))
+        service, tags = _service_and_tags(req)
         return EndpointRecord(
             id=endpoint_id(req.container_id, req.ifname), name=name, aliases=req.runtime.aliases,
             addresses=tuple(str(ip.address.ip) for ip in req.prev_result.ips), network=req.name,
-            container_id=req.container_id, ifname=req.ifname, ports=tuple(ports))
+            container_id=req.container_id, ifname=req.ifname, ports=tuple(ports), service=service, tags=tags)
     except InvalidRecord as exc:
         raise errors.InvalidConfig(f"endpoint: {exc}") from None
+
+
+def _service_and_tags(req: skel.Request) -> tuple[str, tuple[str, ...]]:
+    args = req.config.get("args") or {}
+    per_container = args.get("cni") if isinstance(args, dict) else None
+    per_container = per_container if isinstance(per_container, dict) else {}
+    tags: list[str] = []
+    for field, value in (("tags", req.config.get("tags")), ("args.cni.tags", per_container.get("tags"))):
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+            raise errors.InvalidConfig(f"{field}: must be a list of non-empty strings")
+        tags.extend(t for t in value if t not in tags)
+    service = per_container.get("service", "")
+    if not isinstance(service, str):
+        raise errors.InvalidConfig("args.cni.service: must be a string")
+    return service, tuple(tags)
 
 
 def _send(req: skel.Request, request: dict) -> dict | None:

@@ -47,6 +47,8 @@ def test_check_without_agent_answers_from_the_spool(paths):
     (lambda c, kw: c.pop("prevResult"), 7, "prevResult"),
     (lambda c, kw: c.update(runtimeConfig={"portMappings": [{"containerPort": 0, "hostPort": 80}]}), 7, "port"),
     (lambda c, kw: c.update(timeout=0), 7, "timeout"),
+    (lambda c, kw: c.update(tags="web"), 7, "tags"),
+    (lambda c, kw: c.update(args={"cni": {"service": "not_a_label"}}), 7, "service"),
 ])
 def test_bad_input_is_a_clear_cni_error_and_nothing_is_spooled(paths, change, code, words):
     sock, spool = paths
@@ -69,11 +71,14 @@ def test_add_del_check_through_a_running_agent(store_url, agents, open_url):
     net = "btnet"
     config = register_config(net, agent.socket, agent.spool_dir, aliases=["www", "api"],
                              port_mappings=[{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
+    config["tags"] = ["prod"]
+    config["args"] = {"cni": {"service": "frontend", "tags": ["v2"]}}
     code, out, err = run_register("ADD", config, container_id="cafe01", name="web")
     assert code == 0, err
     record = _stored(store, agent.host, "cafe01/eth0")  # the agent answered after writing
     assert record.name == "web" and record.aliases == ("www", "api") and record.addresses == ("10.88.0.5",)
     assert record.network == net and record.host == agent.host
+    assert record.service == "frontend" and record.tags == ("prod", "v2")
     assert (record.ports[0].port, record.ports[0].host_port) == (80, 8080)
     assert run_register("CHECK", config, container_id="cafe01", name="web")[0] == 0
     assert run_register("DEL", config, container_id="cafe01", name="web")[0] == 0

@@ -22,6 +22,7 @@ def test_demo_allocates_shows_a_table_releases_and_cleans_up():
     header = next(i for i, line in enumerate(lines) if line.startswith("container"))
     rows = lines[header + 2:header + 5]
     assert [row.split()[2] for row in rows] == ["10.123.0.2/24,", "10.123.0.3/24,", "10.123.0.4/24,"]
-    assert "after DEL of every container: ['last_reserved_ip.0', 'last_reserved_ip.1', 'lock']" in proc.stdout
+    assert "after DEL of every other container: ['last_reserved_ip.0', 'last_reserved_ip.1', 'lock']" in proc.stdout
+    assert "released its addresses only:\n  ['10.123.0.2', '10.123.0.3', 'fd12:3::2', 'fd12:3::3'," in proc.stdout
     assert "nothing is left." in proc.stdout
     assert demo_namespaces() <= before

@@ -301,3 +301,23 @@ def test_orderly_stop_with_release_gives_the_subnet_back(make_sim, sqlite_url):
     assert "berth-overlay" not in tables
     # with a 60 s TTL only the release can make B forget A this soon
     wait_until(lambda: subnet not in overlay_entries(b.netns)["routes"], timeout=20, what="B forgetting A")
+
+
+def test_daemon_bad_input_is_a_clear_error_and_claims_nothing(make_sim, sqlite_url):
+    from store.api import open_store
+
+    sim = make_sim(sqlite_url, hosts=1, start=False)
+    (a,) = sim.hosts
+    base = a.argv()
+    for flags, message in ((["--iface", "btnope"], "underlay interface 'btnope' does not exist"),
+                           (["--iface", "underlay0", "--public-ip", "10.99.0.1"], "is not an address of")):
+        argv = base[:base.index("--iface")] + flags + base[base.index("--iface") + 2:]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+    store = open_store(sqlite_url)
+    try:
+        assert store.get_prefix("/berth/overlay/subnets/")[0] == []
+    finally:
+        store.close()
+    assert ip_json(a.netns, "link", "show", "type", "vxlan") == []
+    assert not a.subnet_file.exists()
