@@ -141,15 +141,18 @@ def run_parallel(impl: Impl, count: int, workers: int, work: Path, ip_masq: bool
             if err:
                 errors.append(err)
 
+    def timed_batch(command: str) -> float:
+        start = time.perf_counter()
+        pool = concurrent.futures.ThreadPoolExecutor(workers)
+        try:
+            list(pool.map(lambda i: one(i, command), range(count)))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: drop what has not started
+        return time.perf_counter() - start
+
     try:
-        start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda i: one(i, "ADD"), range(count)))
-        add_wall = time.perf_counter() - start
-        start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda i: one(i, "DEL"), range(count)))
-        del_wall = time.perf_counter() - start
+        add_wall = timed_batch("ADD")
+        del_wall = timed_batch("DEL")
         left = leftovers(bridge, data_dir, conf["name"])
     finally:
         drop_namespaces(spaces)

@@ -126,7 +126,7 @@ def cmd_check(req: skel.Request) -> None:
     if cfg.ip_masq:
         tag = _tag(cfg, req)
         found = firewall.backend_for(cfg.ip_masq_backend, "nat").rules(tag + " ")
-        if not found and any(ip.interface is None or ip.interface == 2 for ip in req.prev_result.ips):
+        if not found and req.prev_result.ips:
             problems.append("masquerade rules are missing")
     if problems:
         raise errors.CniError("attachment differs from prevResult: " + "; ".join(problems), code=STATE_DIFFERS)

@@ -61,10 +61,10 @@ def kind_of(link) -> str:
 
 
 def lookup(ipr, name: str):
-    """The link called ``name``, or None."""
+    """The link called ``name``, or None: a kernel-side lookup (a dump would decode every link on the host)."""
     NetlinkError = _netlink_error()
     try:
-        links = ipr.get_links(ifname=name)
+        links = ipr.link("get", ifname=name)
     except NetlinkError as exc:
         if _code(exc) == errno.ENODEV:
             return None
@@ -108,25 +108,37 @@ def ensure_bridge(ipr, spec: BridgeSpec):
 
 
 def ensure_gateway_addresses(ipr, index: int, spec: BridgeSpec) -> None:
-    """Put each gateway address on the bridge; another address in the same subnet needs ``forceAddress``."""
+    """Put each gateway address on the bridge; another address in the same subnet needs ``forceAddress``.
+
+    The add comes first: on every ADD but a network's first it fails with EEXIST and nothing is listed, because
+    listing a link's addresses means dumping every address on the host (one per container veth).
+    """
     NetlinkError = _netlink_error()
-    present = [ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}") for a in ipr.get_addr(index=index)]
     for wanted in spec.gateway_addresses:
-        if wanted in present:
-            continue
-        for other in present:
-            if other.version == wanted.version and other.network == wanted.network and other != wanted:
-                if not spec.force_address:
-                    raise errors.CniError(
-                        f"bridge {spec.name} already has an IP address {other} in the same subnet as {wanted}",
-                        "set forceAddress to replace it", code=100)
-                ipr.addr("del", index=index, address=str(other.ip), prefixlen=other.network.prefixlen)
         flags = IFA_F_NODAD if wanted.version == 6 else 0
         try:
             ipr.addr("add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen, flags=flags)
         except NetlinkError as exc:
-            if _code(exc) != errno.EEXIST:
-                raise fail(f"could not add {wanted} to bridge {spec.name}", exc) from None
+            if _code(exc) == errno.EEXIST:
+                continue  # already there (or a parallel ADD just put it there)
+            raise fail(f"could not add {wanted} to bridge {spec.name}", exc) from None
+        present = [ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+                   for a in ipr.get_addr(index=index)]
+        others = [o for o in present if o.version == wanted.version and o.network == wanted.network and o != wanted]
+        if others and not spec.force_address:
+            ipr.addr("del", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
+            raise errors.CniError(
+                f"bridge {spec.name} already has an IP address {others[0]} in the same subnet as {wanted}",
+                "set forceAddress to replace it", code=100)
+        for other in others:
+            ipr.addr("del", index=index, address=str(other.ip), prefixlen=other.network.prefixlen)
+        if others:  # removing a primary address takes its secondaries (ours) with it: put ours back
+            try:
+                ipr.addr("add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen,
+                         flags=flags)
+            except NetlinkError as exc:
+                if _code(exc) != errno.EEXIST:
+                    raise fail(f"could not add {wanted} to bridge {spec.name}", exc) from None
 
 
 def new_host_veth_name() -> str:
@@ -271,7 +283,7 @@ def observe(netns_path: str, ifname: str, host_names: tuple[str, ...]) -> Observ
             master = link.get("IFLA_MASTER")
             master_name = None
             if master:
-                master_link = ipr.get_links(master)[0]
+                master_link = ipr.link("get", index=master)[0]
                 master_name = master_link.get("IFLA_IFNAME")
             host_links[name] = ObservedLink(name=name, kind=kind_of(link), mac=link.get("IFLA_ADDRESS") or "",
                                             master=master_name)
@@ -314,7 +326,7 @@ def write_host_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
 
 
 def mac_of(ipr, index: int) -> str:
-    return ipr.get_links(index)[0].get("IFLA_ADDRESS") or ""
+    return ipr.link("get", index=index)[0].get("IFLA_ADDRESS") or ""
 
 
 def bridge_mac(ipr, name: str) -> Optional[str]:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import sys
+import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 CLONE_NEWNET = 0x40000000
 _OWN_NETNS = "/proc/thread-self/ns/net"
 _libc: Optional[ctypes.CDLL] = None
+_import_lock = threading.Lock()
 
 
 class NetnsError(OSError):
@@ -85,8 +88,14 @@ def _iproute_class():
     When nothing has imported pyroute2 yet, the package is registered with a lazy ``__init__``: the real one runs
     in place on the first attribute asked of the package, so every later ``from pyroute2 import X`` still works.
     """
-    import sys
+    with _import_lock:
+        _register_lazy_package()
+    from pyroute2.iproute.linux import IPRoute
 
+    return IPRoute
+
+
+def _register_lazy_package() -> None:
     if "pyroute2" not in sys.modules:
         import importlib.util
         import types
@@ -108,9 +117,6 @@ def _iproute_class():
 
             package.__getattr__ = _complete
             sys.modules["pyroute2"] = package
-    from pyroute2.iproute.linux import IPRoute
-
-    return IPRoute
 
 
 def iproute(path: Optional[str] = None):

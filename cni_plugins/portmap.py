@@ -87,7 +87,8 @@ def cmd_add(req: skel.Request) -> Result:
 
 
 def cmd_del(req: skel.Request) -> None:
-    cfg = _config(req)
+    """Remove this attachment's rules by tag: needs neither the mappings (which may be stale) nor prevResult."""
+    cfg = parse(req.config, req.cni_version, ())
     firewall.backend_for(cfg.backend, "portmap").remove([_tag(cfg, req)])
 
 

@@ -341,3 +341,24 @@ def test_in_process_handlers_in_threads_leave_every_thread_in_its_own_namespace(
     assert ns_json(host, "link", "show", "type", "bridge")[0]["ifname"] == conf["bridge"]
     real_host = subprocess.run(["ip", "link", "show", conf["bridge"]], capture_output=True)
     assert real_host.returncode != 0, "the bridge must exist only in the namespace playing the host"
+
+
+def test_other_address_in_the_gateway_subnet_needs_force_address(host, container, make_conf, ipam_dir):
+    conf = make_conf(isGateway=True)
+    subprocess.run(["ip", "-n", host, "link", "add", conf["bridge"], "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", host, "addr", "add", "10.231.1.200/24", "dev", conf["bridge"]], check=True)
+    r = add(conf, host, container())
+    assert r.rc == 1 and "already has an IP address 10.231.1.200/24" in r.out["msg"], r.out
+    assert reservations(ipam_dir, conf["name"]) == [] and host_veths(host) == []
+    r = add({**conf, "forceAddress": True}, host, container(), "c2")
+    assert r.rc == 0, r.out
+    assert addresses(host, conf["bridge"]) == {"10.231.1.1/24"}
+
+
+def test_existing_link_that_is_not_a_bridge_is_refused(host, container, make_conf, ipam_dir):
+    conf = make_conf()
+    subprocess.run(["ip", "-n", host, "link", "add", conf["bridge"], "type", "veth", "peer", "name", "btpeer0"],
+                   check=True)
+    r = add(conf, host, container())
+    assert r.rc == 1 and "is not a bridge" in r.out["msg"], r.out
+    assert reservations(ipam_dir, conf["name"]) == []

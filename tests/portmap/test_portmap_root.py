@@ -143,3 +143,16 @@ def test_invalid_port_is_a_config_error_and_writes_nothing(site, host_port):
              host=host, container_id="bad", netns=ns)
     assert r.rc == 1 and r.code == 7 and "hostPort" in r.out["msg"], r.out
     assert "berth-portmap" not in nft_ruleset(host)
+
+
+def test_del_succeeds_with_stale_mappings_and_without_prev_result(site):
+    host, outside, conf, start = site
+    ns, prev = start("stale")
+    port = free_port()
+    call("berth-portmap", "ADD", portmap_conf(conf, prev, [{"hostPort": port, "containerPort": 80}]), host=host,
+         container_id="stale", netns=ns)
+    broken = portmap_conf(conf, None, [{"hostPort": 0, "containerPort": 80}])
+    broken.pop("prevResult")
+    r = call("berth-portmap", "DEL", broken, host=host, container_id="stale", netns=ns)
+    assert r.rc == 0, r.out
+    assert f"dport {port}" not in nft_ruleset(host)

@@ -1,0 +1,65 @@
+"""The namespace context manager: per thread, always restored, sockets and sysctls bound to the entered one."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from cni_plugins import netns as nsctx
+from tests.conftest import run
+
+pytestmark = pytest.mark.root
+
+
+def current() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def test_entered_switches_only_this_thread_and_returns_even_on_error(netns):
+    path = netns.path(netns("a"))
+    own = current()
+    inside, look = threading.Event(), threading.Event()
+    seen_by_other_thread = []
+
+    def other():  # started before the switch, it looks while this thread is inside
+        inside.wait(10)
+        seen_by_other_thread.append(current())
+        look.set()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    with pytest.raises(RuntimeError):
+        with nsctx.entered(path):
+            assert current() == os.stat(path).st_ino
+            inside.set()
+            look.wait(10)
+            raise RuntimeError("boom")
+    worker.join()
+    assert current() == own
+    assert seen_by_other_thread == [own]
+
+
+def test_missing_namespace_is_a_clear_error_and_changes_nothing():
+    own = current()
+    with pytest.raises(nsctx.NetnsError, match="cannot open netns /run/netns/bt-missing"):
+        with nsctx.entered("/run/netns/bt-missing"):
+            pass
+    assert current() == own
+    assert not nsctx.exists("/run/netns/bt-missing")
+
+
+def test_socket_and_sysctl_belong_to_the_entered_namespace(netns):
+    name = netns("b")
+    run("ip", "-n", name, "link", "add", "btnsa", "type", "veth", "peer", "name", "btnsb")
+    ipr = nsctx.iproute(netns.path(name))
+    try:
+        names = {link.get("IFLA_IFNAME") for link in ipr.get_links()}
+    finally:
+        ipr.close()
+    assert {"lo", "btnsa", "btnsb"} == names
+    with nsctx.entered(netns.path(name)):
+        nsctx.write_sysctl("net/ipv4/conf/btnsa/arp_notify", "1")
+    inside = run("ip", "netns", "exec", name, "cat", "/proc/sys/net/ipv4/conf/btnsa/arp_notify").stdout.strip()
+    assert inside == "1"
+    assert not os.path.exists("/proc/sys/net/ipv4/conf/btnsa")  # not in the test's own namespace
