@@ -97,9 +97,9 @@ def berth_tables(*marks: str) -> set[str]:
     return found
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Processes (other than this one) whose command line contains ``text``: the demo's tag or directory."""
-    found = []
+def processes_mentioning(text: str) -> dict[int, str]:
+    """Processes (other than this one) whose command line contains ``text``: pid -> command line."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if int(pid) == os.getpid():
             continue
@@ -109,7 +109,7 @@ def processes_mentioning(text: str) -> list[str]:
         except OSError:
             continue
         if text in cmdline:
-            found.append(f"{pid}: {cmdline[:100]}")
+            found[int(pid)] = cmdline
     return found
 
 
@@ -126,5 +126,5 @@ class Snapshot:
                                  or (n.startswith("bd-") and n not in self.namespaces)),
             "links": sorted(n for n in root_links() - self.links if n.startswith(("bd", "berth")) or tag in n),
             "nftables tables": sorted(berth_tables(tag, *marks)),
-            "processes": processes_mentioning(workdir),
+            "processes": [f"{pid}: {cmd[:100]}" for pid, cmd in processes_mentioning(workdir).items()],
         }

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from berth.demo_probe import processes_mentioning
 from overlay import subnetfile
 from overlay.sim import SimCluster, SimHost
 
@@ -214,8 +215,8 @@ class World:
                       ports: tuple[dict, ...] = ()) -> Container:
         netns = f"bd-{name}-{self.tag}"
         ctr = Container(name, host, netns, f"bd{self.tag}{name}", aliases, ports)
+        self.containers.append(ctr)  # first: an interrupt right after `ip netns add` must still find it
         subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True)
-        self.containers.append(ctr)
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True, capture_output=True)
         prev = None
         for plugin in host.conflist():
@@ -232,8 +233,8 @@ class World:
         if not dns.get("nameservers"):
             return
         directory = Path("/etc/netns") / ctr.netns
-        directory.mkdir(parents=True, exist_ok=True)
         self.resolv_dirs.append(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         lines = [f"nameserver {ns}" for ns in dns["nameservers"]]
         if dns.get("search"):
             lines.append("search " + " ".join(dns["search"]))
@@ -267,6 +268,9 @@ class World:
         for host in self.hosts:  # SIGTERM: with --release-on-exit the subnet lease is given back
             with contextlib.suppress(Exception):
                 host.sim.stop()
+        for pid in processes_mentioning(str(self.workdir)):  # started, then interrupted before it was recorded
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def processes(self) -> list[subprocess.Popen]:
         made = [d.process for d in self.servers] + [d.process for h in self.hosts for d in h.daemons]
@@ -280,6 +284,10 @@ class World:
         with contextlib.suppress(OSError):
             Path("/etc/netns").rmdir()  # only when empty, i.e. when nothing but the demo used it
         self.sim.teardown()
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        for name in listing:  # bd-*-<tag> is the demo's by construction, even one an interrupt kept off the books
+            if name.startswith("bd-") and name.endswith(f"-{self.tag}"):
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def describe_step(plugin_type: str, ctr: Container, result: dict | None) -> str:

@@ -24,13 +24,14 @@ def demo_identity(output: str) -> tuple[str, str]:
     return tag, workdir
 
 
-def assert_nothing_left(tag: str, workdir: str) -> None:
-    assert not [n for n in probe.namespaces() if n.endswith(f"-{tag}")]
-    assert not [n for n in probe.root_links() if n.startswith("bd") or tag in n]
-    assert not probe.berth_tables(tag, "10.232.0.0/16", "10.231.0.0/24")
-    assert not probe.processes_mentioning(workdir)
-    assert not Path(workdir).exists()
-    assert not list(Path("/etc/netns").glob(f"bd-*-{tag}"))
+def assert_nothing_left(tag: str, workdir: str, out: str) -> None:
+    left = {"namespaces": [n for n in probe.namespaces() if n.endswith(f"-{tag}")],
+            "links": [n for n in probe.root_links() if n.startswith("bd") or tag in n],
+            "nft tables": sorted(probe.berth_tables(tag, "10.232.0.0/16", "10.231.0.0/24")),
+            "processes": probe.processes_mentioning(workdir),
+            "directory": [workdir] if Path(workdir).exists() else [],
+            "resolv.conf": list(Path("/etc/netns").glob(f"bd-*-{tag}"))}
+    assert not any(left.values()), f"{left}\n{out}"
 
 
 def test_demo_tells_the_whole_story_and_leaves_nothing():
@@ -47,8 +48,8 @@ def test_demo_tells_the_whole_story_and_leaves_nothing():
     assert "[ok] client fetches http://web/ (resolv.conf -> Berth DNS -> VXLAN): 200 Hello from web" in out
     assert "[ok] client fetches http://10.231.0.2:8080/" in out
     assert "[ok] client (" in out and "pings web" in out
-    assert "[FAIL]" not in out and re.search(r"All \d+ checks passed", out)
-    assert_nothing_left(tag, workdir)
+    assert "[FAIL]" not in out and re.search(r"All \d+ checks passed", out), out
+    assert_nothing_left(tag, workdir, out)
     assert took < 90
 
 
@@ -69,7 +70,7 @@ def test_demo_interrupted_still_cleans_up():
             proc.wait()
     out = "".join(lines)
     assert rc == 1, out
-    assert "interrupted; cleaning up" in out and "FAILED" in out
-    assert re.search(r"\[ok\] no namespaces left", out), out
+    assert "interrupted; cleaning up" in out and "FAILED" in out, out
+    assert "[ok] no namespaces left" in out, out
     tag, workdir = demo_identity(out)
-    assert_nothing_left(tag, workdir)
+    assert_nothing_left(tag, workdir, out)
