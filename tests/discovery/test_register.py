@@ -40,7 +40,7 @@ def test_check_without_agent_answers_from_the_spool(paths):
 
 
 @pytest.mark.parametrize("change,code,words", [
-    (lambda c, kw: kw.update(name="bad_name"), 7, "name"),
+    (lambda c, kw: kw.update(name="___"), 7, "K8S_POD_NAME"),
     (lambda c, kw: kw.update(name=None), 4, "K8S_POD_NAME"),
     (lambda c, kw: c.update(runtimeConfig={"aliases": {"btnet": ["-bad-"]}}), 7, "aliases"),
     (lambda c, kw: c["prevResult"]["ips"][0].update(address="not-an-address/24"), 6, "address"),
@@ -58,6 +58,19 @@ def test_bad_input_is_a_clear_cni_error_and_nothing_is_spooled(paths, change, co
     rc, out, _ = run_register("ADD", config, **kwargs)
     assert rc == 1 and out["code"] == code and words in (out["msg"] + out.get("details", ""))
     assert wire.spooled(spool) == []
+
+
+@pytest.mark.parametrize("container_name, dns_name", [
+    ("my_app", "my-app"), ("Web.V2", "web-v2"), ("db-1", "db-1"), ("_x_", "x"), ("a" * 70, "a" * 63)])
+def test_container_names_that_are_not_dns_labels_register_under_their_dns_form(paths, container_name, dns_name):
+    """podman accepts names with ``_`` and ``.``; such a container must still start and be found by name."""
+    sock, spool = paths
+    code, out, err = run_register("ADD", register_config("btnet", sock, spool), container_id="c1",
+                                  name=container_name)
+    assert code == 0, (out, err)
+    [(_, request)] = wire.spooled(spool)
+    assert request["endpoint"]["name"] == dns_name
+    assert request["endpoint"]["meta"] == ({} if dns_name == container_name else {"containerName": container_name})
 
 
 def _stored(store, host, eid):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import importlib.util
-import json
 import re
 import signal
 import subprocess
@@ -321,3 +320,17 @@ def test_daemon_bad_input_is_a_clear_error_and_claims_nothing(make_sim, sqlite_u
         store.close()
     assert ip_json(a.netns, "link", "show", "type", "vxlan") == []
     assert not a.subnet_file.exists()
+
+
+def test_entries_changed_by_someone_else_are_repaired(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=2, daemon_args=("--resync-interval", "0.5"))
+    a, b = sim.hosts
+    wanted = overlay_entries(a.netns)
+    assert len(wanted["routes"]) == 1
+    subprocess.run(["ip", "-n", a.netns, "route", "del", str(b.subnet())], check=True)
+    subprocess.run(["ip", "-n", a.netns, "neigh", "del", str(b.subnet().network_address), "dev", "berth.1"],
+                   check=True)
+    subprocess.run(["bridge", "-n", a.netns, "fdb", "append", "02:00:00:00:be:ef", "dev", "berth.1", "dst",
+                    "10.213.0.99"], check=True)
+    wait_until(lambda: overlay_entries(a.netns) == wanted, what="A's entries repaired")
+    assert "repairing kernel entries" in a.log_since_start()
