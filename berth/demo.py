@@ -135,6 +135,10 @@ def play(world: World, story: Story) -> None:
     story.step("Containers attached by the CNI chain, as a runtime runs it")
     story.say("chain: berth-overlay (-> berth-bridge + berth-ipam over the host's subnet) -> berth-portmap "
               "-> berth-register")
+    for host in world.hosts:
+        status = world.whole_chain(host, "STATUS")
+        story.check(f"host {host.name}: STATUS of every plugin in the chain", all(ok for _, ok, _ in status),
+                    "; ".join(f"{name} {'ready' if ok else error}" for name, ok, error in status), fatal=True)
     web = world.add_container(host_b, "web", ("www",), ({"hostPort": HOST_PORT, "containerPort": 80,
                                                          "protocol": "tcp"},))
     client = world.add_container(host_a, "client", ("probe",))
@@ -181,8 +185,35 @@ def play(world: World, story: Story) -> None:
     story.check(f"client fetches {url} (host B's published port -> web:80)", ok and page.strip() in body,
                 body.splitlines()[0] if body else "-")
 
+    reclaim(world, story)
+
     story.step("Summary")
     summary(world)
+
+
+def reclaim(world: World, story: Story) -> None:
+    """A container dies and the runtime forgets it: GC, given the attachments still valid, frees what it held."""
+    story.step("A container the runtime lost, reclaimed by GC")
+    host_a = world.hosts[0]
+    client = world.containers[1]
+    lost = world.add_container(host_a, "crashed", ("tmp",))
+    answer = probe.retry(lambda: probe.dig(client.netns, host_a.address, f"crashed.{ZONE}"),
+                         lambda found: lost.address in found, 10)
+    story.say(f"crashed on host A: {lost.address}, resolves as crashed.{ZONE} ({' '.join(answer) or 'not yet'})")
+    world.lose(lost)
+    valid = [c for c in world.containers if c.host is host_a and not c.lost]
+    story.say(f"it dies and the runtime forgets it: no DEL, only GC listing the attachments still valid "
+              f"({', '.join(c.name for c in valid)})")
+    attachments = [{"containerID": c.container_id, "ifname": "eth0"} for c in valid]
+    gc = world.whole_chain(host_a, "GC", {"cni.dev/valid-attachments": attachments})
+    story.check("GC through every plugin of host A's chain", all(ok for _, ok, _ in gc),
+                "; ".join(f"{name} {'done' if ok else error}" for name, ok, error in gc))
+    kept = host_a.reservations()
+    story.check("host A's addresses: crashed's released, client's kept", kept == [client.address], ", ".join(kept))
+    gone = probe.retry(lambda: probe.dig(client.netns, host_a.address, f"crashed.{ZONE}"), lambda found: not found, 5)
+    story.check(f"crashed.{ZONE} no longer resolves", not gone, " ".join(gone) or "NXDOMAIN")
+    still = probe.dig(world.containers[0].netns, world.hosts[1].address, f"client.{ZONE}")
+    story.check(f"client.{ZONE} still does", client.address in still, " ".join(still) or "no answer")
 
 
 def summary(world: World) -> None:
@@ -194,11 +225,12 @@ def summary(world: World) -> None:
     for line in table(rows):
         print(f"   {line}")
     print()
-    rows = [("container", "host", "namespace", "address", "aliases", "published")]
+    rows = [("container", "host", "namespace", "address", "aliases", "published", "state")]
     for ctr in world.containers:
         ports = ", ".join(f"{ctr.host.address}:{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
                           for p in ctr.ports) or "-"
-        rows.append((ctr.name, ctr.host.name, ctr.netns, ctr.address, ", ".join(ctr.aliases) or "-", ports))
+        rows.append((ctr.name, ctr.host.name, ctr.netns, ctr.address, ", ".join(ctr.aliases) or "-", ports,
+                     "lost, reclaimed by GC" if ctr.lost else "running"))
     for line in table(rows):
         print(f"   {line}")
     print()
@@ -211,7 +243,7 @@ def summary(world: World) -> None:
 
 def teardown(world: World, story: Story, before: probe.Snapshot, workdir: Path) -> None:
     story.step("Teardown")
-    for ctr in reversed(world.containers):
+    for ctr in reversed([c for c in world.containers if not c.lost]):
         story.say(f"CNI DEL {ctr.name} on host {ctr.host.name}, the chain in reverse:")
         world.del_container(ctr, lambda what, ok, detail: story.check(f"  {what}", ok, detail))
     for host in world.hosts:

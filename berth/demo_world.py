@@ -125,6 +125,7 @@ class Container:
     ports: tuple[dict, ...] = ()
     result: dict | None = None
     steps: list[str] = field(default_factory=list)  # what each plugin of the chain did, for the story
+    lost: bool = False  # the runtime forgot it: GC, not DEL, frees what it held
 
     @property
     def address(self) -> str:
@@ -185,18 +186,20 @@ class World:
         dns.wait_for("dnsd: listening on")
 
     # -- containers -----------------------------------------------------------------------------------------------
-    def _plugin(self, host: Host, ctr: Container, command: str, conf: dict) -> dict | None:
-        """Exec one plugin as a runtime does: inside the host's namespace, CNI environment, config on stdin."""
-        env = {"PATH": PATH, "CNI_COMMAND": command, "CNI_CONTAINERID": ctr.container_id,
-               "CNI_NETNS": f"/run/netns/{ctr.netns}", "CNI_IFNAME": "eth0", "CNI_PATH": f"{self.cni_bin}:/usr/lib/cni",
-               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={ctr.name}"}
+    def _plugin(self, host: Host, ctr: Container | None, command: str, conf: dict) -> dict | None:
+        """Exec one plugin as a runtime does: inside the host's namespace, CNI environment, config on stdin
+        (GC and STATUS concern no container: no container variables)."""
+        env = {"PATH": PATH, "CNI_COMMAND": command, "CNI_PATH": f"{self.cni_bin}:/usr/lib/cni"}
+        if ctr is not None:
+            env.update({"CNI_CONTAINERID": ctr.container_id, "CNI_NETNS": f"/run/netns/{ctr.netns}",
+                        "CNI_IFNAME": "eth0", "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={ctr.name}"})
         argv = ["ip", "netns", "exec", host.netns, os.path.join(self.cni_bin, conf["type"])]
         done = subprocess.run(argv, input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=60)
         out = done.stdout.decode()
         parsed = json.loads(out) if out.strip() else None
         if done.returncode != 0:
             detail = parsed.get("msg") if isinstance(parsed, dict) else (out or done.stderr.decode()).strip()
-            raise DemoError(f"{conf['type']} {command} for {ctr.name}: {detail}")
+            raise DemoError(f"{conf['type']} {command}" + (f" for {ctr.name}" if ctr else "") + f": {detail}")
         return parsed
 
     def _plugin_conf(self, plugin: dict, ctr: Container, prev: dict | None) -> dict:
@@ -239,6 +242,23 @@ class World:
         if dns.get("search"):
             lines.append("search " + " ".join(dns["search"]))
         (directory / "resolv.conf").write_text("\n".join(lines) + "\n")
+
+    def whole_chain(self, host: Host, command: str, extra: dict | None = None) -> list[tuple[str, bool, str]]:
+        """STATUS or GC through every plugin of the host's chain, as libcni does: (plugin, ok, error)."""
+        done = []
+        for plugin in host.conflist():
+            conf = {**plugin, "cniVersion": "1.1.0", "name": NETWORK, **(extra or {})}
+            try:
+                self._plugin(host, None, command, conf)
+                done.append((plugin["type"], True, ""))
+            except (DemoError, OSError, subprocess.SubprocessError) as exc:
+                done.append((plugin["type"], False, str(exc)))
+        return done
+
+    def lose(self, ctr: Container) -> None:
+        """The container dies and the runtime forgets it: its namespace goes, no DEL is ever run."""
+        ctr.lost = True
+        subprocess.run(["ip", "netns", "del", ctr.netns], capture_output=True)
 
     def del_container(self, ctr: Container, report) -> bool:
         """CNI DEL through the chain in reverse, each plugin given the cached result; every step is tried."""

@@ -48,6 +48,9 @@ def test_demo_tells_the_whole_story_and_leaves_nothing():
     assert "[ok] client fetches http://web/ (resolv.conf -> Berth DNS -> VXLAN): 200 Hello from web" in out
     assert "[ok] client fetches http://10.231.0.2:8080/" in out
     assert "[ok] client (" in out and "pings web" in out
+    # a container the runtime lost is reclaimed by GC: its address and its name go, the others stay
+    assert "[ok] host A's addresses: crashed's released, client's kept" in out
+    assert "[ok] crashed.berth.internal no longer resolves" in out
     assert "[FAIL]" not in out and re.search(r"All \d+ checks passed", out), out
     assert_nothing_left(tag, workdir, out)
     assert took < 90
