@@ -189,7 +189,8 @@ class DiskStore:
     # -- releasing -------------------------------------------------------------------------------------------
     def _release_entry(self, attachment: Attachment, ips: Iterable[IPAddress] | None) -> list[IPAddress]:
         held = self._read_entry(attachment)
-        wanted = held if ips is None else [ip for ip in held if ip in set(ips)]
+        chosen = None if ips is None else set(ips)
+        wanted = held if chosen is None else [ip for ip in held if ip in chosen]
         entry = self._entry_dir(attachment)
         freed = []
         self._torn = bool(wanted)
@@ -225,7 +226,8 @@ class DiskStore:
             return []
         except OSError as err:
             raise StoreFailure(f"cannot read the index entry of {attachment}: {err.strerror}") from err
-        return sorted((ipaddress.ip_address(n) for n in names), key=lambda ip: (ip.version, ip))
+        found = [ip for ip in map(parse_address_name, names) if ip is not None]
+        return sorted(found, key=lambda ip: (ip.version, ip))
 
     def _ensure_index(self) -> None:
         """Trust the index only when the network directory is exactly as our last complete update left it."""
