@@ -51,7 +51,7 @@ demo: deps
 	$(VENV)/bin/berth demo
 
 bench: deps
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

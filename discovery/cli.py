@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync", type=_positive, default=10.0, help="anti-entropy interval in seconds")
     parser.add_argument("--skydns", choices=("auto", "on", "off"), default="auto",
                         help="publish SkyDNS keys for CoreDNS (auto: with etcd)")
-    parser.add_argument("--zone", default="berth.local", help="DNS zone of the SkyDNS keys")
+    parser.add_argument("--zone", default="berth.internal", help="DNS zone of the SkyDNS keys (as berth dns)")
     parser.add_argument("--log-level", default="INFO")
 
 

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE, help="where to write flannel's subnet file")
     parser.add_argument("--device", help="VXLAN device name (default berth.<VNI>)")
     parser.add_argument("--lease-ttl", type=float, default=30.0, help="seconds the subnet outlives the daemon")
+    parser.add_argument("--resync-interval", type=float, default=30.0,
+                        help="seconds between checks that repair kernel entries changed by others (0: never)")
     parser.add_argument("--no-ip-masq", dest="ip_masq", action="store_false",
                         help="do not masquerade traffic leaving the overlay")
     parser.add_argument("--release-on-exit", action="store_true",
@@ -150,7 +152,7 @@ def _run_daemon(args) -> int:
     daemon = OverlayDaemon(DaemonOptions(
         store_url=args.store, iface=args.iface, public_ip=args.public_ip, prefix=args.prefix,
         subnet_file=args.subnet_file, device=args.device, lease_ttl=args.lease_ttl, ip_masq=args.ip_masq,
-        release_on_exit=args.release_on_exit))
+        release_on_exit=args.release_on_exit, resync_interval=args.resync_interval))
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())
     try:
