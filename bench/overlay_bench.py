@@ -22,7 +22,6 @@ import re
 import select
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys

@@ -10,7 +10,6 @@ compaction or a failure) and the lease keep-alive.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
@@ -159,6 +158,7 @@ class OverlayDaemon:
                                 log.info("watch re-listed at revision %d", batch.revision)
                                 self._programmed = None
                             self._reconcile(ipr, self.watcher.apply(batch.events))
+                        revision = batch.revision  # a watch that ends is resumed from here
                 except Compacted:
                     log.info("watch compacted: re-listing")
                     revision = None
@@ -300,7 +300,3 @@ def _remove_quietly(path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-def subnet_of(path: str) -> ipaddress.IPv4Network | None:
-    found = subnetfile.read_if_present(path)
-    return found.subnet.network if found else None

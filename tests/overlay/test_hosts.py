@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import importlib.util
-import json
 import re
 import signal
 import subprocess
