@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     before = probe.Snapshot()
     world = World(workdir, tag)
     old_term = signal.signal(signal.SIGTERM, _interrupt)
+    old_hup = signal.signal(signal.SIGHUP, _interrupt)  # a closed terminal cleans up too
     print(f"Berth demo {tag}: two hosts, one overlay, containers that find each other by name.")
     print(f"Everything below lives in network namespaces named bd-*-{tag} and in {workdir}.")
     try:
@@ -97,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
             teardown(world, story, before, workdir)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGHUP, old_hup)
     if story.failures:
         print(f"\nFAILED: {len(story.failures)} of {story.checks} checks ({story.elapsed():.1f} s): "
               + "; ".join(story.failures))
