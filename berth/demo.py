@@ -42,7 +42,7 @@ class Story:
 
     def step(self, title: str) -> None:
         self.steps += 1
-        print(f"\n{self.steps}. {title}", flush=True)
+        print(f"\n{self.steps}. {title}  [t+{self.elapsed():.1f}s]", flush=True)
 
     def say(self, text: str = "") -> None:
         print(f"   {text}" if text else "", flush=True)

@@ -51,7 +51,7 @@ def fetch(netns: str, url: str) -> tuple[bool, str]:
 
 def ping(netns: str, address: str, count: int = 3) -> tuple[bool, str]:
     tool = ["busybox", "ping"] if shutil.which("busybox") else ["ping"]
-    done = in_netns(netns, *tool, "-c", str(count), "-W", "1", address)
+    done = in_netns(netns, *tool, "-A", "-c", str(count), "-W", "1", address)  # -A: next ping on each reply
     summary = [line.strip() for line in done.stdout.splitlines() if "packets" in line or "round-trip" in line
                or "rtt" in line]
     return done.returncode == 0, "; ".join(summary) or done.stderr.strip()
