@@ -2,7 +2,8 @@
 
 Convergence: 16 simulated hosts (15 steady + 1 that joins again and again), one container each. Per join, the joining
 host "reboots" (daemon SIGKILLed, its VXLAN device deleted, its lease deleted from the store and every peer has
-forgotten it), then its daemon starts. t0 is the moment its lease is written (the daemon logs it, wall clock); the
+forgotten it), then its daemon starts. t0 is the moment it issues the write of its lease (the daemon logs it, wall
+clock), so the figure includes the store's own commit of that write; the
 bench then pings the joiner's container from every steady host's container every 2 ms through raw ICMP sockets made
 inside those namespaces, and records each host's first reply. A join's convergence is the last host's first reply
 minus t0: every other host can reach the new host's container. Goal: p99 < 300 ms.
