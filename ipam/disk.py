@@ -126,11 +126,14 @@ class DiskStore:
             os.makedirs(entry, mode=0o755, exist_ok=True)
             os.close(os.open(os.path.join(entry, str(ip)), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
             self._torn = False
-            # in place, as host-local writes it: a torn file only costs round robin one step
+            # in place, as host-local writes it: a torn file only costs round robin one step. Overwritten, then
+            # cut to length: truncating it to empty first makes ext4 flush it on close (~3 ms per ADD here)
             fd = os.open(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_set}"),
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                os.write(fd, str(ip).encode())
+                data = str(ip).encode()
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
             finally:
                 os.close(fd)
             self._seal()
