@@ -117,9 +117,9 @@ def test_host_joins_and_dies(make_sim, store):
     assert not ping(ca.netns, cc.address.ip)
 
 
-def test_sixteen_hosts_starting_at_once_get_distinct_subnets(make_sim, sqlite_url):
+def test_sixteen_hosts_starting_at_once_get_distinct_subnets(make_sim, store):
     # exactly 16 subnets for 16 hosts: every claim races, and one duplicate would leave a host without
-    sim = make_sim(sqlite_url, hosts=16, start=False, network="10.214.0.0/20", subnet_min="10.214.0.0",
+    sim = make_sim(store, hosts=16, start=False, network="10.214.0.0/20", subnet_min="10.214.0.0",
                    subnet_max="10.214.15.0", lease_ttl=10)
     sim.start_all(timeout=90)
     subnets = [host.subnet() for host in sim.hosts]
