@@ -45,7 +45,7 @@ test: deps
 	$(PY) -m pytest --cni-daemon $(PYTEST_ARGS) $(DAEMON_PASS_TESTS)
 
 test-pure: venv
-	$(PY) -m pytest -m "not root" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not root and not etcd and not podman and not slow and not service" $(PYTEST_ARGS)
 
 demo: deps
 	$(VENV)/bin/berth demo

@@ -2,10 +2,11 @@
 
 Convergence: 16 simulated hosts (15 steady + 1 that joins again and again), one container each. Per join, the joining
 host "reboots" (daemon SIGKILLed, its VXLAN device deleted, its lease deleted from the store and every peer has
-forgotten it), then its daemon starts. t0 is the moment its lease is written (the daemon logs it, wall clock); the
-bench then pings the joiner's container from every steady host's container every 2 ms through raw ICMP sockets made
-inside those namespaces, and records each host's first reply. A join's convergence is the last host's first reply
-minus t0: every other host can reach the new host's container. Goal: p99 < 300 ms.
+forgotten it), then its daemon starts. t0 is the moment it issues the write of its lease (the daemon logs it, wall
+clock), so the figure includes the store's own commit of that write. The bench then pings the joiner's container from
+every steady host's container every 2 ms through raw ICMP sockets made inside those namespaces, and records each
+host's first reply. A join's convergence is the last host's first reply minus t0: every other host can reach the new
+host's container. Goal: p99 < 300 ms.
 
 Throughput: iperf3 between containers on two hosts across the overlay, next to the same two host namespaces joined by
 a hand-made VXLAN device (and the bare underlay), so the difference is what Berth's control plane costs.

@@ -23,6 +23,7 @@ from berth import demo_probe as probe
 from berth.demo_world import OVERLAY, UNDERLAY, VXLAN, ZONE, DemoError, World, cni_bin_dir
 
 HOST_PORT = 8080
+VXLAN_PORT = 8472  # the overlay's default UDP port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ class Story:
 
     def step(self, title: str) -> None:
         self.steps += 1
-        print(f"\n{self.steps}. {title}", flush=True)
+        print(f"\n{self.steps}. {title}  [t+{self.elapsed():.1f}s]", flush=True)
 
     def say(self, text: str = "") -> None:
         print(f"   {text}" if text else "", flush=True)
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     before = probe.Snapshot()
     world = World(workdir, tag)
     old_term = signal.signal(signal.SIGTERM, _interrupt)
+    old_hup = signal.signal(signal.SIGHUP, _interrupt)  # a closed terminal cleans up too
     print(f"Berth demo {tag}: two hosts, one overlay, containers that find each other by name.")
     print(f"Everything below lives in network namespaces named bd-*-{tag} and in {workdir}.")
     try:
@@ -96,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         try:
             teardown(world, story, before, workdir)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGHUP, old_hup)
     if story.failures:
         print(f"\nFAILED: {len(story.failures)} of {story.checks} checks ({story.elapsed():.1f} s): "
               + "; ".join(story.failures))
@@ -166,12 +170,24 @@ def play(world: World, story: Story) -> None:
         story.check(f"{ctr.name} (host {ctr.host.name}) asks {server.address} for {name} {rtype}", expected in answer,
                     " ".join(answer) or "no answer", fatal=rtype == "A" and name.startswith("web"))
 
+    across(world, story, client, web, page)
+    reclaim(world, story)
+
+    story.step("Summary")
+    summary(world)
+
+
+def across(world: World, story: Story, client, web, page: str) -> None:
+    """Ping and fetch from host A's container to host B's, watched on both VXLAN devices and on the underlay."""
     story.step("Across the overlay")
+    host_a, host_b = world.hosts
     counters = {h.name: probe.link_counters(h.netns, VXLAN) for h in world.hosts}
     ok, text = probe.ping(client.netns, web.address)
     story.check(f"client ({client.address}, host A) pings web ({web.address}, host B)", ok, text)
-    ok, body = probe.retry(lambda: probe.fetch(client.netns, "http://web/"),
-                           lambda reply: reply[0] and page.strip() in reply[1], 10)
+    with probe.capture(world.sim.underlay_ns, "br0", f"udp port {VXLAN_PORT}",
+                       str(world.workdir / "capture.log")) as seen:
+        ok, body = probe.retry(lambda: probe.fetch(client.netns, "http://web/"),
+                               lambda reply: reply[0] and page.strip() in reply[1], 10)
     story.check("client fetches http://web/ (resolv.conf -> Berth DNS -> VXLAN)", ok and page.strip() in body,
                 body.splitlines()[0] if body else "-")
     for host in world.hosts:
@@ -180,15 +196,17 @@ def play(world: World, story: Story) -> None:
     sent_a, received_a = world.overlay_traffic["A"]
     story.check(f"the traffic went through host A's VXLAN device {VXLAN}", sent_a > 0 and received_a > 0,
                 f"{sent_a} packets out, {received_a} in")
+    world.overlay_frames = probe.vxlan_frames(seen)
+    if shutil.which("tcpdump"):
+        story.check("on the underlay wire between the hosts, the fetch is VXLAN",
+                    any(f.startswith(f"{host_a.address} > {host_b.address} ") and f"> {web.address}:80 " in f
+                        for f in world.overlay_frames), "tcpdump on the underlay bridge saw")
+        for frame in world.overlay_frames[:3]:
+            story.say(f"  {frame}")
     url = f"http://{host_b.address}:{HOST_PORT}/"
     ok, body = probe.fetch(client.netns, url)
     story.check(f"client fetches {url} (host B's published port -> web:80)", ok and page.strip() in body,
                 body.splitlines()[0] if body else "-")
-
-    reclaim(world, story)
-
-    story.step("Summary")
-    summary(world)
 
 
 def reclaim(world: World, story: Story) -> None:
@@ -237,6 +255,8 @@ def summary(world: World) -> None:
     for line in table([("asked by", "server", "question", "answer"), *world.dns_seen]):
         print(f"   {line}")
     print()
+    if world.overlay_frames:
+        print(f"   captured on the underlay during the fetch: {world.overlay_frames[0]}")
     for name, (sent, received) in world.overlay_traffic.items():
         print(f"   VXLAN on host {name}: {sent} packets sent, {received} received during the ping and the fetch")
 

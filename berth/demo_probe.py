@@ -5,12 +5,15 @@ namespace (namespaces, links, nftables tables, processes) let the demo show that
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 FETCH = ("import sys, urllib.request\n"
          "with urllib.request.urlopen(sys.argv[1], timeout=3) as r:\n"
@@ -51,7 +54,7 @@ def fetch(netns: str, url: str) -> tuple[bool, str]:
 
 def ping(netns: str, address: str, count: int = 3) -> tuple[bool, str]:
     tool = ["busybox", "ping"] if shutil.which("busybox") else ["ping"]
-    done = in_netns(netns, *tool, "-c", str(count), "-W", "1", address)
+    done = in_netns(netns, *tool, "-A", "-c", str(count), "-W", "1", address)  # -A: next ping on each reply
     summary = [line.strip() for line in done.stdout.splitlines() if "packets" in line or "round-trip" in line
                or "rtt" in line]
     return done.returncode == 0, "; ".join(summary) or done.stderr.strip()
@@ -128,3 +131,51 @@ class Snapshot:
             "nftables tables": sorted(berth_tables(tag, *marks)),
             "processes": [f"{pid}: {cmd[:100]}" for pid, cmd in processes_mentioning(workdir).items()],
         }
+
+
+@contextlib.contextmanager
+def capture(netns: str, iface: str, bpf: str, logfile: str, count: int = 4) -> Iterator[list[str]]:
+    """tcpdump on ``iface`` in ``netns`` while the body runs; the list holds its decoded lines afterwards
+    (empty when tcpdump is not installed). The process never outlives the ``with``."""
+    lines: list[str] = []
+    if not shutil.which("tcpdump"):
+        yield lines
+        return
+    with open(logfile, "wb") as log:
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-l", "-nn", "-T", "vxlan", "-c", str(count), "-i", iface,
+                                 bpf], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 5
+        while b"listening on" not in open(logfile, "rb").read() and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        yield lines
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=2)  # until it has seen ``count`` packets
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        text = open(logfile, "rb").read().decode(errors="replace")
+        lines.extend(line for line in text.splitlines() if " > " in line)
+
+
+OUTER = re.compile(r"IP (\S+)\.\d+ > (\S+)\.(\d+): VXLAN.*vni (\d+)")
+INNER = re.compile(r"^IP (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[([^\]]*)\]")
+
+
+def vxlan_frames(lines: list[str]) -> list[str]:
+    """tcpdump's VXLAN lines (outer header, then the inner packet on the next line) as one readable line each."""
+    frames = []
+    for outer_line, inner_line in zip(lines, lines[1:]):
+        outer, inner = OUTER.search(outer_line), INNER.search(inner_line)
+        if outer and inner:
+            src, dst, port, vni = outer.groups()
+            frames.append(f"{src} > {dst} udp/{port} VXLAN vni {vni} carrying "
+                          f"{inner[1]}:{inner[2]} > {inner[3]}:{inner[4]} tcp [{inner[5]}]")
+    return frames

@@ -145,6 +145,7 @@ class World:
         self.resolv_dirs: list[Path] = []
         self.dns_seen: list[tuple[str, str, str, str]] = []  # (asked by, server, question, answer)
         self.overlay_traffic: dict[str, tuple[int, int]] = {}  # host -> VXLAN packets (sent, received)
+        self.overlay_frames: list[str] = []  # VXLAN frames seen on the underlay, decoded
 
     # -- hosts --------------------------------------------------------------------------------------------------
     def start_hosts(self, count: int = 2) -> None:

@@ -275,7 +275,10 @@ class DiskStore:
             return
         st = os.stat(self.dir)
         sealed = st.st_mtime_ns - SEAL_OFFSET_NS
-        os.utime(self.dir, ns=(st.st_atime_ns, sealed))
+        try:
+            os.utime(self.dir, ns=(st.st_atime_ns, sealed))
+        except PermissionError:  # not the directory's owner: stay unsealed, so every operation rebuilds
+            return
         sealed = os.stat(self.dir).st_mtime_ns  # as the file system stored it (its granularity)
         os.utime(os.path.join(self.index_dir, f"{STAMP_PREFIX}{st.st_ino}"), ns=(sealed, sealed))
 

@@ -15,19 +15,20 @@ import os
 import signal
 import sys
 
+from store.config import default_store_url
 from overlay.config import DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_VNI
 from overlay.subnetfile import DEFAULT_SUBNET_FILE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    store_default = os.environ.get("BERTH_STORE")
+    store_default = default_store_url()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS,
-                        help="datastore URL: sqlite:///abs/path.db or etcd://host:port (env BERTH_STORE)")
+                        help=f"datastore URL: sqlite:///abs/path.db or etcd://host:port (default $BERTH_STORE or {store_default})")
     common.add_argument("--prefix", default=argparse.SUPPRESS,
                         help=f"key prefix of the overlay's records (default {DEFAULT_PREFIX})")
     parser.set_defaults(store=store_default, prefix=DEFAULT_PREFIX, action=None)
-    parser.add_argument("--store", help="datastore URL: sqlite:///abs/path.db or etcd://host:port (env BERTH_STORE)")
+    parser.add_argument("--store", help=f"datastore URL: sqlite:///abs/path.db or etcd://host:port (default $BERTH_STORE or {store_default})")
     parser.add_argument("--prefix", help=f"key prefix of the overlay's records (default {DEFAULT_PREFIX})")
     parser.add_argument("--iface", help="the underlay interface (its first IPv4 address is this host's)")
     parser.add_argument("--public-ip", help="which address of --iface to use")

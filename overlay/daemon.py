@@ -98,7 +98,7 @@ class OverlayDaemon:
             lease = self.held.lease
             log.info("lease %s for %s (VTEP MAC %s, %s) written at %.6f", lease.subnet, public_ip, lease.vtep_mac,
                      "reserved" if not self.held.store_lease else f"store lease {self.held.store_lease:x}",
-                     time.time())
+                     self.held.written_at)
             self.watcher.own_subnet = lease.subnet
             if lease.vtep_mac != mac:  # cannot happen unless the record changed between listing and claim
                 spec = replace(spec, mac=lease.vtep_mac)

