@@ -45,13 +45,13 @@ test: deps
 	$(PY) -m pytest --cni-daemon $(PYTEST_ARGS) $(DAEMON_PASS_TESTS)
 
 test-pure: venv
-	$(PY) -m pytest -m "not root" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not root and not etcd and not podman and not slow and not service" $(PYTEST_ARGS)
 
 demo: deps
 	$(VENV)/bin/berth demo
 
 bench: deps
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from cni_plugins import errors, firewall, invoke, link_ops, netns, skel
+from cni_plugins import errors, firewall, invoke, link_ops, netns, rtnl, skel
 from cni_plugins.bridge_config import BridgeConfig, parse, parse_mac
 from cni_plugins.bridge_plan import AddPlan, build_result, check_problems, plan_add
 from cni_plugins.types import Result
@@ -72,31 +72,28 @@ def cmd_add(req: skel.Request) -> Result:
 
 
 def _apply(cfg: BridgeConfig, req: skel.Request, plan: AddPlan, undo: link_ops.Undo) -> Result:
-    ipr = netns.iproute()
-    try:
-        bridge = link_ops.ensure_bridge(ipr, plan.bridge)
+    with rtnl.Rtnl() as nl:
+        bridge = link_ops.ensure_bridge(nl, plan.bridge)
         if plan.bridge.gateway_addresses:
-            link_ops.ensure_gateway_addresses(ipr, bridge["index"], plan.bridge)
-        host_name, host = link_ops.create_veth(ipr, req.netns, plan.port, undo)
-        link_ops.attach_port(ipr, host["index"], bridge["index"], plan.port)
-        container_mac = link_ops.configure_container(req.netns, plan.port, plan.container, wait_dad=cfg.enable_dad)
-        link_ops.write_host_sysctls(plan.host_sysctls)
-        tag = _tag(cfg, req)
-        if plan.masquerade:
-            backend = firewall.backend_for(cfg.ip_masq_backend, "nat")
-            backend.add(tag, _masquerade_rules(plan))
-            undo.push(lambda: backend.remove([tag]))
-        if cfg.macspoofchk:
-            spoof = firewall.backend_for("nftables", "macspoof")
-            spoof.add(tag, [firewall.MacSpoofCheck(host_ifname=host_name, mac=container_mac)])
-            undo.push(lambda: spoof.remove([tag]))
-        if host_name != plan.port.host_name:  # the drawn name was taken and create_veth chose another
-            plan = replace(plan, port=replace(plan.port, host_name=host_name))
-        return build_result(cfg, plan, bridge_mac=link_ops.bridge_mac(ipr, cfg.bridge) or "",
-                            host_mac=link_ops.mac_of(ipr, host["index"]), container_mac=container_mac,
-                            netns=req.netns)
-    finally:
-        ipr.close()
+            link_ops.ensure_gateway_addresses(nl, bridge.index, plan.bridge)
+        host, bridge = link_ops.create_veth(nl, req.netns, plan.port, bridge.index, undo)
+        link_ops.attach_port(nl, host.index, plan.port)
+    container_mac = link_ops.configure_container(req.netns, host.peer_index, plan.port, plan.container,
+                                                 wait_dad=cfg.enable_dad)
+    link_ops.write_host_sysctls(plan.host_sysctls)
+    tag = _tag(cfg, req)
+    if plan.masquerade:
+        backend = firewall.backend_for(cfg.ip_masq_backend, "nat")
+        backend.add(tag, _masquerade_rules(plan))
+        undo.push(lambda: backend.remove([tag]))
+    if cfg.macspoofchk:
+        spoof = firewall.backend_for("nftables", "macspoof")
+        spoof.add(tag, [firewall.MacSpoofCheck(host_ifname=host.name, mac=container_mac)])
+        undo.push(lambda: spoof.remove([tag]))
+    if host.name != plan.port.host_name:  # the drawn name was taken and create_veth chose another
+        plan = replace(plan, port=replace(plan.port, host_name=host.name))
+    return build_result(cfg, plan, bridge_mac=bridge.mac, host_mac=host.mac, container_mac=container_mac,
+                        netns=req.netns)
 
 
 def cmd_del(req: skel.Request) -> None:

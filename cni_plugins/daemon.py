@@ -46,6 +46,7 @@ class CniDaemon:
         self.in_flight_lock = threading.Condition()
         self.calls_served = 0
         self.listener: Optional[socket.socket] = None
+        self.socket_inode = 0
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -72,6 +73,7 @@ class CniDaemon:
         os.chmod(temporary, 0o600)
         listener.listen(128)
         os.replace(temporary, self.socket_path)
+        self.socket_inode = os.stat(self.socket_path).st_ino
         self.listener = listener
 
     def serve_forever(self) -> None:
@@ -94,9 +96,8 @@ class CniDaemon:
         self.stopping.set()
         listener, self.listener = self.listener, None
         if listener is not None:
-            try:
-                if os.path.exists(self.socket_path) and os.stat(self.socket_path).st_ino == \
-                        os.fstat(listener.fileno()).st_ino:
+            try:  # withdraw the socket file unless a newer daemon has already put its own in place
+                if os.stat(self.socket_path).st_ino == self.socket_inode:
                     os.unlink(self.socket_path)
             except OSError:
                 pass

@@ -3,6 +3,9 @@
 Every function that creates something pushes its inverse on an :class:`Undo` stack, so ADD can unwind in reverse
 when a later step fails. Creation tolerates ``EEXIST`` where another ADD may win a race (the bridge, its gateway
 address), which is what makes two parallel first ADDs safe without a lock.
+
+The ADD and DEL path talks netlink through :mod:`cni_plugins.rtnl` (few round trips, replies skimmed); CHECK's
+:func:`observe` reads full link messages through pyroute2's ``IPRoute``.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from cni_plugins import errors, netns
+from cni_plugins import errors, netns, rtnl
 from cni_plugins.bridge_plan import BridgeSpec, ContainerSpec, Observed, ObservedLink, PortSpec
 
 IFA_F_NODAD = 0x02
@@ -74,10 +77,10 @@ def lookup(ipr, name: str):
 
 # --- host side ----------------------------------------------------------------------------------------------------
 
-def ensure_bridge(ipr, spec: BridgeSpec):
-    """Create the bridge or reuse it; returns its link message. A non-bridge of that name is an error."""
+def ensure_bridge(nl: rtnl.Rtnl, spec: BridgeSpec) -> rtnl.Link:
+    """Create the bridge or reuse it. A non-bridge of that name is an error."""
     NetlinkError = _netlink_error()
-    link = lookup(ipr, spec.name)
+    link = nl.link(spec.name)
     if link is None:
         attrs = {"ifname": spec.name, "kind": "bridge"}
         if spec.mtu:
@@ -85,29 +88,28 @@ def ensure_bridge(ipr, spec: BridgeSpec):
         if spec.vlan_filtering:
             attrs["br_vlan_filtering"] = 1
         try:
-            ipr.link("add", **attrs)
+            nl.ipr.link("add", **attrs)
         except NetlinkError as exc:
             if _code(exc) != errno.EEXIST:  # another ADD created it first: fine
                 raise fail(f"could not create bridge {spec.name}", exc) from None
-        link = lookup(ipr, spec.name)
+        link = nl.link(spec.name)
         if link is None:
             raise errors.IOFailure(f"bridge {spec.name} vanished right after creation")
-    if kind_of(link) != "bridge":
-        raise errors.CniError(f"{spec.name} already exists but is not a bridge", kind_of(link), code=100)
-    index = link["index"]
+    if link.kind != "bridge":
+        raise errors.CniError(f"{spec.name} already exists but is not a bridge", link.kind, code=100)
     try:
-        if spec.vlan_filtering and not link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_BR_VLAN_FILTERING")):
-            ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
-        if spec.promisc and not link["flags"] & IFF_PROMISC:
-            ipr.link("set", index=index, flags=IFF_PROMISC, change=IFF_PROMISC)
-        if link.get("state") != "up":
-            ipr.link("set", index=index, state="up")
+        if spec.vlan_filtering and not link.br_vlan_filtering:
+            nl.ipr.link("set", index=link.index, kind="bridge", br_vlan_filtering=1)
+        if spec.promisc and not link.flags & IFF_PROMISC:
+            nl.ipr.link("set", index=link.index, flags=IFF_PROMISC, change=IFF_PROMISC)
+        if not link.up:
+            nl.call(*rtnl.set_up_request(link.index))
     except NetlinkError as exc:
         raise fail(f"could not configure bridge {spec.name}", exc) from None
     return link
 
 
-def ensure_gateway_addresses(ipr, index: int, spec: BridgeSpec) -> None:
+def ensure_gateway_addresses(nl: rtnl.Rtnl, index: int, spec: BridgeSpec) -> None:
     """Put each gateway address on the bridge; another address in the same subnet needs ``forceAddress``.
 
     The add comes first: on every ADD but a network's first it fails with EEXIST and nothing is listed, because
@@ -116,12 +118,12 @@ def ensure_gateway_addresses(ipr, index: int, spec: BridgeSpec) -> None:
     NetlinkError = _netlink_error()
     for wanted in spec.gateway_addresses:
         flags = IFA_F_NODAD if wanted.version == 6 else 0
-        try:
-            ipr.addr("add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen, flags=flags)
-        except NetlinkError as exc:
-            if _code(exc) == errno.EEXIST:
-                continue  # already there (or a parallel ADD just put it there)
-            raise fail(f"could not add {wanted} to bridge {spec.name}", exc) from None
+        code = nl.batch([rtnl.address_request(index, wanted, flags)])[0]
+        if code == errno.EEXIST:
+            continue  # already there (or a parallel ADD just put it there)
+        if code:
+            raise fail(f"could not add {wanted} to bridge {spec.name}", rtnl.netlink_error(code))
+        ipr = nl.ipr  # the network's first ADD: check what else the bridge holds
         present = [ipaddress.ip_interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}")
                    for a in ipr.get_addr(index=index)]
         others = [o for o in present if o.version == wanted.version and o.network == wanted.network and o != wanted]
@@ -145,43 +147,53 @@ def new_host_veth_name() -> str:
     return "veth" + secrets.token_hex(4)
 
 
-def create_veth(ipr, netns_path: str, port: PortSpec, undo: Undo) -> tuple[str, object]:
-    """The veth pair, its peer created directly inside the container namespace; returns (host name, host link)."""
-    NetlinkError = _netlink_error()
+def _plain_port(port: PortSpec) -> bool:
+    """A port without flags or VLANs can be created enslaved and up in the same request."""
+    return not (port.hairpin or port.isolated or port.pvid or port.trunk)
+
+
+def create_veth(nl: rtnl.Rtnl, netns_path: str, port: PortSpec, bridge_index: int,
+                undo: Undo) -> tuple[rtnl.Link, rtnl.Link]:
+    """The veth pair, its peer created directly inside the container namespace and its host end already a port of
+    the bridge; returns the host end and the bridge as they are now (a bridge takes its lowest port's MAC)."""
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         name = port.host_name
         for _ in range(5):
-            peer = {"ifname": port.ifname, "net_ns_fd": fd}
-            attrs = {"ifname": name, "kind": "veth", "peer": peer}
-            if port.mtu:
-                attrs["mtu"] = peer["mtu"] = port.mtu
-            if port.mac:
-                peer["address"] = port.mac
-            try:
-                ipr.link("add", **attrs)
-            except NetlinkError as exc:
-                if _code(exc) == errno.EEXIST and lookup(ipr, name) is not None:
-                    name = new_host_veth_name()  # host name taken: draw another
-                    continue
-                if _code(exc) == errno.EEXIST:
-                    raise errors.CniError(f"container veth name provided ({port.ifname}) already exists",
-                                          code=100) from None
-                raise fail(f"could not create veth {name}/{port.ifname}", exc) from None
+            code = nl.batch([rtnl.veth_request(name, port.ifname, fd, port.mtu, port.mac, bridge_index,
+                                               up=_plain_port(port))])[0]
+            if code == errno.EEXIST and nl.link(name) is not None:
+                name = new_host_veth_name()  # host name taken: draw another
+                continue
+            if code == errno.EEXIST:
+                raise errors.CniError(f"container veth name provided ({port.ifname}) already exists", code=100)
+            if code:
+                raise fail(f"could not create veth {name}/{port.ifname}", rtnl.netlink_error(code))
             break
         else:
             raise errors.IOFailure("could not find a free host veth name")
     finally:
         os.close(fd)
-    link = lookup(ipr, name)
-    undo.push(lambda: ipr.link("del", index=link["index"]))
-    return name, link
+    host, bridge = nl.links([(name, 0), (None, bridge_index)])
+    if host is None or bridge is None:
+        raise errors.IOFailure(f"veth {name} or its bridge vanished right after creation")
+    undo.push(lambda: _delete_host_link(host.index))
+    return host, bridge
 
 
-def attach_port(ipr, host_index: int, bridge_index: int, port: PortSpec) -> None:
+def _delete_host_link(index: int) -> None:
+    """Undo of :func:`create_veth`, on a socket of its own: the ADD's socket is closed by then."""
+    with rtnl.Rtnl() as nl:
+        nl.delete_link(index=index)
+
+
+def attach_port(nl: rtnl.Rtnl, host_index: int, port: PortSpec) -> None:
+    """Port flags and VLANs, then up; a plain port is already up (see :func:`create_veth`)."""
+    if _plain_port(port):
+        return
     NetlinkError = _netlink_error()
     try:
-        ipr.link("set", index=host_index, master=bridge_index)
+        ipr = nl.ipr
         if port.hairpin or port.isolated:
             flags = {}
             if port.hairpin:
@@ -196,48 +208,58 @@ def attach_port(ipr, host_index: int, bridge_index: int, port: PortSpec) -> None
             ipr.vlan_filter("add", index=host_index, vlan_info={"vid": vid})
         if (port.pvid or port.trunk) and not port.preserve_default_vlan:
             ipr.vlan_filter("del", index=host_index, vlan_info={"vid": 1})
-        ipr.link("set", index=host_index, state="up")
+        nl.call(*rtnl.set_up_request(host_index))
     except NetlinkError as exc:
         raise fail(f"could not attach {port.host_name} to the bridge", exc) from None
 
 
 # --- container side -----------------------------------------------------------------------------------------------
 
-def configure_container(netns_path: str, port: PortSpec, spec: ContainerSpec, wait_dad: bool) -> str:
-    """Sysctls, addresses, link up, routes inside the container; returns the interface's MAC."""
-    NetlinkError = _netlink_error()
-    with netns.entered(netns_path):
-        ipr = netns.iproute()
+def configure_container(netns_path: str, index: int, port: PortSpec, spec: ContainerSpec, wait_dad: bool) -> str:
+    """Sysctls, addresses, link up, routes inside the container (interface ``index`` there); returns its MAC.
+
+    Addresses, up and routes go as one batch of requests, in that order; DAD, when waited for, splits it."""
+    try:
+        with netns.entered(netns_path):
+            for key, value in spec.sysctls:
+                netns.write_sysctl(key, value)
+    except OSError as exc:
+        raise fail(f"{port.ifname} in {netns_path}: sysctl", exc) from None
+    steps: list[tuple[str, tuple]] = []
+    for address in spec.addresses:
+        flags = IFA_F_NODAD if address.version == 6 and spec.nodad else 0
+        steps.append((f"add address {address}", rtnl.address_request(index, address, flags)))
+    if spec.up:
+        steps.append(("set link up", rtnl.set_up_request(index)))
+    settle = wait_dad and any(a.version == 6 for a in spec.addresses)
+    routes = [(f"add route {r.dst}", rtnl.route_request(index, r.dst, r.gw)) for r in spec.routes]
+    where = f"{port.ifname} in {netns_path}"
+    if not index:
+        raise errors.IOFailure(f"interface {where} did not appear")
+    with rtnl.Rtnl(netns_path) as nl:
         try:
-            link = lookup(ipr, port.ifname)
-            if link is None:
-                raise errors.IOFailure(f"interface {port.ifname} did not appear in {netns_path}")
-            index = link["index"]
-            step = "sysctl"
-            try:
-                for key, value in spec.sysctls:
-                    netns.write_sysctl(key, value)
-                for address in spec.addresses:
-                    step = f"add address {address}"
-                    flags = IFA_F_NODAD if address.version == 6 and spec.nodad else 0
-                    ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen,
-                             flags=flags)
-                if spec.up:
-                    step = "set link up"
-                    ipr.link("set", index=index, state="up")
-                if wait_dad and any(a.version == 6 for a in spec.addresses):
-                    _settle_ipv6(ipr, index)
-                for route in spec.routes:
-                    step = f"add route {route.dst}"
-                    attrs = {"dst": str(route.dst), "oif": index, "family": 2 if route.dst.version == 4 else 10}
-                    if route.gw is not None:
-                        attrs["gateway"] = str(route.gw)
-                    ipr.route("add", **attrs)
-            except (NetlinkError, OSError) as exc:
-                raise fail(f"{port.ifname} in {netns_path}: {step}", exc) from None
-            return link.get("IFLA_ADDRESS")
-        finally:
-            ipr.close()
+            if settle:
+                _run_steps(nl, where, steps)
+                _settle_ipv6(nl.ipr, index)
+                _run_steps(nl, where, routes)
+            else:
+                _run_steps(nl, where, steps + routes)
+            link = nl.link(index=index)
+        except (_netlink_error(), OSError) as exc:
+            raise fail(where, exc) from None
+        if link is None:
+            raise errors.IOFailure(f"interface {where} did not appear")
+        return link.mac
+
+
+def _run_steps(nl: rtnl.Rtnl, where: str, steps: list[tuple[str, tuple]]) -> None:
+    """One write for all steps; the first that failed names the error."""
+    if not steps:
+        return
+    codes = nl.batch([request for _, request in steps])
+    for (step, _), code in zip(steps, codes):
+        if code:
+            raise fail(f"{where}: {step}", rtnl.netlink_error(code))
 
 
 def _settle_ipv6(ipr, index: int, timeout: float = 5.0) -> None:
@@ -250,23 +272,15 @@ def _settle_ipv6(ipr, index: int, timeout: float = 5.0) -> None:
 
 
 def delete_container_link(netns_path: str, ifname: str) -> bool:
-    """Remove the container's interface (its host peer goes with it); absent namespace or link is success."""
-    NetlinkError = _netlink_error()
+    """Remove the container's interface (its host peer goes with it): one request, by name; an absent namespace or
+    link is success."""
     if not netns_path or not netns.exists(netns_path):
         return False
-    ipr = netns.iproute(netns_path)
-    try:
-        link = lookup(ipr, ifname)
-        if link is None:
-            return False
+    with rtnl.Rtnl(netns_path) as nl:
         try:
-            ipr.link("del", index=link["index"])
-        except NetlinkError as exc:
-            if _code(exc) != errno.ENODEV:
-                raise fail(f"could not delete {ifname} in {netns_path}", exc) from None
-        return True
-    finally:
-        ipr.close()
+            return nl.delete_link(name=ifname)
+        except _netlink_error() as exc:
+            raise fail(f"could not delete {ifname} in {netns_path}", exc) from None
 
 
 def observe(netns_path: str, ifname: str, host_names: tuple[str, ...]) -> Observed:
@@ -323,12 +337,3 @@ def write_host_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
                 netns.write_sysctl(key, value)
         except OSError as exc:
             raise errors.IOFailure(f"could not set sysctl {key}={value}: {exc}") from None
-
-
-def mac_of(ipr, index: int) -> str:
-    return ipr.link("get", index=index)[0].get("IFLA_ADDRESS") or ""
-
-
-def bridge_mac(ipr, name: str) -> Optional[str]:
-    link = lookup(ipr, name)
-    return link.get("IFLA_ADDRESS") if link is not None else None

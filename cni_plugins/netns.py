@@ -88,11 +88,16 @@ def _iproute_class():
     When nothing has imported pyroute2 yet, the package is registered with a lazy ``__init__``: the real one runs
     in place on the first attribute asked of the package, so every later ``from pyroute2 import X`` still works.
     """
-    with _import_lock:
-        _register_lazy_package()
+    register_lazy_pyroute2()
     from pyroute2.iproute.linux import IPRoute
 
     return IPRoute
+
+
+def register_lazy_pyroute2() -> None:
+    """Let ``pyroute2.<module>`` imports skip the package's heavy ``__init__`` (see :func:`_iproute_class`)."""
+    with _import_lock:
+        _register_lazy_package()
 
 
 def _register_lazy_package() -> None:

@@ -7,7 +7,9 @@ even after the subnet file changed, and GC can release attachments the runtime f
 (the address is in this host's current subnet, the bridge exists) and GC/STATUS are real.
 
 Config keys (flannel's): ``subnetFile``, ``dataDir``, ``delegate`` (base of the bridge config, ``type`` defaults to
-berth-bridge), ``ipam`` (base of the delegated IPAM config, ``type`` defaults to berth-ipam).
+berth-bridge), ``ipam`` (base of the delegated IPAM config, ``type`` defaults to berth-ipam). Unless ``delegate`` says
+otherwise the bridge is the containers' (default) gateway, uses the overlay's MTU, and masquerades only when the
+daemon does not (``FLANNEL_IPMASQ``).
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: sk
     conf["cniVersion"] = req.cni_version
     conf.setdefault("mtu", settings.mtu)
     conf.setdefault("isGateway", True)
+    conf.setdefault("isDefaultGateway", True)  # traffic leaving the overlay goes via the host, masqueraded there
     conf.setdefault("ipMasq", not settings.ipmasq)  # the daemon masquerades already when FLANNEL_IPMASQ is true
     ipam: dict[str, Any] = {k: v for k, v in cfg.ipam.items() if k not in ("subnet", "rangeStart", "rangeEnd")}
     ipam.setdefault("type", DEFAULT_IPAM)

@@ -4,10 +4,14 @@ Last in a ``.conflist`` (as podman's old dnsname plugin was). ADD builds the end
 ``K8S_POD_NAME`` (the name), the ``aliases`` capability, ``prevResult`` (addresses) and ``portMappings``, sends it
 to the agent and passes ``prevResult`` through unchanged. If no agent is listening, the request is spooled on disk
 and the agent applies it when it starts: a registration is never lost and never fails a container start.
-Only invalid input (a name that is not a DNS label, ...) is an error, reported before anything is written.
+A container name that is not a DNS label (podman allows ``_`` and ``.``) is registered under its DNS form
+(``my_app.v2`` → ``my-app-v2``), keeping the original in ``meta.containerName``; only input with no usable name or
+addresses is an error, reported before anything is written.
 
 Config keys (all optional): ``agentSocket`` (default ``/run/berth/agent.sock``), ``spoolDir`` (default
-``/var/lib/berth/agent/spool``), ``timeout`` seconds for the agent's reply (default 5).
+``/var/lib/berth/agent/spool``), ``timeout`` seconds for the agent's reply (default 5), ``tags`` (a list given to
+every endpoint of the network). Per container, ``args.cni.service`` names the service (default: the container
+name) and ``args.cni.tags`` adds tags.
 Standard library only on this path: it runs for every container start.
 """
 from __future__ import annotations
@@ -33,6 +37,12 @@ def _options(req: skel.Request) -> tuple[str, str, float]:
     return sock, spool_dir, float(timeout)
 
 
+def dns_label_for(name: str) -> str:
+    """A container name as a DNS label: lower case, any other character than a-z, 0-9 and ``-`` becomes ``-``."""
+    label = "".join(c if c.isascii() and (c.isalnum() or c == "-") else "-" for c in name.lower())
+    return label.strip("-")[:63].rstrip("-")
+
+
 def endpoint_id(container_id: str, ifname: str) -> str:
     return f"{container_id}/{ifname}"
 
@@ -52,12 +62,34 @@ def build_record(req: skel.Request) -> EndpointRecord:
             host_port = mapping.get("hostPort")
             ports.append(PortBinding(port=container_port, protocol=str(mapping.get("protocol") or "tcp").lower(),
                                      host_port=host_port or None, host_ip=mapping.get("hostIP") or None))
+        service, tags = _service_and_tags(req)
+        label = dns_label_for(name)
+        if not label:
+            raise errors.InvalidConfig(f"K8S_POD_NAME: {name!r} has nothing usable as a DNS name")
         return EndpointRecord(
-            id=endpoint_id(req.container_id, req.ifname), name=name, aliases=req.runtime.aliases,
+            id=endpoint_id(req.container_id, req.ifname), name=label, aliases=req.runtime.aliases,
+            meta={"containerName": name} if label != name else {},
             addresses=tuple(str(ip.address.ip) for ip in req.prev_result.ips), network=req.name,
-            container_id=req.container_id, ifname=req.ifname, ports=tuple(ports))
+            container_id=req.container_id, ifname=req.ifname, ports=tuple(ports), service=service, tags=tags)
     except InvalidRecord as exc:
         raise errors.InvalidConfig(f"endpoint: {exc}") from None
+
+
+def _service_and_tags(req: skel.Request) -> tuple[str, tuple[str, ...]]:
+    args = req.config.get("args") or {}
+    per_container = args.get("cni") if isinstance(args, dict) else None
+    per_container = per_container if isinstance(per_container, dict) else {}
+    tags: list[str] = []
+    for field, value in (("tags", req.config.get("tags")), ("args.cni.tags", per_container.get("tags"))):
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+            raise errors.InvalidConfig(f"{field}: must be a list of non-empty strings")
+        tags.extend(t for t in value if t not in tags)
+    service = per_container.get("service", "")
+    if not isinstance(service, str):
+        raise errors.InvalidConfig("args.cni.service: must be a string")
+    return service, tuple(tags)
 
 
 def _send(req: skel.Request, request: dict) -> dict | None:

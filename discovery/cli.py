@@ -9,8 +9,8 @@ import sys
 import threading
 
 from discovery import wire
+from store.config import default_store_url
 
-DEFAULT_STORE = "sqlite:////var/lib/berth/berth.db"
 log = logging.getLogger("berth.agent")
 
 
@@ -40,7 +40,8 @@ def _positive(value: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default=DEFAULT_STORE, help="datastore URL (sqlite:///path or etcd://h:p)")
+    parser.add_argument("--store", default=default_store_url(),
+                        help="datastore URL (sqlite:///path or etcd://h:p; default $BERTH_STORE or the embedded file)")
     parser.add_argument("--socket", default=wire.DEFAULT_SOCKET, help="Unix socket for berth-register")
     parser.add_argument("--http", type=_addr, default=("127.0.0.1", 8500),
                         help="ADDR:PORT for the Consul-compatible HTTP API (port 0: any free port)")
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync", type=_positive, default=10.0, help="anti-entropy interval in seconds")
     parser.add_argument("--skydns", choices=("auto", "on", "off"), default="auto",
                         help="publish SkyDNS keys for CoreDNS (auto: with etcd)")
-    parser.add_argument("--zone", default="berth.local", help="DNS zone of the SkyDNS keys")
+    parser.add_argument("--zone", default="berth.internal", help="DNS zone of the SkyDNS keys (as berth dns)")
     parser.add_argument("--log-level", default="INFO")
 
 

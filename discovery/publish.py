@@ -17,7 +17,7 @@ SKYDNS_PREFIX = "/skydns/"
 
 
 def skydns_path(name: str) -> str:
-    """``web.berth.local`` → ``/skydns/local/berth/web`` (labels reversed, as CoreDNS's etcd plugin reads)."""
+    """``web.berth.internal`` → ``/skydns/internal/berth/web`` (labels reversed, as CoreDNS's etcd plugin reads)."""
     labels = check_dns_name(name, "name").split(".")
     return SKYDNS_PREFIX + "/".join(reversed(labels))
 

@@ -7,7 +7,7 @@ cache), ``server``/``udp_batch`` (sockets only), ``cli`` (``berth dns``).
 For containers, run it on the bridge gateway so their resolv.conf can point at it (the bridge's ``dns`` block:
 nameservers = the gateway, search = the zone)::
 
-    berth dns --store sqlite:///var/lib/berth/store.db --listen 10.88.0.1:53 --workers 2
+    berth dns --store sqlite:///var/lib/berth/berth.db --listen 10.88.0.1:53 --workers 2
 
 Clients on the gateway's network (and loopback, and any endpoint in the view) may recurse; others get REFUSED.
 """

@@ -13,7 +13,7 @@ from dnslib import DNSHeader, DNSQuestion, DNSRecord, EDNS0, RR
 
 from .acl import RecursionPolicy
 from .names import ZoneIndex
-from .records import AXFR, IXFR, NOERROR, NOTIMP, NXDOMAIN, OPT, REFUSED, Answer
+from .records import AXFR, IXFR, NOERROR, NOTIMP, NXDOMAIN, OPT, REFUSED, SOA, Answer
 from .wire import Query
 
 UPSTREAM_UDP_SIZE = 1232
@@ -93,7 +93,8 @@ class RecursionGate:
 
 
 class UpstreamCache:
-    """Upstream answers kept for their TTL (the smallest in the message, capped), served with aged TTLs."""
+    """Upstream answers kept for their TTL (the smallest in the message, capped; for a negative answer also no
+    longer than its SOA's minimum, RFC 2308 §5), served with aged TTLs. The clock comes in with each call."""
 
     def __init__(self, max_ttl: int = 300, max_entries: int = 10_000) -> None:
         self.max_ttl = max_ttl
@@ -116,6 +117,8 @@ class UpstreamCache:
         if rcode not in (NOERROR, NXDOMAIN) or not records:
             return
         ttl = min(min(rr.ttl for rr in records), self.max_ttl)
+        if not message.rr:
+            ttl = min([ttl] + [rr.rdata.times[4] for rr in message.auth if rr.rtype == SOA])
         if ttl <= 0:
             return
         if len(self._entries) >= self.max_entries:

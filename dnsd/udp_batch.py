@@ -107,19 +107,24 @@ class BatchedUdp:
         return count
 
     def send(self, indices: list[int]) -> None:
-        """Send the replies written in the given slots (runs of neighbours go in one call)."""
+        """Send the replies written in the given slots (each run of neighbours in one call)."""
+        if indices[-1] - indices[0] + 1 == len(indices):  # the usual case: every query got a reply
+            self._send_run(indices[0], len(indices))
+            return
         start = 0
         while start < len(indices):
             end = start
             while end + 1 < len(indices) and indices[end + 1] == indices[end] + 1:
                 end += 1
-            first, count = indices[start], end - start + 1
-            while count > 0:
-                sent = LIBC.sendmmsg(self.fd, self.send_ptr + first * self.entry_size, count, 0)
-                sent = sent if sent > 0 else 1  # the kernel refused the first one: drop it, send the rest
-                first += sent
-                count -= sent
+            self._send_run(indices[start], end - start + 1)
             start = end + 1
+
+    def _send_run(self, first: int, count: int) -> None:
+        while count > 0:
+            sent = LIBC.sendmmsg(self.fd, self.send_ptr + first * self.entry_size, count, 0)
+            sent = sent if sent > 0 else 1  # the kernel refused the first one: drop it, send the rest
+            first += sent
+            count -= sent
 
 
 def serve_batched(sock: socket.socket, packed: dict, refresh: Callable[[], None],

@@ -220,6 +220,9 @@ def parse_ipam_config(ipam: Any, network: str, ip_ranges: Any = None) -> IpamCon
     for key, value in (("dataDir", data_dir), ("resolvConf", resolv_conf)):
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"ipam.{key}: expected a path string, got {value!r}")
+        if value is not None and not value.startswith("/"):
+            # relative to what? the runtime's cwd when exec'd, the daemon's when forwarded: refuse, not guess
+            raise ConfigError(f"ipam.{key}: must be an absolute path, got {value!r}")
     return IpamConfig(
         network=network,
         range_sets=tuple(sets),

@@ -7,4 +7,6 @@ only reads what this daemon publishes (the subnet file), so container start-up n
 
 Layout: pure decisions (``config``, ``subnets``, ``lease``, ``reconcile``, ``subnetfile``, ``masq`` rendering) are
 kept apart from side effects (``kernel`` for netlink, ``claim`` for the datastore, ``daemon`` to tie them together).
+``cli`` is ``berth overlay``; ``sim`` brings up simulated hosts (namespaces on one underlay) for tests, benchmarks
+and the demo.
 """

@@ -34,6 +34,7 @@ class HeldLease:
     lease: SubnetLease
     store_lease: int
     ttl: float
+    written_at: float = 0.0  # wall clock just before the write that took (or renewed) it
 
 
 def load_config(store: Store, prefix: str) -> NetworkConfig:
@@ -102,8 +103,9 @@ def acquire(store: Store, prefix: str, config: NetworkConfig, public_ip: ipaddre
                                  f"({config.subnet_min.network_address}..{config.subnet_max.network_address})")
             for subnet in candidates[:4]:
                 lease = SubnetLease(subnet, public_ip, mac, config.vni)
+                started = time.time()
                 if store.create(subnet_key(subnet, prefix), lease.to_json(), lease=store_lease.id):
-                    return HeldLease(lease, store_lease.id, store_lease.ttl)
+                    return HeldLease(lease, store_lease.id, store_lease.ttl, started)
             time.sleep(rng.uniform(0, 0.05))  # every try lost a race: let the winners' writes settle
         raise ClaimError(f"could not claim a subnet after {CLAIM_ROUNDS} rounds of contention")
     except BaseException:
@@ -115,13 +117,14 @@ def _reuse(store: Store, prefix: str, own: tuple[KeyValue, SubnetLease], mac: st
            ttl: float) -> HeldLease | None:
     kv, lease = own
     lease = replace(lease, vtep_mac=lease.vtep_mac or mac)
+    started = time.time()
     if kv.lease == 0:  # a reservation: it stays without a store lease
         if store.compare_and_swap(kv.key, lease.to_json(), kv.mod_revision, lease=0):
-            return HeldLease(lease, 0, 0.0)
+            return HeldLease(lease, 0, 0.0, started)
         return None
     # move the key under this run's store lease; the value (subnet, MAC) stays as the peers know it
     if store.compare_and_swap(kv.key, lease.to_json(), kv.mod_revision, lease=lease_id):
-        return HeldLease(lease, lease_id, ttl)
+        return HeldLease(lease, lease_id, ttl, started)
     return None
 
 

@@ -15,25 +15,28 @@ import os
 import signal
 import sys
 
+from store.config import default_store_url
 from overlay.config import DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_VNI
 from overlay.subnetfile import DEFAULT_SUBNET_FILE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    store_default = os.environ.get("BERTH_STORE")
+    store_default = default_store_url()
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--store", default=argparse.SUPPRESS,
-                        help="datastore URL: sqlite:///abs/path.db or etcd://host:port (env BERTH_STORE)")
+                        help=f"datastore URL: sqlite:///abs/path.db or etcd://host:port (default $BERTH_STORE or {store_default})")
     common.add_argument("--prefix", default=argparse.SUPPRESS,
                         help=f"key prefix of the overlay's records (default {DEFAULT_PREFIX})")
     parser.set_defaults(store=store_default, prefix=DEFAULT_PREFIX, action=None)
-    parser.add_argument("--store", help="datastore URL: sqlite:///abs/path.db or etcd://host:port (env BERTH_STORE)")
+    parser.add_argument("--store", help=f"datastore URL: sqlite:///abs/path.db or etcd://host:port (default $BERTH_STORE or {store_default})")
     parser.add_argument("--prefix", help=f"key prefix of the overlay's records (default {DEFAULT_PREFIX})")
     parser.add_argument("--iface", help="the underlay interface (its first IPv4 address is this host's)")
     parser.add_argument("--public-ip", help="which address of --iface to use")
     parser.add_argument("--subnet-file", default=DEFAULT_SUBNET_FILE, help="where to write flannel's subnet file")
     parser.add_argument("--device", help="VXLAN device name (default berth.<VNI>)")
     parser.add_argument("--lease-ttl", type=float, default=30.0, help="seconds the subnet outlives the daemon")
+    parser.add_argument("--resync-interval", type=float, default=30.0,
+                        help="seconds between checks that repair kernel entries changed by others (0: never)")
     parser.add_argument("--no-ip-masq", dest="ip_masq", action="store_false",
                         help="do not masquerade traffic leaving the overlay")
     parser.add_argument("--release-on-exit", action="store_true",
@@ -150,7 +153,7 @@ def _run_daemon(args) -> int:
     daemon = OverlayDaemon(DaemonOptions(
         store_url=args.store, iface=args.iface, public_ip=args.public_ip, prefix=args.prefix,
         subnet_file=args.subnet_file, device=args.device, lease_ttl=args.lease_ttl, ip_masq=args.ip_masq,
-        release_on_exit=args.release_on_exit))
+        release_on_exit=args.release_on_exit, resync_interval=args.resync_interval))
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())
     try:

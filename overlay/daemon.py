@@ -10,7 +10,6 @@ compaction or a failure) and the lease keep-alive.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
@@ -38,6 +37,7 @@ class DaemonOptions:
     ip_masq: bool = True
     release_on_exit: bool = False
     config_wait: float = 60.0  # how long to wait for `berth overlay init` before giving up
+    resync_interval: float = 30.0  # re-read the kernel this often and repair drift (0: never)
 
 
 class DaemonError(RuntimeError):
@@ -56,6 +56,7 @@ class OverlayDaemon:
         self._keepalive: claim.KeepAlive | None = None
         self._worker: threading.Thread | None = None
         self._programmed = None  # the kernel entries as last programmed (None: read the kernel)
+        self._lock = threading.Lock()  # one reconciliation at a time: the watch's or the periodic repair's
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class OverlayDaemon:
             lease = self.held.lease
             log.info("lease %s for %s (VTEP MAC %s, %s) written at %.6f", lease.subnet, public_ip, lease.vtep_mac,
                      "reserved" if not self.held.store_lease else f"store lease {self.held.store_lease:x}",
-                     time.time())
+                     self.held.written_at)
             self.watcher.own_subnet = lease.subnet
             if lease.vtep_mac != mac:  # cannot happen unless the record changed between listing and claim
                 spec = replace(spec, mac=lease.vtep_mac)
@@ -113,6 +114,8 @@ class OverlayDaemon:
         log.debug("t+%.1f ms: masquerade rules", _ms(started))
         subnetfile.write(opts.subnet_file, subnetfile.for_lease(
             self.config.network, lease.subnet, self.mtu, opts.ip_masq, lease.vtep_mac))
+        if opts.resync_interval > 0:
+            threading.Thread(target=self._repair_loop, name="berth-overlay-repair", daemon=True).start()
         if self.held.store_lease:
             self._keepalive = claim.KeepAlive(self.store, self.held.store_lease, self.held.ttl,
                                               self._on_lease_lost)
@@ -142,17 +145,20 @@ class OverlayDaemon:
                 try:
                     if revision is None:
                         kvs, revision = self.store.get_prefix(prefix)
-                        self._programmed = None  # after a re-listing, compare with the kernel itself
-                        self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv in kvs))
+                        with self._lock:
+                            self._programmed = None  # after a re-listing, compare with the kernel itself
+                            self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv in kvs))
                     self.ready.set()
                     self._watch = self.store.watch_prefix(prefix, revision + 1)
                     for batch in self._watch:
                         if self.stopping.is_set():
                             break
-                        if batch.resynced:
-                            log.info("watch re-listed at revision %d", batch.revision)
-                            self._programmed = None
-                        self._reconcile(ipr, self.watcher.apply(batch.events))
+                        with self._lock:
+                            if batch.resynced:
+                                log.info("watch re-listed at revision %d", batch.revision)
+                                self._programmed = None
+                            self._reconcile(ipr, self.watcher.apply(batch.events))
+                        revision = batch.revision  # a watch that ends is resumed from here
                 except Compacted:
                     log.info("watch compacted: re-listing")
                     revision = None
@@ -187,12 +193,28 @@ class OverlayDaemon:
         changes = plan(desired, actual)
         self._programmed = None  # unknown until the changes are made: a failure re-reads the kernel
         if not changes.empty():
+            if not delta.added and not delta.removed:
+                log.info("repairing kernel entries: %s", changes)
             kernel.apply_plan(ipr, changes, self.vxlan_index, self._devices)
         self._programmed = desired
         for lease in delta.added:
             log.info("peer %s at %s (MAC %s) installed", lease.subnet, lease.public_ip, lease.vtep_mac)
         for lease in delta.removed:
             log.info("peer %s at %s removed", lease.subnet, lease.public_ip)
+
+    def _repair_loop(self) -> None:
+        """Every ``resync_interval``, compare with the kernel itself: an entry someone deleted comes back, one
+        someone added on the VXLAN device goes (between listings the watch only diffs against its own record)."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            while not self.stopping.wait(self.options.resync_interval):
+                try:
+                    with self._lock:
+                        self._programmed = None
+                        self._reconcile(ipr, Delta())
+                except Exception:
+                    log.exception("periodic kernel check failed")
 
     def _close_watch(self) -> None:
         watch, self._watch = self._watch, None
@@ -278,7 +300,3 @@ def _remove_quietly(path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-def subnet_of(path: str) -> ipaddress.IPv4Network | None:
-    found = subnetfile.read_if_present(path)
-    return found.subnet.network if found else None

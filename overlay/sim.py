@@ -91,8 +91,16 @@ class SimHost:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
+        retries = 2
         while "ready:" not in self.log_since_start():
             if self.process is None or self.process.poll() is not None:
+                if (self.process is not None and self.process.returncode == 255 and retries
+                        and "berth-overlay" not in self.log_since_start()):
+                    # `ip netns exec` itself failed (its mount set-up, on a machine busy making namespaces)
+                    retries -= 1
+                    self.process = None
+                    self.start(wait=False)
+                    continue
                 raise SimError(f"{self.label}: berth overlay exited:\n{self.log_since_start()}")
             if time.monotonic() > deadline:
                 raise SimError(f"{self.label}: berth overlay not ready after {timeout:.0f}s:\n"

@@ -2,5 +2,13 @@
 
 A room of its own because three packages need the same contract — get, put, delete, compare-and-swap,
 leases, watch — and each backend (embedded SQLite, etcd v3, later Consul) must honour it identically.
-Use :func:`store.api.open_store` with a URL: ``sqlite:///path``, ``etcd://host:port[,host:port]``.
+Use :func:`store.api.open_store` with a URL: ``sqlite:///path``, ``etcd://host:port[,host:port]``;
+:func:`store.config.default_store_url` gives the one every command uses when told nothing.
+
+Files: ``api`` (the contract), ``common`` (argument checks, etcd's compare rules, the watch's view of a
+prefix), ``sqlite`` + ``sqlite_txn`` + ``sqlite_watch`` + ``change_signal`` (the embedded backend),
+``etcd`` + ``etcd_client`` + ``etcd_watch`` (etcd v3 over gRPC). A Consul backend fits the same shape:
+revisions are Consul's raft index, leases its sessions (TTL, behaviour "delete"), ``txn`` its ``/v1/txn``
+with ``check-index``, and a watch its blocking queries, which carry no history, so every batch is a
+re-list turned into the difference by :class:`store.common.PrefixView`.
 """

@@ -12,7 +12,9 @@ from store.api import Compare, Delete, InvalidRequest, KeyValue, Put, WatchEvent
 
 COMPARE_TARGETS = ("value", "version", "create_revision", "mod_revision")
 COMPARE_OPS = ("=", "!=", "<", ">")
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops; every backend keeps the same limit so code moves between them
+# etcd's defaults (--max-txn-ops, --max-request-bytes); every backend keeps them so code moves between backends
+MAX_TXN_OPS = 128
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 def check_key(key: object, what: str = "key") -> str:
@@ -26,6 +28,8 @@ def check_key(key: object, what: str = "key") -> str:
 def check_value(value: object) -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise InvalidRequest(f"value must be bytes, got {type(value).__name__}")
+    if len(value) > MAX_REQUEST_BYTES:
+        raise InvalidRequest(f"value of {len(value)} bytes: at most {MAX_REQUEST_BYTES} are stored")
     return bytes(value)
 
 
@@ -89,6 +93,9 @@ def check_ops(ops: Iterable[object]) -> list[Put | Delete]:
         else:
             raise InvalidRequest(f"transaction operation must be Put or Delete, got {type(op).__name__}")
         checked.append(op)
+    size = sum(len(op.key.encode()) + len(op.value) for op in checked if isinstance(op, Put))
+    if size > MAX_REQUEST_BYTES:
+        raise InvalidRequest(f"transaction writes {size} bytes: at most {MAX_REQUEST_BYTES} in one request")
     return checked
 
 

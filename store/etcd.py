@@ -172,8 +172,20 @@ class EtcdStore:
         return float(response.TTL)
 
     def revoke_lease(self, lease_id: int) -> None:
+        """A retry that finds the lease gone counts as done: the attempt whose answer was lost revoked it."""
         check_lease_id(lease_id)
-        self._lease("revoke lease", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id))
+        attempts = 0
+
+        def attempt(channel, timeout):
+            nonlocal attempts
+            attempts += 1
+            return rpc_grpc.LeaseStub(channel).LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=timeout)
+
+        try:
+            self.call("revoke lease", attempt)
+        except LeaseNotFound:
+            if attempts == 1:
+                raise
 
     # -- history and watches -----------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from store.sqlite_watch import SqliteWatch
 BUSY_TIMEOUT = 10.0           # seconds a writer waits for another process's transaction
 MAX_IDLE_CONNECTIONS = 8
 
+
 class SqliteStore:
     """The embedded backend. Thread-safe: each call borrows a pooled connection to the shared file."""
 
@@ -75,7 +76,7 @@ class SqliteStore:
             raise StoreError("sqlite store is closed")
         with sqlite_errors(f"open {self.path}"):
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL: a power cut may lose the last commits, never the file
         with self._lock:
             self._connections.append(conn)
         return conn

@@ -66,7 +66,21 @@ def run(*argv: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess
     return subprocess.run(argv, check=check, capture_output=True, text=True, **kwargs)
 
 
+# Modules whose tests start real servers or daemons (agents, DNS servers, CNI daemons, store writers in other
+# processes): correct and needed, but seconds each, so `make test-pure` leaves them out.
+SERVICE_MODULES = {
+    "tests/core/test_fastpath.py", "tests/discovery/test_register.py", "tests/discovery/test_consul_api.py",
+    "tests/discovery/test_agent.py", "tests/discovery/test_view.py", "tests/discovery/test_skydns.py",
+    "tests/store/test_contract.py", "tests/dnsd/test_forwarding.py", "tests/dnsd/test_dnspython.py",
+    "tests/dnsd/test_dig.py", "tests/dnsd/test_view_changes.py", "tests/dnsd/test_store_e2e.py",
+    "tests/overlay/test_cli.py",
+}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("::", 1)[0] in SERVICE_MODULES:
+            item.add_marker(pytest.mark.service)
     if os.geteuid() == 0:
         return
     skip_root = pytest.mark.skip(reason="needs root (network namespaces, links, firewall)")

@@ -3,7 +3,7 @@
 Use the fixtures (``etcd_server``: one member per test module; ``etcd_cluster``: three members per test) or call
 :func:`start_etcd` directly and close what it returns. Every member is killed and every data dir removed at
 teardown, pass or fail; members also get SIGKILL from the kernel if the process that started them dies
-(``PR_SET_PDEATHSIG``), so a killed pytest leaves no etcd behind. Start members from the main thread: the
+(``setpriv --pdeathsig``), so a killed pytest leaves no etcd behind. Start members from the main thread: the
 signal follows the *thread* that started them.
 
 For the overlay tests a member can listen on another address (``host="10.99.0.1"``, an address the test
@@ -12,12 +12,9 @@ made) or run inside a network namespace the test made (``netns="bt-ns-…"``).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -32,7 +29,6 @@ import pytest
 ETCD_BINARY = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BINARY = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 START_TIMEOUT = 20.0
-PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,11 +39,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask the kernel to SIGKILL it when the starting thread dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    os.setpgrp()
+def _die_with_parent() -> list[str]:
+    """A command prefix asking the kernel to SIGKILL the member when the thread that started it dies.
+
+    util-linux's ``setpriv`` does it between fork and exec; a Python ``preexec_fn`` would run Python in a
+    child forked from a process whose gRPC threads (any etcd client) make that unsafe."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
 def _url(host: str, port: int) -> str:
@@ -93,7 +91,7 @@ class EtcdMember:
                 "--logger", "zap", "--log-level", "warn", *self.extra_args]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
-        return argv
+        return [*_die_with_parent(), *argv]
 
     def start(self) -> None:
         """Start the process (the data dir is kept, so this is also how a killed member comes back)."""
@@ -101,7 +99,7 @@ class EtcdMember:
             return
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            preexec_fn=_die_with_parent)
+                                            start_new_session=True)
 
     @property
     def running(self) -> bool:

@@ -189,7 +189,11 @@ def test_graceful_restart_completes_calls_in_flight(launcher, daemon, workdir):
         time.sleep(0.01)
     old_pid = daemon.proc.pid
     daemon.proc.send_signal(signal.SIGTERM)
-    # While the old daemon drains, a new call must not wait for it: it falls back or reaches a new daemon.
+    deadline = time.monotonic() + 20
+    while daemon.socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not daemon.socket_path.exists(), "a stopping daemon withdraws its socket"
+    # While the old daemon drains, a new call must not wait for it: it runs in process.
     code, body = call(launcher, cni_env("ADD", "during", BERTH_CNI_SOCKET=str(daemon.socket_path)))
     assert code == 0 and served_by(body) != old_pid
     gate.touch()

@@ -141,13 +141,13 @@ def test_bad_consul_registration_names_the_field(body, field):
 
 # -- publishing -----------------------------------------------------------------------------------------
 def test_skydns_keys_reverse_the_zone_and_drop_critical_endpoints():
-    assert skydns_path("web.berth.local") == "/skydns/local/berth/web"
-    pub = Publishing(host="h1", skydns_zone="berth.local", dns_ttl=7)
+    assert skydns_path("web.berth.internal") == "/skydns/internal/berth/web"
+    pub = Publishing(host="h1", skydns_zone="berth.internal", dns_ttl=7)
     r = rec("c1/eth0", aliases=("www",))
     keys = endpoint_keys(r, pub)
     assert endpoint_key("h1", "c1/eth0") in keys
     sky = {k: json.loads(v) for k, v in keys.items() if k.startswith("/skydns/")}
-    assert {k.rsplit("/", 1)[0] for k in sky} == {"/skydns/local/berth/web", "/skydns/local/berth/www"}
+    assert {k.rsplit("/", 1)[0] for k in sky} == {"/skydns/internal/berth/web", "/skydns/internal/berth/www"}
     assert all(v["host"] == "10.0.0.2" and v["ttl"] == 7 for v in sky.values())
     critical = EndpointRecord.from_dict({**r.to_dict(), "health": "critical"})
     assert list(endpoint_keys(critical, pub)) == [endpoint_key("h1", "c1/eth0")]

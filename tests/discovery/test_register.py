@@ -40,13 +40,15 @@ def test_check_without_agent_answers_from_the_spool(paths):
 
 
 @pytest.mark.parametrize("change,code,words", [
-    (lambda c, kw: kw.update(name="bad_name"), 7, "name"),
+    (lambda c, kw: kw.update(name="___"), 7, "K8S_POD_NAME"),
     (lambda c, kw: kw.update(name=None), 4, "K8S_POD_NAME"),
     (lambda c, kw: c.update(runtimeConfig={"aliases": {"btnet": ["-bad-"]}}), 7, "aliases"),
     (lambda c, kw: c["prevResult"]["ips"][0].update(address="not-an-address/24"), 6, "address"),
     (lambda c, kw: c.pop("prevResult"), 7, "prevResult"),
     (lambda c, kw: c.update(runtimeConfig={"portMappings": [{"containerPort": 0, "hostPort": 80}]}), 7, "port"),
     (lambda c, kw: c.update(timeout=0), 7, "timeout"),
+    (lambda c, kw: c.update(tags="web"), 7, "tags"),
+    (lambda c, kw: c.update(args={"cni": {"service": "not_a_label"}}), 7, "service"),
 ])
 def test_bad_input_is_a_clear_cni_error_and_nothing_is_spooled(paths, change, code, words):
     sock, spool = paths
@@ -56,6 +58,19 @@ def test_bad_input_is_a_clear_cni_error_and_nothing_is_spooled(paths, change, co
     rc, out, _ = run_register("ADD", config, **kwargs)
     assert rc == 1 and out["code"] == code and words in (out["msg"] + out.get("details", ""))
     assert wire.spooled(spool) == []
+
+
+@pytest.mark.parametrize("container_name, dns_name", [
+    ("my_app", "my-app"), ("Web.V2", "web-v2"), ("db-1", "db-1"), ("_x_", "x"), ("a" * 70, "a" * 63)])
+def test_container_names_that_are_not_dns_labels_register_under_their_dns_form(paths, container_name, dns_name):
+    """podman accepts names with ``_`` and ``.``; such a container must still start and be found by name."""
+    sock, spool = paths
+    code, out, err = run_register("ADD", register_config("btnet", sock, spool), container_id="c1",
+                                  name=container_name)
+    assert code == 0, (out, err)
+    [(_, request)] = wire.spooled(spool)
+    assert request["endpoint"]["name"] == dns_name
+    assert request["endpoint"]["meta"] == ({} if dns_name == container_name else {"containerName": container_name})
 
 
 def _stored(store, host, eid):
@@ -69,11 +84,14 @@ def test_add_del_check_through_a_running_agent(store_url, agents, open_url):
     net = "btnet"
     config = register_config(net, agent.socket, agent.spool_dir, aliases=["www", "api"],
                              port_mappings=[{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
+    config["tags"] = ["prod"]
+    config["args"] = {"cni": {"service": "frontend", "tags": ["v2"]}}
     code, out, err = run_register("ADD", config, container_id="cafe01", name="web")
     assert code == 0, err
     record = _stored(store, agent.host, "cafe01/eth0")  # the agent answered after writing
     assert record.name == "web" and record.aliases == ("www", "api") and record.addresses == ("10.88.0.5",)
     assert record.network == net and record.host == agent.host
+    assert record.service == "frontend" and record.tags == ("prod", "v2")
     assert (record.ports[0].port, record.ports[0].host_port) == (80, 8080)
     assert run_register("CHECK", config, container_id="cafe01", name="web")[0] == 0
     assert run_register("DEL", config, container_id="cafe01", name="web")[0] == 0

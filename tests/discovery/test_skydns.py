@@ -9,7 +9,7 @@ from discovery.model import endpoint_key
 from tests.discovery.conftest import register_config, run_register
 
 
-def skydns(store, prefix="/skydns/local/berth/"):
+def skydns(store, prefix="/skydns/internal/berth/"):
     return {kv.key: (json.loads(kv.value), kv.lease) for kv in store.get_prefix(prefix)[0]}
 
 
@@ -22,7 +22,7 @@ def test_skydns_keys_follow_registrations_and_health(store_url, agents, open_url
     assert run_register("ADD", config, container_id="ca01", name="web")[0] == 0
     keys = skydns(store)
     lease = store.get(endpoint_key(agent.host, "ca01/eth0")).lease
-    assert {k.rsplit("/", 1)[0] for k in keys} == {"/skydns/local/berth/web", "/skydns/local/berth/www"}
+    assert {k.rsplit("/", 1)[0] for k in keys} == {"/skydns/internal/berth/web", "/skydns/internal/berth/www"}
     for value, key_lease in keys.values():
         assert value["host"] == "10.77.0.9" and value["port"] == 80 and value["ttl"] > 0
         assert key_lease == lease  # they vanish with the agent, like the record
@@ -30,12 +30,12 @@ def test_skydns_keys_follow_registrations_and_health(store_url, agents, open_url
     c = consul.Consul(port=agent.http_port)
     c.agent.service.register("api", service_id="api1", address="10.77.0.10", port=9000,
                              check=consul.Check.ttl("30s"))
-    assert not skydns(store, "/skydns/local/berth/api/")  # critical until the application says otherwise
+    assert not skydns(store, "/skydns/internal/berth/api/")  # critical until the application says otherwise
     c.agent.check.ttl_pass("service:api1")
-    [(value, _)] = skydns(store, "/skydns/local/berth/api/").values()
+    [(value, _)] = skydns(store, "/skydns/internal/berth/api/").values()
     assert value["host"] == "10.77.0.10" and value["port"] == 9000
     c.agent.check.ttl_fail("service:api1")
-    assert not skydns(store, "/skydns/local/berth/api/")
+    assert not skydns(store, "/skydns/internal/berth/api/")
 
     assert run_register("DEL", config, container_id="ca01", name="web")[0] == 0
     assert skydns(store) == {}

@@ -62,3 +62,29 @@ def test_view_follows_writes_from_another_process(store_url, open_url):
         listed, revision = store.get_prefix(ENDPOINTS_PREFIX)
         assert view.wait_until(lambda recs: view.revision >= revision, timeout=10)
         assert {kv.key for kv in listed} == set(view.records())
+
+
+def test_view_behind_a_compaction_catches_up_exactly(tmp_path, open_url):
+    store = open_url(f"sqlite:///{tmp_path / 'c.db'}")
+    keep, gone = put(store, "h1", "keep", "keep"), put(store, "h1", "gone", "gone")
+    release = threading.Event()
+    removed = set()
+
+    def slow_reader(change):
+        removed.update(change.removed)
+        release.wait(30)  # hold the view's thread: it falls behind while the store moves on
+    with DiscoveryView(store) as view:
+        view.subscribe(slow_reader)
+        first = put(store, "h1", "first", "first")  # its change blocks the view in slow_reader
+        store.delete(gone)
+        for i in range(50):
+            put(store, "h1", "keep", "keep", address=f"10.0.1.{i + 1}")
+        late = put(store, "h1", "late", "late")
+        _, revision = store.get_prefix(ENDPOINTS_PREFIX)
+        store.compact(revision)  # the view's next revision is no longer in the change log
+        release.set()
+        assert view.wait_until(lambda recs: view.revision >= revision, timeout=20)
+        listed = {kv.key: EndpointRecord.from_json(kv.value) for kv in store.get_prefix(ENDPOINTS_PREFIX)[0]}
+        assert dict(view.records()) == listed
+        assert set(listed) == {keep, first, late} and listed[keep].addresses == ("10.0.1.50",)
+        assert gone in removed

@@ -160,18 +160,30 @@ class TinyUpstream:
         self.truncate_udp: set[str] = set()
         self.udp_queries: list[str] = []
         self.tcp_queries: list[str] = []
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", self.port))
+        self.udp, self.tcp, self.port = self._bind_pair()
         self.tcp.listen(8)
         self.stopping = False
         self.threads = [threading.Thread(target=self._serve_udp, daemon=True),
                         threading.Thread(target=self._serve_tcp, daemon=True)]
         for thread in self.threads:
             thread.start()
+
+    @staticmethod
+    def _bind_pair() -> tuple[socket.socket, socket.socket, int]:
+        """A UDP and a TCP socket on the same free port (the port the kernel picks for UDP may be taken for TCP)."""
+        for _ in range(50):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind(("127.0.0.1", port))
+                return udp, tcp, port
+            except OSError:
+                udp.close()
+                tcp.close()
+        raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
 
     @property
     def address(self) -> str:

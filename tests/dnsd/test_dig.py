@@ -50,7 +50,7 @@ def test_empty_non_terminal_is_noerror(dns_module_server):
 
 
 def test_question_case_is_echoed(dns_module_server):
-    out = dig(dns_module_server, f"BtWeB1.BeRtH.InTeRnAl", "A")
+    out = dig(dns_module_server, "BtWeB1.BeRtH.InTeRnAl", "A")
     assert ";BtWeB1.BeRtH.InTeRnAl.\t" in out
     assert section(out, "ANSWER")[0].split()[-1] == "10.89.0.11"
 

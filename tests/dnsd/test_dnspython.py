@@ -221,3 +221,14 @@ def test_several_listeners_including_ipv6(start_dns, records_file):
     tcp = dns.query.tcp(query, "::1", port=server.ports["::1"], timeout=3)
     assert [r.address for r in tcp.answer[0]] == ["fd89::20"]
     assert ask(server, f"btdb.{Z}", "AAAA").answer
+
+
+def test_zone_and_ttls_are_configurable(start_dns, records_file):
+    server = start_dns("--records", str(records_file), "--no-forward", "--zone", "BtCorp.Example.",
+                       "--ttl", "30", "--negative-ttl", "60")
+    found = ask(server, "btweb1.btcorp.example")
+    assert found.answer[0].ttl == 30 and found.answer[0][0].address == "10.89.0.11"
+    missing = ask(server, "btnothere.btcorp.example")
+    assert missing.rcode() == dns.rcode.NXDOMAIN and missing.authority[0][0].minimum == 60
+    assert missing.authority[0].name.to_text() == "btcorp.example."
+    assert ask(server, f"btweb1.{Z}").rcode() == dns.rcode.REFUSED  # the default zone is not served any more

@@ -131,3 +131,33 @@ def test_upstream_address_forms():
     assert Upstream.parse("192.0.2.1:5353") == Upstream("192.0.2.1", 5353)
     assert Upstream.parse("[2001:db8::1]:5353") == Upstream("2001:db8::1", 5353)
     assert Upstream.parse("2001:db8::1") == Upstream("2001:db8::1", 53)
+
+
+def _upstream_reply(name: str, zone_lines: list[str], rcode: int = 0, authority: list[str] = ()):
+    from dnslib import RR, DNSRecord
+    message = DNSRecord.question(name, "A").reply()
+    message.header.rcode = rcode
+    for line in zone_lines:
+        message.add_answer(*RR.fromZone(line))
+    for line in authority:
+        message.add_auth(*RR.fromZone(line))
+    return message
+
+
+def test_upstream_cache_keeps_answers_for_their_ttl_and_negatives_for_the_soa_minimum():
+    from dnsd.chain import Context, UpstreamCache
+    from dnsd.names import ZoneConfig, ZoneIndex
+    from dnsd.wire import parse_query
+
+    cache = UpstreamCache()
+    index = ZoneIndex([], ZoneConfig(), 1)
+    positive = parse_query(dns.message.make_query("btpos.example", "A").to_wire(), 1232)
+    negative = parse_query(dns.message.make_query("btneg.example", "A").to_wire(), 1232)
+    cache.store(positive, _upstream_reply("btpos.example", ["btpos.example. 40 IN A 192.0.2.1"]), now=100.0)
+    cache.store(negative, _upstream_reply("btneg.example", [], rcode=3,
+                                          authority=["example. 60 IN SOA ns.example. h.example. 1 2 3 4 30"]),
+                now=100.0)
+    assert cache.handle(positive, Context("127.0.0.1", index, 139.0)).age == 39
+    assert cache.handle(positive, Context("127.0.0.1", index, 140.0)) is None
+    assert cache.handle(negative, Context("127.0.0.1", index, 129.0)) is not None
+    assert cache.handle(negative, Context("127.0.0.1", index, 130.0)) is None

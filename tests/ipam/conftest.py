@@ -33,7 +33,7 @@ def call(executable, command: str, config: dict | bytes, container_id: str | Non
     for key in drop:
         env.pop(key, None)
     stdin = config if isinstance(config, bytes) else json.dumps(config).encode()
-    proc = subprocess.run([str(executable)], input=stdin, env=env, capture_output=True, timeout=30, check=False)
+    proc = subprocess.run([str(executable)], input=stdin, env=env, capture_output=True, timeout=120, check=False)
     out = json.loads(proc.stdout) if proc.stdout.strip() else None
     return Reply(proc.returncode, out, proc.stderr.decode(errors="replace"))
 

@@ -70,6 +70,8 @@ def test_a_gateway_outside_the_subnet_is_accepted_as_host_local_does():
     ({"subnet": "10.1.0.0/24", "routes": [{"gw": "10.1.0.1"}]}, "expected an object with 'dst'"),
     ({"subnet": "10.1.0.0/24", "routes": [{"dst": "nowhere"}]}, "invalid CIDR address: nowhere"),
     ({"subnet": "10.1.0.0/24", "dataDir": 5}, "expected a path string"),
+    ({"subnet": "10.1.0.0/24", "dataDir": "var/lib/cni"}, "ipam.dataDir: must be an absolute path"),
+    ({"subnet": "10.1.0.0/24", "resolvConf": "resolv.conf"}, "ipam.resolvConf: must be an absolute path"),
 ])
 def test_invalid_configs_are_refused_with_host_locals_words(ipam, message):
     with pytest.raises(ConfigError) as err:

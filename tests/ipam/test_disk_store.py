@@ -219,3 +219,25 @@ def test_ids_and_ifnames_with_separators_never_share_an_index_entry(tmp_path):
         assert s.get(odd) == [ip("10.0.0.2")] and s.get(other) == [ip("10.0.0.3")]
         assert s.release(odd) == [ip("10.0.0.2")]
         assert s.get(other) == [ip("10.0.0.3")]
+
+
+def test_without_the_right_to_set_the_directory_mtime_the_index_is_rebuilt_each_time(tmp_path, monkeypatch):
+    """A user who may write but does not own the directory cannot seal it: slower, never wrong."""
+    import ipam.disk
+
+    class NoUtimeOs:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def utime(path, *args, **kwargs):
+            if str(path).endswith("net1"):
+                raise PermissionError(1, "Operation not permitted")
+            return os.utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(ipam.disk, "os", NoUtimeOs())
+    reserve(store(tmp_path), A, "10.0.0.2")
+    (tmp_path / "net1" / "10.0.0.9").write_bytes(b"ctr-b\r\neth0")
+    s = store(tmp_path)
+    with s.lock():
+        assert s.get(A) == [ip("10.0.0.2")] and s.release(B) == [ip("10.0.0.9")]

@@ -65,9 +65,11 @@ def test_32_parallel_adds_into_a_small_range_never_share_an_address(berth_ipam, 
     assert network_files(tmp_path) == ["last_reserved_ip.0", "lock"]
 
 
-def _waiting_for_flock(pid: int) -> bool:
+def _someone_waits_for(lock_path) -> bool:
+    """A flock waiter on this file (the plugin process, or the CNI daemon's thread that runs the call for it)."""
+    inode = os.stat(lock_path).st_ino
     with open("/proc/locks") as f:
-        return any("->" in line and f" {pid} " in line for line in f)
+        return any("->" in line and f":{inode} " in line for line in f)
 
 
 def test_adds_killed_midway_leave_nothing_gc_cannot_reclaim(berth_ipam, sandbox, tmp_path):
@@ -84,7 +86,8 @@ def test_adds_killed_midway_leave_nothing_gc_cannot_reclaim(berth_ipam, sandbox,
         proc.stdin.write(json.dumps(config).encode())
         proc.stdin.close()
         deadline = time.monotonic() + 10
-        while not _waiting_for_flock(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        while not _someone_waits_for(tmp_path / "btnet" / "lock") and proc.poll() is None \
+                and time.monotonic() < deadline:
             time.sleep(0.002)
         os.close(lock_fd)
         time.sleep(rng.uniform(0, 0.003))           # somewhere inside the allocation

@@ -112,3 +112,22 @@ def test_both_refuse_the_same_configs_for_the_same_reason(berth_ipam, host_local
     assert theirs.code != 0 and ours.error_code == 7
     assert theirs.out["msg"].split(": ")[-1] in ours.out["msg"]
     assert not (tmp_path / "b").exists()
+
+
+def test_both_tools_adding_at_once_into_one_dir_never_share_an_address(berth_ipam, host_local, sandbox, tmp_path):
+    """Both flock the same ``lock`` file, so mixed parallel ADDs stay exclusive; each DELs the other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = net_config(tmp_path, subnet="10.77.0.0/27")          # 29 addresses after the gateway
+    jobs = [(berth_ipam if n % 2 else host_local, f"mix{n:02d}") for n in range(32)]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        replies = list(pool.map(lambda job: call(job[0], "ADD", config, job[1], netns=sandbox), jobs))
+    addresses = [r.out["ips"][0]["address"] for r in replies if r.code == 0]
+    assert len(addresses) == len(set(addresses)) == 29
+    owners = {(tmp_path / "btnet" / a.split("/")[0]).read_bytes() for a in addresses}
+    assert len(owners) == 29
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        other = {berth_ipam: host_local, host_local: berth_ipam}
+        dels = list(pool.map(lambda job: call(other[job[0]], "DEL", config, job[1], netns=sandbox), jobs))
+    assert all(r.code == 0 for r in dels)
+    assert sorted(p.name for p in (tmp_path / "btnet").iterdir()) == ["last_reserved_ip.0", "lock"]

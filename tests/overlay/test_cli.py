@@ -9,9 +9,9 @@ from overlay.config import parse_config
 from store.api import open_store
 
 
-def berth(*argv: str) -> subprocess.CompletedProcess:
+def berth(*argv: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "berth.cli", "overlay", *argv], capture_output=True, text=True,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env})
 
 
 def test_init_writes_the_config_once(sqlite_url):
@@ -41,8 +41,17 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(sqlite_url):
         assert store.get("/berth/overlay/config") is None
     finally:
         store.close()
-    missing = berth("init", "--network", "10.250.0.0/16")
-    assert missing.returncode == 2 and "--store" in missing.stderr
+
+
+def test_without_store_flag_the_shared_default_from_berth_store_is_used(tmp_path):
+    """Agent, DNS server and overlay meet in one store without each being told: $BERTH_STORE, else the default."""
+    url = f"sqlite:///{tmp_path / 'default.db'}"
+    assert berth("init", "--network", "10.250.0.0/16", BERTH_STORE=url).returncode == 0
+    store = open_store(url)
+    try:
+        assert parse_config(store.get("/berth/overlay/config").value).network.with_prefixlen == "10.250.0.0/16"
+    finally:
+        store.close()
 
 
 def test_reserve_and_list(sqlite_url):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import importlib.util
-import json
 import re
 import signal
 import subprocess
@@ -118,9 +117,9 @@ def test_host_joins_and_dies(make_sim, store):
     assert not ping(ca.netns, cc.address.ip)
 
 
-def test_sixteen_hosts_starting_at_once_get_distinct_subnets(make_sim, sqlite_url):
+def test_sixteen_hosts_starting_at_once_get_distinct_subnets(make_sim, store):
     # exactly 16 subnets for 16 hosts: every claim races, and one duplicate would leave a host without
-    sim = make_sim(sqlite_url, hosts=16, start=False, network="10.214.0.0/20", subnet_min="10.214.0.0",
+    sim = make_sim(store, hosts=16, start=False, network="10.214.0.0/20", subnet_min="10.214.0.0",
                    subnet_max="10.214.15.0", lease_ttl=10)
     sim.start_all(timeout=90)
     subnets = [host.subnet() for host in sim.hosts]
@@ -301,3 +300,37 @@ def test_orderly_stop_with_release_gives_the_subnet_back(make_sim, sqlite_url):
     assert "berth-overlay" not in tables
     # with a 60 s TTL only the release can make B forget A this soon
     wait_until(lambda: subnet not in overlay_entries(b.netns)["routes"], timeout=20, what="B forgetting A")
+
+
+def test_daemon_bad_input_is_a_clear_error_and_claims_nothing(make_sim, sqlite_url):
+    from store.api import open_store
+
+    sim = make_sim(sqlite_url, hosts=1, start=False)
+    (a,) = sim.hosts
+    base = a.argv()
+    for flags, message in ((["--iface", "btnope"], "underlay interface 'btnope' does not exist"),
+                           (["--iface", "underlay0", "--public-ip", "10.99.0.1"], "is not an address of")):
+        argv = base[:base.index("--iface")] + flags + base[base.index("--iface") + 2:]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+    store = open_store(sqlite_url)
+    try:
+        assert store.get_prefix("/berth/overlay/subnets/")[0] == []
+    finally:
+        store.close()
+    assert ip_json(a.netns, "link", "show", "type", "vxlan") == []
+    assert not a.subnet_file.exists()
+
+
+def test_entries_changed_by_someone_else_are_repaired(make_sim, sqlite_url):
+    sim = make_sim(sqlite_url, hosts=2, daemon_args=("--resync-interval", "0.5"))
+    a, b = sim.hosts
+    wanted = overlay_entries(a.netns)
+    assert len(wanted["routes"]) == 1
+    subprocess.run(["ip", "-n", a.netns, "route", "del", str(b.subnet())], check=True)
+    subprocess.run(["ip", "-n", a.netns, "neigh", "del", str(b.subnet().network_address), "dev", "berth.1"],
+                   check=True)
+    subprocess.run(["bridge", "-n", a.netns, "fdb", "append", "02:00:00:00:be:ef", "dev", "berth.1", "dst",
+                    "10.213.0.99"], check=True)
+    wait_until(lambda: overlay_entries(a.netns) == wanted, what="A's entries repaired")
+    assert "repairing kernel entries" in a.log_since_start()

@@ -36,7 +36,7 @@ def test_delegate_config_gives_the_bridge_this_hosts_subnet(tmp_path):
     conf = delegate_config(parse(config), SETTINGS, fake_request(config))
     assert conf["type"] == "berth-bridge" and conf["name"] == "btovl" and conf["cniVersion"] == "1.1.0"
     assert conf["bridge"] == "btbr0" and conf["hairpinMode"] is True
-    assert conf["mtu"] == 1450 and conf["isGateway"] is True
+    assert conf["mtu"] == 1450 and conf["isGateway"] is True and conf["isDefaultGateway"] is True
     assert conf["ipMasq"] is False  # the daemon masquerades (FLANNEL_IPMASQ=true): the bridge must not as well
     assert conf["ipam"] == {"type": "berth-ipam", "dataDir": str(tmp_path / "ipam"),
                             "ranges": [[{"subnet": "10.214.9.0/24"}]], "routes": [{"dst": "10.214.0.0/16"}]}
@@ -108,6 +108,9 @@ def test_containers_on_two_hosts_through_the_plugin(overlay_hosts, netns, tmp_pa
     assert any(route["dst"] == "10.214.0.0/16" for route in res_a["routes"])
     wait_until(lambda: ping(ns_a, ip_b.ip), what="A's container reaching B's through the plugin")
     assert tcp_exchange(ns_b, str(ip_b.ip), ns_a, b"via berth-overlay") == b"via berth-overlay"
+
+    # traffic leaving the overlay (to the underlay namespace, which has no route back) is masqueraded by the host
+    assert ping(ns_a, overlay_hosts.underlay_gateway)
 
     # CHECK passes while everything is as ADD left it
     assert cni("CHECK", {**conf_a, "prevResult": res_a}, host=a.netns, container_id="btca",

@@ -54,6 +54,12 @@ def test_get_prefix_is_sorted_and_excludes_neighbours(store, prefix):
     assert store.get_prefix(prefix + "zz") == ([], revision)
 
 
+def test_values_up_to_the_size_limit_are_stored(store, prefix):
+    big = bytes(range(256)) * 4096  # 1 MiB, the most one value may hold
+    store.put(prefix + "big", big)
+    assert store.get(prefix + "big").value == big
+
+
 def test_values_are_bytes_unchanged(store, prefix):
     value = bytes(range(256)) + b"\x00tail"
     store.put(prefix + "bin", value)
@@ -436,9 +442,11 @@ def test_closed_watch_ends_iteration(store, prefix):
     lambda s, p: s.txn([], [Put(p + "k", b"v"), "delete everything"]),
     lambda s, p: s.watch_prefix(p, 0),
     lambda s, p: s.txn([], [Put(f"{p}{i}", b"v") for i in range(129)]),
+    lambda s, p: s.put(p + "k", bytes(1024 * 1024 + 1)),
+    lambda s, p: s.txn([], [Put(p + "a", bytes(600_000)), Put(p + "b", bytes(600_000))]),
 ], ids=["empty-key", "str-value", "negative-lease", "get-empty-key", "ttl-zero", "ttl-negative", "ttl-nan",
         "compare-target", "compare-op", "compare-type", "duplicate-put", "not-an-op", "revision-zero",
-        "too-many-ops"])
+        "too-many-ops", "value-too-big", "txn-too-big"])
 def test_bad_input_is_refused_and_writes_nothing(store, prefix, call):
     _, before = store.get_prefix(prefix)
     with pytest.raises(InvalidRequest) as caught:

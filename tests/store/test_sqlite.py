@@ -136,3 +136,12 @@ def test_leases_do_not_outlive_a_reboot(scratch_dir):
             after.keep_alive(lease.id)
     finally:
         after.close()
+
+
+def test_default_store_url_follows_the_environment(monkeypatch):
+    from store.config import DEFAULT_STORE_URL, default_store_url
+    monkeypatch.delenv("BERTH_STORE", raising=False)
+    assert default_store_url() == DEFAULT_STORE_URL
+    assert DEFAULT_STORE_URL.startswith("sqlite:///var/lib/berth/")
+    monkeypatch.setenv("BERTH_STORE", "etcd://127.0.0.1:2379")
+    assert default_store_url() == "etcd://127.0.0.1:2379"

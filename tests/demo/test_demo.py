@@ -1,0 +1,78 @@
+"""`berth demo` end to end: the story passes, and afterwards nothing the demo made is left, even when interrupted."""
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from berth import demo_probe as probe
+from tests.conftest import VENV_BIN
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+BERTH = str(VENV_BIN / "berth")
+
+
+def demo_identity(output: str) -> tuple[str, str]:
+    """The demo's tag and directory, from its first lines."""
+    tag = re.search(r"Berth demo ([0-9a-f]{6}):", output).group(1)
+    workdir = re.search(r"and in (/\S+?)\.\n", output).group(1)
+    return tag, workdir
+
+
+def assert_nothing_left(tag: str, workdir: str, out: str) -> None:
+    left = {"namespaces": [n for n in probe.namespaces() if n.endswith(f"-{tag}")],
+            "links": [n for n in probe.root_links() if n.startswith("bd") or tag in n],
+            "nft tables": sorted(probe.berth_tables(tag, "10.232.0.0/16", "10.231.0.0/24")),
+            "processes": probe.processes_mentioning(workdir),
+            "directory": [workdir] if Path(workdir).exists() else [],
+            "resolv.conf": list(Path("/etc/netns").glob(f"bd-*-{tag}"))}
+    assert not any(left.values()), f"{left}\n{out}"
+
+
+def test_demo_tells_the_whole_story_and_leaves_nothing():
+    done = subprocess.run([BERTH, "demo"], capture_output=True, text=True, timeout=300)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    tag, workdir = demo_identity(out)
+    web = re.search(r"web\s+B\s+bd-web-\S+\s+(10\.232\.\d+\.\d+)", out).group(1)
+    # host A's container resolved host B's by name through Berth's DNS ...
+    assert re.search(rf"\[ok\] client \(host A\) asks 10\.231\.0\.1 for web\.berth\.internal A: {web}", out)
+    # ... and fetched the page across the overlay, by name and through host B's published port
+    assert "[ok] client fetches http://web/ (resolv.conf -> Berth DNS -> VXLAN): 200 Hello from web" in out
+    assert "[ok] client fetches http://10.231.0.2:8080/" in out
+    if shutil.which("tcpdump"):  # seen on the underlay wire: VXLAN from host A to host B carrying the fetch
+        assert re.search(rf"10\.231\.0\.1 > 10\.231\.0\.2 udp/8472 VXLAN vni 1 carrying \S+ > {web}:80 tcp", out)
+    assert "[ok] client (" in out and "pings web" in out
+    # a container the runtime lost is reclaimed by GC: its address and its name go, the others stay
+    assert "[ok] host A's addresses: crashed's released, client's kept" in out
+    assert "[ok] crashed.berth.internal no longer resolves" in out
+    assert "[FAIL]" not in out and re.search(r"All \d+ checks passed", out), out
+    assert_nothing_left(tag, workdir, out)
+
+
+def test_demo_interrupted_still_cleans_up():
+    proc = subprocess.Popen([BERTH, "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # interrupt once a container is attached and the daemons all run
+            lines.append(line)
+            if "berth-register -> endpoint web" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        lines.extend(proc.stdout)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines)
+    assert rc == 1, out
+    assert "interrupted; cleaning up" in out and "FAILED" in out, out
+    assert "[ok] no namespaces left" in out, out
+    tag, workdir = demo_identity(out)
+    assert_nothing_left(tag, workdir, out)
