@@ -73,7 +73,8 @@ class Impl:
 
 
 def make_namespaces(count: int, tag: str) -> list[str]:
-    names = [f"bt-b{tag}-{i}-{secrets.token_hex(2)}" for i in range(count)]
+    """Fresh namespaces named ``btbench-…``: not ``bt-…``, which a test run under CI sweeps away at its start."""
+    names = [f"btbench-{tag}{i}-{secrets.token_hex(2)}" for i in range(count)]
     for name in names:
         sh("ip", "netns", "add", name)
     return names
@@ -183,7 +184,7 @@ def main() -> int:
     if args.only:
         wanted = args.only.split(",")
         impls = [i for i in impls if any(w in i.label for w in wanted)]
-    host = f"bt-bhost-{secrets.token_hex(3)}"
+    host = f"btbench-host-{secrets.token_hex(3)}"
     sh("ip", "netns", "add", host)
     work = Path(tempfile.mkdtemp(prefix="bt-bridge-bench-"))
     results: dict[str, dict] = {}

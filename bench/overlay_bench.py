@@ -211,23 +211,33 @@ def convergence(hosts: int, joins: int, store_kind: str, tmp: str) -> dict:
 
 # -- throughput ----------------------------------------------------------------------------------------------------
 
-def iperf(server_ns: str, client_ns: str, address: str, seconds: int) -> float:
-    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", address],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def iperf(server_ns: str, client_ns: str, address: str, seconds: int, attempts: int = 3) -> float:
+    """TCP throughput client -> server in Gbit/s; a run that hangs (iperf3 can stall on a lost control
+    connection) is killed and tried again with a fresh server."""
     last_error = ""
-    try:
-        for _ in range(100):
-            done = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-J", "-c", address, "-t",
-                                   str(seconds)], capture_output=True, text=True)
-            report = json.loads(done.stdout or "{}")
-            if done.returncode == 0 and "sum_received" in report.get("end", {}):
-                return report["end"]["sum_received"]["bits_per_second"] / 1e9
-            last_error = report.get("error", done.stderr)
-            time.sleep(0.05)  # the server is not listening yet
-        raise RuntimeError(f"iperf3 failed: {last_error}")
-    finally:
-        server.kill()
-        server.wait()
+    for _ in range(attempts):
+        server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", address],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    done = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-J", "--connect-timeout",
+                                           "1000", "-c", address, "-t", str(seconds)], capture_output=True,
+                                          text=True, timeout=seconds + 20)
+                except subprocess.TimeoutExpired:
+                    last_error = "iperf3 client hung"
+                    break
+                report = json.loads(done.stdout or "{}")
+                if done.returncode == 0 and "sum_received" in report.get("end", {}):
+                    return report["end"]["sum_received"]["bits_per_second"] / 1e9
+                last_error = report.get("error", done.stderr)
+                if server.poll() is not None:
+                    break  # the one-off server is gone: start another
+                time.sleep(0.05)  # the server is not listening yet
+        finally:
+            server.kill()
+            server.wait()
+    raise RuntimeError(f"iperf3 failed: {last_error}")
 
 
 def throughput(store_url: str, seconds: int) -> dict:

@@ -211,6 +211,8 @@ def _valid_attachments(config: Mapping[str, Any]) -> Optional[tuple[Attachment, 
     for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
         if key in config:
             entries = config[key]
+            if entries is None:  # libcni marshals an empty Go slice as null: nothing is valid any more
+                return ()
             if not isinstance(entries, list):
                 raise errors.InvalidConfig(f"{key}: must be a list")
             out = []

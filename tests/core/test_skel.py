@@ -195,6 +195,17 @@ def test_gc_gets_valid_attachments_under_either_key(key):
     assert rec.requests[0].valid_attachments == (skel.Attachment("a1", "eth0"), skel.Attachment("b2", "net1"))
 
 
+def test_gc_with_null_attachment_list_means_none_is_valid():
+    """libcni sends an empty Go slice as ``null``: every attachment is then garbage."""
+    code, _, rec = call({"CNI_COMMAND": "GC", "CNI_PATH": "/x"}, config(**{"cni.dev/valid-attachments": None}))
+    assert code == 0 and rec.requests[0].valid_attachments == ()
+
+
+def test_gc_without_attachment_key_leaves_the_decision_to_the_plugin():
+    code, _, rec = call({"CNI_COMMAND": "GC", "CNI_PATH": "/x"}, config())
+    assert code == 0 and rec.requests[0].valid_attachments is None
+
+
 def test_gc_with_malformed_attachment_list_is_invalid_config():
     code, body, rec = call({"CNI_COMMAND": "GC", "CNI_PATH": "/x"},
                            config(**{"cni.dev/valid-attachments": [{"ifname": "eth0"}]}))
