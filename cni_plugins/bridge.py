@@ -6,6 +6,7 @@ terms. Handlers touch no process-wide state, so a long-lived daemon can run them
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import Optional
 
@@ -97,16 +98,51 @@ def _apply(cfg: BridgeConfig, req: skel.Request, plan: AddPlan, undo: link_ops.U
 
 
 def cmd_del(req: skel.Request) -> None:
-    """Idempotent: a missing namespace, link or rule is success; the address is always released."""
+    """Idempotent: a missing namespace, link or rule is success; the address is always released.
+
+    Removing a link and removing firewall rules each wait in the kernel for an RCU grace period (~15 ms here), so
+    when there are rules to remove they go on a helper thread while the link is deleted; DEL returns when both
+    are done, with the first error."""
     cfg = _config(req)
     if cfg.ipam is not None:
         _ipam(cfg, "DEL", req)
-    link_ops.delete_container_link(req.netns, req.ifname)
     tag = _tag(cfg, req)
+    rules = None
+    if cfg.ip_masq or cfg.macspoofchk:
+        rules = _Background(lambda: _remove_rules(cfg, tag))
+    try:
+        link_ops.delete_container_link(req.netns, req.ifname)
+    finally:
+        if rules is not None:
+            rules.result()
+
+
+def _remove_rules(cfg: BridgeConfig, tag: str) -> None:
     if cfg.ip_masq:
         firewall.backend_for(cfg.ip_masq_backend, "nat").remove([tag])
     if cfg.macspoofchk:
         firewall.backend_for("nftables", "macspoof").remove([tag])
+
+
+class _Background:
+    """A call on its own thread; :meth:`result` waits for it and raises what it raised."""
+
+    def __init__(self, call) -> None:
+        self._error: Optional[BaseException] = None
+        self._call = call
+        self._thread = threading.Thread(target=self._run, name="berth-del-rules", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def cmd_check(req: skel.Request) -> None:

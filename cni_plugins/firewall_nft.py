@@ -128,11 +128,18 @@ class NftBackend:
         return "\n".join(lines) + "\n"
 
     def add(self, tag: str, rules: Iterable[Rule]) -> None:
-        text = [self._skeleton()]
+        text = []
         for rule in rules:
             chain, body = render(rule)
             text.append(f'add rule {self.qualified} {chain} {body} comment "{comment_for(tag, rule)}"\n')
-        rc, _, err = run("".join(text))
+        if self.role != "portmap":
+            # The table and chain are there after a network's first ADD: the rules alone skip re-declaring the
+            # chain, a kernel update that waits for an RCU grace period (~14 ms here). Missing, nothing is applied
+            # and the full text follows. (portmap's skeleton also rewrites its jumps: always sent.)
+            rc, _, err = run("".join(text))
+            if rc == 0:
+                return
+        rc, _, err = run(self._skeleton() + "".join(text))
         if rc != 0:
             raise FirewallError(f"nftables refused the rules of {tag}: {err.strip()}")
 
