@@ -51,12 +51,18 @@ class CniDaemon:
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
     def preload(self) -> None:
-        """Import every plugin now, so the first container does not pay for it."""
+        """Import every plugin, and warm the netlink path they share, so the first container does not pay for it."""
         for plugin_type in invoke.IN_PROCESS:
             try:
                 self.resolve(plugin_type)
             except ImportError as exc:
                 log.warning("plugin %s not available: %s", plugin_type, exc)
+        try:
+            from cni_plugins import rtnl
+
+            rtnl.warm()
+        except (ImportError, OSError) as exc:
+            log.warning("netlink warm-up failed (the first call pays for it): %s", exc)
 
     def bind(self) -> None:
         directory = os.path.dirname(self.socket_path) or "."
