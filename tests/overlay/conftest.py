@@ -19,7 +19,7 @@ def make_sim():
     made: list[SimCluster] = []
 
     def factory(store, hosts: int = 2, start: bool = True, network: str | None = "10.214.0.0/16",
-                lease_ttl: float = 2.0, daemon_args: tuple[str, ...] = (), **config) -> SimCluster:
+                lease_ttl: float = 4.0, daemon_args: tuple[str, ...] = (), **config) -> SimCluster:
         sim = SimCluster("", lease_ttl=lease_ttl, daemon_args=tuple(daemon_args))
         made.append(sim)
         sim.create_underlay()

@@ -87,7 +87,7 @@ def test_vxlan_device_settings(make_sim, sqlite_url):
 
 
 def test_host_joins_and_dies(make_sim, store):
-    sim = make_sim(store, hosts=3, start=False)
+    sim = make_sim(store, hosts=3, start=False, lease_ttl=3)
     a, b, c = sim.hosts
     a.start(wait=False), b.start(wait=False)
     a.wait_ready(), b.wait_ready()
@@ -227,15 +227,18 @@ def test_direct_routing_between_hosts_on_one_segment(make_sim, sqlite_url):
 
 
 def test_reserved_subnet_is_used_and_never_expires(make_sim, sqlite_url):
-    sim = make_sim(sqlite_url, hosts=2, start=False, lease_ttl=1)
-    a, b = sim.hosts
+    sim = make_sim(sqlite_url, hosts=3, start=False, lease_ttl=2)
+    a, b, c = sim.hosts
     reserve = [*a.argv()[:7], "overlay", "reserve", "--store", sim.store_url, "--subnet", "10.214.200.0/24",
                "--public-ip", str(b.address.ip)]
     subprocess.run(reserve, check=True, capture_output=True)
     sim.start_all()
     assert b.subnet() == ipaddress.IPv4Network("10.214.200.0/24")
+    c_subnet = str(c.subnet())
     b.kill(signal.SIGKILL)
-    time.sleep(2.5)  # well past the TTL: a leased subnet would be gone by now
+    c.kill(signal.SIGKILL)
+    # C held an ordinary lease: once A has forgotten C, B's time would have run out too, were it leased
+    wait_until(lambda: c_subnet not in overlay_entries(a.netns)["routes"], timeout=20, what="C's lease expiring")
     assert overlay_entries(a.netns)["routes"].get("10.214.200.0/24") == "10.214.200.0"
     b.start()
     assert b.subnet() == ipaddress.IPv4Network("10.214.200.0/24")
