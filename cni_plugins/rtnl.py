@@ -25,11 +25,12 @@ from cni_plugins import netns
 NETLINK_ROUTE, SOL_NETLINK, NETLINK_CAP_ACK = 0, 270, 10
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 18, 20, 24
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 18, 19, 20, 24
 # linux/if_link.h: the attributes read from a link reply
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 5, 10, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_BR_VLAN_FILTERING = 1, 2, 7
 IFF_UP = 0x1
+GROUP_LINK = 0x1  # RTMGRP_LINK: link notifications
 RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1  # what pyroute2's route("add") sends by default
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
@@ -143,24 +144,25 @@ class Rtnl:
 
     Not shared between threads: a handler opens its own (tens of microseconds) and closes it."""
 
-    def __init__(self, netns_path: Optional[str] = None) -> None:
-        """In the thread's own namespace, or (``netns_path``) in that one: the socket keeps it after we return."""
+    def __init__(self, netns_path: Optional[str] = None, groups: int = 0) -> None:
+        """In the thread's own namespace, or (``netns_path``) in that one: the socket keeps it after we return.
+        ``groups`` subscribes to notifications (a bit mask, e.g. :data:`GROUP_LINK`)."""
         message_classes()
         if netns_path is None:
-            self.sock = self._open()
+            self.sock = self._open(groups)
         else:
             with netns.entered(netns_path):
-                self.sock = self._open()
+                self.sock = self._open(groups)
         self.netns_path = netns_path
         self._seq = 0
         self._ipr = None
 
     @staticmethod
-    def _open() -> socket.socket:
+    def _open(groups: int) -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without a copy of our request
-            sock.bind((0, 0))
+            sock.bind((0, groups))
         except OSError:
             sock.close()
             raise
@@ -274,6 +276,25 @@ class Rtnl:
         if code:
             raise netlink_error(code)
         return True
+
+
+def deleted_link_names(data: bytes) -> list[str]:
+    """Names of the links whose ``RTM_DELLINK`` notifications are in ``data`` (one read of a watching socket)."""
+    names, offset = [], 0
+    while offset + _HEADER.size <= len(data):
+        length, msg_type = _HEADER.unpack_from(data, offset)[:2]
+        if length < _HEADER.size:
+            break
+        if msg_type == RTM_DELLINK:
+            names.append(parse_link(data[offset:offset + length]).name)
+        offset += (length + 3) & ~3
+    return names
+
+
+def rtnl_barrier_request():
+    """A request that changes nothing but is served under the kernel's RTNL lock (``RTM_SETLINK`` naming no link:
+    EINVAL), so its answer comes only after whoever holds the lock now (a link's unregistration) has let go."""
+    return message_classes()[0](), RTM_SETLINK, 0
 
 
 # --- request builders (messages for Rtnl.batch / Rtnl.call) -----------------------------------------------------

@@ -79,3 +79,16 @@ def test_routes_and_addresses_are_what_pyroute2_would_have_made(netns):
         [("10.232.1.5", 24, "global", None)]
     route = ns_json(ns, "route", "show", "10.99.0.0/16")[0]
     assert (route["gateway"], route["protocol"], route["dev"]) == ("10.232.1.1", "static", "eth0")
+
+
+def test_delete_container_link_returns_with_both_ends_gone_and_the_name_free(netns):
+    from cni_plugins import link_ops
+
+    host, ctr = netns("host"), netns("ctr")
+    for _ in range(3):  # the same names again right away: nothing of the last pair is left in the way
+        run("ip", "-n", host, "link", "add", "btveth0", "type", "veth", "peer", "name", "eth0", "netns", ctr)
+        assert link_ops.delete_container_link(netns.path(ctr), "eth0") is True
+        assert ns_json(ctr, "link", "show", "type", "veth") == []
+        assert ns_json(host, "link", "show", "type", "veth") == []
+    assert link_ops.delete_container_link(netns.path(ctr), "eth0") is False
+    assert link_ops.delete_container_link("/run/netns/bt-no-such-namespace", "eth0") is False
