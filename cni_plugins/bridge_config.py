@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from cni_plugins.config_fields import bool_field
 from cni_plugins import errors
 from cni_plugins.types import DNS, ResultError
 
@@ -44,15 +45,6 @@ class BridgeConfig:
     @property
     def vlan_filtering(self) -> bool:
         return bool(self.vlan or self.vlan_trunk)
-
-
-def _bool(config: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    value = config.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise errors.InvalidConfig(f"{key}: must be true or false, not {value!r}")
-    return value
 
 
 def _int(config: Mapping[str, Any], key: str, low: int, high: int) -> int:
@@ -109,7 +101,7 @@ def parse_mac(value: Any, source: str) -> str:
 def parse(config: Mapping[str, Any], cni_version: str) -> BridgeConfig:
     """Validate a bridge network config (the parsed stdin) and fill the reference's defaults."""
     bridge = parse_link_name(config.get("bridge") or "cni0", "bridge")
-    hairpin, promisc = _bool(config, "hairpinMode"), _bool(config, "promiscMode")
+    hairpin, promisc = bool_field(config, "hairpinMode"), bool_field(config, "promiscMode")
     if hairpin and promisc:
         raise errors.InvalidConfig("hairpinMode and promiscMode: cannot set both at the same time")
     vlan = _int(config, "vlan", 0, MAX_VLAN)
@@ -130,13 +122,13 @@ def parse(config: Mapping[str, Any], cni_version: str) -> BridgeConfig:
         dns = DNS.from_dict(config.get("dns"))
     except ResultError as exc:
         raise errors.InvalidConfig(str(exc)) from None
-    default_gateway = _bool(config, "isDefaultGateway")
+    default_gateway = bool_field(config, "isDefaultGateway")
     return BridgeConfig(
         name=str(config.get("name")), cni_version=cni_version, bridge=bridge,
-        is_gateway=_bool(config, "isGateway") or default_gateway, is_default_gateway=default_gateway,
-        force_address=_bool(config, "forceAddress"), ip_masq=_bool(config, "ipMasq"), ip_masq_backend=backend,
+        is_gateway=bool_field(config, "isGateway") or default_gateway, is_default_gateway=default_gateway,
+        force_address=bool_field(config, "forceAddress"), ip_masq=bool_field(config, "ipMasq"), ip_masq_backend=backend,
         mtu=_int(config, "mtu", 0, 65535), hairpin_mode=hairpin, promisc_mode=promisc, vlan=vlan,
-        vlan_trunk=trunk, preserve_default_vlan=_bool(config, "preserveDefaultVlan", True),
-        macspoofchk=_bool(config, "macspoofchk"), enable_dad=_bool(config, "enabledad"),
-        port_isolation=_bool(config, "portIsolation"),
-        disable_container_interface=_bool(config, "disableContainerInterface"), ipam=ipam, dns=dns)
+        vlan_trunk=trunk, preserve_default_vlan=bool_field(config, "preserveDefaultVlan", True),
+        macspoofchk=bool_field(config, "macspoofchk"), enable_dad=bool_field(config, "enabledad"),
+        port_isolation=bool_field(config, "portIsolation"),
+        disable_container_interface=bool_field(config, "disableContainerInterface"), ipam=ipam, dns=dns)

@@ -6,14 +6,12 @@ processes; it is the compatibility option, nftables is the fast default.
 """
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import shlex
 import subprocess
-from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable
 
+from cni_plugins import filelock
 from cni_plugins.firewall import (Dnat, FirewallError, Masquerade, Rule, SnatToContainer, TaggedRule, comment_for,
                                   family_of, tag_of)
 
@@ -29,16 +27,9 @@ CHAINS = {
 _COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
 
 
-@contextmanager
-def _locked() -> Iterator[None]:
+def _locked():
     """Serialise Berth's own check-then-add of chains and jumps between processes and threads."""
-    os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return filelock.held(LOCK_PATH)
 
 
 def _tool(family: int) -> str:

@@ -6,12 +6,8 @@ reference, a host port another container already holds is refused with a clear e
 """
 from __future__ import annotations
 
-import fcntl
-import os
-from contextlib import contextmanager
-from typing import Iterator
 
-from cni_plugins import errors, firewall, netns, skel
+from cni_plugins import errors, filelock, firewall, netns, skel
 from cni_plugins.portmap_plan import PORT_TAKEN, PortmapConfig, conflicts, container_ips, parse, plan_rules
 from cni_plugins.types import Result
 
@@ -26,16 +22,9 @@ def _tag(cfg: PortmapConfig, req: skel.Request) -> str:
     return firewall.attachment_tag(cfg.name, req.container_id, req.ifname)
 
 
-@contextmanager
-def _host_port_lock() -> Iterator[None]:
-    """Check-then-add of host ports is one critical section across processes and threads (one fd per call)."""
-    os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _host_port_lock():
+    """Check-then-add of host ports is one critical section across processes and threads."""
+    return filelock.held(LOCK_PATH)
 
 
 def _enable_route_localnet(prev: Result) -> None:

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
+from cni_plugins.config_fields import bool_field
 from cni_plugins import errors
 from cni_plugins.firewall import Dnat, Rule, SnatToContainer, tag_of
 from cni_plugins.types import IPAddress, Result
@@ -62,12 +63,7 @@ def parse_mapping(raw: Mapping[str, Any], index: int) -> PortMapping:
 
 
 def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = config.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise errors.InvalidConfig(f"{key}: must be true or false, not {value!r}")
-    return value
+    return bool_field(config, key, default)
 
 
 def parse(config: Mapping[str, Any], cni_version: str, mappings: Iterable[Mapping[str, Any]]) -> PortmapConfig:

@@ -6,9 +6,9 @@ The view lets a watch that lost its place (compaction, reconnect) re-list and em
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
-from store.api import Compare, Delete, InvalidRequest, KeyValue, Put, WatchEvent
+from store.api import Compare, Delete, InvalidRequest, KeyValue, Put, WatchBatch, WatchEvent
 
 COMPARE_TARGETS = ("value", "version", "create_revision", "mod_revision")
 COMPARE_OPS = ("=", "!=", "<", ">")
@@ -127,6 +127,20 @@ def prefix_range_end(prefix: bytes) -> bytes | None:
             return bytes(end)
         end.pop()
     return None
+
+
+class BatchIteration:
+    """``for batch in watch``: the batches :meth:`next_batch` returns, until the watch ends (both backends)."""
+
+    def next_batch(self, timeout: Optional[float] = None) -> Optional[WatchBatch]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[WatchBatch]:
+        while True:
+            batch = self.next_batch()
+            if batch is None:
+                return
+            yield batch
 
 
 class PrefixView:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import queue
 import random
 import threading
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 from pyetcd.etcdrpc import rpc_pb2 as rpc
 from pyetcd.etcdrpc import rpc_pb2_grpc as rpc_grpc
 
 from store.api import Compacted, InvalidRequest, StoreError, StoreUnavailable, WatchBatch, WatchEvent
-from store.common import PrefixView
+from store.common import BatchIteration, PrefixView
 from store.etcd_client import FAILOVER_CODES, store_error
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ REQUIRE_LEADER = (("hasleader", "true"),)
 EVENT_KINDS = {0: "put", 1: "delete"}
 
 
-class EtcdWatch:
+class EtcdWatch(BatchIteration):
     """Changes under a prefix as :class:`WatchBatch` es; the state before ``start_revision`` is read at once."""
 
     def __init__(self, store: "EtcdStore", prefix: str, start_revision: int | None) -> None:
@@ -84,13 +84,6 @@ class EtcdWatch:
             self._batches.put(None)
             raise item
         return item
-
-    def __iter__(self) -> Iterator[WatchBatch]:
-        while True:
-            batch = self.next_batch()
-            if batch is None:
-                return
-            yield batch
 
     def _start(self) -> None:
         with self._lock:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from store.api import Compacted, WatchBatch, WatchEvent
-from store.common import PrefixView
+from store.common import BatchIteration, PrefixView
 from store.sqlite_txn import key_range_sql, sqlite_errors
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ SIGNALLED_CHECK_INTERVAL = 0.05  # seconds between checks when it can (a safety 
 EXPIRY_CHECK_INTERVAL = 0.05  # seconds between lease-expiry checks
 
 
-class SqliteWatch:
+class SqliteWatch(BatchIteration):
     """Changes under a prefix, in revision order, as :class:`WatchBatch` es.
 
     The starting point is fixed when the watch is made: the state just before ``start_revision`` is
@@ -94,13 +94,6 @@ class SqliteWatch:
                 pause = min(pause, remaining)
             self._signal.wait(seen, pause)
         return None
-
-    def __iter__(self) -> Iterator[WatchBatch]:
-        while True:
-            batch = self.next_batch()
-            if batch is None:
-                return
-            yield batch
 
     def _maybe_expire_leases(self) -> None:
         now = time.monotonic()
