@@ -113,11 +113,24 @@ def _register_lazy_package() -> None:
             package.__file__ = spec.origin
             package.__loader__ = spec.loader
 
+            progress = {"running": False, "done": False}
+            completing = threading.RLock()
+
             def _complete(name: str):
                 if importlib.util.find_spec(f"pyroute2.{name}") is not None:  # ``from pyroute2 import config``
                     return importlib.import_module(f"pyroute2.{name}")
-                package.__dict__.pop("__getattr__", None)
-                spec.loader.exec_module(package)  # the real __init__, in the same module object
+                with completing:  # other threads wait until the real __init__ has run to its end
+                    if not progress["done"]:
+                        if progress["running"]:  # asked from inside the real __init__ itself
+                            raise AttributeError(name)
+                        progress["running"] = True
+                        try:
+                            spec.loader.exec_module(package)  # the real __init__, in the same module object
+                        finally:
+                            progress["running"] = False
+                        progress["done"] = True
+                        if package.__dict__.get("__getattr__") is _complete:
+                            del package.__dict__["__getattr__"]
                 return getattr(package, name)
 
             package.__getattr__ = _complete

@@ -63,3 +63,31 @@ def test_socket_and_sysctl_belong_to_the_entered_namespace(netns):
     inside = run("ip", "netns", "exec", name, "cat", "/proc/sys/net/ipv4/conf/btnsa/arp_notify").stdout.strip()
     assert inside == "1"
     assert not os.path.exists("/proc/sys/net/ipv4/conf/btnsa")  # not in the test's own namespace
+
+
+def test_lazy_pyroute2_import_is_safe_from_many_threads_at_once():
+    """The daemon runs handlers in threads: none may see pyroute2 half-initialised (ImportError on a name)."""
+    import subprocess
+    import sys
+
+    script = """
+import threading
+from cni_plugins import netns
+netns.register_lazy_pyroute2()
+failures = []
+start = threading.Barrier(16)
+def worker():
+    start.wait()
+    try:
+        from pyroute2 import AsyncIPRoute, IPRoute  # noqa: F401
+    except Exception as exc:
+        failures.append(repr(exc))
+threads = [threading.Thread(target=worker) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(failures), failures[:1])
+"""
+    for _ in range(12):  # the race needs several fresh interpreters to show
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("0 "), done.stdout
