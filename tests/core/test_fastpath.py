@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -158,9 +157,10 @@ def test_launcher_of_another_build_falls_back_instead_of_mixing_code(launcher, d
     assert code == 0 and served_by(body) != daemon.proc.pid
 
 
-def test_daemon_killed_mid_add_reports_try_again_and_del_still_works(launcher, daemon, workdir):
+def start_held_add(launcher, daemon, workdir, container):
+    """An ADD the daemon has accepted and is running, held until ``gate`` exists: (process, gate)."""
     gate, started = workdir / "gate", workdir / "started"
-    env = cni_env("ADD", "held", BERTH_CNI_SOCKET=str(daemon.socket_path), BT_HOLD_UNTIL=str(gate),
+    env = cni_env("ADD", container, BERTH_CNI_SOCKET=str(daemon.socket_path), BT_HOLD_UNTIL=str(gate),
                   BT_STARTED_FILE=str(started))
     proc = subprocess.Popen([str(launcher)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     proc.stdin.write(CONFIG)
@@ -168,7 +168,12 @@ def test_daemon_killed_mid_add_reports_try_again_and_del_still_works(launcher, d
     deadline = time.monotonic() + 20
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert started.exists()
+    assert started.exists(), "the daemon never started the held ADD"
+    return proc, gate
+
+
+def test_daemon_killed_mid_add_reports_try_again_and_del_still_works(launcher, daemon, workdir):
+    proc, _ = start_held_add(launcher, daemon, workdir, "held")
     daemon.stop(signal.SIGKILL)
     body = json.loads(proc.stdout.read())
     assert proc.wait(10) == 1 and body["code"] == 11
@@ -178,15 +183,7 @@ def test_daemon_killed_mid_add_reports_try_again_and_del_still_works(launcher, d
 
 
 def test_graceful_restart_completes_calls_in_flight(launcher, daemon, workdir):
-    gate, started = workdir / "gate", workdir / "started"
-    env = cni_env("ADD", "inflight", BERTH_CNI_SOCKET=str(daemon.socket_path), BT_HOLD_UNTIL=str(gate),
-                  BT_STARTED_FILE=str(started))
-    proc = subprocess.Popen([str(launcher)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    proc.stdin.write(CONFIG)
-    proc.stdin.close()
-    deadline = time.monotonic() + 20
-    while not started.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    proc, gate = start_held_add(launcher, daemon, workdir, "inflight")
     old_pid = daemon.proc.pid
     daemon.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 20
