@@ -23,7 +23,8 @@ import signal
 import socket
 import struct
 import threading
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 from cni_plugins import invoke, launcher, skel
 
@@ -40,7 +41,7 @@ class CniDaemon:
         self.socket_path = socket_path
         self.build_id = build_id if build_id is not None else current_build_id()
         self.resolve = resolve
-        self.slots = threading.BoundedSemaphore(max_concurrent)
+        self.max_concurrent = max_concurrent
         self.stopping = threading.Event()
         self.in_flight = 0
         self.in_flight_lock = threading.Condition()
@@ -135,25 +136,29 @@ class CniDaemon:
                 if handlers is None:
                     conn.sendall(launcher.STATUS_SKEW)
                     return
-                if not self.slots.acquire(blocking=False):
-                    conn.sendall(launcher.STATUS_BUSY)
-                    return
-                try:
-                    with self.in_flight_lock:  # checked and counted together: a draining daemon waits for it
-                        if self.stopping.is_set():
-                            conn.sendall(launcher.STATUS_BUSY)
-                            return
-                        self.in_flight += 1
-                    try:
-                        self._run_accepted(conn, handlers, env, stdin)
-                    finally:
-                        with self.in_flight_lock:
-                            self.in_flight -= 1
-                            self.in_flight_lock.notify_all()
-                finally:
-                    self.slots.release()
+                with self._admission() as admitted:
+                    if not admitted:
+                        conn.sendall(launcher.STATUS_BUSY)
+                        return
+                    self._run_accepted(conn, handlers, env, stdin)
             except (OSError, EOFError, ValueError) as exc:
                 log.debug("CNI call dropped: %s", exc)
+
+    @contextmanager
+    def _admission(self) -> Iterator[bool]:
+        """Whether this call may run now (not stopping, under the concurrency cap); counted while it runs, so a
+        draining daemon waits for it. Checked and counted under one lock."""
+        with self.in_flight_lock:
+            admitted = not self.stopping.is_set() and self.in_flight < self.max_concurrent
+            if admitted:
+                self.in_flight += 1
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                with self.in_flight_lock:
+                    self.in_flight -= 1
+                    self.in_flight_lock.notify_all()
 
     def _handlers_for(self, plugin_type: str) -> Optional[skel.Handlers]:
         try:

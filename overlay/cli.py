@@ -66,9 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s berth-overlay %(levelname)s %(message)s", stream=sys.stderr)
-    if not args.store:
-        print("berth overlay: --store is required (or set BERTH_STORE)", file=sys.stderr)
-        return 2
     try:
         if args.action is None:
             return _run_daemon(args)

@@ -112,14 +112,7 @@ class LeaseWatcher:
                 if self._is_own_key(event.key):
                     own_lost = True
                     continue
-                try:
-                    subnet = subnet_from_key(event.key, self.prefix)
-                except LeaseFormatError:
-                    continue
-                old = self.leases.pop(subnet, None)
-                added.pop(subnet, None)
-                if old is not None:
-                    removed[subnet] = old
+                self._forget(event.key, added, removed)
                 continue
             lease = self._parse(event.key, event.value)
             if lease is None:
@@ -127,19 +120,25 @@ class LeaseWatcher:
                     own_lost = False
                     continue
                 # an unreadable value replaced a lease: forget the peer rather than route on stale data
-                try:
-                    subnet = subnet_from_key(event.key, self.prefix)
-                except LeaseFormatError:
-                    continue
-                old = self.leases.pop(subnet, None)
-                if old is not None:
-                    removed[subnet] = old
+                self._forget(event.key, added, removed)
                 continue
             if self.leases.get(lease.subnet) != lease:
                 self.leases[lease.subnet] = lease
                 added[lease.subnet] = lease
                 removed.pop(lease.subnet, None)
         return Delta(tuple(added.values()), tuple(removed.values()), own_lost)
+
+    def _forget(self, key: str, added: dict, removed: dict) -> None:
+        """The peer lease at ``key`` is gone (deleted, or its value became unreadable): stop routing to it, and
+        drop it from this batch's additions so one delta never both adds and removes a subnet."""
+        try:
+            subnet = subnet_from_key(key, self.prefix)
+        except LeaseFormatError:
+            return
+        old = self.leases.pop(subnet, None)
+        added.pop(subnet, None)
+        if old is not None:
+            removed[subnet] = old
 
     def _is_own_key(self, key: str) -> bool:
         if self.own_subnet is None:
