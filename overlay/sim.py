@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from overlay import subnetfile
+from overlay.kernel import ROUTE_PROTO
 
 UNDERLAY_IFACE = "underlay0"
 BRIDGE = "br0"
@@ -242,11 +243,40 @@ class SimCluster:
             raise SimError(f"berth overlay init: {done.stderr.strip()}")
 
     def start_all(self, timeout: float = 60.0) -> None:
-        """Start every host's daemon at once, then wait until each is ready."""
+        """Start every host's daemon at once, then wait until each is ready and has learned every other one."""
         for host in self.hosts:
             host.start(wait=False)
         for host in self.hosts:
             host.wait_ready(timeout)
+        self.wait_converged(timeout)
+
+    def wait_converged(self, timeout: float = 30.0) -> None:
+        """Wait until every running host has its route to every other running host's subnet.
+
+        A daemon says ready once it holds its own lease; it learns the hosts that started after it from its watch a
+        moment later, so whoever wants a full mesh (a test, the demo) waits for this too."""
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = self._missing_routes()
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise SimError("overlay not converged after {:.0f}s: {}".format(
+                    timeout, "; ".join(f"{host.label} lacks {', '.join(subnets)}" for host, subnets in missing)))
+            time.sleep(0.05)
+
+    def _missing_routes(self) -> list[tuple[SimHost, list[str]]]:
+        running = [host for host in self.hosts if host.running]
+        subnets = {host.label: str(host.subnet()) for host in running}
+        missing = []
+        for host in running:
+            routes = subprocess.run(["ip", "-n", host.netns, "-4", "route", "show", "proto", str(ROUTE_PROTO)],
+                                    capture_output=True, text=True).stdout
+            known = {line.split()[0] for line in routes.splitlines() if line.strip()}
+            lacking = [subnet for label, subnet in subnets.items() if label != host.label and subnet not in known]
+            if lacking:
+                missing.append((host, lacking))
+        return missing
 
     def summary(self) -> str:
         """One line per host: namespace, underlay address, subnet and VTEP MAC (from its subnet file)."""
