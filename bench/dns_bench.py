@@ -209,9 +209,10 @@ def verify(server: Server, names: list[str], expected: dict[str, str], short_nam
     return f"{good}/{len(names)} correct" + (f", {wrong} WRONG" if wrong else "")
 
 
-def dnsperf(port: int, query_file: Path, clients: int, seconds: float, verbose: bool = False) -> str:
+def dnsperf(port: int, query_file: Path, clients: int, seconds: float, verbose: bool = False,
+            rate: int | None = None) -> str:
     argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(query_file), "-c", str(clients),
-            "-l", str(seconds)] + (["-v"] if verbose else [])
+            "-l", str(seconds)] + (["-v"] if verbose else []) + (["-Q", str(rate)] if rate else [])
     return subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
 
 
@@ -225,6 +226,15 @@ def measure(server: Server, query_file: Path, clients: int, seconds: float) -> R
                   lost=int(re.search(r"Queries lost:\s+(\d+)", out).group(1)),
                   sent=int(re.search(r"Queries sent:\s+(\d+)", out).group(1)),
                   cpu_us=1e6 * cpu / completed if completed else float("nan"))
+
+
+def light_load_cpu(server: Server, query_file: Path, clients: int, rate: int, seconds: float) -> float:
+    """The server's CPU, in % of one core, while answering a steady ``rate`` queries/s (dnsperf -Q): what it
+    costs at an everyday load, where busy polling must not kick in."""
+    cpu_before = server.cpu_seconds()
+    started = time.monotonic()
+    dnsperf(server.port, query_file, clients, seconds, rate=rate)
+    return 100 * (server.cpu_seconds() - cpu_before) / (time.monotonic() - started)
 
 
 def tail_latency(server: Server, query_file: Path, clients: int, seconds: float) -> tuple[float, str]:
@@ -253,6 +263,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times; "
                         "the median qps is reported")
     parser.add_argument("--p99-seconds", type=float, default=3, help="length of the verbose run for p99")
+    parser.add_argument("--light-rate", type=int, default=2000, help="queries/s of the light-load CPU check "
+                        "(0 skips it)")
     parser.add_argument("--aardvark", action="store_true", help="add aardvark-dns as a third peer")
     parser.add_argument("--dnsd-arg", action="append", default=[], help="extra argument for berth dns")
     args = parser.parse_args()
@@ -293,6 +305,11 @@ def main() -> int:
                 tails = {s.name: tail_latency(s, names_file, args.clients, args.p99_seconds)
                          for s in measured} if args.p99_seconds > 0 else {}
                 report(label, runs, tails)
+            if args.light_rate:
+                print(f"\nCPU at a light load ({args.light_rate:,} queries/s for 5 s, % of one core):")
+                for server in measured:
+                    cpu = light_load_cpu(server, folder / "known.txt", args.clients, args.light_rate, 5)
+                    print(f"  {server.name:<28} {cpu:>6.1f}%")
             if any(s.name == "aardvark-dns" for s in servers):
                 aardvark = next(s for s in servers if s.name == "aardvark-dns")
                 short_file = folder / "short.txt"
