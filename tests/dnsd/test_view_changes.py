@@ -9,7 +9,9 @@ import dns.rcode
 
 from discovery.model import EndpointRecord, Health, PortBinding
 
-from .conftest import sample_records, wait_for, write_records
+from tests.waiting import wait_until
+
+from .conftest import sample_records, write_records
 
 Z = "berth.internal"
 
@@ -68,4 +70,4 @@ def test_records_file_change_reaches_the_running_process(start_dns, tmp_path):
     moved = [dataclasses.replace(r, addresses=("10.89.1.11",)) if r.id == "c1/eth0" else r
              for r in sample_records()]
     write_records(path, moved)
-    assert wait_for(lambda: addresses(ask(server.port, f"btweb1.{Z}")) == ["10.89.1.11"])
+    assert wait_until(lambda: addresses(ask(server.port, f"btweb1.{Z}")) == ["10.89.1.11"])
