@@ -165,7 +165,7 @@ def play(world: World, story: Story) -> None:
     for ctr, server, name, rtype, expected in questions:
         ask = (lambda c=ctr, s=server, n=name, t=rtype: probe.dig(c.netns, s.address, *(("-x", n) if t == "PTR"
                                                                                        else (n, t))))
-        answer = probe.retry(ask, lambda found, e=expected: e in found, 10)
+        answer = probe.retry(ask, lambda found, e=expected: e in found, 30)
         world.dns_seen.append((ctr.name, f"{server.address}:53", f"{name} {rtype}", " ".join(answer) or "-"))
         story.check(f"{ctr.name} (host {ctr.host.name}) asks {server.address} for {name} {rtype}", expected in answer,
                     " ".join(answer) or "no answer", fatal=rtype == "A" and name.startswith("web"))
@@ -187,7 +187,7 @@ def across(world: World, story: Story, client, web, page: str) -> None:
     with probe.capture(world.sim.underlay_ns, "br0", f"udp port {VXLAN_PORT}",
                        str(world.workdir / "capture.log")) as seen:
         ok, body = probe.retry(lambda: probe.fetch(client.netns, "http://web/"),
-                               lambda reply: reply[0] and page.strip() in reply[1], 10)
+                               lambda reply: reply[0] and page.strip() in reply[1], 30)
     story.check("client fetches http://web/ (resolv.conf -> Berth DNS -> VXLAN)", ok and page.strip() in body,
                 body.splitlines()[0] if body else "-")
     for host in world.hosts:
@@ -216,7 +216,7 @@ def reclaim(world: World, story: Story) -> None:
     client = world.containers[1]
     lost = world.add_container(host_a, "crashed", ("tmp",))
     answer = probe.retry(lambda: probe.dig(client.netns, host_a.address, f"crashed.{ZONE}"),
-                         lambda found: lost.address in found, 10)
+                         lambda found: lost.address in found, 30)
     story.say(f"crashed on host A: {lost.address}, resolves as crashed.{ZONE} ({' '.join(answer) or 'not yet'})")
     world.lose(lost)
     valid = [c for c in world.containers if c.host is host_a and not c.lost]
@@ -228,7 +228,9 @@ def reclaim(world: World, story: Story) -> None:
                 "; ".join(f"{name} {'done' if ok else error}" for name, ok, error in gc))
     kept = host_a.reservations()
     story.check("host A's addresses: crashed's released, client's kept", kept == [client.address], ", ".join(kept))
-    gone = probe.retry(lambda: probe.dig(client.netns, host_a.address, f"crashed.{ZONE}"), lambda found: not found, 5)
+    # the DNS server follows the store through its watch: the name goes a moment after GC removed the record
+    gone = probe.retry(lambda: probe.dig(client.netns, host_a.address, f"crashed.{ZONE}"), lambda found: not found,
+                       30)
     story.check(f"crashed.{ZONE} no longer resolves", not gone, " ".join(gone) or "NXDOMAIN")
     still = probe.dig(world.containers[0].netns, world.hosts[1].address, f"client.{ZONE}")
     story.check(f"client.{ZONE} still does", client.address in still, " ".join(still) or "no answer")
@@ -271,7 +273,9 @@ def teardown(world: World, story: Story, before: probe.Snapshot, workdir: Path) 
                     ", ".join(host.reservations()))
     if world.hosts:
         _check_store(world, story, "endpoints")
-        gone = probe.dig(world.hosts[0].netns, world.hosts[0].address, f"web.{ZONE}")
+        # as after GC: the DNS server learns of the DEL from its watch, a moment after the store changed
+        gone = probe.retry(lambda: probe.dig(world.hosts[0].netns, world.hosts[0].address, f"web.{ZONE}"),
+                           lambda found: not found, 30)
         if any(d.process.poll() is None for d in world.hosts[0].daemons):
             story.check(f"web.{ZONE} no longer resolves", not gone, " ".join(gone) or "NXDOMAIN")
     processes = world.processes()

@@ -16,7 +16,7 @@ import time
 from typing import Iterator
 
 FETCH = ("import sys, urllib.request\n"
-         "with urllib.request.urlopen(sys.argv[1], timeout=3) as r:\n"
+         "with urllib.request.urlopen(sys.argv[1], timeout=10) as r:\n"
          "    sys.stdout.write(f'{r.status} ' + r.read().decode(errors='replace'))\n")
 
 
@@ -39,7 +39,7 @@ def retry(probe, ok, timeout: float):
 
 
 def dig(netns: str, server: str, name: str, rtype: str = "A") -> list[str]:
-    done = in_netns(netns, "dig", "+short", "+time=1", "+tries=1", f"@{server}", name, rtype)
+    done = in_netns(netns, "dig", "+short", "+time=2", "+tries=2", f"@{server}", name, rtype)
     return [line for line in done.stdout.split() if line and not line.startswith(";")] if done.returncode == 0 else []
 
 
@@ -145,14 +145,14 @@ def capture(netns: str, iface: str, bpf: str, logfile: str, count: int = 4) -> I
         proc = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-l", "-nn", "-T", "vxlan", "-c", str(count), "-i", iface,
                                  bpf], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20  # what the body sends before tcpdump listens is not seen
         while b"listening on" not in open(logfile, "rb").read() and time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
         yield lines
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=2)  # until it has seen ``count`` packets
+            proc.wait(timeout=10)  # until it has seen ``count`` packets (at once, when the body made them)
     finally:
         if proc.poll() is None:
             proc.terminate()

@@ -57,7 +57,7 @@ class Daemon:
     process: subprocess.Popen
     log: Path
 
-    def wait_for(self, marker: str, timeout: float = 20.0) -> str:
+    def wait_for(self, marker: str, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
         while True:
             text = self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -156,7 +156,7 @@ class World:
             host = Host("AB"[index], sim_host, self.workdir / f"host{'AB'[index]}")
             host.workdir.mkdir(parents=True, exist_ok=True)
             self.hosts.append(host)
-        self.sim.start_all(timeout=30)
+        self.sim.start_all(timeout=60)
 
     def peer_routes(self, host: Host) -> list[str]:
         """The overlay daemon's routes to the other hosts' subnets (protocol 77)."""

@@ -47,9 +47,7 @@ class Undo:
 
 
 def _netlink_error():
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    return NetlinkError
+    return rtnl.netlink_error_class()
 
 
 def _code(exc: Exception) -> int:

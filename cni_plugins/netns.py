@@ -22,7 +22,11 @@ from typing import Iterator, Optional
 CLONE_NEWNET = 0x40000000
 _OWN_NETNS = "/proc/thread-self/ns/net"
 _libc: Optional[ctypes.CDLL] = None
-_import_lock = threading.Lock()
+# Held while Berth imports anything from pyroute2, and while the lazy package runs its real __init__: two threads
+# importing overlapping parts of pyroute2 at once can get a half-initialised module (Python's answer to an import
+# cycle across threads), and a plain ``import pyroute2`` racing the lazy registration replaces the lazy package
+# under the thread that registered it (ImportError on AsyncIPRoute from 'pyroute2.iproute', seen under load).
+_import_lock = threading.RLock()
 
 
 class NetnsError(OSError):
@@ -88,10 +92,18 @@ def _iproute_class():
     When nothing has imported pyroute2 yet, the package is registered with a lazy ``__init__``: the real one runs
     in place on the first attribute asked of the package, so every later ``from pyroute2 import X`` still works.
     """
-    register_lazy_pyroute2()
-    from pyroute2.iproute.linux import IPRoute
+    return from_pyroute2("pyroute2.iproute.linux", "IPRoute")
 
-    return IPRoute
+
+def from_pyroute2(module: str, name: str):
+    """``from <module> import <name>`` for a pyroute2 module: how Berth imports anything from pyroute2. The lazy
+    package is registered first (so the heavy ``__init__`` never runs for it) and the import runs under the one
+    import lock (see ``_import_lock``)."""
+    import importlib
+
+    with _import_lock:
+        _register_lazy_package()
+        return getattr(importlib.import_module(module), name)
 
 
 def register_lazy_pyroute2() -> None:
@@ -114,12 +126,11 @@ def _register_lazy_package() -> None:
             package.__loader__ = spec.loader
 
             progress = {"running": False, "done": False}
-            completing = threading.RLock()
 
             def _complete(name: str):
                 if importlib.util.find_spec(f"pyroute2.{name}") is not None:  # ``from pyroute2 import config``
                     return importlib.import_module(f"pyroute2.{name}")
-                with completing:  # other threads wait until the real __init__ has run to its end
+                with _import_lock:  # other threads wait until the real __init__ has run to its end
                     if not progress["done"]:
                         if progress["running"]:  # asked from inside the real __init__ itself
                             raise AttributeError(name)

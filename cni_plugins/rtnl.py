@@ -49,13 +49,15 @@ _error_class = None
 
 def netlink_error(code: int):
     """pyroute2's ``NetlinkError`` for ``code`` (what IPRoute raises, so callers handle one kind of failure)."""
+    return netlink_error_class()(code)
+
+
+def netlink_error_class():
+    """pyroute2's ``NetlinkError`` class, imported the one safe way (:func:`netns.from_pyroute2`)."""
     global _error_class
     if _error_class is None:
-        netns.register_lazy_pyroute2()
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        _error_class = NetlinkError
-    return _error_class(code)
+        _error_class = netns.from_pyroute2("pyroute2.netlink.exceptions", "NetlinkError")
+    return _error_class
 
 
 def warm() -> None:

@@ -52,9 +52,9 @@ class FileView(StaticView):
     """Records from a JSON file (a list of record objects), re-read when the file changes. For ``--records``."""
 
     def __init__(self, path: str, poll_interval: float = 0.2) -> None:
-        super().__init__(self._load(path))
         self.path = path
-        self._mtime = self._stat()
+        self._mtime = self._stat()  # before reading: a change in between is then seen at the next poll
+        super().__init__(self._load(path))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, args=(poll_interval,), daemon=True)
         self._thread.start()
@@ -65,10 +65,12 @@ class FileView(StaticView):
         with open(path, encoding="utf-8") as f:
             return [EndpointRecord.from_dict(item) for item in json.load(f)]
 
-    def _stat(self) -> tuple[int, int]:
+    def _stat(self) -> tuple[int, int, int, int]:
+        """What tells one version of the file from another. The inode and ctime too: a file replaced (the atomic
+        way, os.replace) within one tick of the file system's clock by one of the same size has the same mtime."""
         import os
         st = os.stat(self.path)
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size
 
     def _follow(self, interval: float) -> None:
         while not self._stop.wait(interval):

@@ -120,12 +120,14 @@ class SimHost:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = signal.SIGKILL, grace: float = 30.0) -> None:
+        """Send ``sig`` and wait for the exit; SIGKILL after ``grace`` seconds (an orderly stop releases its lease
+        and removes its kernel state first, which takes longer on a loaded machine)."""
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.send_signal(sig)
                 try:
-                    self.process.wait(timeout=10)
+                    self.process.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()

@@ -28,7 +28,7 @@ import pytest
 
 ETCD_BINARY = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BINARY = shutil.which("etcdctl") or "/usr/bin/etcdctl"
-START_TIMEOUT = 20.0
+START_TIMEOUT = 60.0  # a hang guard: healthy in well under a second when idle
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -215,9 +215,31 @@ class EtcdCluster:
         self.close()
 
 
+PORT_ATTEMPTS = 3
+
+
 def start_etcd(size: int = 1, host: str = "127.0.0.1", netns: str | None = None,
                extra_args: tuple[str, ...] = (), wait: bool = True) -> EtcdCluster:
-    """Start ``size`` members listening on ``host`` (in ``netns`` when given); healthy on return."""
+    """Start ``size`` members listening on ``host`` (in ``netns`` when given); healthy on return.
+
+    The ports are free when picked, but another process on the machine may bind one (or use it as the local port
+    of a connection) before etcd does: when a member then fails with "address already in use", the cluster is
+    started again on fresh ports."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        cluster = _launch(size, host, netns, extra_args)
+        try:
+            if wait:
+                cluster.wait_healthy()
+            return cluster
+        except BaseException:
+            port_taken = any("address already in use" in member.log_tail(200) for member in cluster.members)
+            cluster.close()
+            if not port_taken or attempt == PORT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _launch(size: int, host: str, netns: str | None, extra_args: tuple[str, ...]) -> EtcdCluster:
     root = Path(tempfile.mkdtemp(prefix="bt-etcd-"))
     token = "bt-" + secrets.token_hex(6)
     ports: set[int] = set()
@@ -237,8 +259,6 @@ def start_etcd(size: int = 1, host: str = "127.0.0.1", netns: str | None = None,
         for member in members:
             member.initial_cluster = initial
             member.start()
-        if wait:
-            cluster.wait_healthy()
     except BaseException:
         cluster.close()
         raise

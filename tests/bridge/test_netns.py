@@ -91,3 +91,45 @@ print(len(failures), failures[:1])
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("0 "), done.stdout
+
+
+def test_first_pyroute2_imports_from_two_handlers_at_once_are_safe():
+    """One handler's first netlink error class and another's first IPRoute, at the same moment, in a process that
+    has not imported pyroute2: both must get what they asked for. (Berth imported the error class with a plain
+    ``import`` while the other thread registered the lazy package: the two imports crossed, and one got a
+    half-initialised ``pyroute2.iproute`` — ImportError on AsyncIPRoute, seen under load in the bridge tests.)
+    A slow import hook, as pytest's assertion rewriter can be on a busy machine, opens the window every time."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, threading, time
+
+class SlowFinder:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "pyroute2":
+            time.sleep(0.2)
+        return None
+
+sys.meta_path.insert(0, SlowFinder)
+from cni_plugins import link_ops, netns
+failures = []
+
+def run(call, delay):
+    time.sleep(delay)
+    try:
+        call()
+    except Exception as exc:
+        failures.append(repr(exc))
+
+threads = [threading.Thread(target=run, args=(link_ops._netlink_error, 0)),
+           threading.Thread(target=run, args=(netns._iproute_class, 0.05))]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(failures), failures[:1], "NDB" in sys.modules["pyroute2"].__dict__)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "0", done.stdout
+    assert done.stdout.split()[-1] == "False", "the heavy pyroute2 __init__ ran: " + done.stdout

@@ -219,7 +219,7 @@ def _as_nobody_try_daemon(socket_path) -> str:
                 outcome = b"closed"
         except PermissionError:
             outcome = b"permission-denied"
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):  # closed while we sent (EPIPE) or after (ECONNRESET)
             outcome = b"closed"
         except OSError as exc:
             outcome = f"oserror:{exc}".encode()

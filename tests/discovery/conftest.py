@@ -83,7 +83,7 @@ class AgentProcess:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=30)
         if self.proc is not None and self.proc.stdout:
             self.proc.stdout.close()
         self.proc = None
@@ -149,15 +149,3 @@ def register_config(network: str, socket: str, spool_dir: str, *, address: str =
     if runtime:
         config["runtimeConfig"] = runtime
     return config
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)

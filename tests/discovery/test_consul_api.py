@@ -11,7 +11,7 @@ import consul.exceptions
 import pytest
 
 from discovery.model import EndpointRecord, Health, endpoint_key
-from tests.discovery.conftest import wait_for
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -81,13 +81,13 @@ def test_tcp_check_goes_critical_when_the_listener_goes_away(api, open_url, stor
     try:
         c.agent.service.register("db", service_id="db1", address="127.0.0.1", port=port,
                                  check=consul.Check.tcp("127.0.0.1", port, "200ms", timeout="1s"))
-        assert wait_for(lambda: _passing(c, "db"), timeout=10)
+        assert wait_until(lambda: _passing(c, "db"))
     finally:
         listener.close()
-    assert wait_for(lambda: _status(c, "db") == ["critical"], timeout=10)
+    assert wait_until(lambda: _status(c, "db") == ["critical"])
     assert _passing(c, "db") == []
     key = endpoint_key(agent.host, "db1")
-    assert wait_for(lambda: EndpointRecord.from_json(store.get(key).value).health is Health.CRITICAL, timeout=10)
+    assert wait_until(lambda: EndpointRecord.from_json(store.get(key).value).health is Health.CRITICAL)
     checks = c.agent.checks()
     assert checks["service:db1"]["Status"] == "critical" and "TCP connect" in checks["service:db1"]["Output"]
 
@@ -113,11 +113,11 @@ def test_http_check_follows_the_status_code(api):
         url = f"http://127.0.0.1:{server.server_address[1]}/health"
         c.agent.service.register("api", service_id="api1", address="127.0.0.1", port=server.server_address[1],
                                  check=consul.Check.http(url, "200ms"))
-        assert wait_for(lambda: _status(c, "api") == ["passing"], timeout=10)
+        assert wait_until(lambda: _status(c, "api") == ["passing"])
         handler.status = 429
-        assert wait_for(lambda: _status(c, "api") == ["warning"], timeout=10)
+        assert wait_until(lambda: _status(c, "api") == ["warning"])
         handler.status = 503
-        assert wait_for(lambda: _status(c, "api") == ["critical"], timeout=10)
+        assert wait_until(lambda: _status(c, "api") == ["critical"])
     finally:
         server.shutdown()
         server.server_close()
@@ -132,7 +132,7 @@ def test_ttl_check_is_driven_by_the_application_and_expires(api):
     assert c.agent.check.ttl_warn("service:w1")
     assert _status(c, "worker") == ["warning"] and _passing(c, "worker") == []
     assert c.agent.check.ttl_pass("service:w1")
-    assert wait_for(lambda: _status(c, "worker") == ["critical"], timeout=10)  # no refresh within the TTL
+    assert wait_until(lambda: _status(c, "worker") == ["critical"])  # no refresh within the TTL
     assert c.agent.check.ttl_fail("service:w1", "broken") and _status(c, "worker") == ["critical"]
     assert c.agent.check.ttl_pass("no-such-check") is False  # 404, as Consul
 
@@ -143,7 +143,7 @@ def test_deregister_critical_service_after(api, open_url, store_url):
     check = {**consul.Check.ttl("500ms"), "DeregisterCriticalServiceAfter": "1s"}
     c.agent.service.register("flaky", service_id="f1", address="10.3.0.2", check=check)
     c.agent.service.register("steady", service_id="s1", address="10.3.0.3")
-    assert wait_for(lambda: "f1" not in c.agent.services(), timeout=15)
+    assert wait_until(lambda: "f1" not in c.agent.services())
     assert store.get(endpoint_key(agent.host, "f1")) is None
     assert "s1" in c.agent.services()
 

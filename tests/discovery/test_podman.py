@@ -9,7 +9,7 @@ import pytest
 
 from discovery.model import ENDPOINTS_PREFIX, EndpointRecord
 from tests.conftest import unique_name
-from tests.discovery.conftest import wait_for
+from tests.waiting import wait_until
 from tests.etcd_harness import free_port
 from tests.podman.harness import berth_network, podman  # noqa: F401  (fixtures)
 
@@ -31,11 +31,11 @@ def test_container_on_a_berth_register_network_is_registered_and_removed(podman,
 
     def records():
         return [EndpointRecord.from_json(kv.value) for kv in store.get_prefix(ENDPOINTS_PREFIX)[0]]
-    [record] = wait_for(records, timeout=20)
+    [record] = wait_until(records)
     assert record.name == name and record.container_id == cid and record.network == network
     assert set(record.aliases) >= {"web", "www"}
     assert record.addresses == (podman.address(name).split("/")[0],)
     assert ipaddress.ip_address(record.addresses[0]) in ipaddress.ip_network(subnet)
     assert [(p.port, p.host_port, p.protocol) for p in record.ports] == [(80, host_port, "tcp")]
     podman.remove(name)
-    assert wait_for(lambda: not records(), timeout=20)
+    assert wait_until(lambda: not records())

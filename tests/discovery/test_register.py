@@ -8,7 +8,7 @@ import pytest
 from discovery import wire
 from discovery.model import EndpointRecord, endpoint_key
 from tests.conftest import unique_name
-from tests.discovery.conftest import register_config, run_register, wait_for
+from tests.discovery.conftest import register_config, run_register
 
 
 @pytest.fixture

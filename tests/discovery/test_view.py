@@ -26,11 +26,11 @@ def test_view_lists_then_follows_changes(store_url, open_url):
         assert view.revision >= 1
         view.subscribe(lambda change: (changes.append(change), seen.set()))
         k2 = put(store, "h2", "b", "beta")
-        assert view.wait_until(lambda recs: k2 in recs, timeout=10)
+        assert view.wait_until(lambda recs: k2 in recs, timeout=30)
         put(store, "h1", "a", "alpha", address="10.0.0.7")
-        assert view.wait_until(lambda recs: recs[k1].addresses == ("10.0.0.7",), timeout=10)
+        assert view.wait_until(lambda recs: recs[k1].addresses == ("10.0.0.7",), timeout=30)
         store.delete(k2)
-        assert view.wait_until(lambda recs: k2 not in recs, timeout=10)
+        assert view.wait_until(lambda recs: k2 not in recs, timeout=30)
         assert seen.wait(10)
     assert any(k2 in c.added for c in changes) and any(k2 in c.removed for c in changes)
     assert any(k1 in c.updated for c in changes)
@@ -43,7 +43,7 @@ def test_view_sees_lease_expiry_as_removal(store_url, open_url):
     key = put(store, "h1", "leased", "gone-soon", lease=lease.id)
     with DiscoveryView(store) as view:
         assert key in view.records()
-        assert view.wait_until(lambda recs: key not in recs, timeout=15)
+        assert view.wait_until(lambda recs: key not in recs, timeout=30)
 
 
 def test_view_follows_writes_from_another_process(store_url, open_url):
@@ -57,10 +57,10 @@ def test_view_follows_writes_from_another_process(store_url, open_url):
             "    s.put(endpoint_key('hx', r.id), r.to_json().encode())\n"
             "s.delete(endpoint_key('hx', 'c3'))\ns.close()\n")
         subprocess.run([sys.executable, "-c", script, store_url], check=True, timeout=60)
-        assert view.wait_until(lambda recs: len(recs) == 19, timeout=10)
+        assert view.wait_until(lambda recs: len(recs) == 19, timeout=30)
         assert endpoint_key("hx", "c3") not in view.records()
         listed, revision = store.get_prefix(ENDPOINTS_PREFIX)
-        assert view.wait_until(lambda recs: view.revision >= revision, timeout=10)
+        assert view.wait_until(lambda recs: view.revision >= revision, timeout=30)
         assert {kv.key for kv in listed} == set(view.records())
 
 
@@ -83,7 +83,7 @@ def test_view_behind_a_compaction_catches_up_exactly(tmp_path, open_url):
         _, revision = store.get_prefix(ENDPOINTS_PREFIX)
         store.compact(revision)  # the view's next revision is no longer in the change log
         release.set()
-        assert view.wait_until(lambda recs: view.revision >= revision, timeout=20)
+        assert view.wait_until(lambda recs: view.revision >= revision, timeout=30)
         listed = {kv.key: EndpointRecord.from_json(kv.value) for kv in store.get_prefix(ENDPOINTS_PREFIX)[0]}
         assert dict(view.records()) == listed
         assert set(listed) == {keep, first, late} and listed[keep].addresses == ("10.0.1.50",)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -263,14 +262,3 @@ def silent_port():
         yield sock.getsockname()[1]
     finally:
         sock.close()
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    """Poll until true (for asynchronous effects such as a file being re-read); never a speed assertion."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-

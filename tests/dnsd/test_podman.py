@@ -10,7 +10,6 @@ import ipaddress
 import secrets
 import subprocess
 import sys
-import time
 
 import dns.message
 import dns.query
@@ -19,6 +18,7 @@ import pytest
 from tests.conftest import run, unique_name
 from tests.discovery.conftest import agents  # noqa: F401  (fixture)
 from tests.podman.harness import berth_network_plugins, podman, random_test_subnet  # noqa: F401  (fixture)
+from tests.waiting import wait_until
 
 from .conftest import REPO
 
@@ -32,15 +32,6 @@ def resolves(server: str, name: str) -> list[str]:
     except dns.exception.Timeout:
         return []
     return sorted(r.address for rrset in reply.answer for r in rrset)
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 def test_containers_resolve_each_other_by_name_and_alias(podman, agents, netns, host_links, tmp_path):  # noqa: F811
@@ -75,8 +66,8 @@ def test_containers_resolve_each_other_by_name_and_alias(podman, agents, netns, 
         podman.run(second, network=network, command=["sleep", "300"], extra=dns_args)
         first_ip = podman.address(first).split("/")[0]
         second_ip = podman.address(second).split("/")[0]
-        assert wait_until(lambda: resolves(resolver, f"{second}.{ZONE}") == [second_ip]), \
-            "the second container never appeared in DNS"
+        wait_until(lambda: resolves(resolver, f"{second}.{ZONE}") == [second_ip],
+                   what="the second container appearing in DNS")
         assert resolves(resolver, f"{first}.{ZONE}") == [first_ip]
 
         for asker, name, expected in ((second, first, first_ip), (second, alias, first_ip),
@@ -84,7 +75,7 @@ def test_containers_resolve_each_other_by_name_and_alias(podman, agents, netns, 
             out = podman.exec(asker, "nslookup", name).stdout
             assert expected in out, f"{asker} looking up {name}: {out}"
         podman.remove(second)
-        assert wait_until(lambda: resolves(resolver, f"{second}.{ZONE}") == []), "a removed container stayed"
+        wait_until(lambda: resolves(resolver, f"{second}.{ZONE}") == [], what="the removed container leaving DNS")
     finally:
         dnsd.terminate()
         try:

@@ -10,7 +10,7 @@ import dns.rcode
 from discovery.model import EndpointRecord, Health, PortBinding, endpoint_key
 from store.api import open_store
 
-from .conftest import wait_for
+from tests.waiting import wait_until
 
 Z = "berth.internal"
 
@@ -37,13 +37,13 @@ def test_store_records_are_served_and_followed(start_dns, tmp_path):
 
         second = dataclasses.replace(api, id="api2/eth0", name="btapi2", addresses=("10.93.0.3",))
         store.put(endpoint_key("bthost", second.id), second.to_json().encode())
-        assert wait_for(lambda: addresses(server.port, f"btapi.service.{Z}") == ["10.93.0.2", "10.93.0.3"])
+        assert wait_until(lambda: addresses(server.port, f"btapi.service.{Z}") == ["10.93.0.2", "10.93.0.3"])
 
         store.put(endpoint_key("bthost", api.id),
                   dataclasses.replace(api, health=Health.CRITICAL).to_json().encode())
-        assert wait_for(lambda: addresses(server.port, f"btapi.service.{Z}") == ["10.93.0.3"])
+        assert wait_until(lambda: addresses(server.port, f"btapi.service.{Z}") == ["10.93.0.3"])
 
         store.delete(endpoint_key("bthost", second.id))
-        assert wait_for(lambda: ask(server.port, f"btapi2.{Z}").rcode() == dns.rcode.NXDOMAIN)
+        assert wait_until(lambda: ask(server.port, f"btapi2.{Z}").rcode() == dns.rcode.NXDOMAIN)
     finally:
         store.close()

@@ -9,7 +9,9 @@ import dns.rcode
 
 from discovery.model import EndpointRecord, Health, PortBinding
 
-from .conftest import sample_records, wait_for, write_records
+from tests.waiting import wait_until
+
+from .conftest import sample_records, write_records
 
 Z = "berth.internal"
 
@@ -68,4 +70,26 @@ def test_records_file_change_reaches_the_running_process(start_dns, tmp_path):
     moved = [dataclasses.replace(r, addresses=("10.89.1.11",)) if r.id == "c1/eth0" else r
              for r in sample_records()]
     write_records(path, moved)
-    assert wait_for(lambda: addresses(ask(server.port, f"btweb1.{Z}")) == ["10.89.1.11"])
+    assert wait_until(lambda: addresses(ask(server.port, f"btweb1.{Z}")) == ["10.89.1.11"])
+
+
+def test_records_file_replaced_by_one_of_the_same_size_and_mtime_is_reread(tmp_path):
+    """A file replaced atomically within one tick of the file system's clock keeps its mtime; if its size is the
+    same too, only the inode (and ctime) tell the versions apart. The view must follow it."""
+    import os
+
+    from dnsd.view import FileView
+
+    path = tmp_path / "records.json"
+    write_records(path, sample_records())
+    before = os.stat(path)
+    view = FileView(str(path), poll_interval=0.05)
+    try:
+        moved = [dataclasses.replace(r, addresses=("10.89.1.11",)) if r.id == "c1/eth0" else r
+                 for r in sample_records()]
+        write_records(path, moved)  # same length: one digit changed
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as if written in the same clock tick
+        assert os.stat(path).st_size == before.st_size
+        wait_until(lambda: view.records()["c1/eth0"].addresses == ("10.89.1.11",), what="the view re-reading")
+    finally:
+        view.stop()

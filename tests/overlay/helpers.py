@@ -5,19 +5,8 @@ import json
 import socket
 import subprocess
 import threading
-import time
 
-
-def wait_until(predicate, timeout: float = 15.0, interval: float = 0.1, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; a generous deadline only bounds a hang."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
+from tests.waiting import wait_until  # noqa: F401  (the overlay tests import it from here)
 
 
 def ping(netns: str, address, count: int = 1, wait: int = 1) -> bool:

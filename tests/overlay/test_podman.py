@@ -57,6 +57,7 @@ def test_podman_containers_on_two_hosts_reach_each_other(make_sim, sqlite_url, h
     host_podman.host = b.netns
     host_podman.run("btweb", network=names["h1"], command=["httpd", "-f", "-p", "80", "-h", "/www"])
     web = ipaddress.ip_interface(host_podman.address("btweb"))
+    host_podman.wait_listening("btweb", 80)
     assert web.ip in b.subnet()
     host_podman.host = a.netns
     host_podman.run("btclient", network=names["h0"], command=["sleep", "300"])

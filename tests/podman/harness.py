@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional, Sequence
 import pytest
 
 from tests.conftest import REFERENCE_CNI_DIR, VENV_BIN, unique_name
+from tests.waiting import wait_until
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 PODMAN_TIMEOUT = 120
@@ -124,6 +125,16 @@ class PodmanHarness:
 
     def exec(self, name: str, *command: str, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
         return self("exec", name, *command, check=check, timeout=timeout)
+
+    def wait_listening(self, name: str, port: int, timeout: float = PODMAN_TIMEOUT) -> None:
+        """Wait until a server in container ``name`` listens on TCP ``port``: ``run`` returns once the container's
+        process has started, a moment before that process has bound its port."""
+        def bound() -> bool:
+            out = self.exec(name, "netstat", "-ltn").stdout
+            return any(fields[3].endswith(f":{port}") for fields in map(str.split, out.splitlines())
+                       if len(fields) > 3 and fields[0].startswith("tcp"))
+
+        wait_until(bound, timeout, interval=0.2, what=f"a server in {name} listening on port {port}")
 
     def address(self, name: str, ifname: str = "eth0") -> str:
         """The container's first IPv4 address with prefix, read inside it."""

@@ -66,6 +66,7 @@ def test_podman_containers_on_a_berth_network(podman, berth_network, ipam):
     assert ipaddress.ip_interface(podman.address(client)).network == ipaddress.ip_network(subnet)
     assert podman.exec(client, "ping", "-c", "3", "-i", "0.2", "-w", "3", gateway).returncode == 0
     assert podman.exec(client, "ping", "-c", "3", "-i", "0.2", "-w", "3", web_ip.split("/")[0]).returncode == 0
+    podman.wait_listening(web, 80)
     assert host_fetch(port) == "berth"
     assert len(bridge_ports(bridge)) == 2
     assert len(reservations(data_dir, network)) == 2

@@ -12,6 +12,7 @@ import pytest
 
 from tests.bridge.cni_call import call, in_ns, nft_ruleset
 from tests.conftest import unique_name
+from tests.waiting import wait_listening
 
 pytestmark = pytest.mark.root
 HOST_IP, OUTSIDE_IP = "10.231.200.1", "10.231.200.2"
@@ -41,8 +42,11 @@ def site(netns, tmp_path, make_conf):
         web = tmp_path / cid
         web.mkdir()
         (web / "index.html").write_text(cid)
-        servers.append(subprocess.Popen(["ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", "80", "-h",
-                                         str(web)]))
+        server = subprocess.Popen(["ip", "netns", "exec", ns, "busybox", "httpd", "-f", "-p", "80", "-h", str(web)])
+        servers.append(server)
+        # httpd binds its port a moment after the Popen (later still on a busy machine): a fetch before that is
+        # refused at once, and fetch() would spend its attempts in a few milliseconds
+        wait_listening(80, netns=ns, process=server)
         return netns.path(ns), r.out
 
     yield host, outside, conf, start
@@ -127,7 +131,8 @@ def test_second_container_cannot_take_a_published_port(site):
 def test_gc_reclaims_ports_of_vanished_containers(site):
     host, outside, conf, start = site
     (ns1, prev1), (ns2, prev2) = start("stay"), start("left")
-    p1, p2 = free_port(), free_port() + 1
+    p1 = free_port()
+    p2 = p1 + 1  # never the same port (two random picks can be)
     call("berth-portmap", "ADD", portmap_conf(conf, prev1, [{"hostPort": p1, "containerPort": 80}]), host=host,
          container_id="stay", netns=ns1)
     call("berth-portmap", "ADD", portmap_conf(conf, prev2, [{"hostPort": p2, "containerPort": 80}]), host=host,
