@@ -4,7 +4,6 @@ from __future__ import annotations
 import random
 import socket
 import struct
-import time
 
 import dns.edns
 import dns.exception
@@ -211,22 +210,6 @@ def test_plain_and_batched_udp_loops_answer_alike(start_dns, records_file):
             one, other = ask(batched, name, rdtype), ask(plain, name, rdtype)
             one.id = other.id = 0
             assert one.to_wire() == other.to_wire(), name
-
-
-def test_busy_polling_loop_answers_like_the_sleeping_one_and_stops_cleanly(start_dns, records_file):
-    """Busy polling forced on from the first query (rate threshold 0, a 20 ms window): answers inside the window
-    (polled) and after it (blocking again) are the same bytes as the sleeping loop's, and SIGTERM still ends it."""
-    polling = start_dns("--records", str(records_file), "--no-forward", "--busy-poll-min-rate", "0",
-                        "--busy-poll-us", "20000")
-    sleeping = start_dns("--records", str(records_file), "--no-forward", "--busy-poll-us", "0")
-    for round_number in range(3):
-        for name, rdtype in QUESTIONS:
-            one, other = ask(polling, name, rdtype), ask(sleeping, name, rdtype)
-            one.id = other.id = 0
-            assert one.to_wire() == other.to_wire(), name
-        time.sleep(0.05)  # past the window: the next query finds the loop blocked again
-    polling.proc.terminate()
-    assert polling.proc.wait(10) == 0
 
 
 def test_several_listeners_including_ipv6(start_dns, records_file):

@@ -44,23 +44,3 @@ def test_replies_written_in_place_reach_their_senders_and_gaps_are_skipped(famil
         server.close()
         for client in clients:
             client.close()
-
-
-def test_busy_polling_starts_only_above_the_rate_and_ends_after_a_quiet_window():
-    gate = udp_batch._RateGate(udp_batch.BusyPoll(window_us=50, min_rate=20_000, measure_every=0.1))
-    start = gate.period_start
-    ms = 1_000_000
-    gate.arrived(100, start + 1 * ms)  # the first period is still being counted: no polling yet
-    assert gate.poll_until == 0
-    gate.arrived(1_000, start + 100 * ms)  # 1,100 in 100 ms = 11,000/s: below the rate, keep sleeping
-    assert not gate.hot and gate.poll_until == 0
-    gate.arrived(2_500, start + 200 * ms)  # 25,000/s: poll for 50 us past this batch
-    assert gate.hot and gate.poll_until == start + 200 * ms + 50_000
-    gate.arrived(1, start + 250 * ms)  # within the period: the verdict holds, the window moves on
-    assert gate.poll_until == start + 250 * ms + 50_000
-    gate.arrived(1, start + 900 * ms)  # a long quiet stretch averages the rate down: back to sleeping
-    assert not gate.hot and gate.poll_until == 0
-
-
-def test_busy_poll_turned_off_never_polls():
-    assert not udp_batch.BusyPoll(window_us=0).enabled()
