@@ -10,7 +10,6 @@ import sys
 from .acl import LOOPBACK, RecursionPolicy
 from .names import DEFAULT_ZONE, ZoneConfig
 from .server import ServerOptions, bind_listener, run_workers
-from .udp_batch import BusyPoll
 from .upstream import Upstream, parse_resolv_conf
 
 WILDCARDS = ("0.0.0.0", "::")
@@ -43,12 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 1232)")
     parser.add_argument("--no-batch", action="store_true", help="plain recvfrom/sendto instead of "
                         "recvmmsg/sendmmsg (for comparison)")
-    parser.add_argument("--busy-poll-us", type=int, default=BusyPoll.window_us, metavar="USEC",
-                        help="under heavy load, poll the socket for this long after each query instead of sleeping "
-                        f"(saves a wake-up per query; 0 turns it off; default {BusyPoll.window_us})")
-    parser.add_argument("--busy-poll-min-rate", type=int, default=BusyPoll.min_rate, metavar="QPS",
-                        help="the query rate from which a worker busy-polls (below it, it sleeps between "
-                        f"queries; default {BusyPoll.min_rate})")
     parser.add_argument("--upstream-timeout", type=float, default=2.0, help="seconds per upstream try")
 
 
@@ -116,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
     forwarding = bool(upstreams) and not args.no_forward
     options = ServerOptions(listen=tuple(listens), workers=max(1, args.workers),
                             tcp_idle_timeout=args.tcp_idle_timeout, upstreams=tuple(upstreams),
-                            upstream_timeout=args.upstream_timeout, batched_udp=not args.no_batch,
-                            busy_poll=BusyPoll(max(0, args.busy_poll_us), max(0, args.busy_poll_min_rate)))
+                            upstream_timeout=args.upstream_timeout, batched_udp=not args.no_batch)
     listeners = [bind_listener(host, port, options.workers) for host, port in listens]
 
     def make_responder():

@@ -38,7 +38,6 @@ class ServerOptions:
     forward_threads: int = 16
     max_pending_forwards: int = 1024  # past this, SERVFAIL at once rather than queue without bound
     batched_udp: bool = True  # recvmmsg/sendmmsg where the platform has them
-    busy_poll: udp_batch.BusyPoll = udp_batch.BusyPoll()  # the batched loop's polling under heavy load
 
 
 @dataclass
@@ -176,7 +175,7 @@ class Worker:
                 return self.start_forward(sock, reply, client)
             return reply
 
-        udp_batch.serve_batched(sock, responder.packed_udp, refresh, slow, self.stopping, self.options.busy_poll)
+        udp_batch.serve_batched(sock, responder.packed_udp, refresh, slow, self.stopping)
 
     def start_forward(self, sock: socket.socket, forward: Forward, client) -> bytes | None:
         """Queue the upstream question; when too many are waiting already, SERVFAIL now (returned)."""

@@ -12,14 +12,11 @@ import errno
 import os
 import socket
 import struct
-import time
-from dataclasses import dataclass
 from typing import Callable
 
 BATCH = 64
 SLOT = 4096           # largest datagram read per query, and largest UDP reply written back
 MSG_WAITFORONE = 0x10000
-MSG_DONTWAIT = 0x40
 SOCKADDR_SIZE = 28    # sockaddr_in6; sockaddr_in fits too
 
 
@@ -99,11 +96,9 @@ class BatchedUdp:
         self.send_ptr = ctypes.addressof(self.send_msgs)
         self.entry_size = ctypes.sizeof(MMsgHdr)
 
-    def receive(self, wait: bool = True) -> int:
-        """How many queries arrived (0 when interrupted, or none waiting and ``wait`` is false); with ``wait``,
-        block for at least one. Raises once the socket is gone."""
-        flags = MSG_WAITFORONE if wait else MSG_WAITFORONE | MSG_DONTWAIT
-        count = LIBC.recvmmsg(self.fd, self.recv_ptr, BATCH, flags, None)
+    def receive(self) -> int:
+        """Block for at least one query; how many arrived (0 when interrupted). Raises once the socket is gone."""
+        count = LIBC.recvmmsg(self.fd, self.recv_ptr, BATCH, MSG_WAITFORONE, None)
         if count < 0:
             err = ctypes.get_errno()
             if err in (errno.EBADF, errno.ENOTSOCK, errno.EINVAL):
@@ -132,72 +127,20 @@ class BatchedUdp:
             count -= sent
 
 
-@dataclass(frozen=True)
-class BusyPoll:
-    """Stay on the CPU between batches while queries pour in, instead of sleeping until the next one.
-
-    Asleep, every query's arrival costs a wake-up — an inter-processor interrupt, on a virtual machine an exit
-    to the hypervisor — paid by the client's send and by the server's return to work; on loopback that is a
-    third of both sides' CPU per query. While the rate stays above ``min_rate`` queries/s the loop polls the
-    socket without blocking for up to ``window_us`` after the last query, so the clients' sends find nobody to
-    wake. Below that rate (or with ``window_us`` 0) it sleeps as usual: an idle or lightly used server costs
-    no CPU. At ``min_rate`` the server already spends a fair share of a core on the queries themselves.
-    """
-
-    window_us: int = 50
-    min_rate: int = 20_000
-    measure_every: float = 0.1  # seconds between rate checks
-
-    def enabled(self) -> bool:
-        return self.window_us > 0
-
-
-class _RateGate:
-    """Whether the recent query rate is high enough to busy-poll (checked every ``measure_every`` seconds)."""
-
-    def __init__(self, policy: BusyPoll) -> None:
-        self.window_ns = policy.window_us * 1000
-        self.period_ns = int(policy.measure_every * 1e9)
-        self.threshold = policy.min_rate * policy.measure_every
-        self.period_start = time.monotonic_ns()
-        self.seen = 0
-        self.hot = False
-        self.poll_until = 0
-
-    def arrived(self, count: int, now: int) -> None:
-        self.seen += count
-        if now - self.period_start >= self.period_ns:
-            self.hot = self.seen >= self.threshold * (now - self.period_start) / self.period_ns
-            self.period_start, self.seen = now, 0
-        self.poll_until = now + self.window_ns if self.hot else 0
-
-
 def serve_batched(sock: socket.socket, packed: dict, refresh: Callable[[], None],
-                  slow: Callable[[bytes, tuple[str, int]], bytes | None], stopping,
-                  busy_poll: BusyPoll = BusyPoll()) -> None:
+                  slow: Callable[[bytes, tuple[str, int]], bytes | None], stopping) -> None:
     """The batched loop: ``packed`` is the responder's cache of replies-without-ID, ``slow`` answers the rest
     (returns reply bytes to send, or None when it has dealt with the query itself or stays silent)."""
     io = BatchedUdp(sock)
     view, lengths, length_at, send_lengths = io.view, io.lengths, io.length_at, io.send_lengths
     get = packed.get
-    gate = _RateGate(busy_poll) if busy_poll.enabled() else None
-    clock = time.monotonic_ns
     while not stopping.is_set():
         try:
-            if gate is not None and gate.poll_until:
-                count = io.receive(wait=False)
-                if not count:
-                    if clock() >= gate.poll_until:
-                        gate.poll_until = 0  # quiet for a whole window: block again
-                    continue
-            else:
-                count = io.receive()
+            count = io.receive()
         except OSError:
             return
         if not count:
             continue
-        if gate is not None:
-            gate.arrived(count, clock())
         refresh()
         ready = []
         for i in range(count):
