@@ -9,9 +9,11 @@ so leases expire whenever anybody touches the store — writers, readers and wat
 from __future__ import annotations
 
 import contextlib
+import random
 import secrets
 import sqlite3
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -46,13 +48,29 @@ class SqliteStore:
         self._signal: ChangeSignal | None = None
         with sqlite_errors(f"open {self.path}"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.connection() as conn:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")
-                with self._rollback_on_error(conn):
-                    conn.executescript("BEGIN IMMEDIATE;" + SCHEMA)
-                    forget_leases_of_earlier_boots(conn)
-                    conn.execute("COMMIT")
+            self._prepare_file()
+
+    def _prepare_file(self) -> None:
+        """WAL mode, the schema, and leases of earlier boots dropped.
+
+        Several processes may open a new file at once (hosts starting together). Switching to WAL needs a lock
+        SQLite's busy timeout does not wait for, so an opener that meets another one tries again (for as long
+        as a writer would wait) instead of failing with 'database is locked'."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                with self.connection() as conn:
+                    if conn.execute("PRAGMA journal_mode").fetchall()[0][0].lower() != "wal":
+                        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+                    with self._rollback_on_error(conn):
+                        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA)
+                        forget_leases_of_earlier_boots(conn)
+                        conn.execute("COMMIT")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
 
     @classmethod
     def from_url(cls, url: str) -> "SqliteStore":

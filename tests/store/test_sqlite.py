@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
 
@@ -145,3 +146,31 @@ def test_default_store_url_follows_the_environment(monkeypatch):
     assert DEFAULT_STORE_URL.startswith("sqlite:///var/lib/berth/")
     monkeypatch.setenv("BERTH_STORE", "etcd://127.0.0.1:2379")
     assert default_store_url() == "etcd://127.0.0.1:2379"
+
+
+def test_many_openers_of_a_fresh_file_at_once_all_succeed(tmp_path):
+    """Hosts starting together all open the same new database: switching it to WAL takes a lock SQLite does not
+    wait for, so an opener that meets another's must retry rather than fail (seen as 'database is locked')."""
+    for attempt in range(10):
+        path = tmp_path / f"fresh{attempt}.db"
+        start = threading.Barrier(24)
+        failures: list[BaseException] = []
+
+        def opener() -> None:
+            start.wait()
+            try:
+                store = SqliteStore(path)
+                try:
+                    for number in range(5):
+                        store.put(f"bt/{threading.get_ident()}/{number}", b"v")
+                finally:
+                    store.close()
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=opener) for _ in range(24)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures[:3]
