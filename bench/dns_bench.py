@@ -10,6 +10,9 @@ is the server's own CPU time (user + system, from /proc, all its processes) per 
 other work shares it moves less than queries/s does.
 dnsmasq gets ``--local=/ZONE/`` besides the hosts file so that it, too, answers unknown names NXDOMAIN itself,
 and ``--local-ttl=5`` so that its answers carry the same TTL as dnsd's.
+The ceiling row (``bench/udp_ceiling.c``, compiled with the machine's gcc) echoes every datagram with no work at
+all: on a 2-core machine dnsperf and the kernel's loopback path take most of the CPU, and this is the most any
+server could reach under the same dnsperf. The last table is each server's CPU at an everyday load.
 """
 from __future__ import annotations
 
@@ -144,6 +147,24 @@ def start_dnsd(folder: Path, workers: int, extra: list[str]) -> Server:
     return server
 
 
+def start_ceiling(folder: Path) -> Server | None:
+    """``bench/udp_ceiling.c``, compiled here: datagrams echoed back with no work at all — the most any server
+    could get from this dnsperf on this machine (None without a C compiler)."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        return None
+    binary = folder / "udp_ceiling"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(REPO / "bench" / "udp_ceiling.c")], check=True)
+    port = free_port()
+    server = Server("ceiling: C echo, no lookup", port, subprocess.Popen([str(binary), str(port)]))
+    deadline = time.monotonic() + 5
+    while query(port, f"btbench0.{ZONE}", timeout=0.3) is None:
+        if time.monotonic() > deadline:
+            server.stop()
+            return None
+    return server
+
+
 def start_aardvark(folder: Path, expected: dict[str, str]) -> Server | None:
     """aardvark-dns reads one file per network: a header with its listen address, then one container a line."""
     if not os.access(AARDVARK, os.X_OK):
@@ -265,6 +286,8 @@ def main() -> int:
     parser.add_argument("--p99-seconds", type=float, default=3, help="length of the verbose run for p99")
     parser.add_argument("--light-rate", type=int, default=2000, help="queries/s of the light-load CPU check "
                         "(0 skips it)")
+    parser.add_argument("--no-ceiling", action="store_true", help="leave out the C echo that shows the most "
+                        "any server could reach here")
     parser.add_argument("--aardvark", action="store_true", help="add aardvark-dns as a third peer")
     parser.add_argument("--dnsd-arg", action="append", default=[], help="extra argument for berth dns")
     args = parser.parse_args()
@@ -282,6 +305,9 @@ def main() -> int:
             servers.append(start_dnsmasq(folder))
             for workers in args.workers.split(","):
                 servers.append(start_dnsd(folder, int(workers), args.dnsd_arg))
+            ceiling = None if args.no_ceiling else start_ceiling(folder)
+            if ceiling is not None:
+                servers.append(ceiling)
             if args.aardvark:
                 peer = start_aardvark(folder, expected)
                 if peer is None:
@@ -292,6 +318,9 @@ def main() -> int:
                   f"load average {os.getloadavg()[0]:.1f}")
             print("correctness (every name asked once):")
             for server in servers:
+                if server is ceiling:
+                    print(f"  {server.name:<28} (echoes the question: not a DNS answer, not checked)")
+                    continue
                 short = server.name == "aardvark-dns"
                 for label, names in (("known", known), ("10% unknown", mixed)):
                     print(f"  {server.name:<28} {label:<12} {verify(server, names, expected, short)}")
@@ -308,6 +337,8 @@ def main() -> int:
             if args.light_rate:
                 print(f"\nCPU at a light load ({args.light_rate:,} queries/s for 5 s, % of one core):")
                 for server in measured:
+                    if server is ceiling:
+                        continue
                     cpu = light_load_cpu(server, folder / "known.txt", args.clients, args.light_rate, 5)
                     print(f"  {server.name:<28} {cpu:>6.1f}%")
             if any(s.name == "aardvark-dns" for s in servers):
