@@ -1,6 +1,7 @@
 """The socket shell: moves bytes between sockets and the :class:`Responder`; no DNS logic lives here.
 
-UDP: one blocking loop per socket whose cache hit costs one dict lookup and one ``sendto``. TCP (RFC 7766): a
+UDP: one blocking loop per socket (``udp_batch``) whose cache hit costs a dict lookup and a share of one batched
+send. TCP (RFC 7766): a
 thread per connection, any number of queries on it, closed after an idle timeout. Forwarded questions run on a
 small thread pool so a slow upstream never stalls the loop. Several worker processes may share a port through
 SO_REUSEPORT, each with its own view and responder.
@@ -8,7 +9,6 @@ SO_REUSEPORT, each with its own view and responder.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import signal
 import socket
@@ -121,43 +121,6 @@ class Worker:
 
     # -- UDP ------------------------------------------------------------------------------------------------
     def serve_udp(self, sock: socket.socket) -> None:
-        if self.options.batched_udp and udp_batch.available():
-            return self.serve_udp_batched(sock)
-        responder = self.responder
-        view = responder.view
-        packed = responder.packed_udp  # cleared in place on every revision change, never replaced
-        recvfrom, sendto = sock.recvfrom, sock.sendto
-        slow = responder.respond_slowly
-        while True:
-            try:
-                data, client = recvfrom(65535)
-            except OSError as exc:
-                if self.stopping.is_set() or exc.errno in (errno.EBADF, errno.ENOTSOCK):
-                    return
-                continue
-            if not data and self.stopping.is_set():
-                return
-            if view.revision != responder.revision:
-                responder.refresh()
-            hit = packed.get(data[2:])
-            try:
-                if hit is not None:
-                    sendto(data[:2] + (hit if hit.__class__ is bytes else next(hit)), client)
-                    continue
-                reply = slow(data, client[0], False)
-                if reply is None:
-                    continue
-                if reply.__class__ is Forward:
-                    reply = self.start_forward(sock, reply, client)
-                    if reply is None:
-                        continue
-                sendto(reply, client)
-            except OSError:
-                continue
-            except Exception as exc:  # a bug must cost one answer, never the server
-                print(f"dnsd: error answering {client}: {exc!r}", file=sys.stderr)
-
-    def serve_udp_batched(self, sock: socket.socket) -> None:
         responder = self.responder
         view = responder.view
 
@@ -175,7 +138,8 @@ class Worker:
                 return self.start_forward(sock, reply, client)
             return reply
 
-        udp_batch.serve_batched(sock, responder.packed_udp, refresh, slow, self.stopping)
+        # packed_udp is cleared in place on every revision change, never replaced
+        udp_batch.serve(sock, responder.packed_udp, refresh, slow, self.stopping, self.options.batched_udp)
 
     def start_forward(self, sock: socket.socket, forward: Forward, client) -> bytes | None:
         """Queue the upstream question; when too many are waiting already, SERVFAIL now (returned)."""

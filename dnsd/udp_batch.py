@@ -1,9 +1,12 @@
-"""Batched UDP for the hot path: ``recvmmsg``/``sendmmsg`` through ctypes (Linux).
+"""The UDP loop: batched ``recvmmsg``/``sendmmsg`` (through ctypes, Linux) under load, one query at a time when
+they come one by one.
 
-A cache hit then costs no system call of its own: one ``recvmmsg`` collects every waiting query, each reply is
-written over its query in place (the ID is already there, only the bytes after it change), and one ``sendmmsg``
-sends them all back to the addresses the kernel filled in. Anything that is not a hit goes to the same slow path
-as the plain loop.
+Under load a cache hit costs no system call of its own: one ``recvmmsg`` collects every waiting query, each reply
+is written over its query in place (the ID is already there, only the bytes after it change), and one ``sendmmsg``
+sends them all back to the addresses the kernel filled in. When a ``recvmmsg`` brings a single query, queries are
+arriving slower than they are answered; the batch calls then cost more than plain ``recvfrom``/``sendto`` (measured
+here at 8,000 queries/s: 34% of a core batching throughout, 29% this way; the same under full load), so the next
+``ONE_BY_ONE_RUN`` queries are taken one at a time before batching is tried again. Anything that is not a hit goes to the slow path either way.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import struct
 from typing import Callable
 
 BATCH = 64
+ONE_BY_ONE_RUN = 32   # queries taken singly after a batch of one, before the next batch is tried
 SLOT = 4096           # largest datagram read per query, and largest UDP reply written back
 MSG_WAITFORONE = 0x10000
 SOCKADDR_SIZE = 28    # sockaddr_in6; sockaddr_in fits too
@@ -127,40 +131,68 @@ class BatchedUdp:
             count -= sent
 
 
-def serve_batched(sock: socket.socket, packed: dict, refresh: Callable[[], None],
-                  slow: Callable[[bytes, tuple[str, int]], bytes | None], stopping) -> None:
-    """The batched loop: ``packed`` is the responder's cache of replies-without-ID, ``slow`` answers the rest
-    (returns reply bytes to send, or None when it has dealt with the query itself or stays silent)."""
-    io = BatchedUdp(sock)
-    view, lengths, length_at, send_lengths = io.view, io.lengths, io.length_at, io.send_lengths
+def serve(sock: socket.socket, packed: dict, refresh: Callable[[], None],
+          slow: Callable[[bytes, tuple[str, int]], bytes | None], stopping, batched: bool = True) -> None:
+    """Serve ``sock`` until ``stopping`` is set or the socket goes: ``packed`` is the responder's cache of
+    replies-without-ID, ``slow`` answers the rest (returns reply bytes to send, or None when it has dealt with the
+    query itself or stays silent). ``batched`` false (or no recvmmsg here): one query at a time throughout."""
+    io = BatchedUdp(sock) if batched and available() else None
+    one_by_one = 0 if io is not None else -1  # queries to take singly before batching again; -1: always
     get = packed.get
+    recvfrom, sendto = sock.recvfrom, sock.sendto
     while not stopping.is_set():
+        if one_by_one:
+            one_by_one -= one_by_one > 0
+            try:
+                data, client = recvfrom(SLOT)
+            except OSError as exc:
+                if stopping.is_set() or exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                    return
+                continue
+            if not data and stopping.is_set():
+                return
+            refresh()
+            hit = get(data[2:]) if len(data) > 12 else None
+            reply = data[:2] + (hit if hit.__class__ is bytes else next(hit)) if hit is not None else slow(data, client)
+            if reply is not None:
+                try:
+                    sendto(reply, client)
+                except OSError:
+                    pass
+            continue
         try:
             count = io.receive()
         except OSError:
             return
         if not count:
             continue
-        refresh()
-        ready = []
-        for i in range(count):
-            offset = i * SLOT
-            size = lengths[length_at[i]]
-            hit = get(bytes(view[offset + 2:offset + size])) if size > 12 else None
-            if hit is not None:
-                if hit.__class__ is not bytes:
-                    hit = next(hit)
-                view[offset + 2:offset + 2 + len(hit)] = hit
-                send_lengths[2 * i + 1] = len(hit) + 2
-                ready.append(i)
-                continue
-            if size == 0 and stopping.is_set():
-                return
-            name = bytes(io.names_view[i * SOCKADDR_SIZE:(i + 1) * SOCKADDR_SIZE])
-            reply = slow(bytes(view[offset:offset + size]), client_address(name))
-            if reply is not None and len(reply) <= SLOT:
-                view[offset:offset + len(reply)] = reply
-                send_lengths[2 * i + 1] = len(reply)
-                ready.append(i)
-        if ready:
-            io.send(ready)
+        if count == 1:
+            one_by_one = ONE_BY_ONE_RUN
+        _answer_batch(io, count, get, refresh, slow, stopping)
+
+
+def _answer_batch(io: BatchedUdp, count: int, get, refresh, slow, stopping) -> None:
+    view, lengths, length_at, send_lengths = io.view, io.lengths, io.length_at, io.send_lengths
+    refresh()
+    ready = []
+    for i in range(count):
+        offset = i * SLOT
+        size = lengths[length_at[i]]
+        hit = get(bytes(view[offset + 2:offset + size])) if size > 12 else None
+        if hit is not None:
+            if hit.__class__ is not bytes:
+                hit = next(hit)
+            view[offset + 2:offset + 2 + len(hit)] = hit
+            send_lengths[2 * i + 1] = len(hit) + 2
+            ready.append(i)
+            continue
+        if size == 0 and stopping.is_set():
+            return
+        name = bytes(io.names_view[i * SOCKADDR_SIZE:(i + 1) * SOCKADDR_SIZE])
+        reply = slow(bytes(view[offset:offset + size]), client_address(name))
+        if reply is not None and len(reply) <= SLOT:
+            view[offset:offset + len(reply)] = reply
+            send_lengths[2 * i + 1] = len(reply)
+            ready.append(i)
+    if ready:
+        io.send(ready)
