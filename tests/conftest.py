@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import stop_process
+
 TEST_PREFIX = "bt"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("BERTH_VENV_BIN", REPO_ROOT / ".venv" / "bin"))
@@ -49,11 +51,7 @@ def cni_daemon(request):
             time.sleep(0.05)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, grace=30)
 
 
 def unique_name(kind: str = "", length: int = 15) -> str:

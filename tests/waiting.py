@@ -41,3 +41,15 @@ def wait_listening(port: int, netns: str | None = None, udp: bool = False, proce
 
     wait_until(ready, timeout, what=f"a server listening on {'udp' if udp else 'tcp'} port {port}"
                                     + (f" in {netns}" if netns else ""))
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM, up to ``grace`` seconds to finish cleanly (so it can give back leases, sockets, rules), then
+    SIGKILL; always reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -22,6 +22,7 @@ from dnsd.responder import Responder
 from dnsd.server import ServerOptions, Worker, bind_listener
 from dnsd.upstream import Upstream
 from dnsd.view import StaticView
+from tests.waiting import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 ZONE = "berth.internal"
@@ -73,13 +74,7 @@ class DnsProcess:
         self.port = self.ports[self.host]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace=5)
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ..conftest import run
-from ..waiting import wait_listening
+from ..waiting import stop_process, wait_listening
 from .conftest import REPO
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(shutil.which("dig") is None, reason="needs dig")]
@@ -65,11 +65,6 @@ def test_containers_resolve_names_and_recurse_only_from_the_bridge(gateway_pair,
         assert dig(client_ns, f"ns.{Z}", "+short").split() == [GATEWAY]
     finally:
         for proc in (dnsd, upstream):
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, grace=5)
         dnsd.stdout.close()
         dnsd.stderr.close()

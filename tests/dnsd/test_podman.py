@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import run, unique_name
 from tests.discovery.conftest import agents  # noqa: F401  (fixture)
 from tests.podman.harness import berth_network_plugins, podman, random_test_subnet  # noqa: F401  (fixture)
-from tests.waiting import wait_until
+from tests.waiting import stop_process, wait_until
 
 from .conftest import REPO
 
@@ -77,11 +77,6 @@ def test_containers_resolve_each_other_by_name_and_alias(podman, agents, netns, 
         podman.remove(second)
         wait_until(lambda: resolves(resolver, f"{second}.{ZONE}") == [], what="the removed container leaving DNS")
     finally:
-        dnsd.terminate()
-        try:
-            dnsd.wait(5)
-        except subprocess.TimeoutExpired:
-            dnsd.kill()
-            dnsd.wait()
+        stop_process(dnsd, grace=5)
         dnsd.stdout.close()
         dnsd.stderr.close()
