@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from berth import demo_probe as probe
+from berth.interrupts import Interrupted, StopGuard, checkpoint
 from berth.demo_world import OVERLAY, UNDERLAY, VXLAN, ZONE, DemoError, World, cni_bin_dir
 
 HOST_PORT = 8080
@@ -29,6 +30,14 @@ VXLAN_PORT = 8472  # the overlay's default UDP port
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-going", action="store_true",
                         help="play every step even after a failed check (default: stop at the first failure)")
+
+
+def show(line: str) -> None:
+    """Print a line of the story; a terminal that went away (SIGHUP) must not stop the clean-up."""
+    try:
+        print(line, flush=True)
+    except OSError:
+        pass
 
 
 class Story:
@@ -42,15 +51,18 @@ class Story:
         self.keep_going = keep_going
 
     def step(self, title: str) -> None:
+        checkpoint()
         self.steps += 1
-        print(f"\n{self.steps}. {title}  [t+{self.elapsed():.1f}s]", flush=True)
+        show(f"\n{self.steps}. {title}  [t+{self.elapsed():.1f}s]")
 
     def say(self, text: str = "") -> None:
-        print(f"   {text}" if text else "", flush=True)
+        checkpoint()
+        show(f"   {text}" if text else "")
 
     def check(self, what: str, ok: bool, detail: str = "", fatal: bool = False) -> bool:
+        checkpoint()
         self.checks += 1
-        print(f"   [{'ok' if ok else 'FAIL'}] {what}" + (f": {detail}" if detail else ""), flush=True)
+        show(f"   [{'ok' if ok else 'FAIL'}] {what}" + (f": {detail}" if detail else ""))
         if not ok:
             self.failures.append(what)
             if fatal and not self.keep_going:
@@ -68,10 +80,6 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
     return lines
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("berth demo creates network namespaces: run it as root (e.g. `sudo make demo`)", file=sys.stderr)
@@ -80,36 +88,41 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"berth demo needs {', '.join(missing)} (`make deps` installs them)", file=sys.stderr)
         return 1
-    tag = secrets.token_hex(3)
-    workdir = Path(tempfile.mkdtemp(prefix=f"berth-demo-{tag}-"))
     story = Story(keep_going=getattr(args, "keep_going", False))
     before = probe.Snapshot()
-    world = World(workdir, tag)
-    old_term = signal.signal(signal.SIGTERM, _interrupt)
-    old_hup = signal.signal(signal.SIGHUP, _interrupt)  # a closed terminal cleans up too
-    print(f"Berth demo {tag}: two hosts, one overlay, containers that find each other by name.")
-    print(f"Everything below lives in network namespaces named bd-*-{tag} and in {workdir}.")
-    try:
-        play(world, story)
-    except KeyboardInterrupt:
-        story.check("the demo ran to the end", False, "interrupted; cleaning up")
-    except Exception as exc:  # every failure still reaches the teardown and the exit status
-        story.check("the demo ran to the end", False, f"{type(exc).__name__}: {exc}")
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    tag = secrets.token_hex(3)
+    world: World | None = None
+    workdir: Path | None = None
+    with StopGuard() as guard:  # Ctrl-C, SIGTERM or a closed terminal at any moment: stop, then clean up
         try:
-            teardown(world, story, before, workdir)
+            workdir = Path(tempfile.mkdtemp(prefix=f"berth-demo-{tag}-"))
+            world = World(workdir, tag)
+            show(f"Berth demo {tag}: two hosts, one overlay, containers that find each other by name.")
+            show(f"Everything below lives in network namespaces named bd-*-{tag} and in {workdir}.")
+            try:
+                play(world, story)
+            except Exception as exc:  # every failure still reaches the teardown and the exit status
+                story.check("the demo ran to the end", False, f"{type(exc).__name__}: {exc}")
+        except Interrupted:
+            pass  # reported by the teardown, which runs whatever happened
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, old_term)
-            signal.signal(signal.SIGHUP, old_hup)
+            guard.shield()  # from here a stop request is remembered, never obeyed: the teardown must finish
+            interrupted = guard.received
+            if interrupted is not None:
+                story.check("the demo ran to the end", False,
+                            f"interrupted by {signal.Signals(interrupted).name}; cleaning up")
+            if world is not None:
+                teardown(world, story, before, workdir)
+            elif workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            if interrupted is None and guard.received is not None:
+                story.check("the demo ran to the end", False,
+                            f"{signal.Signals(guard.received).name} during the teardown, which went on to the end")
     if story.failures:
-        print(f"\nFAILED: {len(story.failures)} of {story.checks} checks ({story.elapsed():.1f} s): "
-              + "; ".join(story.failures))
-        return 1
-    print(f"\nAll {story.checks} checks passed in {story.elapsed():.1f} s.")
+        show(f"\nFAILED: {len(story.failures)} of {story.checks} checks ({story.elapsed():.1f} s): "
+             + "; ".join(story.failures))
+        return guard.exit_status or 1
+    show(f"\nAll {story.checks} checks passed in {story.elapsed():.1f} s.")
     return 0
 
 

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Iterator
 
+from berth.interrupts import checkpoint
+
 FETCH = ("import sys, urllib.request\n"
          "with urllib.request.urlopen(sys.argv[1], timeout=10) as r:\n"
          "    sys.stdout.write(f'{r.status} ' + r.read().decode(errors='replace'))\n")
@@ -32,6 +34,7 @@ def retry(probe, ok, timeout: float):
     """Ask again until ``ok(answer)`` or the time is up (a name or a route may take a moment to appear)."""
     deadline = time.monotonic() + timeout
     while True:
+        checkpoint()
         answer = probe()
         if ok(answer) or time.monotonic() > deadline:
             return answer

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from berth.demo_probe import processes_mentioning
+from berth.interrupts import checkpoint
 from overlay import subnetfile
 from overlay.sim import SimCluster, SimHost
 
@@ -60,6 +61,7 @@ class Daemon:
     def wait_for(self, marker: str, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
         while True:
+            checkpoint()
             text = self.log.read_text(errors="replace") if self.log.exists() else ""
             if marker in text:
                 return text
