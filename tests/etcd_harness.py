@@ -26,17 +26,11 @@ from typing import Iterator
 
 import pytest
 
+from tests.ports import free_port  # noqa: F401 - also the harness's public helper
+
 ETCD_BINARY = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BINARY = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 START_TIMEOUT = 60.0  # a hang guard: healthy in well under a second when idle
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free now on ``host`` (bind port 0); never a fixed one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _die_with_parent() -> list[str]:

@@ -10,7 +10,6 @@ import pytest
 from discovery.model import ENDPOINTS_PREFIX, EndpointRecord
 from tests.conftest import unique_name
 from tests.waiting import wait_until
-from tests.etcd_harness import free_port
 from tests.podman.harness import berth_network, podman  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.root, pytest.mark.podman, pytest.mark.slow]
@@ -25,9 +24,7 @@ def test_container_on_a_berth_register_network_is_registered_and_removed(podman,
                 "capabilities": {"aliases": True, "portMappings": True}}
     network, _, subnet, _ = berth_network(extra=[register])
     name = unique_name("ctr")
-    host_port = free_port()
-    cid = podman.run(name, network=network, command=["sleep", "300"], aliases=["web", "www"],
-                     publish=[f"127.0.0.1:{host_port}:80"])
+    host_port, cid = podman.run_publishing(name, 80, network=network, command=["sleep", "300"], aliases=["web", "www"])
 
     def records():
         return [EndpointRecord.from_json(kv.value) for kv in store.get_prefix(ENDPOINTS_PREFIX)[0]]

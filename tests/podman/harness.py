@@ -7,7 +7,7 @@ context manager::
 
     with PodmanHarness.create() as pm:
         pm.write_network("btnet1", berth_network_plugins(bridge="btbr1", subnet="10.231.7.0/24", data_dir=...))
-        cid = pm.run("web", network="btnet1", command=["httpd", "-f", "-p", "80", "-h", "/www"], publish=["8080:80"])
+        port, cid = pm.run_publishing("web", 80, network="btnet1", command=["httpd", "-f", "-p", "80", "-h", "/www"])
 
 Containers are removed with ``rm -f -t 0`` (a busybox PID 1 ignores SIGTERM, so a grace period only waits).
 """
@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional, Sequence
 import pytest
 
 from tests.conftest import REFERENCE_CNI_DIR, VENV_BIN, unique_name
+from tests.ports import port_taken, with_free_port
 from tests.waiting import wait_until
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -122,6 +123,23 @@ class PodmanHarness:
         self.containers.append(name)
         proc = self(*args, *extra, "--rootfs", str(self.rootfs), *command)
         return proc.stdout.strip().splitlines()[-1]
+
+    def run_publishing(self, name: str, container_port: int, *, network: str, command: Sequence[str],
+                       host_ip: str = "127.0.0.1", **kwargs) -> tuple[int, str]:
+        """``run`` with ``container_port`` published on a free host port: ``(host port, container id)``. Podman
+        binds the host port itself; when something took it since it was picked, the half-made container goes and
+        the run is tried again on another port."""
+        def attempt(port: int) -> str:
+            try:
+                return self.run(name, network=network, command=command, publish=[f"{host_ip}:{port}:{container_port}"],
+                                **kwargs)
+            except AssertionError as exc:
+                if port_taken(exc):
+                    self("rm", "-f", "-t", "0", name, check=False)
+                    self.containers.remove(name)
+                raise
+
+        return with_free_port(attempt, host=host_ip)
 
     def exec(self, name: str, *command: str, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
         return self("exec", name, *command, check=check, timeout=timeout)

@@ -29,14 +29,6 @@ def host_fetch(port: int, attempts: int = 3) -> str:
     return ""
 
 
-def free_host_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bridge_ports(bridge: str) -> list[str]:
     return [l["ifname"] for l in ns_json(None, "link", "show", "master", bridge)]
 
@@ -55,10 +47,9 @@ def nft_rules_naming(*ids: str) -> list[str]:
 def test_podman_containers_on_a_berth_network(podman, berth_network, ipam):
     network, bridge, subnet, data_dir = berth_network(ipam=ipam, ip_masq=True)
     gateway = str(ipaddress.ip_network(subnet).network_address + 1)
-    port = free_host_port()
     web, client = f"btweb{secrets.token_hex(3)}", f"btcli{secrets.token_hex(3)}"
-    web_id = podman.run(web, network=network, publish=[f"127.0.0.1:{port}:80"],
-                        command=["/bin/httpd", "-f", "-p", "80", "-h", "/www"])
+    port, web_id = podman.run_publishing(web, 80, network=network,
+                                         command=["/bin/httpd", "-f", "-p", "80", "-h", "/www"])
     client_id = podman.run(client, network=network, command=["/bin/sleep", "300"])
 
     web_ip = podman.address(web)

@@ -12,6 +12,7 @@ import pytest
 
 from tests.bridge.cni_call import call, in_ns, nft_ruleset
 from tests.conftest import unique_name
+from tests.ports import free_port
 from tests.waiting import wait_listening
 
 pytestmark = pytest.mark.root
@@ -75,10 +76,6 @@ def fetch(ns, address, port, attempts=3):
         if proc.returncode == 0:
             return proc.stdout.strip()
     return None
-
-
-def free_port():
-    return 20000 + secrets.randbelow(20000)
 
 
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])

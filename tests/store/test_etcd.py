@@ -5,7 +5,7 @@ import pytest
 
 from store.api import InvalidRequest, StoreUnavailable, open_store
 from store.etcd import EtcdStore
-from tests.etcd_harness import free_port
+from tests.ports import held_port
 
 
 @pytest.mark.parametrize("url", ["etcd://", "etcd://127.0.0.1", "etcd://127.0.0.1:notaport",
@@ -25,21 +25,23 @@ def test_url_names_every_member():
 
 
 def test_no_member_answering_is_store_unavailable():
-    store = open_store(f"etcd://127.0.0.1:{free_port()},127.0.0.1:{free_port()}?timeout=0.5")
-    try:
-        with pytest.raises(StoreUnavailable) as caught:
-            store.put("bt/k", b"v")
-        assert caught.value.retryable
-    finally:
-        store.close()
+    with held_port() as dead1, held_port() as dead2:  # held: refused for the whole test, as a dead member is
+        store = open_store(f"etcd://127.0.0.1:{dead1},127.0.0.1:{dead2}?timeout=0.5")
+        try:
+            with pytest.raises(StoreUnavailable) as caught:
+                store.put("bt/k", b"v")
+            assert caught.value.retryable
+        finally:
+            store.close()
 
 
 @pytest.mark.etcd
 def test_calls_skip_a_dead_member_listed_first(etcd_server):
-    store = open_store(f"etcd://127.0.0.1:{free_port()},{etcd_server.endpoints[0]}")
-    try:
-        revision = store.put("bt/failover/k", b"v")
-        assert store.get("bt/failover/k").mod_revision == revision
-        assert store.endpoint == etcd_server.endpoints[0]
-    finally:
-        store.close()
+    with held_port() as dead:
+        store = open_store(f"etcd://127.0.0.1:{dead},{etcd_server.endpoints[0]}")
+        try:
+            revision = store.put("bt/failover/k", b"v")
+            assert store.get("bt/failover/k").mod_revision == revision
+            assert store.endpoint == etcd_server.endpoints[0]
+        finally:
+            store.close()
