@@ -128,6 +128,7 @@ class Container:
     result: dict | None = None
     steps: list[str] = field(default_factory=list)  # what each plugin of the chain did, for the story
     lost: bool = False  # the runtime forgot it: GC, not DEL, frees what it held
+    reclaimed: bool = False  # GC freed what it held: the teardown has nothing left to DEL
 
     @property
     def address(self) -> str:
