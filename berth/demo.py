@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +31,9 @@ VXLAN_PORT = 8472  # the overlay's default UDP port
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-going", action="store_true",
                         help="play every step even after a failed check (default: stop at the first failure)")
+    parser.add_argument("--picture", default="berth-topology.svg",
+                        help="where `berth status --graph` draws the two hosts (default ./berth-topology.svg; "
+                             "it is kept after the teardown)")
 
 
 def show(line: str) -> None:
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             show(f"Berth demo {tag}: two hosts, one overlay, containers that find each other by name.")
             show(f"Everything below lives in network namespaces named bd-*-{tag} and in {workdir}.")
             try:
-                play(world, story)
+                play(world, story, os.path.abspath(getattr(args, "picture", "berth-topology.svg")))
             except Exception as exc:  # every failure still reaches the teardown and the exit status
                 story.check("the demo ran to the end", False, f"{type(exc).__name__}: {exc}")
         except Interrupted:
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def play(world: World, story: Story) -> None:
+def play(world: World, story: Story, picture: str) -> None:
     story.step("Two hosts on a private underlay, sharing one datastore")
     story.say(f"store: {world.store_url} (embedded SQLite, shared through the file system)")
     world.cni_bin = cni_bin_dir(world.workdir)
@@ -188,6 +192,7 @@ def play(world: World, story: Story) -> None:
 
     story.step("Summary")
     summary(world)
+    cluster_status(world, story, picture)
 
 
 def across(world: World, story: Story, client, web, page: str) -> None:
@@ -274,6 +279,29 @@ def summary(world: World) -> None:
         print(f"   captured on the underlay during the fetch: {world.overlay_frames[0]}")
     for name, (sent, received) in world.overlay_traffic.items():
         print(f"   VXLAN on host {name}: {sent} packets sent, {received} received during the ping and the fetch")
+
+
+def cluster_status(world: World, story: Story, picture: str) -> None:
+    """What `berth status` shows of the two hosts, and its picture of them, kept after the teardown."""
+    from berth import status
+    from store.api import open_store
+
+    story.say(f"$ berth status --store {world.store_url} --graph {picture}")
+    store = open_store(world.store_url)
+    try:
+        snapshot = status.collect(store, world.sim.prefix)
+    finally:
+        store.close()
+    for line in status.render_tables(snapshot):
+        story.say(f"  {line}" if line else "")
+    shown = {h.underlay for h in snapshot.hosts} == {h.address for h in world.hosts} and all(
+        any(c.address in e.addresses for e in snapshot.endpoints) for c in world.containers if not c.lost)
+    story.check("berth status shows both hosts and every running container", shown)
+    try:
+        status.draw(status.as_graph(snapshot), picture)
+        story.check("the topology picture is drawn", True, picture)
+    except (ValueError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        story.check("the topology picture is drawn", False, str(exc))
 
 
 def teardown(world: World, story: Story, before: probe.Snapshot, workdir: Path) -> None:

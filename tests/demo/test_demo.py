@@ -34,8 +34,9 @@ def assert_nothing_left(tag: str, workdir: str, out: str) -> None:
     assert not any(left.values()), f"{left}\n{out}"
 
 
-def test_demo_tells_the_whole_story_and_leaves_nothing():
-    done = subprocess.run([BERTH, "demo"], capture_output=True, text=True, timeout=300)
+def test_demo_tells_the_whole_story_and_leaves_nothing(tmp_path):
+    picture = tmp_path / "topology.svg"
+    done = subprocess.run([BERTH, "demo", "--picture", str(picture)], capture_output=True, text=True, timeout=300)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     tag, workdir = demo_identity(out)
@@ -52,6 +53,11 @@ def test_demo_tells_the_whole_story_and_leaves_nothing():
     assert "[ok] host A's addresses: crashed's released, client's kept" in out
     assert "[ok] crashed.berth.internal no longer resolves" in out
     assert "[FAIL]" not in out and re.search(r"All \d+ checks passed", out), out
+    # it ends with `berth status` of both hosts and a picture of them, kept after the teardown
+    assert "[ok] berth status shows both hosts and every running container" in out
+    assert f"[ok] the topology picture is drawn: {picture}" in out
+    svg = picture.read_text()
+    assert all(text in svg for text in ("10.231.0.1", "10.231.0.2", "web", "client", "VXLAN")), svg
     assert_nothing_left(tag, workdir, out)
 
 
@@ -86,8 +92,8 @@ INTERRUPT_POINTS = [
 @pytest.mark.parametrize("marker, signum", INTERRUPT_POINTS,
                          ids=[f"{signal.Signals(s).name}-at-" + re.sub(r"\W+", "-", m.lower()).strip("-")[:32]
                               for m, s in INTERRUPT_POINTS])
-def test_demo_interrupted_anywhere_stops_and_cleans_up(marker, signum):
-    proc = subprocess.Popen([BERTH, "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def test_demo_interrupted_anywhere_stops_and_cleans_up(marker, signum, tmp_path):
+    proc = subprocess.Popen([BERTH, "demo", "--picture", str(tmp_path / "topology.svg")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=ignore_inherited_stops)
     lines = []
     try:
