@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("berth.demo", "run Berth's main job end to end on this machine, then clean up"),
     "agent": ("discovery.cli", "run the discovery agent: endpoints to the datastore, Consul-compatible API"),
     "install-cni": ("berth.install_cni", "install Berth's CNI plugin executables into a CNI bin directory"),
+    "install-units": ("berth.install_units", "write systemd units for Berth's daemons (socket-activated CNI daemon)"),
     "cni-daemon": ("berth.cni_daemon_cmd", "serve CNI calls from the plugin launchers over a Unix socket"),
     "overlay": ("overlay.cli", "the VXLAN overlay host daemon, and its records in the store"),
     "dns": ("dnsd.cli", "serve the discovery view over DNS (and forward other names upstream)"),

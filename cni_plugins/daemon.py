@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
@@ -48,6 +49,8 @@ class CniDaemon:
         self.calls_served = 0
         self.listener: Optional[socket.socket] = None
         self.socket_inode = 0
+        self.idle_exit = 0.0  # with an adopted socket: exit after this many idle seconds (0: never)
+        self.last_active = time.monotonic()
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -83,13 +86,29 @@ class CniDaemon:
         self.socket_inode = os.stat(self.socket_path).st_ino
         self.listener = listener
 
+    def adopt(self, listener: socket.socket, idle_exit: float = 0.0) -> None:
+        """Serve on a listening socket the init system made (socket activation). The socket stays its owner's:
+        ``stop`` never removes its file, and connections that arrive after an idle exit wait in it until the
+        init system starts the daemon again."""
+        self.listener = listener
+        self.socket_inode = 0
+        self.idle_exit = idle_exit
+
+    def _idle_too_long(self) -> bool:
+        with self.in_flight_lock:
+            return bool(self.idle_exit) and not self.in_flight and \
+                time.monotonic() - self.last_active > self.idle_exit
+
     def serve_forever(self) -> None:
-        assert self.listener is not None, "bind() first"
+        assert self.listener is not None, "bind() or adopt() first"
         self.listener.settimeout(0.2)
         while not self.stopping.is_set():
             try:
                 conn, _ = self.listener.accept()
             except socket.timeout:
+                if self._idle_too_long():
+                    log.info("idle for %.0f s: exiting (the socket stays with the init system)", self.idle_exit)
+                    self.stopping.set()
                 continue
             except OSError:
                 if self.stopping.is_set():
@@ -152,6 +171,7 @@ class CniDaemon:
             admitted = not self.stopping.is_set() and self.in_flight < self.max_concurrent
             if admitted:
                 self.in_flight += 1
+                self.last_active = time.monotonic()
         try:
             yield admitted
         finally:
@@ -209,11 +229,17 @@ def _peer_hung_up(conn: socket.socket) -> bool:
         return True
 
 
-def run_daemon(socket_path: str) -> int:
-    """Run in the foreground until SIGTERM or SIGINT; used by ``berth cni-daemon``."""
+def run_daemon(socket_path: str, inherited: Optional[socket.socket] = None, idle_exit: float = 0.0) -> int:
+    """Run in the foreground until SIGTERM or SIGINT (or, socket-activated, an idle period); used by
+    ``berth cni-daemon``."""
     daemon = CniDaemon(socket_path)
-    daemon.preload()
-    daemon.bind()
+    if inherited is not None:
+        # the call that woke us waits in the socket: serve it now, warm the other plugins meanwhile
+        daemon.adopt(inherited, idle_exit)
+        threading.Thread(target=daemon.preload, name="preload", daemon=True).start()
+    else:
+        daemon.preload()
+        daemon.bind()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: daemon.stop())
     log.info("serving CNI calls on %s (build %s)", socket_path, daemon.build_id[:12])
