@@ -22,6 +22,7 @@ from pathlib import Path
 
 from berth import demo_probe as probe
 from berth.interrupts import Interrupted, StopGuard, checkpoint
+from berth.status import table
 from berth.demo_world import OVERLAY, UNDERLAY, VXLAN, ZONE, DemoError, World, cni_bin_dir
 
 HOST_PORT = 8080
@@ -75,13 +76,6 @@ class Story:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
-
-
-def table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
 
 
 def run(args: argparse.Namespace) -> int:

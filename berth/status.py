@@ -166,6 +166,7 @@ def as_document(status: ClusterStatus) -> dict[str, Any]:
 
 
 def table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as aligned columns, a rule under the first (the heading)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
