@@ -1,0 +1,168 @@
+"""The operations face every Berth daemon serves with ``--metrics ADDR``: ``/metrics`` (Prometheus text format,
+prometheus_client's default registry), ``/health`` (the process answers) and ``/ready`` (its own checks pass: the
+store reachable, its sockets listening).
+
+In ``store/`` because every daemon already imports this room and readiness is mostly "can I reach the store";
+the metrics themselves are defined by each room next to what it counts. The server is bounded like the others:
+GET only, a small request head, a read deadline, a cap on connections served at once (the rest get 503).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+log = logging.getLogger("berth.ops")
+
+MAX_CONNECTIONS = 16
+READ_DEADLINE = 5.0  # seconds for a client to send its request head
+CHECK_DEADLINE = 2.0  # seconds a readiness check may take before it counts as failed
+
+ReadinessCheck = Callable[[], tuple[bool, str]]  # -> (ready, what it saw)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` (port 0: any free one)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--metrics: {text!r} is not ADDR:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass
+class Readiness:
+    """Named checks, run (each under a deadline) when ``/ready`` is asked."""
+
+    checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+    def add(self, name: str, check: ReadinessCheck) -> None:
+        self.checks[name] = check
+
+    def run(self) -> tuple[bool, dict[str, dict[str, object]]]:
+        results: dict[str, dict[str, object]] = {}
+        for name, check in self.checks.items():
+            outcome: list[tuple[bool, str]] = []
+
+            def call(check=check) -> None:
+                try:
+                    outcome.append(check())
+                except Exception as exc:  # noqa: BLE001 - a failing check is an answer, not a crash
+                    outcome.append((False, f"{type(exc).__name__}: {exc}"))
+
+            worker = threading.Thread(target=call, name=f"ready-{name}", daemon=True)
+            worker.start()
+            worker.join(CHECK_DEADLINE)
+            ok, detail = outcome[0] if outcome else (False, f"no answer within {CHECK_DEADLINE:.0f} s")
+            results[name] = {"ok": bool(ok), "detail": detail}
+        return all(r["ok"] for r in results.values()), results
+
+
+def store_check(store) -> ReadinessCheck:
+    """Ready when a read of the store succeeds (its own deadline bounds it)."""
+    def check() -> tuple[bool, str]:
+        store.get("/berth/ready-probe")
+        return True, "store answered"
+    return check
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "OpsServer"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args) -> None:
+        log.debug("ops %s: " + fmt, self.client_address[0], *args)
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(READ_DEADLINE)
+
+    def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            from prometheus_client import REGISTRY, exposition, generate_latest
+
+            # the 0.0.4 text format: what every Prometheus release (Debian's 2.42 included) parses
+            content_type = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
+            self._send(200, generate_latest(REGISTRY), content_type)
+        elif path == "/health":
+            self._send(200, b"ok\n")
+        elif path == "/ready":
+            ready, results = self.server.readiness.run()
+            body = json.dumps({"ready": ready, "checks": results}, sort_keys=True).encode() + b"\n"
+            self._send(200 if ready else 503, body, "application/json")
+        else:
+            self._send(404, b"not found: /metrics, /health and /ready are served here\n")
+
+    do_HEAD = do_GET
+
+    def _refuse(self) -> None:
+        self._send(405, b"method not allowed\n", extra={"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Plain text instead of the standard library's HTML page."""
+        self.close_connection = True
+        self._send(code, f"{message or self.responses.get(code, ('error',))[0]}\n".encode(),
+                   extra={"Connection": "close"})
+
+
+class OpsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], readiness: Readiness | None = None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.readiness = readiness or Readiness()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, _Handler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close"
+                                b"\r\n\r\nbusy\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def start(self) -> "OpsServer":
+        threading.Thread(target=self.serve_forever, name="ops-http", daemon=True).start()
+        log.info("metrics, health and readiness on http://%s:%d/", self.server_address[0], self.port)
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def serve_ops(address: str, readiness: Readiness | None = None) -> OpsServer:
+    """Start the operations endpoint on ``address`` (``HOST:PORT``) in a background thread."""
+    return OpsServer(parse_address(address), readiness).start()
