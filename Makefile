@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables iptables etcd-server etcd-client podman runc busybox-static \
 	containernetworking-plugins dnsperf dnsutils dnsmasq-base aardvark-dns tcpdump iperf3 \
-	kmod procps psmisc gcc libc6-dev
+	kmod procps psmisc gcc libc6-dev python3-consul nodejs npm curl util-linux passwd
 PYTEST_ARGS ?=
 
 .PHONY: all deps apt venv test test-pure demo bench clean
@@ -34,7 +34,13 @@ $(CNI_BIN)/.installed: $(VENV)/.installed $(BERTH_SOURCES)
 	$(VENV)/bin/berth install-cni --dir $(CNI_BIN) --socket $(CURDIR)/$(VENV)/run/cni.sock >/dev/null
 	@touch $@
 
-venv: $(VENV)/.installed $(CNI_BIN)/.installed
+# node-consul for the Consul-API tests, pinned in tests/discovery/clients/package.json, installed beside it
+NODE_CLIENTS := tests/discovery/clients
+$(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json
+	cd $(NODE_CLIENTS) && npm install --no-audit --no-fund --silent
+	@touch $@
+
+venv: $(VENV)/.installed $(CNI_BIN)/.installed $(NODE_CLIENTS)/node_modules/.installed
 
 # The plugin tests run twice: as above (each executable runs its plugin in process), then with a CNI daemon
 # answering through the launchers (issue 7: both paths must give the same results).

@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-max-body", type=int, default=1 << 20, help="largest request body in bytes")
     parser.add_argument("--http-max-conns", type=int, default=1024,
                         help="HTTP connections served at once; more wait in the listen queue")
+    parser.add_argument("--http-read-deadline", type=_positive, default=10.0,
+                        help="seconds a request body may take to arrive (then 408)")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -96,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                 log.warning("HTTP API runs without ACLs (--acl-default-policy allow): any local user may register "
                             "and deregister services other than container endpoints; the management token is in %s",
                             acl.path)
-            limits = HttpLimits(max_body=args.http_max_body, max_conns=args.http_max_conns)
+            limits = HttpLimits(max_body=args.http_max_body, max_conns=args.http_max_conns,
+                                read_deadline=args.http_read_deadline)
             http = StrictHttpServer(args.http, ConsulApi(agent, view, acl), limits)
             cleanup.append(http.server_close)
         agent.start()

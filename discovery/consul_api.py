@@ -173,6 +173,7 @@ class ConsulApi:
         params = parse_blocking(req.query)
         key = query_key(req.raw_path, req.query)
         deadline = time.monotonic() + params.wait
+        waiting = False
         while True:
             generation = self.changes.generation
             with self._answer_lock:
@@ -183,6 +184,9 @@ class ConsulApi:
             if params.index == 0 or index != params.index or left <= 0:
                 return Response(200, body, _JSON, {"X-Consul-Index": str(index), "X-Consul-Knownleader": "true",
                                                     "X-Consul-Lastcontact": "0"})
+            if not waiting:
+                waiting = True
+                log.debug("blocking query %s waits at index %d", req.raw_path[:200], index)
             self.changes.wait_past(generation, min(left, RECHECK))
 
     # -- writes ------------------------------------------------------------------------------------------
