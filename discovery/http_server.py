@@ -28,7 +28,7 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
-_DIGITS = re.compile(r"[0-9]{1,19}")
+_DIGITS = re.compile(r"[0-9]{1,30}")
 _READ_CHUNK = 64 * 1024
 
 
@@ -107,6 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The parser's own errors (bad request line, header too long...) as plain text, never HTML."""
         self.close_connection = True
+        if not self.request_version.startswith("HTTP/1."):
+            self.request_version = "HTTP/1.1"  # an unparsable line counts as HTTP/0.9, which has no status line
         self._send(text(code, message or HTTPStatus(code).phrase, Connection="close"))
 
     def handle_one_request(self) -> None:
