@@ -202,6 +202,17 @@ class Acl:
         raise AclError()
 
 
+def container_addresses(records: Iterable) -> dict[str, set[str]]:
+    """address → the services of the container endpoints that hold it (an HTTP record on the same address
+    would add itself to the address's reverse name)."""
+    out: dict[str, set[str]] = {}
+    for record in records:
+        if record.container_id:
+            for address in record.addresses:
+                out.setdefault(address, set()).add(record.service)
+    return out
+
+
 def container_names(records: Iterable) -> set[str]:
     """Every name a container endpoint carries: service, name and aliases of records that came from CNI."""
     names: set[str] = set()

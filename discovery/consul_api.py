@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from discovery import consul_schema as cs
-from discovery.acl import ANONYMOUS, Acl, AclError, Identity, container_names, presented_token
+from discovery.acl import Acl, AclError, Identity, container_addresses, container_names, presented_token
 from discovery.agent import Agent, UnknownCheck
 from discovery.consul_index import (DEFAULT_WAIT, MAX_WAIT, BlockingParams, ChangeSignal, IndexBook, digest,
                                     first, query_key)
@@ -199,9 +199,15 @@ class ConsulApi:
         existing = self.agent.endpoints().get(record.id)
         if existing is not None:
             self._check_may_change(who, existing)
-        if record.service in container_names(self._container_records()) and not who.may_write_name(record.service):
+        containers = self._container_records()
+        if record.service in container_names(containers) and not who.may_write_name(record.service):
             raise AclError(f"Permission denied: {record.service!r} is a container endpoint's name; "
                            "registering more instances needs a token allowed to write it")
+        held = container_addresses(containers)
+        for address in record.addresses:
+            if address in held and not any(who.may_write_name(s) for s in held[address]):
+                raise AclError(f"Permission denied: {address} is a container endpoint's address; registering "
+                               "it needs a token allowed to write that container's service")
         self.acl.check_write(who, record.service)
         revision = self.agent.add(LocalEndpoint(record=record, checks=reg.checks, source="api"))
         self._seen(revision)

@@ -117,6 +117,8 @@ def parse_registration(body: Any, host: str, default_address: str) -> ServiceReg
     name = d.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRecord("Name: a service name is required")
+    if "." in name:  # it would name DNS records under another's (web.service, web1.net): one label only
+        raise InvalidRecord(f"Name: {name[:80]!r} must be a single DNS label (no dots)")
     service_id = check_service_id(d.get("id") or name)
     port = d.get("port") or 0
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
