@@ -131,10 +131,10 @@ def match(raw_path: str) -> tuple[list[_Route], str]:
 class ConsulApi:
     """Routes requests to the agent and the view; knows nothing about sockets."""
 
-    def __init__(self, agent: Agent, view: DiscoveryView, acl: Acl | None = None) -> None:
+    def __init__(self, agent: Agent, view: DiscoveryView, acl: Acl) -> None:
         self.agent = agent
         self.view = view
-        self.acl = acl or _open_acl()
+        self.acl = acl
         self.indexes = IndexBook()
         self.changes = ChangeSignal()
         self._answer_lock = threading.Lock()  # answers are computed one at a time, so indexes follow time
@@ -335,8 +335,3 @@ class ConsulApi:
             out.append(entry)
         return out
 
-
-def _open_acl() -> Acl:
-    """An allow-all ACL whose token file lives in a private temporary dir (for callers that pass none)."""
-    import tempfile
-    return Acl("allow", f"{tempfile.mkdtemp(prefix='berth-acl-')}/tokens.json")

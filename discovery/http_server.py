@@ -5,7 +5,8 @@ any Content-Length (non-numeric or negative drops the connection, a short body h
 methods and its own errors with HTML pages, and has no cap on bodies or connections. Here:
 
 - one Content-Length, digits only; above ``max_body`` → 413; ``Transfer-Encoding`` → 411 (send a length);
-- the whole body must arrive within ``read_deadline`` → else 408; a body cut short by the client → 400;
+- a request's head and body must arrive within ``read_deadline`` of its request line (one deadline over all
+  reads, so trickling bytes does not extend it) → else 408 or a closed connection; a body cut short → 400;
 - every error, ours or the parser's, is plain text with a length, never an HTML page;
 - at most ``max_conns`` connections are served at once; further ones wait in the kernel's accept queue
   (listen backlog ``backlog``), so a burst is queued, never reset;
@@ -15,8 +16,10 @@ The application is a callable ``Request -> Response``; it never sees sockets.
 """
 from __future__ import annotations
 
+import io
 import logging
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -37,7 +40,7 @@ class HttpLimits:
     max_body: int = 1 << 20        # bytes; Consul's own agent refuses far smaller registrations anyway
     max_conns: int = 1024          # connections served at once; more wait in the accept queue
     backlog: int = 4096            # listen(2) backlog (the kernel clips it to net.core.somaxconn)
-    read_deadline: float = 10.0    # seconds for a request's body to arrive once its head has
+    read_deadline: float = 10.0    # seconds for a request's head and body to arrive once its request line has
     idle_timeout: float = 75.0     # seconds a kept-alive connection may sit between requests
 
 
@@ -92,14 +95,36 @@ def body_length(headers: Message, max_body: int) -> int:
     return length
 
 
+class _DeadlineSocket(io.RawIOBase):
+    """The connection's read side with one deadline over many ``recv`` calls: a client that trickles a byte at a
+    time cannot hold a thread past it (a per-call timeout would restart at every byte)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline = 0.0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("read deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "berth-agent"
     sys_version = ""
 
     def setup(self) -> None:
-        self.timeout = self.server.limits.idle_timeout  # type: ignore[attr-defined]
+        limits: HttpLimits = self.server.limits  # type: ignore[attr-defined]
+        self.timeout = limits.read_deadline  # for writes: a client that does not read its answer is dropped
         super().setup()
+        self._raw = _DeadlineSocket(self.connection)
+        self.rfile = io.BufferedReader(self._raw, 64 * 1024)
 
     def log_message(self, fmt: str, *args) -> None:
         log.debug("http %s: " + fmt, self.address_string(), *args)
@@ -112,8 +137,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(text(code, message or HTTPStatus(code).phrase, Connection="close"))
 
     def handle_one_request(self) -> None:
+        limits: HttpLimits = self.server.limits  # type: ignore[attr-defined]
+        self.raw_requestline, self._responded = b"", False
         try:
+            self._raw.deadline = time.monotonic() + limits.idle_timeout  # the next request line, kept alive
             self.raw_requestline = self.rfile.readline(65537)
+            self._raw.deadline = time.monotonic() + limits.read_deadline  # then the head and body, together
             if len(self.raw_requestline) > 65536:
                 self.requestline = self.request_version = self.command = ""
                 self.send_error(414, "request line too long")
@@ -123,10 +152,16 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():
                 return
+            self.connection.settimeout(self.timeout)
             self._dispatch()
             self.wfile.flush()
         except TimeoutError:
             self.close_connection = True  # idle keep-alive connection, or a client that stopped sending
+            if self.raw_requestline and not self._responded:
+                try:
+                    self.send_error(408, "request head not received within the read deadline")
+                except OSError:
+                    pass
         except (ConnectionError, BrokenPipeError):
             self.close_connection = True
 
@@ -150,29 +185,27 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(response)
 
     def _read_body(self, length: int, deadline_s: float) -> bytes:
+        """The body, within the request's read deadline (set when its request line arrived)."""
         if not length:
             return b""
-        deadline = time.monotonic() + deadline_s
         chunks, got = [], 0
         try:
             while got < length:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                self.connection.settimeout(left)
                 chunk = self.rfile.read1(min(_READ_CHUNK, length - got))
                 if not chunk:
                     raise BadRequest(400, f"request body ended after {got} of {length} bytes")
                 chunks.append(chunk)
                 got += len(chunk)
         except TimeoutError:
-            raise BadRequest(408, f"request body not received within {deadline_s:g}s "
-                                  f"({got} of {length} bytes)") from None
+            raise BadRequest(408, f"request not received within {deadline_s:g}s ({got} of {length} body bytes)"
+                             ) from None
         finally:
             self.connection.settimeout(self.timeout)
         return b"".join(chunks)
 
     def _send(self, response: Response) -> None:
+        self._responded = True
+        self.connection.settimeout(self.timeout)
         self.send_response(response.code)
         headers = {"Content-Type": response.content_type, **response.headers}
         for name, value in headers.items():

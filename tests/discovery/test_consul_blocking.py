@@ -24,29 +24,22 @@ CALLS = {
 EXTERNAL = list(CALLS)
 
 
-def call(kind: str, what: str, service: str | None = None, **blocking) -> tuple[int, object]:
-    """One query through ``kind``'s client; ``(index, data)``."""
-    if kind == "py-consul":
-        raise AssertionError("py-consul runs in process")
+def call(agent, kind: str, what: str, service: str | None = None, **blocking) -> tuple[int, object]:
+    """One query through ``kind``'s client (its own process); ``(index, data)``."""
     args: dict = {k: str(v) for k, v in blocking.items()}
     if service is not None:
         if kind == "python-consul":
             args["_args"] = [service]
         else:
             args["service"] = service
-    [answer] = run_client(kind, PORT[0], {"calls": [[CALLS[kind][what], args]]})
+    [answer] = run_client(kind, agent.http_port, {"calls": [[CALLS[kind][what], args]]})
     assert "error" not in answer, answer
     return int(answer["index"]), answer["data"]
 
 
-PORT = [0]
-
-
 @pytest.fixture
 def agent(store_url, agents):
-    agent = agents(store_url)
-    PORT[0] = agent.http_port
-    return agent
+    return agents(store_url)
 
 
 def waiting_in_agent(agent, path: str, count: int = 1) -> bool:
@@ -57,9 +50,9 @@ def waiting_in_agent(agent, path: str, count: int = 1) -> bool:
 @pytest.mark.parametrize("kind", EXTERNAL)
 def test_index_zero_and_an_unseen_index_answer_at_once(agent, kind):
     # wait=10m: a query that blocked would outlast the client's 120 s bound and fail the test
-    index, data = call(kind, "services", index=0, wait="10m")
+    index, data = call(agent, kind, "services", index=0, wait="10m")
     assert index >= 1 and data == {}
-    again, _ = call(kind, "services", index=index + 1000, wait="10m")  # never handed out here
+    again, _ = call(agent, kind, "services", index=index + 1000, wait="10m")  # never handed out here
     assert again == index  # nothing changed: the same index names the same (empty) answer
 
 
@@ -78,7 +71,7 @@ def test_py_consul_index_zero_answers_at_once_on_an_empty_store(agent):
 def test_a_blocked_query_answers_when_its_own_answer_changes(agent, kind):
     c = consul.Consul(host="127.0.0.1", port=agent.http_port)
     c.agent.service.register("web", service_id="web1", address="10.5.0.1", port=80)
-    index, nodes = call(kind, "service", "web")
+    index, nodes = call(agent, kind, "service", "web")
     assert [n["ServiceID"] for n in nodes] == ["web1"]
     blocked = start_client(kind, agent.http_port, {"calls": [[CALLS[kind]["service"], {
         "index": str(index), "wait": "5m", **({"_args": ["web"]} if kind == "python-consul" else {"service": "web"})}]]})
@@ -141,7 +134,6 @@ def test_one_index_names_one_answer_while_registrations_run(agent, tmp_path):
     names = {"python-consul": ["/v1/catalog/services", "/v1/catalog/service/web", "/v1/health/service/web"],
              "node-consul": ["/v1/catalog/services", "/v1/catalog/service/web", "/v1/health/service/web",
                              "/v1/agent/services"]}
-    seen: dict[str, list[tuple[int, str]]] = defaultdict(list)  # reader -> [(query, index, data)]
     in_process: list[tuple[str, int, object]] = []
     done = threading.Event()
 

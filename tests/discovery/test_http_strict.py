@@ -81,8 +81,34 @@ def test_a_body_over_the_limit_is_413_and_nothing_is_stored(agent):
 def test_a_short_body_is_408_after_the_read_deadline(agent):
     raw = b"PUT /v1/agent/service/register HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"Name\":"
     status, _, body = exchange(agent.http_port, raw)  # the agent runs with a 1 s read deadline
-    assert status == 408 and b"8 of 100 bytes" in body
+    assert status == 408 and b"8 of 100 body bytes" in body
     assert _no_services(agent.http_port)
+
+
+def test_a_head_trickled_byte_by_byte_is_cut_off_at_the_read_deadline(agent):
+    """One deadline for the whole request: a byte every 0.2 s does not keep renewing it."""
+    with socket.create_connection(("127.0.0.1", agent.http_port), timeout=30) as sock:
+        sock.sendall(b"PUT /v1/agent/service/register HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        answer = b""
+        for _ in range(150):  # 30 s of trickling against the agent's 1 s deadline
+            try:
+                sock.sendall(b"a")
+            except OSError:
+                break
+            sock.settimeout(0.2)
+            try:
+                answer += sock.recv(4096)
+                if answer:
+                    break
+            except TimeoutError:
+                continue
+        sock.settimeout(30)
+        while answer and b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
 
 
 def test_deeply_nested_json_is_400(agent):
