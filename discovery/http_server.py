@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"[0-9]{1,30}")
 _READ_CHUNK = 64 * 1024
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._raw, 64 * 1024)
 
     def log_message(self, fmt: str, *args) -> None:
-        log.debug("http %s: " + fmt, self.address_string(), *args)
+        """Request lines go to the debug log with any ``token=`` value blanked: tokens are never logged."""
+        log.debug("http %s: %s", self.address_string(), _TOKEN_IN_QUERY.sub(r"\1<hidden>", fmt % args))
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The parser's own errors (bad request line, header too long...) as plain text, never HTML."""

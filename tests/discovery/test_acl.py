@@ -111,6 +111,8 @@ def test_the_token_travels_as_header_bearer_or_query(deny_agent):
     assert http(port, "GET", "/v1/agent/services", headers={"Authorization": f"Bearer {token}"}) == 200
     assert http(port, "GET", f"/v1/agent/services?token={token}") == 200
     assert http(port, "GET", "/v1/status/leader") == 200  # as Consul: no ACL on the leader
+    assert "/v1/agent/services?token=" in deny_agent.log.read_text()  # the request was logged (debug) ...
+    assert token not in deny_agent.log.read_text()  # ... without its token
 
 
 def test_a_service_token_writes_only_its_prefix(deny_agent):

@@ -197,3 +197,19 @@ def test_allow_lets_anonymous_write_and_deny_holds_tokens_to_their_rules(tmp_pat
     rules.policy = "deny"
     with pytest.raises(AclError):
         rules.check_write(Identity("service", "db"), "web")
+
+
+@pytest.mark.root
+def test_spooled_requests_that_another_user_could_have_placed_are_not_trusted(tmp_path):
+    """A spooled request becomes a container endpoint: only files the agent's own user wrote, in a directory
+    no one else may write, are applied."""
+    from discovery import wire
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    request = {"op": "add", "endpoint": {"id": "c/eth0", "name": "web", "addresses": ["10.1.0.1"]}}
+    (spool / "1.json").write_text(json.dumps(request))
+    (spool / "2.json").write_text(json.dumps(request))
+    os.chown(spool / "2.json", 65534, 65534)
+    assert [r for _, r in wire.spooled(str(spool))] == [request, None]
+    spool.chmod(0o777)
+    assert [r for _, r in wire.spooled(str(spool))] == [None, None]
