@@ -4,8 +4,23 @@ Agent endpoints (``/v1/agent/...``) act on this host's endpoints; catalog and he
 cluster-wide discovery view. A write waits (briefly) until the view has seen it, so a client that registers
 and then reads the catalog sees its own registration, as it would with Consul.
 
-Every GET carries an X-Consul-Index and takes Consul's blocking parameters; what they promise is written down
-in :mod:`discovery.consul_index`. Who may write is decided by :mod:`discovery.acl`. Paths whose last part is an
+Every GET carries an X-Consul-Index and takes Consul's blocking parameters (kept by
+:mod:`discovery.consul_index`). The semantics (what every GET of the agent's API promises):
+
+- **An index names one answer.** Each query (path + the parameters that shape its answer) has its own index.
+  Two answers to the same query that carry the same index carry the same bytes. The index of a query only moves
+  when its answer changes, so a change to service ``db`` leaves the index of ``/v1/catalog/service/web`` alone
+  (per-resource indexes, as Consul's). It is never 0 and never goes backwards while the agent runs.
+- **Where the number comes from.** A changed answer takes the store revision of the view it was computed from,
+  or the previous index + 1 when that is not higher (answers that also hold this agent's own state, such as
+  check status, can change between two store revisions). A store revision survives an agent restart, so after
+  one the indexes clients hold are normally below the new ones.
+- **Blocking.** ``?index=0`` or no index answers at once. Any other index answers at once unless it is the
+  query's current one (an index the client cannot have seen here — from another agent, from before a restart —
+  is no reason to wait). With the current index the query waits until its answer changes, or until ``wait``
+  (default 5 minutes, at most 10, as Consul) has passed, then answers with whatever index it has then.
+
+Who may write is decided by :mod:`discovery.acl`. Paths whose last part is an
 ID take the rest of the path, percent-decoded, as Consul does, so an ID holding ``/`` is served and deregistered
 whether the client encodes it or not. Sockets and HTTP framing live in :mod:`discovery.http_server`.
 """
