@@ -40,6 +40,12 @@ def _positive(value: str) -> float:
     return number
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a whole number of at least 1")
+    return int(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=default_store_url(),
                         help="datastore URL (sqlite:///path or etcd://h:p; default $BERTH_STORE or the embedded file)")
@@ -61,11 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--acl-token-file", default=None,
                         help="root-only JSON file of ACL tokens; created with a management token when absent "
                              "(default STATE_DIR/acl-tokens.json)")
-    parser.add_argument("--http-max-body", type=int, default=1 << 20, help="largest request body in bytes")
-    parser.add_argument("--http-max-conns", type=int, default=1024,
+    parser.add_argument("--http-max-body", type=_positive_int, default=1 << 20, help="largest request body in bytes")
+    parser.add_argument("--http-max-conns", type=_positive_int, default=1024,
                         help="HTTP connections served at once; more wait in the listen queue")
     parser.add_argument("--http-read-deadline", type=_positive, default=10.0,
-                        help="seconds a request body may take to arrive (then 408)")
+                        help="seconds a request's head and body may take to arrive after its first line (then 408)")
     parser.add_argument("--log-level", default="INFO")
 
 
