@@ -26,6 +26,7 @@ import secrets
 import stat
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -200,6 +201,54 @@ class Acl:
         if who.may_write_name(service) or self.policy == "allow":
             return
         raise AclError()
+
+
+class ContainerClaims:
+    """The names and addresses that container endpoints hold across the cluster, kept up to date from the
+    discovery view's changes (a registration must not scan every record to learn them)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, object] = {}      # store key -> container EndpointRecord
+        self._names: Counter[str] = Counter()
+        self._addresses: dict[str, Counter[str]] = {}
+        self._lock = threading.Lock()
+
+    def apply(self, change) -> None:
+        """Feed a :class:`discovery.viewstate.ViewChange` (``added``/``updated`` new records, ``removed`` keys)."""
+        with self._lock:
+            for key in change.removed:
+                self._set(key, None)
+            for key, record in (*change.added.items(), *change.updated.items()):
+                self._set(key, record if record.container_id else None)
+
+    def _set(self, key: str, record) -> None:
+        old = self._records.pop(key, None)
+        if old is not None:
+            self._count(old, -1)
+        if record is not None:
+            self._records[key] = record
+            self._count(record, +1)
+
+    def _count(self, record, step: int) -> None:
+        for name in {record.service, record.name, *record.aliases}:
+            self._names[name] += step
+            if self._names[name] <= 0:
+                del self._names[name]
+        for address in record.addresses:
+            services = self._addresses.setdefault(address, Counter())
+            services[record.service] += step
+            if services[record.service] <= 0:
+                del services[record.service]
+            if not services:
+                del self._addresses[address]
+
+    def holds_name(self, name: str) -> bool:
+        with self._lock:
+            return name in self._names
+
+    def services_at(self, address: str) -> set[str]:
+        with self._lock:
+            return set(self._addresses.get(address, ()))
 
 
 def container_addresses(records: Iterable) -> dict[str, set[str]]:

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from discovery import consul_schema as cs
-from discovery.acl import Acl, AclError, Identity, container_addresses, container_names, presented_token
+from discovery.acl import (Acl, AclError, ContainerClaims, Identity, container_addresses, container_names,
+                           presented_token)
 from discovery.agent import Agent, UnknownCheck
 from discovery.consul_index import (DEFAULT_WAIT, MAX_WAIT, BlockingParams, ChangeSignal, IndexBook, digest,
                                     first, query_key)
@@ -44,6 +45,7 @@ from discovery.http_server import Request, Response, text
 from discovery.local import LocalEndpoint
 from discovery.model import EndpointRecord, Health, InvalidRecord
 from discovery.view import DiscoveryView
+from discovery.viewstate import ViewChange
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,13 @@ class ConsulApi:
         self.indexes = IndexBook()
         self.changes = ChangeSignal()
         self._answer_lock = threading.Lock()  # answers are computed one at a time, so indexes follow time
-        view.subscribe(self.changes.bump)
+        self.claims = ContainerClaims()
+        view.subscribe(self._on_view_change)
+        self.claims.apply(ViewChange(view.revision, added=dict(view.records())))
+
+    def _on_view_change(self, change: ViewChange) -> None:
+        self.claims.apply(change)
+        self.changes.bump()
 
     # -- the application callable ------------------------------------------------------------------------
     def __call__(self, request: Request) -> Response:
@@ -211,16 +219,19 @@ class ConsulApi:
         except InvalidRecord as exc:
             raise HttpError(400, f"Invalid service registration: {exc}") from None
         record = reg.record
-        existing = self.agent.endpoints().get(record.id)
+        endpoints = self.agent.endpoints()
+        existing = endpoints.get(record.id)
         if existing is not None:
             self._check_may_change(who, existing)
-        containers = self._container_records()
-        if record.service in container_names(containers) and not who.may_write_name(record.service):
+        local = [ep.record for ep in endpoints.values() if ep.source != "api"]  # maybe not in the view yet
+        if (record.service in container_names(local) or self.claims.holds_name(record.service)) \
+                and not who.may_write_name(record.service):
             raise AclError(f"Permission denied: {record.service!r} is a container endpoint's name; "
                            "registering more instances needs a token allowed to write it")
-        held = container_addresses(containers)
+        held = container_addresses(local)
         for address in record.addresses:
-            if address in held and not any(who.may_write_name(s) for s in held[address]):
+            services = held.get(address, set()) | self.claims.services_at(address)
+            if services and not any(who.may_write_name(s) for s in services):
                 raise AclError(f"Permission denied: {address} is a container endpoint's address; registering "
                                "it needs a token allowed to write that container's service")
         self.acl.check_write(who, record.service)
@@ -267,10 +278,6 @@ class ConsulApi:
             raise AclError(f"Permission denied: {existing.record.id!r} is a container endpoint registered by "
                            "the CNI chain")
         self.acl.check_write(who, existing.record.service)
-
-    def _container_records(self):
-        local = [ep.record for ep in self.agent.endpoints().values() if ep.source != "api"]
-        return [*local, *self.view.records().values()]
 
     def _seen(self, revision: int) -> None:
         if revision:

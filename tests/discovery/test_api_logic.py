@@ -213,3 +213,20 @@ def test_spooled_requests_that_another_user_could_have_placed_are_not_trusted(tm
     assert [r for _, r in wire.spooled(str(spool))] == [request, None]
     spool.chmod(0o777)
     assert [r for _, r in wire.spooled(str(spool))] == [None, None]
+
+
+def test_container_claims_follow_the_views_changes():
+    from discovery.acl import ContainerClaims
+    from discovery.viewstate import ViewChange
+    web = EndpointRecord(id="c1/eth0", name="btweb1", service="btweb", aliases=("www",), addresses=("10.1.0.5",),
+                         container_id="c1")
+    api = EndpointRecord(id="api1", name="btapi", addresses=("10.1.0.9",))  # an HTTP registration: no claim
+    claims = ContainerClaims()
+    claims.apply(ViewChange(1, added={"k1": web, "k2": api}))
+    assert all(claims.holds_name(n) for n in ("btweb1", "btweb", "www")) and not claims.holds_name("btapi")
+    assert claims.services_at("10.1.0.5") == {"btweb"} and claims.services_at("10.1.0.9") == set()
+    moved = EndpointRecord(id="c1/eth0", name="btweb1", service="btweb", addresses=("10.1.0.6",), container_id="c1")
+    claims.apply(ViewChange(2, updated={"k1": moved}))
+    assert claims.services_at("10.1.0.5") == set() and not claims.holds_name("www")
+    claims.apply(ViewChange(3, removed={"k1": moved}))
+    assert not claims.holds_name("btweb") and claims.services_at("10.1.0.6") == set()
