@@ -167,6 +167,15 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, BrokenPipeError):
             self.close_connection = True
 
+    def handle_expect_100(self) -> bool:
+        """``Expect: 100-continue`` (curl sends it for larger bodies): invite the body only if it will be read;
+        otherwise the error answer comes first and the client need not send it at all."""
+        try:
+            body_length(self.headers, self.server.limits.max_body)  # type: ignore[attr-defined]
+        except BadRequest:
+            return True
+        return super().handle_expect_100()
+
     def _dispatch(self) -> None:
         server: StrictHttpServer = self.server  # type: ignore[assignment]
         try:
@@ -175,6 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
             if exc.close:
                 self.close_connection = True
             self._send(text(exc.code, str(exc), **({"Connection": "close"} if exc.close else {})))
+            if exc.close:
+                self._linger()
             return
         url = urllib.parse.urlsplit(self.path)
         request = Request(self.command, url.path, urllib.parse.parse_qs(url.query, keep_blank_values=True),
@@ -204,6 +215,20 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.connection.settimeout(self.timeout)
         return b"".join(chunks)
+
+    def _linger(self, seconds: float = 5.0, most: int = 64 << 20) -> None:
+        """Close after an error with the body unread the way web servers do: stop sending, then read and drop
+        what the client is still sending for a moment, so the kernel does not answer it with a reset that
+        could reach the client before it has read the error."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self._raw.deadline = time.monotonic() + seconds
+            buffer, dropped = bytearray(64 * 1024), 0
+            while dropped < most and (n := self._raw.readinto(buffer)):
+                dropped += n
+        except OSError:
+            pass
 
     def _send(self, response: Response) -> None:
         self._responded = True

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -76,6 +77,32 @@ def test_a_body_over_the_limit_is_413_and_nothing_is_stored(agent):
     status, _, body = exchange(agent.http_port, put_register(agent.http_port, big))
     assert status == 413 and b"1048576" in body
     assert _no_services(agent.http_port)
+
+
+def test_a_client_that_sends_a_20_mb_body_before_reading_still_gets_its_413(agent):
+    """As most HTTP clients do: send the whole request, then read. The agent refuses the body after the head,
+    but reads and drops the rest for a moment, so the client's send completes and it reads the 413 instead
+    of meeting a reset."""
+    body = b"{" + b" " * (20 << 20) + b"}"
+    with socket.create_connection(("127.0.0.1", agent.http_port), timeout=60) as sock:
+        sock.sendall(put_register(agent.http_port, body))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed without an answer: {answer!r}"
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+def test_curl_with_expect_100_continue_gets_the_413_without_sending_the_body(agent, tmp_path):
+    big = tmp_path / "big.json"
+    big.write_bytes(b"{" + b" " * (2 << 20) + b"}")
+    proc = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "-X", "PUT",
+                           "-H", "Expect: 100-continue", "--data-binary", f"@{big}", "--max-time", "60",
+                           f"http://127.0.0.1:{agent.http_port}/v1/agent/service/register"],
+                          capture_output=True, text=True, timeout=90)
+    code, uploaded = proc.stdout.split()
+    assert code == "413" and float(uploaded) < 2 << 20, proc.stdout + proc.stderr
 
 
 def test_a_short_body_is_408_after_the_read_deadline(agent):
