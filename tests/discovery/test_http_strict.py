@@ -97,12 +97,13 @@ def test_a_client_that_sends_a_20_mb_body_before_reading_still_gets_its_413(agen
 def test_curl_with_expect_100_continue_gets_the_413_without_sending_the_body(agent, tmp_path):
     big = tmp_path / "big.json"
     big.write_bytes(b"{" + b" " * (2 << 20) + b"}")
-    proc = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "-X", "PUT",
+    proc = subprocess.run(["curl", "-sSv", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "-X", "PUT",
                            "-H", "Expect: 100-continue", "--data-binary", f"@{big}", "--max-time", "60",
                            f"http://127.0.0.1:{agent.http_port}/v1/agent/service/register"],
                           capture_output=True, text=True, timeout=90)
     code, uploaded = proc.stdout.split()
     assert code == "413" and float(uploaded) < 2 << 20, proc.stdout + proc.stderr
+    assert "< HTTP/1.1 100" not in proc.stderr  # the body was never invited
 
 
 def test_a_short_body_is_408_after_the_read_deadline(agent):
