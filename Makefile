@@ -9,11 +9,11 @@ APT_PACKAGES := iproute2 nftables iptables etcd-server etcd-client podman runc b
 	kmod procps psmisc gcc libc6-dev python3-consul nodejs npm curl util-linux passwd
 PYTEST_ARGS ?=
 
-.PHONY: all deps apt venv test test-pure demo bench clean
+.PHONY: all deps apt venv node-clients test test-pure demo bench clean
 
 all: test
 
-deps: apt venv
+deps: apt venv node-clients
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -34,13 +34,16 @@ $(CNI_BIN)/.installed: $(VENV)/.installed $(BERTH_SOURCES)
 	$(VENV)/bin/berth install-cni --dir $(CNI_BIN) --socket $(CURDIR)/$(VENV)/run/cni.sock >/dev/null
 	@touch $@
 
-# node-consul for the Consul-API tests, pinned in tests/discovery/clients/package.json, installed beside it
+# node-consul for the Consul-API tests (needs npm from `make apt`), pinned in tests/discovery/clients/package.json
+# and its lock file, installed beside it
 NODE_CLIENTS := tests/discovery/clients
 $(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json
 	cd $(NODE_CLIENTS) && npm install --no-audit --no-fund --silent
 	@touch $@
 
-venv: $(VENV)/.installed $(CNI_BIN)/.installed $(NODE_CLIENTS)/node_modules/.installed
+node-clients: $(NODE_CLIENTS)/node_modules/.installed
+
+venv: $(VENV)/.installed $(CNI_BIN)/.installed
 
 # The plugin tests run twice: as above (each executable runs its plugin in process), then with a CNI daemon
 # answering through the launchers (issue 7: both paths must give the same results).

@@ -1,6 +1,6 @@
 """The two Consul client libraries that are not Python packages of the venv, each run as its own process:
 python-consul 0.7.1 (Debian's python3-consul, under the system interpreter) and node-consul 2 (npm ``consul``,
-installed by ``make venv`` into tests/discovery/clients/node_modules)."""
+installed by ``make node-clients`` (part of ``make deps``) into tests/discovery/clients/node_modules)."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ def _argv(kind: str, port: int, token: str | None, job: dict) -> list[str]:
         script = [SYSTEM_PYTHON, str(CLIENTS / "python_consul_client.py")]
     elif kind == "node-consul":
         if not (CLIENTS / "node_modules" / "consul").is_dir():
-            pytest.fail("node-consul is missing: run `make venv` (npm install in tests/discovery/clients)")
+            pytest.fail("node-consul is missing: run `make node-clients` (npm install in tests/discovery/clients)")
         script = ["node", str(CLIENTS / "node_consul_client.js")]
     else:
         raise ValueError(kind)
