@@ -6,14 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables iptables etcd-server etcd-client podman runc busybox-static \
 	containernetworking-plugins dnsperf dnsutils dnsmasq-base aardvark-dns tcpdump iperf3 \
-	kmod procps psmisc gcc libc6-dev graphviz
+	kmod procps psmisc gcc libc6-dev graphviz python3-consul nodejs npm curl util-linux passwd
 PYTEST_ARGS ?=
 
-.PHONY: all deps apt venv test test-pure demo bench clean
+.PHONY: all deps apt venv node-clients test test-pure demo bench clean
 
 all: test
 
-deps: apt venv
+deps: apt venv node-clients
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -33,6 +33,15 @@ BERTH_SOURCES := $(shell find cni_plugins ipam store discovery overlay berth -na
 $(CNI_BIN)/.installed: $(VENV)/.installed $(BERTH_SOURCES)
 	$(VENV)/bin/berth install-cni --dir $(CNI_BIN) --socket $(CURDIR)/$(VENV)/run/cni.sock >/dev/null
 	@touch $@
+
+# node-consul for the Consul-API tests (needs npm from `make apt`), pinned in tests/discovery/clients/package.json
+# and its lock file, installed beside it
+NODE_CLIENTS := tests/discovery/clients
+$(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json
+	cd $(NODE_CLIENTS) && npm install --no-audit --no-fund --silent
+	@touch $@
+
+node-clients: $(NODE_CLIENTS)/node_modules/.installed
 
 venv: $(VENV)/.installed $(CNI_BIN)/.installed
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -39,6 +40,12 @@ def _positive(value: str) -> float:
     return number
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a whole number of at least 1")
+    return int(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=default_store_url(),
                         help="datastore URL (sqlite:///path or etcd://h:p; default $BERTH_STORE or the embedded file)")
@@ -55,6 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skydns", choices=("auto", "on", "off"), default="auto",
                         help="publish SkyDNS keys for CoreDNS (auto: with etcd)")
     parser.add_argument("--zone", default="berth.internal", help="DNS zone of the SkyDNS keys (as berth dns)")
+    parser.add_argument("--acl-default-policy", choices=("allow", "deny"), default="allow",
+                        help="what HTTP callers without a token may do (deny: nothing; allow: as Consul's default)")
+    parser.add_argument("--acl-token-file", default=None,
+                        help="root-only JSON file of ACL tokens; created with a management token when absent "
+                             "(default STATE_DIR/acl-tokens.json)")
+    parser.add_argument("--http-max-body", type=_positive_int, default=1 << 20, help="largest request body in bytes")
+    parser.add_argument("--http-max-conns", type=_positive_int, default=1024,
+                        help="HTTP connections served at once; more wait in the listen queue")
+    parser.add_argument("--http-read-deadline", type=_positive, default=10.0,
+                        help="seconds a request's head and body may take to arrive after its first line (then 408)")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -62,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from discovery.agent import Agent
     from discovery.agent_socket import AgentSocket
-    from discovery.consul_api import ConsulApi, ConsulHttpServer
+    from discovery.acl import Acl
+    from discovery.consul_api import ConsulApi
+    from discovery.http_server import HttpLimits, StrictHttpServer
     from discovery.view import DiscoveryView
     from store.api import StoreError, open_store
 
@@ -80,7 +99,14 @@ def run(args: argparse.Namespace) -> int:
         view = DiscoveryView(store)
         http = None
         if not args.no_http:  # bind first: a port already taken is reported before anything else starts
-            http = ConsulHttpServer(args.http, ConsulApi(agent, view))
+            acl = Acl(args.acl_default_policy, args.acl_token_file or os.path.join(args.state_dir, "acl-tokens.json"))
+            if acl.policy == "allow":
+                log.warning("HTTP API runs without ACLs (--acl-default-policy allow): any local user may register "
+                            "and deregister services other than container endpoints; the management token is in %s",
+                            acl.path)
+            limits = HttpLimits(max_body=args.http_max_body, max_conns=args.http_max_conns,
+                                read_deadline=args.http_read_deadline)
+            http = StrictHttpServer(args.http, ConsulApi(agent, view, acl), limits)
             cleanup.append(http.server_close)
         agent.start()
         cleanup.append(agent.stop)
@@ -98,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                         return 0
             cleanup.append(view.stop)
             http.start()
-            cleanup.append(http.shutdown)
+            cleanup.append(http.stop)
             log.info("HTTP API on %s:%d", args.http[0], http.port)
         agent.drain_spool()  # anything spooled while the socket was coming up
         log.info("agent %s ready on %s", args.host, args.socket)

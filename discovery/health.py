@@ -97,6 +97,7 @@ class CheckState:
     critical_since: float | None = None
     ttl_deadline: float | None = None
     next_run: float = 0.0
+    first_result_by: float | None = None  # a probed check with no result by then turns critical
 
 
 def initial_state(spec: CheckSpec, now: float) -> CheckState:
@@ -105,6 +106,7 @@ def initial_state(spec: CheckSpec, now: float) -> CheckState:
         critical_since=now if spec.initial is Health.CRITICAL else None,
         ttl_deadline=now + spec.ttl if spec.kind == "ttl" else None,
         next_run=now,
+        first_result_by=None if spec.kind == "ttl" else now + spec.interval,
     )
 
 
@@ -118,17 +120,23 @@ def _with_status(state: CheckState, status: Health, output: str, now: float) -> 
 
 def observe(spec: CheckSpec, state: CheckState, status: Health, output: str, now: float) -> CheckState:
     """A probe finished (tcp/http) or the application reported (ttl): the new state."""
-    state = _with_status(state, status, output, now)
+    state = replace(_with_status(state, status, output, now), first_result_by=None)
     if spec.kind == "ttl":
         return replace(state, ttl_deadline=now + spec.ttl)
     return replace(state, next_run=now + spec.interval)
 
 
 def tick(spec: CheckSpec, state: CheckState, now: float) -> CheckState:
-    """Time passed with no report: a TTL check whose deadline went by turns critical."""
+    """Time passed with no report: a TTL check whose deadline went by turns critical, and so does a probed check
+    whose first probe has not answered within one interval (a check never keeps its initial status unproven)."""
     if spec.kind == "ttl" and state.ttl_deadline is not None and now >= state.ttl_deadline \
             and state.status is not Health.CRITICAL:
         return _with_status(state, Health.CRITICAL, f"TTL expired ({spec.ttl:g}s without an update)", now)
+    if state.first_result_by is not None and now >= state.first_result_by:
+        state = replace(state, first_result_by=None)
+        if state.status is not Health.CRITICAL:
+            return _with_status(state, Health.CRITICAL, f"no probe result within the first interval "
+                                                        f"({spec.interval:g}s)", now)
     return state
 
 
@@ -187,6 +195,11 @@ def probe_http(url: str, timeout: float) -> tuple[Health, str]:
 
 
 def run_probe(spec: CheckSpec) -> tuple[Health, str]:
-    if spec.kind == "tcp":
-        return probe_tcp(spec.target, spec.timeout)
-    return probe_http(spec.target, spec.timeout)
+    """Probe once; any failure of the probe itself is a critical result, never an exception (the check loop
+    would otherwise wait for a result that never comes)."""
+    try:
+        if spec.kind == "tcp":
+            return probe_tcp(spec.target, spec.timeout)
+        return probe_http(spec.target, spec.timeout)
+    except Exception as exc:
+        return Health.CRITICAL, f"{spec.kind.upper()} probe of {spec.target} failed: {exc}"

@@ -5,12 +5,13 @@ the old or the new version, never half of one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from discovery.health import CheckSpec
 from discovery.model import EndpointRecord, InvalidRecord
@@ -47,22 +48,44 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def file_name(endpoint_id: str) -> str:
+    """A fixed-length name from a digest of the ID: no ID can reach outside the directory or exceed the file
+    system's name limit (the ID itself is inside the file)."""
+    return hashlib.sha256(endpoint_id.encode()).hexdigest() + ".json"
+
+
+def legacy_file_name(endpoint_id: str) -> str:
+    """The name earlier versions used (percent-quoted ID); still read and cleaned up."""
+    return f"{quote(endpoint_id, safe='')}.json"
+
+
 class LocalEndpoints:
-    """``<state dir>/endpoints/<quoted id>.json``."""
+    """``<state dir>/endpoints/<sha256 of id>.json`` (files named ``<quoted id>.json`` are read too)."""
 
     def __init__(self, state_dir: str | os.PathLike) -> None:
         self.dir = Path(state_dir) / "endpoints"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _path(self, endpoint_id: str) -> Path:
-        return self.dir / f"{quote(endpoint_id, safe='')}.json"
+        return self.dir / file_name(endpoint_id)
 
     def save(self, endpoint: LocalEndpoint) -> None:
         write_atomic(self._path(endpoint.record.id), json.dumps(endpoint.to_dict()).encode())
+        self._remove_legacy(endpoint.record.id)
 
     def remove(self, endpoint_id: str) -> None:
         try:
             self._path(endpoint_id).unlink()
+        except FileNotFoundError:
+            pass
+        self._remove_legacy(endpoint_id)
+
+    def _remove_legacy(self, endpoint_id: str) -> None:
+        name = legacy_file_name(endpoint_id)
+        if name == file_name(endpoint_id) or len(name.encode()) > 255:
+            return
+        try:
+            (self.dir / name).unlink()
         except FileNotFoundError:
             pass
 
@@ -74,8 +97,11 @@ class LocalEndpoints:
             except (OSError, ValueError, KeyError, TypeError, InvalidRecord) as exc:
                 log.warning("ignoring unreadable endpoint file %s: %s", path, exc)
                 continue
-            if endpoint.record.id != unquote(path.stem):
-                log.warning("ignoring endpoint file %s: id %r does not match", path, endpoint.record.id)
+            eid = endpoint.record.id
+            if path.name not in (file_name(eid), legacy_file_name(eid)):
+                log.warning("ignoring endpoint file %s: id %r does not match", path, eid)
                 continue
-            out[endpoint.record.id] = endpoint
+            if eid in out and path.name != file_name(eid):
+                continue  # both names exist (a crash between writing the new and removing the old): new wins
+            out[eid] = endpoint
         return out

@@ -53,6 +53,12 @@ class DiscoveryView:
     def revision(self) -> int:
         return self._state.revision
 
+    def snapshot(self) -> tuple[int, Mapping[str, EndpointRecord]]:
+        """``(revision, records)`` taken together: an answer computed from them names one state (the Consul
+        API's X-Consul-Index relies on it)."""
+        with self._cond:
+            return self._state.revision, self._state.records
+
     def subscribe(self, callback: Callback) -> Callable[[], None]:
         """Call ``callback(change)`` after every change; returns a function that unsubscribes."""
         with self._cond:

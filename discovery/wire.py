@@ -64,14 +64,23 @@ def spool(spool_dir: str, request: dict) -> Path:
 
 
 def spooled(spool_dir: str) -> list[tuple[Path, dict | None]]:
-    """Spooled requests in arrival order (``None`` for an unreadable file, which the reader should discard)."""
+    """Spooled requests in arrival order (``None`` for an unreadable file, which the reader should discard).
+
+    A spooled request becomes a container endpoint, which only the CNI chain may write: a file that another
+    user owns, or any file in a directory that other users may write, counts as unreadable."""
     directory = Path(spool_dir)
     if not directory.is_dir():
         return []
+    me = os.geteuid()
+    dir_stat = directory.stat()
+    dir_trusted = dir_stat.st_uid == me and not dir_stat.st_mode & 0o022
     out: list[tuple[Path, dict | None]] = []
     for path in sorted(directory.glob("[0-9]*.json")):
         try:
-            out.append((path, json.loads(path.read_bytes())))
+            with open(path, "rb") as fh:
+                if not dir_trusted or os.fstat(fh.fileno()).st_uid != me:
+                    raise ValueError("not written by the agent's user")
+                out.append((path, json.loads(fh.read())))
         except (OSError, ValueError):
             out.append((path, None))
     return out
