@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables iptables etcd-server etcd-client podman runc busybox-static \
 	containernetworking-plugins dnsperf dnsutils dnsmasq-base aardvark-dns tcpdump iperf3 \
-	kmod procps psmisc gcc libc6-dev graphviz python3-consul nodejs npm curl util-linux passwd
+	kmod procps psmisc gcc libc6-dev graphviz python3-consul curl util-linux passwd
 PYTEST_ARGS ?=
 
 .PHONY: all deps apt venv node-clients test test-pure demo bench clean
@@ -17,6 +17,7 @@ deps: apt venv node-clients
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
@@ -34,7 +35,8 @@ $(CNI_BIN)/.installed: $(VENV)/.installed $(BERTH_SOURCES)
 	$(VENV)/bin/berth install-cni --dir $(CNI_BIN) --socket $(CURDIR)/$(VENV)/run/cni.sock >/dev/null
 	@touch $@
 
-# node-consul for the Consul-API tests (needs npm from `make apt`), pinned in tests/discovery/clients/package.json
+# node-consul for the Consul-API tests (needs npm: a machine's own Node.js, e.g. NodeSource's, which conflicts with
+# Debian's npm package, or Debian's nodejs + npm when there is none — `make apt` decides), pinned in tests/discovery/clients/package.json
 # and its lock file, installed beside it
 NODE_CLIENTS := tests/discovery/clients
 $(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package.json
