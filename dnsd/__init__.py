@@ -9,5 +9,6 @@ nameservers = the gateway, search = the zone)::
 
     berth dns --store sqlite:///var/lib/berth/berth.db --listen 10.88.0.1:53 --workers 2
 
-Clients on the gateway's network (and loopback, and any endpoint in the view) may recurse; others get REFUSED.
+Clients on loopback, the gateway's network, the overlay's subnets (from the store) and ``--allow`` ranges may
+recurse; others get REFUSED. Registered endpoints gain nothing: who may recurse is configuration (``acl``).
 """

@@ -87,7 +87,7 @@ class RecursionGate:
         self.enabled = enabled
 
     def handle(self, query: Query, ctx: Context) -> Result | None:
-        if not self.enabled or not self.policy.allows(ctx.client, ctx.index.endpoint_addresses):
+        if not self.enabled or not self.policy.allows(ctx.client):
             return ErrorAnswer(REFUSED)
         return None
 

@@ -59,7 +59,6 @@ class ZoneIndex:
         self._nodes: dict[str, dict[int, list[Record]]] = {}
         self._reverse: dict[str, dict[int, list[Record]]] = {}
         live = [r for r in records if r.health != Health.CRITICAL]
-        self.endpoint_addresses = frozenset(a for r in live for a in r.addresses)
         self._build(live)
         self._add_empty_non_terminals()
         self.soa = self._nodes[self.zone][SOA][0]
