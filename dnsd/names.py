@@ -4,8 +4,11 @@ Names (``Z`` is the zone, default ``berth.internal``), built only from endpoints
 
 - ``<name>.Z`` and ``<name>.<network>.Z``: A/AAAA (and TXT) for every container name and alias;
 - ``<service>.service.Z`` and ``<tag>.<service>.service.Z``: A/AAAA per endpoint, SRV per port (Consul style);
-- ``_<service>._<proto>.service.Z`` (RFC 2782) and Consul's ``_<service>._<tag>.service.Z``: SRV whose target
-  (``<name>.<network>.Z``, or ``<name>.Z`` without a network) has its A/AAAA in the additional section;
+- ``_<service>._<proto>.service.Z`` (RFC 2782) and Consul's ``_<service>._<tag>.service.Z``: one SRV per instance
+  and port, each with its own target ``<hex-address>.addr.Z`` (Consul's ``<hex>.addr.<dc>.consul``: the instance's
+  first address, 8 hex digits for IPv4, 32 for IPv6) whose A/AAAA, in the additional section and asked directly, is
+  that one address — so an SRV consumer (HAProxy's ``server-template``) sees every instance, even when instances
+  share a name (Consul registrations are named after their service) or a host name;
 - PTR in ``in-addr.arpa``/``ip6.arpa`` for every address, pointing at ``<name>.Z``;
 - SOA and NS at the apex; the SOA serial is the view's revision and its minimum is the negative TTL (RFC 2308).
 """
@@ -49,6 +52,11 @@ def address_type(address: str) -> int:
     return AAAA if ":" in address else A
 
 
+def address_name(address: str, zone: str) -> str:
+    """The name that resolves to this one address: ``0a59000b.addr.<zone>`` for 10.89.0.11."""
+    return f"{ipaddress.ip_address(address).packed.hex()}.addr.{zone}"
+
+
 class ZoneIndex:
     """Every name of the zone (and the reverse names of known addresses) with its record sets."""
 
@@ -79,7 +87,8 @@ class ZoneIndex:
         for address in cfg.nameserver_addresses:
             self._add(self._nodes, ns_name, address_type(address), address)
         for ep in sorted(endpoints, key=lambda e: e.id):
-            target = f"{ep.name}.{ep.network}.{z}" if ep.network else f"{ep.name}.{z}"
+            for address in ep.addresses:
+                self._add(self._nodes, address_name(address, z), address_type(address), address)
             for name in ep.names:
                 owners = [f"{name}.{z}"] + ([f"{name}.{ep.network}.{z}"] if ep.network else [])
                 for owner in owners:
@@ -90,9 +99,9 @@ class ZoneIndex:
             for address in ep.addresses:
                 reverse = ipaddress.ip_address(address).reverse_pointer
                 self._add(self._reverse, reverse, PTR, f"{ep.name}.{z}")
-            self._add_service(ep, target)
+            self._add_service(ep)
 
-    def _add_service(self, ep: EndpointRecord, target: str) -> None:
+    def _add_service(self, ep: EndpointRecord) -> None:
         z = self.zone
         base = f"{ep.service}.service.{z}"
         tags = sorted({t.lower() for t in ep.tags if DNS_LABEL.match(t)})
@@ -102,6 +111,7 @@ class ZoneIndex:
                 self._add(self._nodes, owner, address_type(address), address)
         if not ep.addresses:
             return  # an SRV target must resolve
+        target = address_name(ep.addresses[0], z)
         for port in ep.ports:
             srv = Srv(1, 1, port.port, target)
             for owner in owners:
