@@ -47,8 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-managed-recursion", action="store_true",
                         help="drop the subnets the store says Berth's overlay manages")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
-    parser.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP "
-                        "connection is closed (default 10)")
+    parser.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds a TCP client has to "
+                        "deliver each whole query, counted from the end of its previous one (a deadline per "
+                        "message, not per read); idle connections close after it too (default 10)")
+    parser.add_argument("--max-tcp-connections", type=int, default=256, help="open TCP connections per worker; "
+                        "at the cap a new one closes the oldest idle one (default 256)")
+    parser.add_argument("--max-tcp-per-source", type=int, default=16, help="open TCP connections per client "
+                        "address (default 16)")
     parser.add_argument("--max-udp-size", type=int, default=1232, help="largest UDP answer with EDNS "
                         "(default 1232)")
     parser.add_argument("--no-batch", action="store_true", help="plain recvfrom/sendto instead of "
@@ -131,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         upstreams = [u for u in upstreams if (u.host, u.port) not in ours]
     forwarding = bool(upstreams) and not args.no_forward
     options = ServerOptions(listen=tuple(listens), workers=max(1, args.workers),
-                            tcp_idle_timeout=args.tcp_idle_timeout, upstreams=tuple(upstreams),
+                            tcp_idle_timeout=args.tcp_idle_timeout, max_tcp_connections=args.max_tcp_connections,
+                            max_tcp_per_source=args.max_tcp_per_source, upstreams=tuple(upstreams),
                             upstream_timeout=args.upstream_timeout, batched_udp=not args.no_batch)
     listeners = [bind_listener(host, port, options.workers) for host, port in listens]
 
