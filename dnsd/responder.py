@@ -24,8 +24,8 @@ from .names import ZoneConfig, ZoneIndex
 from .packed import PackedCache
 from .records import OPT, SERVFAIL
 from .view import RecordView
-from .scan import Scanned, scan
-from .wire import Query, owner_for, pack_reply, parse_query, simple_reply, to_rr
+from .scan import Scanned, has_opt, scan
+from .wire import Query, owner_for, pack_reply, pack_reply_sized, parse_query, simple_reply, to_rr
 
 TC_BIT = 0x02
 MAX_ROTATIONS = 8  # multi-record answers are handed out in up to this many rotated orders
@@ -71,14 +71,19 @@ class Responder:
         return self.respond_slowly(data, client, tcp)
 
     def respond_slowly(self, data: bytes, client: str, tcp: bool) -> bytes | Forward | None:
-        scanned = scan(data, self.server_udp_size)
+        scanned = scan(data, self.server_udp_size, tcp)
         key = scanned.key if scanned.__class__ is Scanned else None
-        if key is not None and key != data[2:]:
-            hit = (self.packed_tcp if tcp else self.packed_udp).get(key)
-            if hit is not None:
-                reply = hit if hit.__class__ is bytes else next(hit)
-                end = scanned.name_end
-                return data[:2] + reply[:10] + data[12:end] + reply[end - 2:]
+        packed = self.packed_tcp if tcp else self.packed_udp
+        sized = key is not None and not tcp and has_opt(key)
+        if key is not None:
+            if sized:
+                key = packed.size_class(key, self.server_udp_size)
+            if key != data[2:]:
+                hit = packed.get(key)
+                if hit is not None:
+                    reply = hit if hit.__class__ is bytes else next(hit)
+                    end = scanned.name_end
+                    return data[:2] + reply[:10] + data[12:end] + reply[end - 2:]
         query = parse_query(data, self.server_udp_size, scanned)
         if not isinstance(query, Query):
             return query
@@ -92,17 +97,21 @@ class Responder:
             return simple_reply(query, result.rcode, result.recursion_available, self.server_udp_size)
         if isinstance(result, UpstreamAnswer):
             return self._pack_upstream(query, result.message, result.age, limit)
-        reply = self._pack_zone(query, index, result, limit)
+        reply, full = self._pack_zone(query, index, result, limit)
         if key is not None:
+            if sized:
+                packed.learn_length(key, full)
+                key = packed.size_class(key, self.server_udp_size)
             self._remember(key, scanned.name_end, tcp, query, index, result, limit, reply)
         return reply
 
-    def _pack_zone(self, query: Query, index: ZoneIndex, result: ZoneAnswer, limit: int) -> bytes:
+    def _pack_zone(self, query: Query, index: ZoneIndex, result: ZoneAnswer, limit: int) -> tuple[bytes, int]:
         a = result.answer
         sections = ([to_rr(r, owner_for(r, query)) for r in a.answer],
                     [to_rr(r, owner_for(r, query)) for r in a.authority],
                     [to_rr(r, owner_for(r, query)) for r in a.additional])
-        return pack_reply(query, a.rcode, a.authoritative, self.forwarding, sections, limit, self.server_udp_size)
+        return pack_reply_sized(query, a.rcode, a.authoritative, self.forwarding, sections, limit,
+                                self.server_udp_size)
 
     def _remember(self, key: bytes, end: int, tcp: bool, query: Query, index: ZoneIndex,
                   result: ZoneAnswer, limit: int, reply: bytes) -> None:
@@ -123,7 +132,7 @@ class Responder:
             variants = [stored(reply)]
             for rotation in range(1, min(count, MAX_ROTATIONS)):
                 rotated = ZoneAnswer(index.lookup(query.name, query.qtype, rotation))
-                variants.append(stored(self._pack_zone(query, index, rotated, limit)))
+                variants.append(stored(self._pack_zone(query, index, rotated, limit)[0]))
             if None in variants:
                 return
             size = sum(map(len, variants))

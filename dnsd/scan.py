@@ -8,7 +8,9 @@ costs a few microseconds each (issue 13: such a burst used to take 2.5 ms a pack
 
 The key is the question as it matters to the answer, never the raw bytes: the RD and CD flags (echoed), the name
 lowered (its case is patched back from the request, RFC 4343), type and class, and for EDNS the UDP size clamped
-to what the reply can use plus the DO bit. A request whose bytes already are that key (most clients' are) hits the
+to what the reply can use (over TCP, where it does not matter, always the server's own) plus the DO bit. Over UDP
+the responder narrows the size further to the two classes that give different replies, fits or truncated
+(``PackedCache.size_class``), so asking one big answer at 700 sizes packs it once. A request whose bytes already are that key (most clients' are) hits the
 responder's dict without even this scan. Requests with trailing bytes, other records, or an OPT that is not plain
 get no key: they are answered, never cached.
 """
@@ -31,7 +33,7 @@ class Scanned:
     trailing: bool = False   # bytes after the last record
 
 
-def scan(data: bytes, server_udp_size: int) -> Scanned | int | None:
+def scan(data: bytes, server_udp_size: int, tcp: bool = False) -> Scanned | int | None:
     """:class:`Scanned`; an rcode (NOTIMP for other opcodes, FORMERR when the structure is wrong) for a header-only
     error reply; None for what gets no reply at all (runts, responses)."""
     size = len(data)
@@ -76,8 +78,21 @@ def scan(data: bytes, server_udp_size: int) -> Scanned | int | None:
     trailing = offset < size
     key = None
     if not trailing and (others == 0 or (others == 1 and opt is not None and data[6:10] == b"\x00\x00\x00\x00")):
-        key = _key(data, name_end, opt, server_udp_size)
+        key = _key(data, name_end, opt, server_udp_size, tcp)
     return Scanned(name_end, key, trailing)
+
+
+def has_opt(key: bytes) -> bool:
+    return key[8] == 0 and key[9] == 1
+
+
+def udp_size_of(key: bytes) -> int:
+    return key[-8] << 8 | key[-7]
+
+
+def with_udp_size(key: bytes, size: int) -> bytes:
+    """The key of the same question with another EDNS UDP size (a key with an OPT only)."""
+    return key[:-8] + size.to_bytes(2, "big") + key[-6:]
 
 
 def _skip_name(data: bytes, offset: int) -> int:
@@ -97,7 +112,8 @@ def _skip_name(data: bytes, offset: int) -> int:
     return -1
 
 
-def _key(data: bytes, name_end: int, opt: tuple[int, int] | None, server_udp_size: int) -> bytes | None:
+def _key(data: bytes, name_end: int, opt: tuple[int, int] | None, server_udp_size: int,
+         tcp: bool) -> bytes | None:
     flags = bytes((data[2] & 0x01, data[3] & 0x10))  # RD; CD (the opcode is QUERY, checked above)
     question = data[12:name_end].lower() + data[name_end:name_end + 4]
     if opt is None:
@@ -106,7 +122,7 @@ def _key(data: bytes, name_end: int, opt: tuple[int, int] | None, server_udp_siz
     if data[owner] != 0 or data[fixed + 4] != 0 or data[fixed + 5] != 0:
         return None  # an OPT not owned by the root, an extended rcode, or a version we answer with BADVERS
     requested = data[fixed + 2] << 8 | data[fixed + 3]
-    clamped = max(CLASSIC_UDP_LIMIT, min(requested, server_udp_size))
+    clamped = server_udp_size if tcp else max(CLASSIC_UDP_LIMIT, min(requested, server_udp_size))
     do = data[fixed + 6] & 0x80
     return (flags + b"\x00\x01\x00\x00\x00\x00\x00\x01" + question + b"\x00\x00\x29"
             + clamped.to_bytes(2, "big") + b"\x00\x00" + bytes((do, 0)) + b"\x00\x00")

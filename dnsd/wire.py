@@ -139,6 +139,12 @@ def reply_header(query: Query, rcode: int, aa: bool, ra: bool, tc: bool = False)
 def pack_reply(query: Query, rcode: int, aa: bool, ra: bool, sections: tuple[list, list, list],
                limit: int, server_udp_size: int) -> bytes:
     """Pack a reply; if it exceeds ``limit`` send TC with the question only (never a silently trimmed answer)."""
+    return pack_reply_sized(query, rcode, aa, ra, sections, limit, server_udp_size)[0]
+
+
+def pack_reply_sized(query: Query, rcode: int, aa: bool, ra: bool, sections: tuple[list, list, list],
+                     limit: int, server_udp_size: int) -> tuple[bytes, int]:
+    """:func:`pack_reply`, and the length of the full reply (what decides truncation at any other limit)."""
     reply = DNSRecord(reply_header(query, rcode, aa, ra), q=DNSQuestion(query.qname, query.qtype, query.qclass))
     answer, authority, additional = sections
     reply.rr.extend(answer)
@@ -148,8 +154,8 @@ def pack_reply(query: Query, rcode: int, aa: bool, ra: bool, sections: tuple[lis
         reply.add_ar(EDNS0(udp_len=server_udp_size))
     packed = bytes(reply.pack())
     if len(packed) <= limit:
-        return packed
-    return truncated(query, rcode, aa, ra, server_udp_size)
+        return packed, len(packed)
+    return truncated(query, rcode, aa, ra, server_udp_size), len(packed)
 
 
 def truncated(query: Query, rcode: int, aa: bool, ra: bool, server_udp_size: int) -> bytes:

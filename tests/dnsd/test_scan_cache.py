@@ -125,3 +125,18 @@ def test_distinct_names_are_held_to_the_byte_budget():
     for i in range(3000):
         responder.respond(wire_query(f"btnothing{i}.{Z}"), "127.0.0.1")
     assert 0 < responder.packed_udp.bytes <= 64 << 10 and len(responder.packed_udp) < 3000
+
+
+def test_one_big_answer_asked_at_every_size_is_packed_once_per_reply_class(responder):
+    """The UDP size only decides fits-or-truncated, so 721 sizes give two cache entries, not 721 packings."""
+    name = f"_btbig._tcp.service.{Z}"
+    replies = set()
+    for size in range(512, 1233):
+        query = dns.message.make_query(name, "SRV", use_edns=0, payload=size)
+        reply = responder.respond(query.to_wire(), "127.0.0.1")
+        replies.add(reply[2:])
+    assert len(responder.packed_udp) <= 2 and len(responder.packed_udp.full_lengths) == 1
+    assert all(dns.message.from_wire(b"\x00\x00" + r).flags & dns.flags.TC for r in replies)  # 100 SRV: too big
+    small = dns.message.make_query(f"btweb.service.{Z}", "A", use_edns=0, payload=600)
+    fits = dns.message.from_wire(responder.respond(small.to_wire(), "127.0.0.1"))
+    assert not fits.flags & dns.flags.TC and len(fits.answer[0]) == 2
