@@ -14,6 +14,7 @@ Names (``Z`` is the zone, default ``berth.internal``), built only from endpoints
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
@@ -52,80 +53,129 @@ def address_type(address: str) -> int:
     return AAAA if ":" in address else A
 
 
+@functools.lru_cache(maxsize=65536)
 def address_name(address: str, zone: str) -> str:
     """The name that resolves to this one address: ``0a59000b.addr.<zone>`` for 10.89.0.11."""
     return f"{ipaddress.ip_address(address).packed.hex()}.addr.{zone}"
 
 
+Entry = tuple[bool, Record]  # (a reverse name?, the record)
+
+
+def endpoint_entries(ep: EndpointRecord, zone: str, ttl: int) -> tuple[Entry, ...]:
+    """Every record one endpoint contributes to the zone, in the order the index lists them."""
+    out: list[Entry] = []
+
+    def add(name: str, rtype: int, rdata, reverse: bool = False) -> None:
+        out.append((reverse, Record(name, rtype, ttl, rdata)))
+
+    typed = [(address, address_type(address)) for address in ep.addresses]
+    for address, rtype in typed:
+        add(address_name(address, zone), rtype, address)
+    for name in ep.names:
+        for owner in [f"{name}.{zone}"] + ([f"{name}.{ep.network}.{zone}"] if ep.network else []):
+            for address, rtype in typed:
+                add(owner, rtype, address)
+            if ep.txt:
+                add(owner, TXT, tuple(ep.txt))
+    for address in ep.addresses:
+        add(reverse_name(address), PTR, f"{ep.name}.{zone}", reverse=True)
+    base = f"{ep.service}.service.{zone}"
+    tags = sorted({t.lower() for t in ep.tags if DNS_LABEL.match(t)})
+    owners = [base] + [f"{tag}.{base}" for tag in tags]
+    for owner in owners:
+        for address, rtype in typed:
+            add(owner, rtype, address)
+    if not ep.addresses:
+        return tuple(out)  # an SRV target must resolve
+    target = address_name(ep.addresses[0], zone)
+    for port in ep.ports:
+        srv = Srv(1, 1, port.port, target)
+        for owner in owners:
+            add(owner, SRV, srv)
+        add(f"_{ep.service}._{port.protocol}.service.{zone}", SRV, srv)
+        for tag in tags:
+            add(f"_{ep.service}._{tag}.service.{zone}", SRV, srv)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=65536)
+def reverse_name(address: str) -> str:
+    return ipaddress.ip_address(address).reverse_pointer
+
+
+class EntryCache:
+    """Each endpoint's entries, kept from one index build to the next: a view change of one endpoint among
+    10,000 recomputes one endpoint's records, not all of them (the view hands back the same record objects for
+    endpoints that did not change)."""
+
+    def __init__(self, config: ZoneConfig) -> None:
+        self.config = config
+        self._by_id: dict[str, tuple[EndpointRecord, tuple[Entry, ...]]] = {}
+
+    def entries(self, endpoints: list[EndpointRecord]) -> list[tuple[Entry, ...]]:
+        kept: dict[str, tuple[EndpointRecord, tuple[Entry, ...]]] = {}
+        out = []
+        old = self._by_id
+        for ep in endpoints:
+            cached = old.get(ep.id)
+            if cached is None or (cached[0] is not ep and cached[0] != ep):
+                cached = (ep, endpoint_entries(ep, self.config.zone, self.config.ttl))
+            kept[ep.id] = cached
+            out.append(cached[1])
+        self._by_id = kept
+        return out
+
+
 class ZoneIndex:
     """Every name of the zone (and the reverse names of known addresses) with its record sets."""
 
-    def __init__(self, records: Iterable[EndpointRecord], config: ZoneConfig, revision: int) -> None:
+    def __init__(self, records: Iterable[EndpointRecord], config: ZoneConfig, revision: int,
+                 cache: EntryCache | None = None) -> None:
         self.config = config
         self.zone = config.zone
         self.revision = revision
-        self._nodes: dict[str, dict[int, list[Record]]] = {}
-        self._reverse: dict[str, dict[int, list[Record]]] = {}
-        live = [r for r in records if r.health != Health.CRITICAL]
-        self._build(live)
+        live = sorted((r for r in records if r.health != Health.CRITICAL), key=lambda e: e.id)
+        self._nodes, self._reverse = self._build((cache or EntryCache(config)).entries(live))
         self._add_empty_non_terminals()
         self.soa = self._nodes[self.zone][SOA][0]
 
     # -- building -------------------------------------------------------------------------------------------
-    def _add(self, nodes: dict, name: str, rtype: int, rdata) -> None:
-        rrsets = nodes.setdefault(name, {})
-        rrset = rrsets.setdefault(rtype, [])
-        record = Record(name, rtype, self.config.ttl, rdata)
-        if record not in rrset:
-            rrset.append(record)
-
-    def _build(self, endpoints: list[EndpointRecord]) -> None:
+    def _build(self, per_endpoint: list[tuple[Entry, ...]]) -> tuple[dict, dict]:
         z, cfg = self.zone, self.config
         ns_name = f"ns.{z}"
         soa = Soa(ns_name, f"hostmaster.{z}", self.revision % 2**32, 3600, 600, 86400, cfg.negative_ttl)
-        self._nodes[z] = {SOA: [Record(z, SOA, cfg.negative_ttl, soa)], NS: [Record(z, NS, cfg.ttl, ns_name)]}
-        for address in cfg.nameserver_addresses:
-            self._add(self._nodes, ns_name, address_type(address), address)
-        for ep in sorted(endpoints, key=lambda e: e.id):
-            for address in ep.addresses:
-                self._add(self._nodes, address_name(address, z), address_type(address), address)
-            for name in ep.names:
-                owners = [f"{name}.{z}"] + ([f"{name}.{ep.network}.{z}"] if ep.network else [])
-                for owner in owners:
-                    for address in ep.addresses:
-                        self._add(self._nodes, owner, address_type(address), address)
-                    if ep.txt:
-                        self._add(self._nodes, owner, TXT, tuple(ep.txt))
-            for address in ep.addresses:
-                reverse = ipaddress.ip_address(address).reverse_pointer
-                self._add(self._reverse, reverse, PTR, f"{ep.name}.{z}")
-            self._add_service(ep)
-
-    def _add_service(self, ep: EndpointRecord) -> None:
-        z = self.zone
-        base = f"{ep.service}.service.{z}"
-        tags = sorted({t.lower() for t in ep.tags if DNS_LABEL.match(t)})
-        owners = [base] + [f"{tag}.{base}" for tag in tags]
-        for owner in owners:
-            for address in ep.addresses:
-                self._add(self._nodes, owner, address_type(address), address)
-        if not ep.addresses:
-            return  # an SRV target must resolve
-        target = address_name(ep.addresses[0], z)
-        for port in ep.ports:
-            srv = Srv(1, 1, port.port, target)
-            for owner in owners:
-                self._add(self._nodes, owner, SRV, srv)
-            self._add(self._nodes, f"_{ep.service}._{port.protocol}.service.{z}", SRV, srv)
-            for tag in tags:
-                self._add(self._nodes, f"_{ep.service}._{tag}.service.{z}", SRV, srv)
+        forward: dict[str, dict[int, list[Record]]] = {
+            z: {SOA: [Record(z, SOA, cfg.negative_ttl, soa)], NS: [Record(z, NS, cfg.ttl, ns_name)]}}
+        reverse: dict[str, dict[int, list[Record]]] = {}
+        extra = [(False, Record(ns_name, address_type(a), cfg.ttl, a)) for a in cfg.nameserver_addresses]
+        seen: set[tuple[bool, Record]] = set()  # a record two endpoints share is listed once
+        for entries in (extra, *per_endpoint):
+            for entry in entries:
+                if entry in seen:
+                    continue
+                seen.add(entry)
+                record = entry[1]
+                table = reverse if entry[0] else forward
+                rrsets = table.get(record.name)
+                if rrsets is None:
+                    rrsets = table[record.name] = {}
+                rrset = rrsets.get(record.rtype)
+                if rrset is None:
+                    rrsets[record.rtype] = [record]
+                else:
+                    rrset.append(record)
+        return forward, reverse
 
     def _add_empty_non_terminals(self) -> None:
         suffix = "." + self.zone
-        for name in list(self._nodes):
+        nodes = self._nodes
+        for name in list(nodes):
             while name.endswith(suffix):
                 name = name.partition(".")[2]
-                self._nodes.setdefault(name, {})
+                if name in nodes:
+                    break  # its ancestors are there already
+                nodes[name] = {}
 
     # -- answering ------------------------------------------------------------------------------------------
     def in_zone(self, name: str) -> bool:

@@ -20,7 +20,7 @@ from dnslib import DNSRecord
 from .acl import RecursionPolicy
 from .chain import (Context, ErrorAnswer, Forward, ForwardHandler, RecursionGate, UpstreamAnswer, UpstreamCache,
                     ZoneAnswer, ZoneHandler, aged, run_chain)
-from .names import ZoneConfig, ZoneIndex
+from .names import EntryCache, ZoneConfig, ZoneIndex
 from .packed import PackedCache
 from .records import OPT, SERVFAIL
 from .view import RecordView
@@ -47,6 +47,7 @@ class Responder:
         self.chain = [ZoneHandler(), RecursionGate(policy, forwarding), self.upstream_cache, ForwardHandler()]
         self.revision: int | None = None
         self.index: ZoneIndex
+        self._entries = EntryCache(zone)  # each endpoint's records, reused across rebuilds
         self._lock = threading.Lock()  # orders rebuilds against cache fills from other threads
         self.refresh()
 
@@ -56,7 +57,7 @@ class Responder:
             revision = self.view.revision
             if revision == self.revision:
                 return
-            self.index = ZoneIndex(self.view.records().values(), self.zone, revision)
+            self.index = ZoneIndex(self.view.records().values(), self.zone, revision, self._entries)
             self.revision = revision
             self.packed_udp.clear()
             self.packed_tcp.clear()
