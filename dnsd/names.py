@@ -62,6 +62,7 @@ def address_name(address: str, zone: str) -> str:
 Entry = tuple[bool, Record]  # (a reverse name?, the record)
 
 
+
 def endpoint_entries(ep: EndpointRecord, zone: str, ttl: int) -> tuple[Entry, ...]:
     """Every record one endpoint contributes to the zone, in the order the index lists them."""
     out: list[Entry] = []
@@ -104,78 +105,24 @@ def reverse_name(address: str) -> str:
     return ipaddress.ip_address(address).reverse_pointer
 
 
-class EntryCache:
-    """Each endpoint's entries, kept from one index build to the next: a view change of one endpoint among
-    10,000 recomputes one endpoint's records, not all of them (the view hands back the same record objects for
-    endpoints that did not change)."""
-
-    def __init__(self, config: ZoneConfig) -> None:
-        self.config = config
-        self._by_id: dict[str, tuple[EndpointRecord, tuple[Entry, ...]]] = {}
-
-    def entries(self, endpoints: list[EndpointRecord]) -> list[tuple[Entry, ...]]:
-        kept: dict[str, tuple[EndpointRecord, tuple[Entry, ...]]] = {}
-        out = []
-        old = self._by_id
-        for ep in endpoints:
-            cached = old.get(ep.id)
-            if cached is None or (cached[0] is not ep and cached[0] != ep):
-                cached = (ep, endpoint_entries(ep, self.config.zone, self.config.ttl))
-            kept[ep.id] = cached
-            out.append(cached[1])
-        self._by_id = kept
-        return out
-
-
 class ZoneIndex:
-    """Every name of the zone (and the reverse names of known addresses) with its record sets."""
+    """Every name of the zone (and the reverse names of known addresses) with its record sets: one revision's
+    snapshot, never changed once made (``zonebuild.ZoneBuilder`` makes each from the one before)."""
 
-    def __init__(self, records: Iterable[EndpointRecord], config: ZoneConfig, revision: int,
-                 cache: EntryCache | None = None) -> None:
-        self.config = config
-        self.zone = config.zone
-        self.revision = revision
-        live = sorted((r for r in records if r.health != Health.CRITICAL), key=lambda e: e.id)
-        self._nodes, self._reverse = self._build((cache or EntryCache(config)).entries(live))
-        self._add_empty_non_terminals()
-        self.soa = self._nodes[self.zone][SOA][0]
+    def __init__(self, records: Iterable[EndpointRecord], config: ZoneConfig, revision: int) -> None:
+        """An index of ``records`` built afresh (the responder updates one incrementally instead)."""
+        from .zonebuild import ZoneBuilder
+        built = ZoneBuilder(config).update({f"{i}": r for i, r in enumerate(records)}, revision)
+        self.__dict__.update(built.__dict__)
 
-    # -- building -------------------------------------------------------------------------------------------
-    def _build(self, per_endpoint: list[tuple[Entry, ...]]) -> tuple[dict, dict]:
-        z, cfg = self.zone, self.config
-        ns_name = f"ns.{z}"
-        soa = Soa(ns_name, f"hostmaster.{z}", self.revision % 2**32, 3600, 600, 86400, cfg.negative_ttl)
-        forward: dict[str, dict[int, list[Record]]] = {
-            z: {SOA: [Record(z, SOA, cfg.negative_ttl, soa)], NS: [Record(z, NS, cfg.ttl, ns_name)]}}
-        reverse: dict[str, dict[int, list[Record]]] = {}
-        extra = [(False, Record(ns_name, address_type(a), cfg.ttl, a)) for a in cfg.nameserver_addresses]
-        seen: set[tuple[bool, Record]] = set()  # a record two endpoints share is listed once
-        for entries in (extra, *per_endpoint):
-            for entry in entries:
-                if entry in seen:
-                    continue
-                seen.add(entry)
-                record = entry[1]
-                table = reverse if entry[0] else forward
-                rrsets = table.get(record.name)
-                if rrsets is None:
-                    rrsets = table[record.name] = {}
-                rrset = rrsets.get(record.rtype)
-                if rrset is None:
-                    rrsets[record.rtype] = [record]
-                else:
-                    rrset.append(record)
-        return forward, reverse
-
-    def _add_empty_non_terminals(self) -> None:
-        suffix = "." + self.zone
-        nodes = self._nodes
-        for name in list(nodes):
-            while name.endswith(suffix):
-                name = name.partition(".")[2]
-                if name in nodes:
-                    break  # its ancestors are there already
-                nodes[name] = {}
+    @classmethod
+    def from_tables(cls, config: ZoneConfig, revision: int, forward: dict, reverse: dict,
+                    below: dict[str, int]) -> "ZoneIndex":
+        index = cls.__new__(cls)
+        index.config, index.zone, index.revision = config, config.zone, revision
+        index._nodes, index._reverse, index._below = forward, reverse, below
+        index.soa = next(iter(forward[config.zone][SOA]))
+        return index
 
     # -- answering ------------------------------------------------------------------------------------------
     def in_zone(self, name: str) -> bool:
@@ -195,6 +142,8 @@ class ZoneIndex:
         if rrsets is None:
             rrsets = self._reverse.get(name)
             if rrsets is None:
+                if name in self._below:  # an empty non-terminal: names exist below it
+                    return Answer(NOERROR, authority=(self.soa,))
                 return Answer(NXDOMAIN, authority=(self.soa,))
         if qtype == ANY:
             found = [r for rtype in sorted(rrsets) for r in rrsets[rtype]]

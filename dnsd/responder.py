@@ -20,12 +20,13 @@ from dnslib import DNSRecord
 from .acl import RecursionPolicy
 from .chain import (Context, ErrorAnswer, Forward, ForwardHandler, RecursionGate, UpstreamAnswer, UpstreamCache,
                     ZoneAnswer, ZoneHandler, aged, run_chain)
-from .names import EntryCache, ZoneConfig, ZoneIndex
+from .names import ZoneConfig, ZoneIndex
 from .packed import PackedCache
 from .records import OPT, SERVFAIL
 from .view import RecordView
 from .scan import Scanned, has_opt, scan
 from .wire import Query, owner_for, pack_reply, pack_reply_sized, parse_query, simple_reply, to_rr
+from .zonebuild import ZoneBuilder
 
 TC_BIT = 0x02
 MAX_ROTATIONS = 8  # multi-record answers are handed out in up to this many rotated orders
@@ -47,7 +48,7 @@ class Responder:
         self.chain = [ZoneHandler(), RecursionGate(policy, forwarding), self.upstream_cache, ForwardHandler()]
         self.revision: int | None = None
         self.index: ZoneIndex
-        self._entries = EntryCache(zone)  # each endpoint's records, reused across rebuilds
+        self._builder = ZoneBuilder(zone)  # each revision's index made from the last, changed endpoints only
         self._lock = threading.Lock()  # orders rebuilds against cache fills from other threads
         self.refresh()
 
@@ -57,7 +58,7 @@ class Responder:
             revision = self.view.revision
             if revision == self.revision:
                 return
-            self.index = ZoneIndex(self.view.records().values(), self.zone, revision, self._entries)
+            self.index = self._builder.update(self.view.records(), revision)
             self.revision = revision
             self.packed_udp.clear()
             self.packed_tcp.clear()
