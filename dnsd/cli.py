@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "address (default 16)")
     parser.add_argument("--max-udp-size", type=int, default=1232, help="largest UDP answer with EDNS "
                         "(default 1232)")
+    parser.add_argument("--cache-bytes", type=int, default=4 << 20, help="bytes of packed answers kept per "
+                        "transport, and of upstream answers (default 4 MiB each; oldest out first)")
     parser.add_argument("--no-batch", action="store_true", help="plain recvfrom/sendto instead of "
                         "recvmmsg/sendmmsg (for comparison)")
     parser.add_argument("--upstream-timeout", type=float, default=2.0, help="seconds per upstream try")
@@ -117,6 +119,9 @@ def make_policy(args: argparse.Namespace, static: list[str]) -> RecursionPolicy:
 
 def run(args: argparse.Namespace) -> int:
     listens = [parse_listen(text) for text in (args.listen or ["127.0.0.1:53"])]
+    for name in ("cache_bytes", "max_tcp_connections", "max_tcp_per_source"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"berth dns: --{name.replace('_', '-')} must be at least 1")
     hosts = [host for host, _ in listens]
     zone = ZoneConfig(args.zone, args.ttl, args.negative_ttl, tuple(h for h in hosts if h not in WILDCARDS))
     cidrs = [] if args.no_default_recursion else [*LOOPBACK, *interface_networks(hosts)]
@@ -144,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     def make_responder():
         from .responder import Responder
         policy = make_policy(args, static) if forwarding else RecursionPolicy(())
-        return Responder(make_view(args), zone, policy, forwarding, server_udp_size=args.max_udp_size)
+        return Responder(make_view(args), zone, policy, forwarding, server_udp_size=args.max_udp_size,
+                         cache_bytes=args.cache_bytes)
 
     def ready() -> None:
         for ln in listeners:

@@ -54,13 +54,15 @@ class Connection:
     def feed(self, data: bytes, now: float) -> list[bytes]:
         """Add received bytes; the complete messages they finish, in order."""
         self.inbuf += data
-        messages = []
-        while len(self.inbuf) >= 2:
-            size = self.inbuf[0] << 8 | self.inbuf[1]
-            if len(self.inbuf) < 2 + size:
+        messages, start, size = [], 0, len(self.inbuf)
+        while size - start >= 2:
+            length = self.inbuf[start] << 8 | self.inbuf[start + 1]
+            if size - start < 2 + length:
                 break
-            messages.append(bytes(self.inbuf[2:2 + size]))
-            del self.inbuf[:2 + size]
+            messages.append(bytes(self.inbuf[start + 2:start + 2 + length]))
+            start += 2 + length
+        if start:
+            del self.inbuf[:start]  # once per read, however many messages it finished
             self.waiting_since = now
         return messages
 
