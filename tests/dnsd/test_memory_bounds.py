@@ -55,7 +55,7 @@ class UdpBlaster:
             except OSError:
                 return
 
-    def send(self, packets, window: int = 200) -> None:
+    def send(self, packets, window: int = 64) -> None:
         """At most ``window`` queries unanswered: the server keeps up, and the test knows it has seen them all
         (a reply lost on the way only lets the sender on once replies have stopped coming for a moment)."""
         self.sent = getattr(self, "sent", 0)
