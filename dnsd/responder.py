@@ -4,8 +4,8 @@ The fast path is a dict lookup: packed replies keyed by the normalised question 
 name, type, class, clamped EDNS size, DO). Most clients' requests are byte for byte that key after the ID, so a hit
 only patches the ID — no parsing. Others (another case, 0x20 randomisation; EDNS options such as cookies; another
 EDNS size) find their entry through the scanned key and get their own spelling patched back over the question,
-which the answers' owner names point at (RFC 4343). Junk never becomes a key: requests with trailing bytes are
-answered, not cached. The cache holds authoritative answers only (the same for every client), is bounded by
+which the answers' owner names point at (RFC 4343). Junk never becomes a key: requests with trailing bytes may be
+answered from the cache but never fill it. The cache holds authoritative answers only (the same for every client), is bounded by
 entries and bytes (``packed``), and is dropped whenever the view's revision moves.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Responder:
         if isinstance(result, UpstreamAnswer):
             return self._pack_upstream(query, result.message, result.age, limit)
         reply, full = self._pack_zone(query, index, result, limit)
-        if key is not None:
+        if key is not None and not scanned.trailing:
             if sized:
                 packed.learn_length(key, full)
                 key = packed.size_class(key, self.server_udp_size)

@@ -11,8 +11,8 @@ lowered (its case is patched back from the request, RFC 4343), type and class, a
 to what the reply can use (over TCP, where it does not matter, always the server's own) plus the DO bit. Over UDP
 the responder narrows the size further to the two classes that give different replies, fits or truncated
 (``PackedCache.size_class``), so asking one big answer at 700 sizes packs it once. A request whose bytes already are that key (most clients' are) hits the
-responder's dict without even this scan. Requests with trailing bytes, other records, or an OPT that is not plain
-get no key: they are answered, never cached.
+responder's dict without even this scan. Requests with other records or an OPT that is not plain get no key; those
+with trailing bytes are answered from the cache when their question is there, and never put in it.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ QR_BIT = 0x80
 class Scanned:
     name_end: int            # just past the question name's root label
     key: bytes | None        # the normalised cache key; None: answer, but never cache
-    trailing: bool = False   # bytes after the last record
+    trailing: bool = False   # bytes after the last record: the answer may come from the cache, never go in
 
 
 def scan(data: bytes, server_udp_size: int, tcp: bool = False) -> Scanned | int | None:
@@ -77,7 +77,7 @@ def scan(data: bytes, server_udp_size: int, tcp: bool = False) -> Scanned | int 
             return FORMERR
     trailing = offset < size
     key = None
-    if not trailing and (others == 0 or (others == 1 and opt is not None and data[6:10] == b"\x00\x00\x00\x00")):
+    if (others == 0 or (others == 1 and opt is not None and data[6:10] == b"\x00\x00\x00\x00")):
         key = _key(data, name_end, opt, server_udp_size, tcp)
     return Scanned(name_end, key, trailing)
 

@@ -48,10 +48,10 @@ def test_key_is_the_normalised_question():
     assert len({key(d) for d in different} | {base}) == len(different) + 1
 
 
-def test_trailing_bytes_are_answered_but_give_no_key():
+def test_trailing_bytes_are_seen_and_left_out_of_the_key():
     data = wire_query(f"btweb1.{Z}") + b"junk" * 10
     scanned = scan(data, 1232)
-    assert scanned.trailing and scanned.key is None
+    assert scanned.trailing and scanned.key == key(wire_query(f"btweb1.{Z}"))
 
 
 def test_structural_limits_are_checked_before_dnslib(monkeypatch):
@@ -107,6 +107,11 @@ def test_junk_never_reaches_the_cache_but_is_answered(responder):
         reply = dns.message.from_wire(responder.respond(data, "127.0.0.1"), ignore_trailing=True)
         assert reply.answer[0][0].address == "10.89.0.11"
     assert len(responder.packed_udp) == 0 and responder.packed_udp.bytes == 0
+    responder.respond(wire_query(f"btweb1.{Z}"), "127.0.0.1")  # the clean question fills the cache...
+    assert len(responder.packed_udp) == 1
+    junk = wire_query(f"btweb1.{Z}") + b"junk!"  # ...and junk behind it is answered from there
+    assert dns.message.from_wire(responder.respond(junk, "127.0.0.1"), ignore_trailing=True).answer
+    assert len(responder.packed_udp) == 1
 
 
 def test_a_cached_answer_echoes_each_askers_spelling(responder):
