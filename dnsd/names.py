@@ -19,9 +19,9 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
-from discovery.model import DNS_LABEL, EndpointRecord, Health
+from discovery.model import DNS_LABEL, EndpointRecord
 
-from .records import (A, AAAA, ANY, NOERROR, NS, NXDOMAIN, PTR, SOA, SRV, TXT, Answer, Record, Soa, Srv)
+from .records import A, AAAA, ANY, NOERROR, NS, NXDOMAIN, PTR, SOA, SRV, TXT, Answer, Record, Srv
 
 DEFAULT_ZONE = "berth.internal"
 REVERSE_SUFFIXES = ("in-addr.arpa", "ip6.arpa")
