@@ -15,11 +15,12 @@ from .upstream import Upstream, parse_resolv_conf
 WILDCARDS = ("0.0.0.0", "::")
 DESCRIPTION = """Serve the discovery view over DNS and forward other names upstream.
 
-Who may recurse (have names outside the zone forwarded) is configuration, never data: clients on loopback, on
-the networks of the --listen addresses (the container bridges whose gateway dnsd serves), on the subnets Berth's
-overlay manages (its network configuration and subnet leases in --store, written only by `berth overlay`), and
-in --allow ranges. Registering a service (through the agent's Consul API or the CNI chain) never widens it. Every
-other client gets authoritative answers for the zone and REFUSED for the rest."""
+Who may recurse (have names outside the zone forwarded) is configuration, never data: clients on loopback, on the
+networks of the --listen addresses (the container bridges whose gateway dnsd serves), on the subnets Berth's
+overlay manages (its network configuration and subnet leases in --store, written only by `berth overlay`), in the
+IPAM ranges of the root-owned CNI network configs in --cni-conf-dir, and in --allow ranges. Registering a service
+(through the agent's Consul API or the CNI chain) never widens it. Every other client gets authoritative answers
+for the zone and REFUSED for the rest."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop the default recursion clients loopback and the listen networks")
     parser.add_argument("--no-managed-recursion", action="store_true",
                         help="drop the subnets the store says Berth's overlay manages")
+    parser.add_argument("--cni-conf-dir", metavar="DIR", help="also allow the IPAM ranges (berth-ipam, host-local) "
+                        "of the CNI network configs here, e.g. /etc/cni/net.d: read at start, files owned by root "
+                        "and writable by nobody else only")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds a TCP client has to "
                         "deliver each whole query, counted from the end of its previous one (a deadline per "
@@ -125,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
     hosts = [host for host, _ in listens]
     zone = ZoneConfig(args.zone, args.ttl, args.negative_ttl, tuple(h for h in hosts if h not in WILDCARDS))
     cidrs = [] if args.no_default_recursion else [*LOOPBACK, *interface_networks(hosts)]
+    if args.cni_conf_dir:
+        from .managed import ipam_networks, read_cni_configs
+        cidrs += [str(n) for n in ipam_networks(read_cni_configs(args.cni_conf_dir))]
     try:
         static = [*cidrs, *args.allow_recursion]
         RecursionPolicy.from_cidrs(static)

@@ -1,14 +1,19 @@
-"""The subnets Berth manages, followed from the store: the overlay's network configuration and its hosts' subnet
-leases (under ``/berth/overlay/``, written only by ``berth overlay``, a root component; the agent's API, which
-non-root users reach, writes endpoint records only). They feed the recursion policy (``acl``).
+"""The subnets Berth manages, for the recursion policy (``acl``): followed from the store, the overlay's network
+configuration and its hosts' subnet leases (under ``/berth/overlay/``, written only by ``berth overlay``, a root
+component; the agent's API, which non-root users reach, writes endpoint records only); and, read at start-up, the
+IPAM ranges of the CNI network configurations in a directory (``--cni-conf-dir``, e.g. ``/etc/cni/net.d``), from
+files only root can have written.
 
-``managed_networks`` is the pure part (store items → networks); ``ManagedNetworks`` lists, then watches, and
-re-lists after a watch failure, as the discovery view does.
+``managed_networks`` and ``ipam_networks`` are the pure parts (store items or network configs → networks);
+``ManagedNetworks`` lists, then watches, and re-lists after a watch failure, as the discovery view does.
 """
 from __future__ import annotations
 
+import json
 import logging
+import stat
 import threading
+from pathlib import Path
 from typing import Iterable
 
 from overlay.config import DEFAULT_PREFIX, ConfigError, parse_config
@@ -33,6 +38,61 @@ def managed_networks(items: Iterable[tuple[str, bytes]], prefix: str = DEFAULT_P
         except (ConfigError, LeaseFormatError):
             continue
     return tuple(sorted(set(found), key=lambda n: (n.version, n)))
+
+
+IPAM_TYPES = ("berth-ipam", "host-local")
+
+
+def ipam_networks(configs: Iterable[dict]) -> tuple[Network, ...]:
+    """The subnets of every berth-ipam/host-local range in CNI network configs (.conflist or single .conf)."""
+    from ipam.config import parse_ipam_config
+    from ipam.errors import ConfigError as IpamConfigError
+    found: list[Network] = []
+    for config in configs:
+        plugins = config.get("plugins") if isinstance(config.get("plugins"), list) else [config]
+        for plugin in plugins:
+            ipam = plugin.get("ipam") if isinstance(plugin, dict) else None
+            if not isinstance(ipam, dict) or ipam.get("type") not in IPAM_TYPES:
+                continue
+            try:
+                parsed = parse_ipam_config(ipam, str(config.get("name", "")))
+            except IpamConfigError as exc:
+                log.warning("ignoring the IPAM ranges of network %r: %s", config.get("name"), exc)
+                continue
+            found.extend(r.subnet for rs in parsed.range_sets for r in rs.ranges)
+    return tuple(sorted(set(found), key=lambda n: (n.version, n)))
+
+
+def root_only(path: Path) -> bool:
+    """Owned by root and writable by nobody else: what a non-root user cannot have written."""
+    info = path.lstat()
+    return info.st_uid == 0 and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISLNK(info.st_mode)
+
+
+def read_cni_configs(directory: str) -> list[dict]:
+    """The network configs in ``directory`` that only root can have written; others are skipped, said so."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        log.warning("--cni-conf-dir %s is not a directory", directory)
+        return []
+    if not root_only(folder):
+        log.warning("ignoring %s: not owned by root, or writable by others", directory)
+        return []
+    configs = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in (".conflist", ".conf", ".json"):
+            continue
+        try:
+            if not root_only(path):
+                log.warning("ignoring %s: not owned by root, or writable by others", path)
+                continue
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s: %s", path, exc)
+            continue
+        if isinstance(doc, dict):
+            configs.append(doc)
+    return configs
 
 
 class ManagedNetworks:

@@ -84,3 +84,59 @@ def test_no_managed_recursion_ignores_the_overlay(agent_process, start_dns, tiny
     server = start_dns("--store", url, "--upstream", tiny_upstream.address, "--no-default-recursion",
                        "--no-managed-recursion")
     assert ask_from("127.0.65.9", server.port, "btfar.example").rcode() == dns.rcode.REFUSED
+
+
+def bridge_conflist(name: str, subnet: str, ipam_type: str = "berth-ipam") -> dict:
+    return {"cniVersion": "1.0.0", "name": name, "plugins": [
+        {"type": "berth-bridge", "bridge": "btbr0", "ipam": {"type": ipam_type, "ranges": [[{"subnet": subnet}]]}},
+        {"type": "berth-register"}]}
+
+
+def test_ipam_networks_of_cni_configs():
+    configs = [bridge_conflist("btnet", "10.88.0.0/16"), bridge_conflist("btlocal", "10.89.0.0/24", "host-local"),
+               bridge_conflist("btother", "10.90.0.0/24", "dhcp"),
+               {"name": "btsingle", "type": "bridge", "ipam": {"type": "host-local", "subnet": "10.91.0.0/24"}},
+               {"name": "btbroken", "type": "bridge", "ipam": {"type": "host-local", "ranges": "nope"}}]
+    assert managed_strs(configs) == ["10.88.0.0/16", "10.89.0.0/24", "10.91.0.0/24"]
+
+
+def managed_strs(configs) -> list[str]:
+    from dnsd.managed import ipam_networks
+    return [str(n) for n in ipam_networks(configs)]
+
+
+@pytest.mark.root
+def test_only_root_only_cni_configs_count(tmp_path):
+    import json
+    import os
+
+    from dnsd.managed import read_cni_configs
+    folder = tmp_path / "net.d"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    (folder / "10-bt.conflist").write_text(json.dumps(bridge_conflist("btnet", "10.88.0.0/16")))
+    sneaky = folder / "20-bt.conflist"
+    sneaky.write_text(json.dumps(bridge_conflist("btsneak", "198.51.100.0/24")))
+    os.chmod(sneaky, 0o666)  # anyone could have written it
+    foreign = folder / "30-bt.conflist"
+    foreign.write_text(json.dumps(bridge_conflist("btforeign", "203.0.113.0/24")))
+    os.chown(foreign, 65534, 65534)  # written by nobody
+    assert managed_strs(read_cni_configs(str(folder))) == ["10.88.0.0/16"]
+    os.chmod(folder, 0o777)
+    assert read_cni_configs(str(folder)) == []  # a directory anyone can write to proves nothing
+
+
+@pytest.mark.service
+@pytest.mark.root
+def test_cni_conf_dir_opens_recursion_to_its_ranges(start_dns, records_file, tiny_upstream, tmp_path):
+    import json
+    import os
+    tiny_upstream.answers[("btfar.example", "A")] = ["btfar.example. 60 IN A 192.0.2.7"]
+    folder = tmp_path / "net.d"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    (folder / "10-bt.conflist").write_text(json.dumps(bridge_conflist("btnet", "127.0.96.0/24")))
+    server = start_dns("--records", str(records_file), "--upstream", tiny_upstream.address,
+                       "--no-default-recursion", "--cni-conf-dir", str(folder))
+    assert ask_from("127.0.96.7", server.port, "btfar.example").answer[0][0].address == "192.0.2.7"
+    assert ask_from(OUTSIDER, server.port, "btfar.example").rcode() == dns.rcode.REFUSED
