@@ -12,7 +12,13 @@ dnsmasq gets ``--local=/ZONE/`` besides the hosts file so that it, too, answers 
 and ``--local-ttl=5`` so that its answers carry the same TTL as dnsd's.
 The ceiling row (``bench/udp_ceiling.c``, compiled with the machine's gcc) echoes every datagram with no work at
 all: on a 2-core machine dnsperf and the kernel's loopback path take most of the CPU, and this is the most any
-server could reach under the same dnsperf. The last table is each server's CPU at an everyday load.
+server could reach under the same dnsperf. Then each server's CPU per query at a fixed rate (``--rate``, default
+20,000 q/s: ``dnsperf -Q``, so every server does the same work) and at an everyday load.
+
+``--scale N`` (default 10,000; 0 skips it) adds the view at scale: N endpoints in a real SQLite store served by
+``berth dns --store`` beside dnsmasq with the same N names in a hosts file — resident memory of each, queries/s
+over all N names, and the time from writing one more endpoint to the store (what the agent does on a
+registration) to dnsd's first correct answer for it, over ``--registrations`` new names.
 """
 from __future__ import annotations
 
@@ -132,8 +138,9 @@ def start_dnsmasq(folder: Path) -> Server:
     return server
 
 
-def start_dnsd(folder: Path, workers: int, extra: list[str]) -> Server:
-    proc = subprocess.Popen([sys.executable, "-m", "berth.cli", "dns", "--records", str(folder / "records.json"),
+def start_dnsd(folder: Path, workers: int, extra: list[str], source: list[str] | None = None) -> Server:
+    source = source or ["--records", str(folder / "records.json")]
+    proc = subprocess.Popen([sys.executable, "-m", "berth.cli", "dns", *source,
                              "--listen", "127.0.0.1:0", "--no-forward", "--workers", str(workers), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     line = proc.stdout.readline()
@@ -237,9 +244,9 @@ def dnsperf(port: int, query_file: Path, clients: int, seconds: float, verbose: 
     return subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
 
 
-def measure(server: Server, query_file: Path, clients: int, seconds: float) -> Result:
+def measure(server: Server, query_file: Path, clients: int, seconds: float, rate: int | None = None) -> Result:
     cpu_before = server.cpu_seconds()
-    out = dnsperf(server.port, query_file, clients, seconds)
+    out = dnsperf(server.port, query_file, clients, seconds, rate=rate)
     cpu = server.cpu_seconds() - cpu_before
     completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))
     return Result(qps=float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1)),
@@ -284,6 +291,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times; "
                         "the median qps is reported")
     parser.add_argument("--p99-seconds", type=float, default=3, help="length of the verbose run for p99")
+    parser.add_argument("--rate", type=int, default=20_000, help="queries/s of the fixed-rate CPU-per-query "
+                        "table (0 skips it)")
+    parser.add_argument("--scale", type=int, default=10_000, help="names in the view for the scale section "
+                        "(0 skips it)")
+    parser.add_argument("--registrations", type=int, default=20, help="new names timed in the scale section")
     parser.add_argument("--light-rate", type=int, default=2000, help="queries/s of the light-load CPU check "
                         "(0 skips it)")
     parser.add_argument("--no-ceiling", action="store_true", help="leave out the C echo that shows the most "
@@ -334,6 +346,15 @@ def main() -> int:
                 tails = {s.name: tail_latency(s, names_file, args.clients, args.p99_seconds)
                          for s in measured} if args.p99_seconds > 0 else {}
                 report(label, runs, tails)
+            if args.rate:
+                print(f"\nCPU per query at a fixed {args.rate:,} queries/s ({args.duration:g} s, dnsperf -Q):")
+                print(f"  {'server':<28} {'queries/s':>10} {'CPU us/q':>8} {'% of a core':>11}")
+                for server in measured:
+                    if server is ceiling:
+                        continue
+                    result = measure(server, folder / "known.txt", args.clients, args.duration, rate=args.rate)
+                    print(f"  {server.name:<28} {result.qps:>10,.0f} {result.cpu_us:>8.1f} "
+                          f"{result.qps * result.cpu_us / 1e4:>10.1f}%")
             if args.light_rate:
                 print(f"\nCPU at a light load ({args.light_rate:,} queries/s for 5 s, % of one core):")
                 for server in measured:
@@ -351,7 +372,78 @@ def main() -> int:
         finally:
             for server in servers:
                 server.stop()
+        if args.scale:
+            scale_section(Path(tmp), args)
     return 0
+
+
+def rss_mb(server: Server) -> float:
+    total = 0
+    for pid in server.pids():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def bench_record(i: int, prefix: str = "btbench") -> EndpointRecord:
+    return EndpointRecord(id=f"{prefix}{i}/eth0", name=f"{prefix}{i}",
+                          addresses=(f"10.{200 + i // 65025}.{i // 255 % 255}.{i % 255 + 1}",))
+
+
+def scale_section(folder: Path, args: argparse.Namespace) -> None:
+    """N names in a real store: memory, queries/s, registration-to-answer time (see the module docstring)."""
+    from discovery.model import endpoint_key
+    from store.api import Put, open_store
+
+    world = folder / "scale"
+    world.mkdir()
+    world.chmod(0o755)
+    expected, _, _ = make_world(world, args.scale)
+    url = f"sqlite:///{world / 'berth.db'}"
+    store = open_store(url)
+    servers: list[Server] = []
+    try:
+        records = [bench_record(i) for i in range(args.scale)]
+        for start in range(0, len(records), 100):
+            store.txn([], [Put(endpoint_key("btbenchhost", r.id), r.to_json().encode())
+                           for r in records[start:start + 100]])
+        started = time.monotonic()
+        dnsd = start_dnsd(world, 1, args.dnsd_arg, ["--store", url])
+        startup = time.monotonic() - started
+        servers.append(dnsd)
+        servers.append(start_dnsmasq(world))
+        print(f"\nscale: {args.scale:,} names in the view (berth dns --store sqlite, 1 worker; dnsmasq: hosts file)")
+        for server in servers:
+            print(f"  {server.name:<28} {verify(server, list(expected), expected)}")
+        resting = {s.name: rss_mb(s) for s in servers}
+        print(f"  {'server':<28} {'RSS MB':>7} {'queries/s':>10} {'CPU us/q':>8}")
+        for server in servers:
+            result = measure(server, world / "known.txt", args.clients, args.duration)
+            print(f"  {server.name:<28} {resting[server.name]:>7.1f} {result.qps:>10,.0f} {result.cpu_us:>8.1f}")
+        print(f"  berth dns: first answer {startup:.2f} s after start (listing {args.scale:,} records included); "
+              f"RSS after the load {rss_mb(dnsd):.1f} MB")
+        delays = []
+        for i in range(args.registrations):
+            record = bench_record(i, "btnew")
+            written = time.monotonic()
+            store.put(endpoint_key("btbenchhost", record.id), record.to_json().encode())
+            while True:
+                reply = query(dnsd.port, f"{record.name}.{ZONE}", timeout=0.5)
+                if reply is not None and [str(rr.rdata) for rr in reply.rr] == list(record.addresses):
+                    break
+                if time.monotonic() - written > 30:
+                    raise RuntimeError(f"{record.name} not answered 30 s after its registration")
+            delays.append(1000 * (time.monotonic() - written))
+        print(f"  registration to first correct answer ({len(delays)} new names, store write to answer): "
+              f"median {statistics.median(delays):.0f} ms, max {max(delays):.0f} ms")
+    finally:
+        for server in servers:
+            server.stop()
+        store.close()
 
 
 def report(label: str, runs: dict[str, list[Result]], tails: dict[str, tuple[float, str]]) -> None:

@@ -6,6 +6,8 @@ in a :class:`Forward` that the socket shell carries out and hands back to the re
 from __future__ import annotations
 
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +19,7 @@ from .records import AXFR, IXFR, NOERROR, NOTIMP, NXDOMAIN, OPT, REFUSED, SOA, A
 from .wire import Query
 
 UPSTREAM_UDP_SIZE = 1232
+PARSED_FACTOR = 8  # a message parsed by dnslib takes several times its wire size in memory
 IN_CLASSES = (1, 255)  # IN, ANY
 
 
@@ -87,31 +90,37 @@ class RecursionGate:
         self.enabled = enabled
 
     def handle(self, query: Query, ctx: Context) -> Result | None:
-        if not self.enabled or not self.policy.allows(ctx.client, ctx.index.endpoint_addresses):
+        if not self.enabled or not self.policy.allows(ctx.client):
             return ErrorAnswer(REFUSED)
         return None
 
 
 class UpstreamCache:
     """Upstream answers kept for their TTL (the smallest in the message, capped; for a negative answer also no
-    longer than its SOA's minimum, RFC 2308 §5), served with aged TTLs. The clock comes in with each call."""
+    longer than its SOA's minimum, RFC 2308 §5), served with aged TTLs; bounded by entries and by the answers'
+    wire bytes, oldest out first. The clock comes in with each call."""
 
-    def __init__(self, max_ttl: int = 300, max_entries: int = 10_000) -> None:
+    def __init__(self, max_ttl: int = 300, max_entries: int = 10_000, max_bytes: int = 4 << 20) -> None:
         self.max_ttl = max_ttl
         self.max_entries = max_entries
-        self._entries: dict[tuple[str, int, int], tuple[float, float, DNSRecord]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[tuple[str, int, int], tuple[float, float, DNSRecord, int]] = OrderedDict()
+        self._lock = threading.Lock()  # forward threads store while the loops read
 
     def handle(self, query: Query, ctx: Context) -> Result | None:
-        entry = self._entries.get((query.name, query.qtype, query.qclass))
+        key = (query.name, query.qtype, query.qclass)
+        entry = self._entries.get(key)
         if entry is None:
             return None
-        stored, expires, message = entry
+        stored, expires, message, _ = entry
         if ctx.now >= expires:
-            self._entries.pop((query.name, query.qtype, query.qclass), None)
+            with self._lock:
+                self._drop(key)
             return None
         return UpstreamAnswer(message, int(ctx.now - stored))
 
-    def store(self, query: Query, message: DNSRecord, now: float) -> None:
+    def store(self, query: Query, message: DNSRecord, now: float, size: int = 512) -> None:
         rcode = message.header.rcode
         records = [rr for rr in (*message.rr, *message.auth, *message.ar) if rr.rtype != OPT]
         if rcode not in (NOERROR, NXDOMAIN) or not records:
@@ -121,9 +130,20 @@ class UpstreamCache:
             ttl = min([ttl] + [rr.rdata.times[4] for rr in message.auth if rr.rtype == SOA])
         if ttl <= 0:
             return
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[(query.name, query.qtype, query.qclass)] = (now, now + ttl, message)
+        cost = size * PARSED_FACTOR
+        key = (query.name, query.qtype, query.qclass)
+        with self._lock:
+            self._drop(key)
+            while self._entries and (self.bytes + cost > self.max_bytes or len(self._entries) >= self.max_entries):
+                self._drop(next(iter(self._entries)))
+            if cost <= self.max_bytes:
+                self._entries[key] = (now, now + ttl, message, cost)
+                self.bytes += cost
+
+    def _drop(self, key: tuple[str, int, int]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[3]
 
 
 class ForwardHandler:

@@ -13,9 +13,19 @@ from .server import ServerOptions, bind_listener, run_workers
 from .upstream import Upstream, parse_resolv_conf
 
 WILDCARDS = ("0.0.0.0", "::")
+DESCRIPTION = """Serve the discovery view over DNS and forward other names upstream.
+
+Who may recurse (have names outside the zone forwarded) is configuration, never data: clients on loopback, on the
+networks of the --listen addresses (the container bridges whose gateway dnsd serves), on the subnets Berth's
+overlay manages (its network configuration and subnet leases in --store, written only by `berth overlay`), in the
+IPAM ranges of the root-owned CNI network configs in --cni-conf-dir, and in --allow ranges. Registering a service
+(through the agent's Consul API or the CNI chain) never widens it. Every other client gets authoritative answers
+for the zone and REFUSED for the rest."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--store", metavar="URL", help="answer from the discovery view of this datastore "
                         "(sqlite:///path.db, etcd://host:port)")
@@ -31,15 +41,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resolver for names outside the zone (repeatable; default: resolv.conf's)")
     parser.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where to read upstreams from")
     parser.add_argument("--no-forward", action="store_true", help="authoritative only: REFUSED for other names")
-    parser.add_argument("--allow-recursion", metavar="CIDR", action="append", default=[],
-                        help="client network that may use forwarding (repeatable)")
+    parser.add_argument("--allow", "--allow-recursion", dest="allow_recursion", metavar="CIDR", action="append",
+                        default=[], help="client network that may use forwarding (repeatable)")
     parser.add_argument("--no-default-recursion", action="store_true",
-                        help="drop the default recursion clients (loopback, the listen networks, endpoints)")
+                        help="drop the default recursion clients loopback and the listen networks")
+    parser.add_argument("--no-managed-recursion", action="store_true",
+                        help="drop the subnets the store says Berth's overlay manages")
+    parser.add_argument("--cni-conf-dir", metavar="DIR", help="also allow the IPAM ranges (berth-ipam, host-local) "
+                        "of the CNI network configs here, e.g. /etc/cni/net.d: read at start, files owned by root "
+                        "and writable by nobody else only")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
-    parser.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds before an idle TCP "
-                        "connection is closed (default 10)")
+    parser.add_argument("--tcp-idle-timeout", type=float, default=10.0, help="seconds a TCP client has to "
+                        "deliver each whole query, counted from the end of its previous one (a deadline per "
+                        "message, not per read); idle connections close after it too (default 10)")
+    parser.add_argument("--max-tcp-connections", type=int, default=256, help="open TCP connections per worker; "
+                        "at the cap a new one closes the oldest idle one (default 256)")
+    parser.add_argument("--max-tcp-per-source", type=int, default=16, help="open TCP connections per client "
+                        "address (default 16)")
     parser.add_argument("--max-udp-size", type=int, default=1232, help="largest UDP answer with EDNS "
                         "(default 1232)")
+    parser.add_argument("--cache-bytes", type=int, default=4 << 20, help="bytes of packed answers kept per "
+                        "transport, and of upstream answers (default 4 MiB each; oldest out first)")
     parser.add_argument("--no-batch", action="store_true", help="plain recvfrom/sendto instead of "
                         "recvmmsg/sendmmsg (for comparison)")
     parser.add_argument("--upstream-timeout", type=float, default=2.0, help="seconds per upstream try")
@@ -90,13 +112,31 @@ def make_view(args: argparse.Namespace):
     return DiscoveryView(open_store(args.store)).start()
 
 
+def make_policy(args: argparse.Namespace, static: list[str]) -> RecursionPolicy:
+    """Static ranges, plus the store's managed subnets followed live (each worker process follows its own)."""
+    if not args.store or args.no_managed_recursion:
+        return RecursionPolicy.from_cidrs(static)
+    from store.api import open_store
+    from .managed import ManagedNetworks
+    return RecursionPolicy.from_cidrs(static, ManagedNetworks(open_store(args.store)).start())
+
+
 def run(args: argparse.Namespace) -> int:
     listens = [parse_listen(text) for text in (args.listen or ["127.0.0.1:53"])]
+    for name in ("cache_bytes", "max_tcp_connections", "max_tcp_per_source"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"berth dns: --{name.replace('_', '-')} must be at least 1")
     hosts = [host for host, _ in listens]
     zone = ZoneConfig(args.zone, args.ttl, args.negative_ttl, tuple(h for h in hosts if h not in WILDCARDS))
     cidrs = [] if args.no_default_recursion else [*LOOPBACK, *interface_networks(hosts)]
-    policy = RecursionPolicy.from_cidrs([*cidrs, *args.allow_recursion],
-                                        allow_endpoints=not args.no_default_recursion)
+    if args.cni_conf_dir:
+        from .managed import ipam_networks, read_cni_configs
+        cidrs += [str(n) for n in ipam_networks(read_cni_configs(args.cni_conf_dir))]
+    try:
+        static = [*cidrs, *args.allow_recursion]
+        RecursionPolicy.from_cidrs(static)
+    except ValueError as exc:
+        raise SystemExit(f"berth dns: --allow: {exc}") from None
     upstreams = [Upstream.parse(u) for u in args.upstream]
     if not upstreams and not args.no_forward:
         try:
@@ -108,13 +148,16 @@ def run(args: argparse.Namespace) -> int:
         upstreams = [u for u in upstreams if (u.host, u.port) not in ours]
     forwarding = bool(upstreams) and not args.no_forward
     options = ServerOptions(listen=tuple(listens), workers=max(1, args.workers),
-                            tcp_idle_timeout=args.tcp_idle_timeout, upstreams=tuple(upstreams),
+                            tcp_idle_timeout=args.tcp_idle_timeout, max_tcp_connections=args.max_tcp_connections,
+                            max_tcp_per_source=args.max_tcp_per_source, upstreams=tuple(upstreams),
                             upstream_timeout=args.upstream_timeout, batched_udp=not args.no_batch)
     listeners = [bind_listener(host, port, options.workers) for host, port in listens]
 
     def make_responder():
         from .responder import Responder
-        return Responder(make_view(args), zone, policy, forwarding, server_udp_size=args.max_udp_size)
+        policy = make_policy(args, static) if forwarding else RecursionPolicy(())
+        return Responder(make_view(args), zone, policy, forwarding, server_udp_size=args.max_udp_size,
+                         cache_bytes=args.cache_bytes)
 
     def ready() -> None:
         for ln in listeners:

@@ -4,20 +4,24 @@ Names (``Z`` is the zone, default ``berth.internal``), built only from endpoints
 
 - ``<name>.Z`` and ``<name>.<network>.Z``: A/AAAA (and TXT) for every container name and alias;
 - ``<service>.service.Z`` and ``<tag>.<service>.service.Z``: A/AAAA per endpoint, SRV per port (Consul style);
-- ``_<service>._<proto>.service.Z`` (RFC 2782) and Consul's ``_<service>._<tag>.service.Z``: SRV whose target
-  (``<name>.<network>.Z``, or ``<name>.Z`` without a network) has its A/AAAA in the additional section;
+- ``_<service>._<proto>.service.Z`` (RFC 2782) and Consul's ``_<service>._<tag>.service.Z``: one SRV per instance
+  and port, each with its own target ``<hex-address>.addr.Z`` (Consul's ``<hex>.addr.<dc>.consul``: the instance's
+  first address, 8 hex digits for IPv4, 32 for IPv6) whose A/AAAA, in the additional section and asked directly, is
+  that one address — so an SRV consumer (HAProxy's ``server-template``) sees every instance, even when instances
+  share a name (Consul registrations are named after their service) or a host name;
 - PTR in ``in-addr.arpa``/``ip6.arpa`` for every address, pointing at ``<name>.Z``;
 - SOA and NS at the apex; the SOA serial is the view's revision and its minimum is the negative TTL (RFC 2308).
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
-from discovery.model import DNS_LABEL, EndpointRecord, Health
+from discovery.model import DNS_LABEL, EndpointRecord
 
-from .records import (A, AAAA, ANY, NOERROR, NS, NXDOMAIN, PTR, SOA, SRV, TXT, Answer, Record, Soa, Srv)
+from .records import A, AAAA, ANY, NOERROR, NS, NXDOMAIN, PTR, SOA, SRV, TXT, Answer, Record, Srv
 
 DEFAULT_ZONE = "berth.internal"
 REVERSE_SUFFIXES = ("in-addr.arpa", "ip6.arpa")
@@ -49,74 +53,76 @@ def address_type(address: str) -> int:
     return AAAA if ":" in address else A
 
 
+@functools.lru_cache(maxsize=65536)
+def address_name(address: str, zone: str) -> str:
+    """The name that resolves to this one address: ``0a59000b.addr.<zone>`` for 10.89.0.11."""
+    return f"{ipaddress.ip_address(address).packed.hex()}.addr.{zone}"
+
+
+Entry = tuple[bool, Record]  # (a reverse name?, the record)
+
+
+
+def endpoint_entries(ep: EndpointRecord, zone: str, ttl: int) -> tuple[Entry, ...]:
+    """Every record one endpoint contributes to the zone, in the order the index lists them."""
+    out: list[Entry] = []
+
+    def add(name: str, rtype: int, rdata, reverse: bool = False) -> None:
+        out.append((reverse, Record(name, rtype, ttl, rdata)))
+
+    typed = [(address, address_type(address)) for address in ep.addresses]
+    for address, rtype in typed:
+        add(address_name(address, zone), rtype, address)
+    for name in ep.names:
+        for owner in [f"{name}.{zone}"] + ([f"{name}.{ep.network}.{zone}"] if ep.network else []):
+            for address, rtype in typed:
+                add(owner, rtype, address)
+            if ep.txt:
+                add(owner, TXT, tuple(ep.txt))
+    for address in ep.addresses:
+        add(reverse_name(address), PTR, f"{ep.name}.{zone}", reverse=True)
+    base = f"{ep.service}.service.{zone}"
+    tags = sorted({t.lower() for t in ep.tags if DNS_LABEL.match(t)})
+    owners = [base] + [f"{tag}.{base}" for tag in tags]
+    for owner in owners:
+        for address, rtype in typed:
+            add(owner, rtype, address)
+    if not ep.addresses:
+        return tuple(out)  # an SRV target must resolve
+    target = address_name(ep.addresses[0], zone)
+    for port in ep.ports:
+        srv = Srv(1, 1, port.port, target)
+        for owner in owners:
+            add(owner, SRV, srv)
+        add(f"_{ep.service}._{port.protocol}.service.{zone}", SRV, srv)
+        for tag in tags:
+            add(f"_{ep.service}._{tag}.service.{zone}", SRV, srv)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=65536)
+def reverse_name(address: str) -> str:
+    return ipaddress.ip_address(address).reverse_pointer
+
+
 class ZoneIndex:
-    """Every name of the zone (and the reverse names of known addresses) with its record sets."""
+    """Every name of the zone (and the reverse names of known addresses) with its record sets: one revision's
+    snapshot, never changed once made (``zonebuild.ZoneBuilder`` makes each from the one before)."""
 
     def __init__(self, records: Iterable[EndpointRecord], config: ZoneConfig, revision: int) -> None:
-        self.config = config
-        self.zone = config.zone
-        self.revision = revision
-        self._nodes: dict[str, dict[int, list[Record]]] = {}
-        self._reverse: dict[str, dict[int, list[Record]]] = {}
-        live = [r for r in records if r.health != Health.CRITICAL]
-        self.endpoint_addresses = frozenset(a for r in live for a in r.addresses)
-        self._build(live)
-        self._add_empty_non_terminals()
-        self.soa = self._nodes[self.zone][SOA][0]
+        """An index of ``records`` built afresh (the responder updates one incrementally instead)."""
+        from .zonebuild import ZoneBuilder
+        built = ZoneBuilder(config).update({f"{i}": r for i, r in enumerate(records)}, revision)
+        self.__dict__.update(built.__dict__)
 
-    # -- building -------------------------------------------------------------------------------------------
-    def _add(self, nodes: dict, name: str, rtype: int, rdata) -> None:
-        rrsets = nodes.setdefault(name, {})
-        rrset = rrsets.setdefault(rtype, [])
-        record = Record(name, rtype, self.config.ttl, rdata)
-        if record not in rrset:
-            rrset.append(record)
-
-    def _build(self, endpoints: list[EndpointRecord]) -> None:
-        z, cfg = self.zone, self.config
-        ns_name = f"ns.{z}"
-        soa = Soa(ns_name, f"hostmaster.{z}", self.revision % 2**32, 3600, 600, 86400, cfg.negative_ttl)
-        self._nodes[z] = {SOA: [Record(z, SOA, cfg.negative_ttl, soa)], NS: [Record(z, NS, cfg.ttl, ns_name)]}
-        for address in cfg.nameserver_addresses:
-            self._add(self._nodes, ns_name, address_type(address), address)
-        for ep in sorted(endpoints, key=lambda e: e.id):
-            target = f"{ep.name}.{ep.network}.{z}" if ep.network else f"{ep.name}.{z}"
-            for name in ep.names:
-                owners = [f"{name}.{z}"] + ([f"{name}.{ep.network}.{z}"] if ep.network else [])
-                for owner in owners:
-                    for address in ep.addresses:
-                        self._add(self._nodes, owner, address_type(address), address)
-                    if ep.txt:
-                        self._add(self._nodes, owner, TXT, tuple(ep.txt))
-            for address in ep.addresses:
-                reverse = ipaddress.ip_address(address).reverse_pointer
-                self._add(self._reverse, reverse, PTR, f"{ep.name}.{z}")
-            self._add_service(ep, target)
-
-    def _add_service(self, ep: EndpointRecord, target: str) -> None:
-        z = self.zone
-        base = f"{ep.service}.service.{z}"
-        tags = sorted({t.lower() for t in ep.tags if DNS_LABEL.match(t)})
-        owners = [base] + [f"{tag}.{base}" for tag in tags]
-        for owner in owners:
-            for address in ep.addresses:
-                self._add(self._nodes, owner, address_type(address), address)
-        if not ep.addresses:
-            return  # an SRV target must resolve
-        for port in ep.ports:
-            srv = Srv(1, 1, port.port, target)
-            for owner in owners:
-                self._add(self._nodes, owner, SRV, srv)
-            self._add(self._nodes, f"_{ep.service}._{port.protocol}.service.{z}", SRV, srv)
-            for tag in tags:
-                self._add(self._nodes, f"_{ep.service}._{tag}.service.{z}", SRV, srv)
-
-    def _add_empty_non_terminals(self) -> None:
-        suffix = "." + self.zone
-        for name in list(self._nodes):
-            while name.endswith(suffix):
-                name = name.partition(".")[2]
-                self._nodes.setdefault(name, {})
+    @classmethod
+    def from_tables(cls, config: ZoneConfig, revision: int, forward: dict, reverse: dict,
+                    below: dict[str, int]) -> "ZoneIndex":
+        index = cls.__new__(cls)
+        index.config, index.zone, index.revision = config, config.zone, revision
+        index._nodes, index._reverse, index._below = forward, reverse, below
+        index.soa = next(iter(forward[config.zone][SOA]))
+        return index
 
     # -- answering ------------------------------------------------------------------------------------------
     def in_zone(self, name: str) -> bool:
@@ -136,6 +142,8 @@ class ZoneIndex:
         if rrsets is None:
             rrsets = self._reverse.get(name)
             if rrsets is None:
+                if name in self._below:  # an empty non-terminal: names exist below it
+                    return Answer(NOERROR, authority=(self.soa,))
                 return Answer(NXDOMAIN, authority=(self.soa,))
         if qtype == ANY:
             found = [r for rtype in sorted(rrsets) for r in rrsets[rtype]]

@@ -14,7 +14,7 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Srv:
     priority: int
     weight: int
@@ -22,7 +22,7 @@ class Srv:
     target: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Soa:
     mname: str
     rname: str
@@ -36,7 +36,7 @@ class Soa:
 Rdata = Union[str, Srv, Soa, tuple]  # address or target name | SRV | SOA | TXT strings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """One resource record; ``name`` is lower-case without the trailing dot."""
 
@@ -46,7 +46,7 @@ class Record:
     rdata: Rdata
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Answer:
     """What the name scheme says about one question (sections as record tuples)."""
 

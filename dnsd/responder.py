@@ -1,10 +1,12 @@
 """The sans-IO core: request bytes in, reply bytes (or a :class:`Forward` to carry out) out.
 
-The fast path is a dict lookup: packed replies keyed by everything in the query except its ID (flags, question,
-EDNS size class), so a hit only patches the ID — no parsing. Keys and stored replies hold the question name in
-lower case; a query spelled in another case (0x20 randomisation) finds its entry through its folded key and gets
-its own spelling patched back over the question, which the answers' owner names point at (RFC 4343). The cache
-holds authoritative answers only (the same for every client) and is dropped whenever the view's revision moves.
+The fast path is a dict lookup: packed replies keyed by the normalised question (``scan``: RD/CD, lower-cased
+name, type, class, clamped EDNS size, DO). Most clients' requests are byte for byte that key after the ID, so a hit
+only patches the ID — no parsing. Others (another case, 0x20 randomisation; EDNS options such as cookies; another
+EDNS size) find their entry through the scanned key and get their own spelling patched back over the question,
+which the answers' owner names point at (RFC 4343). Junk never becomes a key: requests with trailing bytes may be
+answered from the cache but never fill it. The cache holds authoritative answers only (the same for every client), is bounded by
+entries and bytes (``packed``), and is dropped whenever the view's revision moves.
 """
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ from .acl import RecursionPolicy
 from .chain import (Context, ErrorAnswer, Forward, ForwardHandler, RecursionGate, UpstreamAnswer, UpstreamCache,
                     ZoneAnswer, ZoneHandler, aged, run_chain)
 from .names import ZoneConfig, ZoneIndex
+from .packed import PackedCache
 from .records import OPT, SERVFAIL
 from .view import RecordView
-from .wire import Query, owner_for, pack_reply, parse_query, simple_reply, to_rr
+from .scan import Scanned, has_opt, scan
+from .wire import Query, owner_for, pack_reply, pack_reply_sized, parse_query, simple_reply, to_rr
+from .zonebuild import ZoneBuilder
 
 TC_BIT = 0x02
 MAX_ROTATIONS = 8  # multi-record answers are handed out in up to this many rotated orders
@@ -31,19 +36,19 @@ class Responder:
     def __init__(self, view: RecordView, zone: ZoneConfig = ZoneConfig(),
                  policy: RecursionPolicy = RecursionPolicy(), forwarding: bool = False,
                  clock: Callable[[], float] = time.monotonic, server_udp_size: int = 1232,
-                 max_packed: int = 100_000) -> None:
+                 max_packed: int = 100_000, cache_bytes: int = 4 << 20) -> None:
         self.view = view
         self.zone = zone
         self.clock = clock
         self.server_udp_size = server_udp_size
         self.forwarding = forwarding
-        self.max_packed = max_packed
-        self.packed_udp: dict[bytes, object] = {}
-        self.packed_tcp: dict[bytes, object] = {}
-        self.upstream_cache = UpstreamCache()
+        self.packed_udp = PackedCache(max_packed, cache_bytes)  # each transport its own bounds
+        self.packed_tcp = PackedCache(max_packed, cache_bytes)
+        self.upstream_cache = UpstreamCache(max_bytes=cache_bytes)
         self.chain = [ZoneHandler(), RecursionGate(policy, forwarding), self.upstream_cache, ForwardHandler()]
         self.revision: int | None = None
         self.index: ZoneIndex
+        self._builder = ZoneBuilder(zone)  # each revision's index made from the last, changed endpoints only
         self._lock = threading.Lock()  # orders rebuilds against cache fills from other threads
         self.refresh()
 
@@ -53,7 +58,7 @@ class Responder:
             revision = self.view.revision
             if revision == self.revision:
                 return
-            self.index = ZoneIndex(self.view.records().values(), self.zone, revision)
+            self.index = self._builder.update(self.view.records(), revision)
             self.revision = revision
             self.packed_udp.clear()
             self.packed_tcp.clear()
@@ -68,14 +73,20 @@ class Responder:
         return self.respond_slowly(data, client, tcp)
 
     def respond_slowly(self, data: bytes, client: str, tcp: bool) -> bytes | Forward | None:
-        folded = fold_question(data)
-        if folded is not None and folded[0] != data[2:]:
-            hit = (self.packed_tcp if tcp else self.packed_udp).get(folded[0])
-            if hit is not None:
-                reply = hit if hit.__class__ is bytes else next(hit)
-                end = folded[1]
-                return data[:2] + reply[:10] + data[12:end] + reply[end - 2:]
-        query = parse_query(data, self.server_udp_size)
+        scanned = scan(data, self.server_udp_size, tcp)
+        key = scanned.key if scanned.__class__ is Scanned else None
+        packed = self.packed_tcp if tcp else self.packed_udp
+        sized = key is not None and not tcp and has_opt(key)
+        if key is not None:
+            if sized:
+                key = packed.size_class(key, self.server_udp_size)
+            if key != data[2:]:
+                hit = packed.get(key)
+                if hit is not None:
+                    reply = hit if hit.__class__ is bytes else next(hit)
+                    end = scanned.name_end
+                    return data[:2] + reply[:10] + data[12:end] + reply[end - 2:]
+        query = parse_query(data, self.server_udp_size, scanned)
         if not isinstance(query, Query):
             return query
         index = self.index
@@ -88,21 +99,24 @@ class Responder:
             return simple_reply(query, result.rcode, result.recursion_available, self.server_udp_size)
         if isinstance(result, UpstreamAnswer):
             return self._pack_upstream(query, result.message, result.age, limit)
-        reply = self._pack_zone(query, index, result, limit)
-        if folded is not None:
-            self._remember(folded, tcp, query, index, result, limit, reply)
+        reply, full = self._pack_zone(query, index, result, limit)
+        if key is not None and not scanned.trailing:
+            if sized:
+                packed.learn_length(key, full)
+                key = packed.size_class(key, self.server_udp_size)
+            self._remember(key, scanned.name_end, tcp, query, index, result, limit, reply)
         return reply
 
-    def _pack_zone(self, query: Query, index: ZoneIndex, result: ZoneAnswer, limit: int) -> bytes:
+    def _pack_zone(self, query: Query, index: ZoneIndex, result: ZoneAnswer, limit: int) -> tuple[bytes, int]:
         a = result.answer
         sections = ([to_rr(r, owner_for(r, query)) for r in a.answer],
                     [to_rr(r, owner_for(r, query)) for r in a.authority],
                     [to_rr(r, owner_for(r, query)) for r in a.additional])
-        return pack_reply(query, a.rcode, a.authoritative, self.forwarding, sections, limit, self.server_udp_size)
+        return pack_reply_sized(query, a.rcode, a.authoritative, self.forwarding, sections, limit,
+                                self.server_udp_size)
 
-    def _remember(self, folded: tuple[bytes, int], tcp: bool, query: Query, index: ZoneIndex,
+    def _remember(self, key: bytes, end: int, tcp: bool, query: Query, index: ZoneIndex,
                   result: ZoneAnswer, limit: int, reply: bytes) -> None:
-        key, end = folded
         lowered = key[10:end - 2]
 
         def stored(packed: bytes) -> bytes | None:
@@ -115,22 +129,22 @@ class Responder:
             entry: object = stored(reply)
             if entry is None:
                 return
+            size = len(entry)
         else:
             variants = [stored(reply)]
             for rotation in range(1, min(count, MAX_ROTATIONS)):
                 rotated = ZoneAnswer(index.lookup(query.name, query.qtype, rotation))
-                variants.append(stored(self._pack_zone(query, index, rotated, limit)))
+                variants.append(stored(self._pack_zone(query, index, rotated, limit)[0]))
             if None in variants:
                 return
+            size = sum(map(len, variants))
             entry = itertools.cycle(variants)
             next(entry)  # the caller is sending variant 0 now
         packed = self.packed_tcp if tcp else self.packed_udp
         with self._lock:
             if index.revision != self.revision:
                 return  # made from a view that has moved on
-            if len(packed) >= self.max_packed:
-                packed.clear()
-            packed[key] = entry
+            packed.put(key, entry, size)
 
     def _pack_upstream(self, query: Query, message: DNSRecord, age: int, limit: int) -> bytes:
         sections = (aged(message.rr, age), aged(message.auth, age),
@@ -144,25 +158,8 @@ class Responder:
         message = _matching_reply(reply, forward)
         if message is None:
             return simple_reply(query, SERVFAIL, True, self.server_udp_size)
-        self.upstream_cache.store(query, message, self.clock())
+        self.upstream_cache.store(query, message, self.clock(), len(reply))
         return self._pack_upstream(query, message, 0, limit)
-
-
-def fold_question(data: bytes) -> tuple[bytes, int] | None:
-    """The cache key of a query with its question name in lower case, and where that name ends; None when the
-    name cannot be walked cheaply (no question, a pointer, a runt) and the full parser should judge it."""
-    end, size = 12, len(data)
-    while True:
-        if end >= size:
-            return None
-        length = data[end]
-        if length == 0:
-            break
-        if length > 63:
-            return None
-        end += 1 + length
-    end += 1
-    return data[2:12] + data[12:end].lower() + data[end:], end
 
 
 def _matching_reply(reply: bytes | None, forward: Forward) -> DNSRecord | None:

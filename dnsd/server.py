@@ -1,19 +1,17 @@
 """The socket shell: moves bytes between sockets and the :class:`Responder`; no DNS logic lives here.
 
 UDP: one blocking loop per socket (``udp_batch``) whose cache hit costs a dict lookup and a share of one batched
-send. TCP (RFC 7766): a
-thread per connection, any number of queries on it, closed after an idle timeout. Forwarded questions run on a
+send. TCP (RFC 7766): one selector loop per worker (``tcp``) with deadlines and connection caps. Forwarded questions run on a
 small thread pool so a slow upstream never stalls the loop. Several worker processes may share a port through
 SO_REUSEPORT, each with its own view and responder.
 """
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import socket
-import struct
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +21,9 @@ from . import udp_batch
 from . import upstream as upstream_io
 from .chain import Forward
 from .responder import Responder
+from .tcp import TcpLimits, TcpServer
 
+log = logging.getLogger("berth.dnsd")
 PR_SET_PDEATHSIG = 1
 
 
@@ -31,8 +31,9 @@ PR_SET_PDEATHSIG = 1
 class ServerOptions:
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 0),)
     workers: int = 1
-    tcp_idle_timeout: float = 10.0
+    tcp_idle_timeout: float = 10.0  # each whole TCP message within this (tcp.py), idle connections closed after it
     max_tcp_connections: int = 256
+    max_tcp_per_source: int = 16
     upstreams: tuple[upstream_io.Upstream, ...] = ()
     upstream_timeout: float = 2.0
     forward_threads: int = 16
@@ -90,15 +91,22 @@ class Worker:
         self.stopping = threading.Event()
         self.forward_pool = ThreadPoolExecutor(options.forward_threads, thread_name_prefix="dnsd-forward")
         self.forward_slots = threading.BoundedSemaphore(options.max_pending_forwards)
-        self.tcp_slots = threading.BoundedSemaphore(options.max_tcp_connections)
+        respond = self.responder.respond
+        self.tcp = TcpServer([], lambda data, client: respond(data, client, True), self.forward_tcp,
+                             TcpLimits(options.tcp_idle_timeout, options.max_tcp_connections,
+                                       options.max_tcp_per_source))
         self.threads: list[threading.Thread] = []
         self.sockets: list[socket.socket] = []
 
     def start(self, udp_socks: list[socket.socket], tcp_socks: list[socket.socket]) -> None:
         for sock in udp_socks:
             self._spawn(self.serve_udp, sock)
-        for sock in tcp_socks:
-            self._spawn(self.accept_tcp, sock)
+        if tcp_socks:
+            self.sockets.extend(tcp_socks)
+            thread = threading.Thread(target=self.tcp.run, daemon=True, name="dnsd-tcp")
+            self.tcp.listeners = list(tcp_socks)
+            thread.start()
+            self.threads.append(thread)
 
     def _spawn(self, target: Callable, sock: socket.socket) -> None:
         self.sockets.append(sock)
@@ -108,6 +116,7 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.tcp.stop()
         for sock in self.sockets:
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recvfrom/accept
@@ -132,7 +141,7 @@ class Worker:
             try:
                 reply = responder.respond_slowly(data, client[0], False)
             except Exception as exc:  # a bug must cost one answer, never the server
-                print(f"dnsd: error answering {client}: {exc!r}", file=sys.stderr)
+                log.error("error answering %s: %r", client, exc)
                 return None
             if reply.__class__ is Forward:
                 return self.start_forward(sock, reply, client)
@@ -153,64 +162,28 @@ class Worker:
             reply = upstream_io.resolve(forward.packet, list(self.options.upstreams), self.options.upstream_timeout)
             sock.sendto(self.responder.complete(forward, reply), client)
         except Exception as exc:
-            print(f"dnsd: forwarding for {client} failed: {exc!r}", file=sys.stderr)
+            log.warning("forwarding for %s failed: %r", client, exc)
         finally:
             self.forward_slots.release()
 
     # -- TCP ------------------------------------------------------------------------------------------------
-    def accept_tcp(self, sock: socket.socket) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, client = sock.accept()
-            except OSError:
-                if self.stopping.is_set():
-                    return
-                continue
-            if not self.tcp_slots.acquire(blocking=False):
-                conn.close()  # too many open connections: shed, the client retries
-                continue
-            threading.Thread(target=self.serve_tcp, args=(conn, client), daemon=True).start()
-
-    def serve_tcp(self, conn: socket.socket, client) -> None:
-        conn.settimeout(self.options.tcp_idle_timeout)
-        try:
-            while not self.stopping.is_set():
-                header = _read_exactly(conn, 2)
-                if header is None:
-                    return
-                data = _read_exactly(conn, struct.unpack("!H", header)[0])
-                if data is None:
-                    return
-                reply = self.responder.respond(data, client[0], tcp=True)
-                if reply.__class__ is Forward:
-                    answer = upstream_io.resolve(reply.packet, list(self.options.upstreams),
-                                                 self.options.upstream_timeout)
-                    reply = self.responder.complete(reply, answer)
-                if reply is None:
-                    continue
-                conn.sendall(struct.pack("!H", len(reply)) + reply)
-        except (OSError, ValueError):
+    def forward_tcp(self, forward: Forward, done: Callable[[bytes | None], None]) -> None:
+        """Ask upstream on the pool; ``done`` gets the client's reply (SERVFAIL at once when the pool is full)."""
+        if not self.forward_slots.acquire(blocking=False):
+            done(self.responder.complete(forward, None))
             return
-        except Exception as exc:
-            print(f"dnsd: error on TCP from {client}: {exc!r}", file=sys.stderr)
-        finally:
-            conn.close()
-            self.tcp_slots.release()
 
-
-def _read_exactly(conn: socket.socket, count: int) -> bytes | None:
-    """``count`` bytes, or None when the peer closed or went idle (RFC 7766 §6.2.3: the server may close)."""
-    chunks = []
-    while count:
-        try:
-            chunk = conn.recv(count)
-        except socket.timeout:
-            return None
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        count -= len(chunk)
-    return b"".join(chunks)
+        def work() -> None:
+            try:
+                reply = upstream_io.resolve(forward.packet, list(self.options.upstreams),
+                                            self.options.upstream_timeout)
+                done(self.responder.complete(forward, reply))
+            except Exception as exc:
+                log.warning("forwarding over TCP for %s failed: %r", forward.client, exc)
+                done(None)
+            finally:
+                self.forward_slots.release()
+        self.forward_pool.submit(work)
 
 
 def run_workers(listeners: list[Listener], make_responder: Callable[[], Responder], options: ServerOptions,

@@ -1,7 +1,7 @@
 """The wire format at the edge: bytes → a checked query, answers → bytes (with dnslib), truncation, EDNS0.
 
-Only the slow path comes here; a repeated question is answered from packed bytes without parsing (see
-``packed.py``). Every way a packet can be wrong ends as FORMERR, NOTIMP, BADVERS or silence, never an exception.
+Only the slow path comes here, and only past ``scan``'s bounded checks; a repeated question is answered from
+packed bytes without parsing (see ``packed.py``). Every way a packet can be wrong ends as FORMERR, NOTIMP, BADVERS or silence, never an exception.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from dnslib import A as DnsA
 from dnslib import DNSHeader, DNSLabel, DNSQuestion, DNSRecord, EDNS0, NS as DnsNS, PTR as DnsPTR, RR
 from dnslib import SOA as DnsSOA, SRV as DnsSRV, TXT as DnsTXT
 
-from .records import A, AAAA, BADVERS, FORMERR, NOTIMP, NS, OPT, PTR, SOA, SRV, TXT, Record
+from .records import A, AAAA, BADVERS, FORMERR, NS, OPT, PTR, SOA, SRV, TXT, Record
+from .scan import Scanned, scan
 
 CLASSIC_UDP_LIMIT = 512  # RFC 1035 §4.2.1, when the query carries no EDNS
 QR_BIT = 0x80
@@ -48,13 +49,15 @@ def header_only(data: bytes, rcode: int) -> bytes | None:
     return struct.pack("!HBBHHHH", int.from_bytes(data[:2], "big"), flags, rcode & 0xF, 0, 0, 0, 0)
 
 
-def parse_query(data: bytes, server_udp_size: int) -> Query | bytes | None:
-    """A checked query; or the bytes of an error reply; or None to stay silent (responses, runts)."""
-    if len(data) < 12 or data[2] & QR_BIT:
+def parse_query(data: bytes, server_udp_size: int, scanned: Scanned | int | None = None) -> Query | bytes | None:
+    """A checked query; or the bytes of an error reply; or None to stay silent (responses, runts). The bounded
+    ``scan`` (done here unless the caller has) comes first: dnslib sees only packets that passed it."""
+    if scanned is None:
+        scanned = scan(data, server_udp_size)
+    if scanned is None:
         return None
-    opcode = (data[2] >> 3) & 0xF
-    if opcode != 0:
-        return header_only(data, NOTIMP)
+    if scanned.__class__ is not Scanned:
+        return header_only(data, scanned)
     try:
         message = DNSRecord.parse(data)
     except Exception:  # dnslib raises several kinds on garbage; all mean the same here
@@ -136,6 +139,12 @@ def reply_header(query: Query, rcode: int, aa: bool, ra: bool, tc: bool = False)
 def pack_reply(query: Query, rcode: int, aa: bool, ra: bool, sections: tuple[list, list, list],
                limit: int, server_udp_size: int) -> bytes:
     """Pack a reply; if it exceeds ``limit`` send TC with the question only (never a silently trimmed answer)."""
+    return pack_reply_sized(query, rcode, aa, ra, sections, limit, server_udp_size)[0]
+
+
+def pack_reply_sized(query: Query, rcode: int, aa: bool, ra: bool, sections: tuple[list, list, list],
+                     limit: int, server_udp_size: int) -> tuple[bytes, int]:
+    """:func:`pack_reply`, and the length of the full reply (what decides truncation at any other limit)."""
     reply = DNSRecord(reply_header(query, rcode, aa, ra), q=DNSQuestion(query.qname, query.qtype, query.qclass))
     answer, authority, additional = sections
     reply.rr.extend(answer)
@@ -145,8 +154,8 @@ def pack_reply(query: Query, rcode: int, aa: bool, ra: bool, sections: tuple[lis
         reply.add_ar(EDNS0(udp_len=server_udp_size))
     packed = bytes(reply.pack())
     if len(packed) <= limit:
-        return packed
-    return truncated(query, rcode, aa, ra, server_udp_size)
+        return packed, len(packed)
+    return truncated(query, rcode, aa, ra, server_udp_size), len(packed)
 
 
 def truncated(query: Query, rcode: int, aa: bool, ra: bool, server_udp_size: int) -> bytes:

@@ -257,3 +257,17 @@ def silent_port():
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+@pytest.fixture
+def agent_process(tmp_path):
+    """A real ``berth agent`` over a fresh SQLite store, its Consul-compatible API on a free loopback port."""
+    from tests.discovery.conftest import AgentProcess
+    workdir = tmp_path / "agent"
+    workdir.mkdir()
+    agent = AgentProcess(f"sqlite:///{tmp_path / 'berth.db'}", workdir, "bthost-dns", 5.0, ())
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.kill()

@@ -58,9 +58,11 @@ def test_question_case_is_echoed(dns_module_server):
 def test_srv_with_additional_addresses(dns_module_server):
     out = dig(dns_module_server, f"_btweb._tcp.service.{Z}", "SRV")
     srv = sorted(line.split()[-4:] for line in section(out, "ANSWER"))
-    assert srv == [["1", "1", "8080", f"btweb1.btnet.{Z}."], ["1", "1", "8080", f"btweb2.btnet.{Z}."]]
+    web1, web2 = f"0a59000b.addr.{Z}.", f"0a59000c.addr.{Z}."  # one target per instance: its address
+    assert srv == [["1", "1", "8080", web1], ["1", "1", "8080", web2]]
     extra = sorted((line.split()[0], line.split()[-1]) for line in section(out, "ADDITIONAL"))
-    assert extra == [(f"btweb1.btnet.{Z}.", "10.89.0.11"), (f"btweb2.btnet.{Z}.", "10.89.0.12")]
+    assert extra == [(web1, "10.89.0.11"), (web2, "10.89.0.12")]
+    assert dig(dns_module_server, web2, "+short").split() == ["10.89.0.12"]
 
 
 def test_reverse_lookup_v4_and_v6(dns_module_server):

@@ -9,7 +9,6 @@ import dns.query
 import dns.rcode
 import pytest
 
-from dnsd.acl import RecursionPolicy
 from dnsd.upstream import Upstream, parse_resolv_conf
 from dnsd.view import StaticView
 
@@ -81,14 +80,6 @@ def test_disallowed_clients_are_refused_recursion_but_get_zone_answers(start_dns
     assert tiny_upstream.udp_queries == []
     assert ask(server.port, "btfar.example", tcp=True).rcode() == dns.rcode.REFUSED
     assert ask(server.port, f"btweb1.{Z}").answer[0][0].address == "10.89.0.11"
-
-
-def test_endpoint_addresses_may_recurse_by_default():
-    policy = RecursionPolicy.from_cidrs(["127.0.0.0/8"])
-    assert policy.allows("10.89.0.11", frozenset({"10.89.0.11"}))
-    assert not policy.allows("10.89.0.99", frozenset({"10.89.0.11"}))
-    assert policy.allows("::ffff:127.0.0.1")
-    assert not RecursionPolicy.from_cidrs([], allow_endpoints=False).allows("10.89.0.11", frozenset({"10.89.0.11"}))
 
 
 def test_unknown_reverse_names_go_upstream_known_ones_do_not(tiny_upstream):

@@ -43,19 +43,46 @@ def test_tag_filters_the_service(index):
     assert values(index.lookup(f"primary.btweb.service.{Z}", A)) == ["10.89.0.11"]
 
 
+WEB1, WEB2 = f"0a59000b.addr.{Z}", f"0a59000c.addr.{Z}"  # 10.89.0.11, 10.89.0.12
+
+
 def test_rfc2782_srv_has_port_target_and_additional_addresses(index):
     answer = index.lookup(f"_btweb._tcp.service.{Z}", SRV)
-    assert sorted((r.rdata.port, r.rdata.target) for r in answer.answer) == [
-        (8080, f"btweb1.btnet.{Z}"), (8080, f"btweb2.btnet.{Z}")]
-    assert sorted((r.name, r.rdata) for r in answer.additional) == [
-        (f"btweb1.btnet.{Z}", "10.89.0.11"), (f"btweb2.btnet.{Z}", "10.89.0.12")]
+    assert sorted((r.rdata.port, r.rdata.target) for r in answer.answer) == [(8080, WEB1), (8080, WEB2)]
+    assert sorted((r.name, r.rdata) for r in answer.additional) == [(WEB1, "10.89.0.11"), (WEB2, "10.89.0.12")]
     udp = index.lookup(f"_btweb._udp.service.{Z}", SRV)
-    assert [(r.rdata.port, r.rdata.target) for r in udp.answer] == [(5353, f"btweb2.btnet.{Z}")]
+    assert [(r.rdata.port, r.rdata.target) for r in udp.answer] == [(5353, WEB2)]
 
 
-def test_srv_additional_carries_aaaa_too(index):
-    answer = index.lookup(f"_btdb._tcp.service.{Z}", SRV)
-    assert sorted(r.rtype for r in answer.additional) == [A, AAAA]
+def test_address_names_resolve_to_their_one_address(index):
+    assert values(index.lookup(WEB1, A)) == ["10.89.0.11"]
+    assert values(index.lookup(f"fd890000000000000000000000000020.addr.{Z}", AAAA)) == ["fd89::20"]
+    assert index.lookup(WEB1, AAAA).answer == ()
+
+
+def test_srv_is_one_record_per_instance_even_when_instances_share_a_name():
+    """Consul registrations are named after their service; CNI containers share a service name: either way
+    every instance gets its own SRV record and target."""
+    consul_style = [EndpointRecord(id=f"api{i}", name="btapi", service="btapi", addresses=(f"10.93.0.{i}",),
+                                   ports=(PortBinding(8000),)) for i in (1, 2, 3)]
+    containers = [EndpointRecord(id=f"c{i}/eth0", name=f"btctr{i}", service="btapi", network="btnet",
+                                 addresses=(f"10.93.1.{i}",), ports=(PortBinding(8000),)) for i in (1, 2)]
+    index = ZoneIndex(consul_style + containers, ZoneConfig(), 1)
+    answer = index.lookup(f"_btapi._tcp.service.{Z}", SRV)
+    targets = sorted(r.rdata.target for r in answer.answer)
+    assert len(targets) == len(set(targets)) == 5
+    for target in targets:
+        assert len(index.lookup(target, A).answer) == 1
+    assert sorted(r.rdata for r in answer.additional) == sorted(
+        [f"10.93.0.{i}" for i in (1, 2, 3)] + [f"10.93.1.{i}" for i in (1, 2)])
+    assert len(index.lookup(f"btapi.service.{Z}", SRV).answer) == 5  # Consul's SRV at the service name too
+
+
+def test_srv_target_of_an_ipv6_instance_has_aaaa():
+    index = ZoneIndex([EndpointRecord(id="v6", name="btv6", addresses=("fd89::7",), ports=(PortBinding(80),))],
+                      ZoneConfig(), 1)
+    answer = index.lookup(f"_btv6._tcp.service.{Z}", SRV)
+    assert [r.rtype for r in answer.additional] == [AAAA]
 
 
 def test_ptr_for_v4_and_v6_points_at_the_forward_name(index):

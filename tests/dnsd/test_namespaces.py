@@ -1,5 +1,6 @@
 """dnsd the way containers use it: listening on a bridge-style gateway address inside a namespace, asked from
-another namespace. Recursion is offered to the gateway's network and refused to an address outside it."""
+another namespace. Recursion is offered to the gateway's network and refused to an address outside it, even one registered as an
+endpoint."""
 from __future__ import annotations
 
 import secrets
@@ -11,7 +12,9 @@ import pytest
 
 from ..conftest import run
 from ..waiting import stop_process, wait_listening
-from .conftest import REPO
+from discovery.model import EndpointRecord
+
+from .conftest import REPO, sample_records, write_records
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(shutil.which("dig") is None, reason="needs dig")]
 
@@ -46,6 +49,9 @@ def gateway_pair(netns, host_links):
 
 def test_containers_resolve_names_and_recurse_only_from_the_bridge(gateway_pair, records_file, tmp_path):
     server_ns, client_ns = gateway_pair
+    # a registration at the stranger's address is data, not an authorisation to recurse (issue 13)
+    write_records(records_file, [*sample_records(),
+                                 EndpointRecord(id="sneak/eth0", name="btsneak", addresses=(STRANGER,))])
     upstream = subprocess.Popen(["ip", "netns", "exec", server_ns, "/usr/sbin/dnsmasq", "--keep-in-foreground",
                                  "--no-resolv", "--no-hosts", "--port=5300", "--listen-address=127.0.0.1",
                                  "--bind-interfaces", "--address=/btfar.example/192.0.2.77", "--pid-file="],

@@ -33,7 +33,7 @@ def test_store_records_are_served_and_followed(start_dns, tmp_path):
         server = start_dns("--store", url, "--no-forward", "--workers", "2")
         assert addresses(server.port, f"btapi1.{Z}") == ["10.93.0.2"]
         srv = ask(server.port, f"_btapi._tcp.service.{Z}", "SRV")
-        assert [(r.port, r.target.to_text()) for r in srv.answer[0]] == [(9000, f"btapi1.btnet.{Z}.")]
+        assert [(r.port, r.target.to_text()) for r in srv.answer[0]] == [(9000, f"0a5d0002.addr.{Z}.")]
 
         second = dataclasses.replace(api, id="api2/eth0", name="btapi2", addresses=("10.93.0.3",))
         store.put(endpoint_key("bthost", second.id), second.to_json().encode())
