@@ -91,7 +91,8 @@ WantedBy=sockets.target
         "berth-agent.service": _service(
             "Berth discovery agent: container endpoints to the datastore, Consul-compatible API",
             f"{berth} agent --socket {AGENT_SOCKET} --state-dir /var/lib/berth/agent "
-            "--spool-dir /var/lib/berth/spool",
+            "--spool-dir /var/lib/berth/spool --acl-default-policy deny "
+            "--acl-token-file /var/lib/berth/agent/acl-tokens.json",
             capabilities="CAP_DAC_OVERRIDE CAP_FOWNER CAP_CHOWN",
             extra_unit="After=network-online.target\nWants=network-online.target",
             extra_service=f"{environment}\n{state_protection}\n"

@@ -66,4 +66,7 @@ def test_the_units_carry_the_chosen_store_and_interface(units):
     for unit in ("berth-agent.service", "berth-dns.service", "berth-overlay.service", "berth-cni-daemon.service"):
         assert "BERTH_STORE=etcd://127.0.0.1:2379" in (units / unit).read_text()
     assert "--iface bteth1" in parsed(units / "berth-overlay.service")["Service"]["ExecStart"]
-    assert parsed(units / "berth-agent.service")["Service"]["ExecStart"].startswith(str(VENV_BIN / "berth"))
+    agent = parsed(units / "berth-agent.service")["Service"]["ExecStart"]
+    assert agent.startswith(str(VENV_BIN / "berth"))
+    # on a host the catalogue is closed to callers without a token (the management token is in a root-only file)
+    assert "--acl-default-policy deny" in agent and "--acl-token-file /var/lib/berth/agent/acl-tokens.json" in agent
