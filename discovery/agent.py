@@ -41,12 +41,14 @@ from discovery.publish import (SKYDNS_PREFIX, Publishing, SyncPlan, endpoint_key
                                plan_change, plan_sync)
 from store.api import Delete, LeaseNotFound, Put, Store, StoreError
 from store.common import txn_chunks
+from store.deadline import call_deadline
 from store.keeper import LeaseKeeper
 from store.retry import DEFAULT_RETRY
 
 log = logging.getLogger(__name__)
 
 CHECK_TICK = 0.1
+PROBE_DEADLINE = 1.0  # seconds a write may wait while the store is known to be failing (the agent's lock is held)
 
 
 class UnknownCheck(KeyError):
@@ -274,10 +276,18 @@ class Agent:
         self.ready.set()
         return plan
 
+    def _store_deadline(self) -> float:
+        """The bound on one store call: a third of the TTL; while the store is failing, at most
+        :data:`PROBE_DEADLINE`, because writes hold the agent's lock and registrations wait behind them."""
+        normal = self.lease.call_timeout
+        return normal if self._store_ok else min(PROBE_DEADLINE, normal)
+
     def _stored_keys(self) -> list[tuple[str, bytes, int]]:
-        items, _ = self.store.get_prefix(host_prefix(self.host))
+        with call_deadline(self._store_deadline()):
+            items, _ = self.store.get_prefix(host_prefix(self.host))
         if self.pub.skydns_zone is not None:
-            more, _ = self.store.get_prefix(SKYDNS_PREFIX)
+            with call_deadline(self._store_deadline()):
+                more, _ = self.store.get_prefix(SKYDNS_PREFIX)
             items = list(items) + [kv for kv in more if is_mine(kv.key, kv.value, self.pub)]
         return [(kv.key, kv.value, kv.lease) for kv in items]
 
@@ -393,7 +403,8 @@ class Agent:
         revision = 0
         try:
             for chunk in txn_chunks(ops):
-                revision = self.store.txn([], chunk).revision
+                with call_deadline(self._store_deadline()):
+                    revision = self.store.txn([], chunk).revision
         except LeaseNotFound:
             self.lease.lost(lease)  # the store dropped it: the keeper replaces it now, not at its next renewal
             raise
