@@ -309,8 +309,10 @@ class Agent:
             try:
                 self.reconcile()
             except StoreError as exc:
+                self._store_ok = False
                 log.warning("anti-entropy failed: %s", exc)
             except Exception:
+                self._store_ok = False
                 log.exception("anti-entropy failed")
             if self._store_ok and self.ready.is_set():
                 delays, pause = None, self.resync_interval

@@ -181,6 +181,7 @@ def test_a_writer_held_by_another_process_ends_at_the_callers_deadline(scratch_d
     at that deadline with a retryable error instead of waiting the whole busy timeout, and nothing is written."""
     from store.deadline import call_deadline
     from store.sqlite import BUSY_TIMEOUT
+    from tests.store.conftest import outcome_within
 
     path = scratch_dir / "bt-locked.db"
     store = SqliteStore(path)
@@ -188,19 +189,11 @@ def test_a_writer_held_by_another_process_ends_at_the_callers_deadline(scratch_d
     try:
         store.put("bt/warm", b"v")
         holder.execute("BEGIN IMMEDIATE")
-        outcome: list = []
-
         def write():
-            try:
-                with call_deadline(0.5):
-                    store.put("bt/blocked", b"v")
-                outcome.append("written")
-            except StoreError as exc:
-                outcome.append(exc)
-        thread = threading.Thread(target=write)
-        thread.start()
-        thread.join(BUSY_TIMEOUT / 2)  # a hang guard well short of the busy timeout
-        assert not thread.is_alive() and isinstance(outcome[0], StoreError) and outcome[0].retryable
+            with call_deadline(0.5):
+                return store.put("bt/blocked", b"v")
+        outcome = outcome_within(write, BUSY_TIMEOUT / 2)  # a hang guard well short of the busy timeout
+        assert isinstance(outcome, StoreError) and outcome.retryable
         holder.execute("ROLLBACK")
         assert store.get("bt/blocked") is None
         store.put("bt/after", b"v")  # the connection's own busy timeout is back: later writes wait as before
