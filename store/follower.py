@@ -88,8 +88,12 @@ class Follower(Generic[C]):
                     self.relists += 1
                     self.list_now()
                     need_list = False
-                self._follow_once()
-                delays = None  # the watch ended cleanly: resume from the last revision, no pause
+                if self._follow_once():
+                    delays = None  # the watch ended after delivering: resume from the last revision at once
+                elif not self._stopping.is_set():
+                    delays = delays or self.retry.delays()  # it ended at once: do not spin on a store that
+                    if self._stopping.wait(next(delays)):   # keeps ending watches
+                        break
             except Compacted:
                 log.info("%s: history compacted past revision %d; re-listing", self.name, self.revision)
                 need_list = True
@@ -105,20 +109,24 @@ class Follower(Generic[C]):
             finally:
                 self._close_watch()
 
-    def _follow_once(self) -> None:
-        """One watch from revision + 1 until it ends; every batch goes through the reducer."""
+    def _follow_once(self) -> int:
+        """One watch from revision + 1 until it ends; every batch goes through the reducer. Returns how many
+        batches it applied."""
         watch = self.store.watch_prefix(self.prefix, self.revision + 1)
         with self._lock:
             self._watch = watch
+        applied = 0
         if self._stopping.is_set():
-            return
+            return applied
         self.following.set()
         for batch in watch:
             if self._stopping.is_set():
-                return
+                break
             if batch.revision <= self.revision and not batch.resynced:
                 continue  # already reflected (a backend may repeat the tail of an ended watch)
             self._step(self.reducer.apply(batch), batch.revision)
+            applied += 1
+        return applied
 
     def _step(self, change: C, revision: int) -> C:
         self.revision = revision
