@@ -148,3 +148,26 @@ def test_agent_restarted_within_the_ttl_keeps_every_record_in_the_store(store_ur
         threading.Event().wait(1.5 * LEASE_TTL)  # past the old run's last renewal + TTL: a lapse would show
         assert set(stored(store, agent.host)) == set(wanted)
     assert removed == []
+
+
+@pytest.mark.etcd
+def test_agent_started_while_etcd_is_down_says_ready_only_with_everything_written(agents, open_url):
+    from tests.etcd_harness import start_etcd
+    with start_etcd(1) as cluster:
+        agent = agents(cluster.url)
+        wanted = ids("down", MANY)
+        assert set(register_all(agent, wanted)) == {200}
+        agent.kill()
+        cluster.kill(0)
+        starter = threading.Thread(target=agent.start, kwargs={"timeout": 120})
+        starter.start()  # returns at the agent's "ready" line
+        try:
+            wait_until(lambda: "taking a lease failed" in agent.log.read_text(), timeout=RECOVERY,
+                       what="the agent finding the store down")
+            assert starter.is_alive()  # not ready: nothing can be written
+        finally:
+            cluster.restart(0)
+            starter.join(120)
+        assert agent.proc is not None and agent.proc.poll() is None
+        held = stored(open_url(cluster.url), agent.host)  # no waiting: ready means written
+        assert set(held) == set(wanted) and len(set(held.values())) == 1
