@@ -18,6 +18,7 @@ BENCHES = [  # (script, quick arguments)
     ("fastpath_bench.py", ["--sequential", "50", "--parallel", "100", "--fallback", "5"]),
     ("store_bench.py", ["--ops", "200", "--watch", "100"]),
     ("discovery_bench.py", ["--count", "200"]),
+    ("discovery_durability_bench.py", ["--count", "200", "--stall", "5", "--scale", "1000"]),
     ("dns_bench.py", ["--duration", "5"]),
     ("overlay_bench.py", ["--joins", "10", "--iperf-seconds", "3"]),
 ]

@@ -1,8 +1,27 @@
 """The discovery agent's core: this host's endpoints → the datastore, under one lease, kept true.
 
 The local endpoint files are the source of truth; the store is made to match them (on every change, after a
-lost lease, and by periodic anti-entropy). The store being down never loses a registration: it is kept locally
-and written when the store answers again. Sockets and HTTP live in their own modules and call the methods here.
+lost lease, and by periodic anti-entropy). Sockets and HTTP live in their own modules and call the methods here.
+
+Durability contract (each clause is tested by killing real processes, ``tests/discovery/test_durability.py``):
+
+1. Acknowledged means kept. :meth:`Agent.add` returns (and so the HTTP API answers 200, berth-register gets
+   "ok") only after the endpoint's file is on disk (written, fsynced, renamed). A crash of the agent after that,
+   or any outage of the store, cannot lose it.
+2. Bounded calls. Every store call has a deadline (the etcd budget is a third of the lease TTL; the keeper's
+   calls carry :func:`store.deadline.call_deadline`), so a stalled store never holds a request, the lease
+   keeper or anti-entropy for longer than that.
+3. Back within seconds. While the store is failing, anti-entropy retries on :mod:`store.retry`'s policy (at
+   most 2 s apart) instead of its normal interval, and writes everything this host holds, in transactions
+   small enough for every backend, within a few seconds of the store answering again. Anti-entropy cannot die
+   (every error is caught and retried) nor wedge (clause 2).
+4. Lost lease, everything rewritten. When the store drops the lease (it expired during an outage, or was
+   revoked) the keeper grants a new one and the agent rewrites every record under it.
+5. Ready means written. A (re)started agent is :attr:`Agent.ready` only after one full anti-entropy pass has
+   succeeded under its lease: every endpoint it holds is then in the store.
+6. No gap on a quick restart. The lease ID is kept in ``<state dir>/lease``; a restart within the TTL reuses
+   that lease if the store still keeps it alive, so the records never leave the store. After the TTL the
+   records have expired with the old lease (as they must when the host is gone) and come back at clause 5.
 """
 from __future__ import annotations
 
@@ -16,16 +35,20 @@ from typing import Callable
 
 from discovery import health as hc
 from discovery import wire
-from discovery.local import LocalEndpoint, LocalEndpoints
+from discovery.local import LeaseFile, LocalEndpoint, LocalEndpoints
 from discovery.model import EndpointRecord, Health, InvalidRecord, endpoint_key
 from discovery.publish import (SKYDNS_PREFIX, Publishing, SyncPlan, endpoint_keys, host_prefix, is_mine,
                                plan_change, plan_sync)
-from discovery.lease import LeaseKeeper
-from store.api import Delete, Put, Store, StoreError
+from store.api import Delete, LeaseNotFound, Put, Store, StoreError
+from store.common import txn_chunks
+from store.deadline import call_deadline
+from store.keeper import LeaseKeeper
+from store.retry import DEFAULT_RETRY
 
 log = logging.getLogger(__name__)
 
 CHECK_TICK = 0.1
+PROBE_DEADLINE = 1.0  # seconds a write may wait while the store is known to be failing (the agent's lock is held)
 
 
 class UnknownCheck(KeyError):
@@ -61,7 +84,9 @@ class Agent:
         self.resync_interval = resync_interval
         self.netns_exists = netns_exists
         self.files = LocalEndpoints(state_dir)
-        self.lease = LeaseKeeper(store, ttl, self._rewrite_all)
+        self.lease_file = LeaseFile(state_dir)
+        self.lease = LeaseKeeper(store, ttl, self._rewrite_all, name="agent-lease")
+        self.ready = threading.Event()  # set after the first full anti-entropy pass under a lease (clause 5)
         self._lock = threading.RLock()
         self._endpoints: dict[str, LocalEndpoint] = {}
         self._written: dict[str, dict[str, bytes]] = {}
@@ -75,14 +100,22 @@ class Agent:
 
     # -- life cycle --------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Load what this host had, apply spooled registrations, grant the lease, reconcile, start loops.
-        Call before the socket listens, so spooled requests are applied before any newer one."""
+        """Load what this host had, apply spooled registrations, take the lease (the saved one if it is still
+        alive), write everything, start the loops. Returns without waiting for the store: :attr:`ready` says
+        when everything is written. Call before the socket listens, so spooled requests go before newer ones."""
         now = time.monotonic()
         with self._lock:
             self._endpoints = self.files.load()
             for ep in self._endpoints.values():
                 self._add_checks(ep, now)
         self.drain_spool()
+        saved = self.lease_file.load()
+        try:
+            lease_id = self.lease.acquire(reuse=saved)
+            log.info("lease %x (%s)", lease_id, "kept from the last run" if lease_id == saved else "new")
+            self.lease_file.save(lease_id)
+        except StoreError as exc:
+            log.warning("taking a lease failed (%s); will retry", exc)
         self.lease.start()
         try:
             self.reconcile()
@@ -225,6 +258,7 @@ class Agent:
                 self.remove(eid)
         lease = self.lease.lease_id
         if not lease:
+            self._store_ok = False
             return SyncPlan({}, ())
         stored = self._stored_keys()
         with self._lock:
@@ -239,28 +273,52 @@ class Agent:
                 self._apply(plan, lease)
             self._written = written
             self._store_ok = True
-            return plan
+        self.ready.set()
+        return plan
+
+    def _store_deadline(self) -> float:
+        """The bound on one store call: a third of the TTL; while the store is failing, at most
+        :data:`PROBE_DEADLINE`, because writes hold the agent's lock and registrations wait behind them."""
+        normal = self.lease.call_timeout
+        return normal if self._store_ok else min(PROBE_DEADLINE, normal)
 
     def _stored_keys(self) -> list[tuple[str, bytes, int]]:
-        items, _ = self.store.get_prefix(host_prefix(self.host))
+        with call_deadline(self._store_deadline()):
+            items, _ = self.store.get_prefix(host_prefix(self.host))
         if self.pub.skydns_zone is not None:
-            more, _ = self.store.get_prefix(SKYDNS_PREFIX)
+            with call_deadline(self._store_deadline()):
+                more, _ = self.store.get_prefix(SKYDNS_PREFIX)
             items = list(items) + [kv for kv in more if is_mine(kv.key, kv.value, self.pub)]
         return [(kv.key, kv.value, kv.lease) for kv in items]
 
     def _rewrite_all(self, lease_id: int) -> None:
+        """The keeper replaced a lost lease: remember it for a restart, then write every record under it."""
+        try:
+            self.lease_file.save(lease_id)
+        except OSError as exc:
+            log.warning("saving lease %x failed (%s); a restart will grant a new one", lease_id, exc)
         with self._lock:
             self._written = {}
         self.reconcile()
 
     def _resync_loop(self) -> None:
-        while not self._stop.wait(self.resync_interval):
+        """Anti-entropy every ``resync_interval``; while the store fails, on the retry policy instead."""
+        delays = None
+        pause = 0.0 if not self.ready.is_set() else self.resync_interval
+        while not self._stop.wait(pause):
             try:
                 self.reconcile()
             except StoreError as exc:
+                self._store_ok = False
                 log.warning("anti-entropy failed: %s", exc)
             except Exception:
+                self._store_ok = False
                 log.exception("anti-entropy failed")
+            if self._store_ok and self.ready.is_set():
+                delays, pause = None, self.resync_interval
+            else:
+                delays = delays or DEFAULT_RETRY.delays()
+                pause = min(next(delays), self.resync_interval)
 
     # -- health checks -----------------------------------------------------------------------------------
     def _add_checks(self, endpoint: LocalEndpoint, now: float) -> None:
@@ -342,5 +400,14 @@ class Agent:
         return revision
 
     def _apply(self, plan: SyncPlan, lease: int) -> int:
+        """Write ``plan`` in as many transactions as the backend's limits need; the last one's revision."""
         ops = [Put(k, v, lease) for k, v in plan.puts.items()] + [Delete(k) for k in plan.deletes]
-        return self.store.txn([], ops).revision
+        revision = 0
+        try:
+            for chunk in txn_chunks(ops):
+                with call_deadline(self._store_deadline()):
+                    revision = self.store.txn([], chunk).revision
+        except LeaseNotFound:
+            self.lease.lost(lease)  # the store dropped it: the keeper replaces it now, not at its next renewal
+            raise
+        return revision

@@ -127,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
             cleanup.append(http.stop)
             log.info("HTTP API on %s:%d", args.http[0], http.port)
         agent.drain_spool()  # anything spooled while the socket was coming up
+        while not agent.ready.wait(1.0):  # ready means every endpoint this host holds is in the store
+            if done.is_set():
+                return 0
+            log.info("waiting for the store to take this host's endpoints before saying ready")
         log.info("agent %s ready on %s", args.host, args.socket)
         print(f"ready socket={args.socket} http={http.port if http else 0}", flush=True)
         done.wait()

@@ -105,3 +105,26 @@ class LocalEndpoints:
                 continue  # both names exist (a crash between writing the new and removing the old): new wins
             out[eid] = endpoint
         return out
+
+
+class LeaseFile:
+    """``<state dir>/lease``: the store lease the agent's records live under, so that a restart within the TTL
+    keeps that lease (and the records stay in the store without a gap) instead of granting a new one."""
+
+    def __init__(self, state_dir: str | os.PathLike) -> None:
+        self.path = Path(state_dir) / "lease"
+
+    def load(self) -> int:
+        """The saved lease ID, or 0 when there is none (or it is unreadable: a new lease is granted)."""
+        try:
+            text = self.path.read_text().strip()
+            lease_id = int(text, 16)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable lease file %s: %s", self.path, exc)
+            return 0
+        return lease_id if lease_id > 0 else 0
+
+    def save(self, lease_id: int) -> None:
+        write_atomic(self.path, f"{lease_id:x}\n".encode())

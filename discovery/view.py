@@ -10,25 +10,39 @@ Usage::
     view.wait_until(lambda recs: ..., timeout=2.0)
     view.stop()
 
-Snapshot, then deltas: ``get_prefix`` and ``watch_prefix(revision + 1)``. When the watch fails (backend down, a
-reconnect), the view re-lists and applies the difference, so it never misses a removal. Callbacks run on the
-view's thread in revision order; keep them short (invalidate a cache, set an event) and never block in them.
+The view is a :class:`store.follower.Follower` of the prefix feeding the pure :class:`ViewState`: snapshot, then
+deltas, resumed when a watch ends and re-listed after compaction or a store error, so it never misses a removal.
+Callbacks run on the follower's thread in revision order; keep them short (invalidate a cache, set an event) and
+never block in them.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from discovery.model import ENDPOINTS_PREFIX, EndpointRecord
 from discovery.viewstate import ViewChange, ViewState
-from store.api import Store, StoreError
+from store.api import KeyValue, Store, WatchBatch
+from store.follower import Follower
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[ViewChange], None]
-RETRY_DELAY = 0.5
+
+
+class _RecordsReducer:
+    """The follower's reducer: listings and batches from the store into :class:`ViewState`."""
+
+    def __init__(self, state: ViewState) -> None:
+        self.state = state
+
+    def reset(self, items: Sequence[KeyValue], revision: int) -> ViewChange:
+        return self.state.reset(((kv.key, kv.value) for kv in items), revision)
+
+    def apply(self, batch: WatchBatch) -> ViewChange:
+        return self.state.apply(batch.revision, [(e.kind, e.key, e.value) for e in batch.events])
 
 
 class DiscoveryView:
@@ -40,9 +54,8 @@ class DiscoveryView:
         self._state = ViewState()
         self._callbacks: list[Callback] = []
         self._cond = threading.Condition()
-        self._stopping = threading.Event()
-        self._watch = None
-        self._thread: threading.Thread | None = None
+        self.follower = Follower(store, prefix, _RecordsReducer(self._state), self._changed,
+                                 name="discovery-view")
 
     # -- reading -----------------------------------------------------------------------------------------
     def records(self) -> Mapping[str, EndpointRecord]:
@@ -85,22 +98,11 @@ class DiscoveryView:
     def start(self) -> "DiscoveryView":
         """List the prefix now (raises :class:`store.api.StoreError` if the store cannot be read), then follow
         changes on a daemon thread."""
-        self._relist()
-        self._thread = threading.Thread(target=self._run, name="discovery-view", daemon=True)
-        self._thread.start()
+        self.follower.start()
         return self
 
     def stop(self) -> None:
-        self._stopping.set()
-        watch = self._watch
-        if watch is not None:
-            try:
-                watch.close()
-            except Exception:  # closing a broken watch must not stop shutdown
-                log.debug("closing watch failed", exc_info=True)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self.follower.stop()
 
     def __enter__(self) -> "DiscoveryView":
         return self.start()
@@ -108,49 +110,9 @@ class DiscoveryView:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._watch = self.store.watch_prefix(self.prefix, self._state.revision + 1)
-                if self._stopping.is_set():
-                    break
-                for batch in self._watch:
-                    if self._stopping.is_set():
-                        break
-                    events = [(e.kind, e.key, e.value) for e in batch.events]
-                    self._step(lambda: self._state.apply(batch.revision, events))
-                else:
-                    if self._stopping.is_set():
-                        break
-                    raise StoreError("watch ended")
-            except Exception as exc:
-                if self._stopping.is_set():
-                    break
-                log.warning("discovery view watch on %s failed (%s); re-listing", self.prefix, exc)
-                self._close_watch()
-                if self._stopping.wait(RETRY_DELAY):
-                    break
-                try:
-                    self._relist()
-                except Exception as exc2:
-                    log.warning("re-listing %s failed: %s", self.prefix, exc2)
-        self._close_watch()
-
-    def _close_watch(self) -> None:
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            try:
-                watch.close()
-            except Exception:
-                log.debug("closing watch failed", exc_info=True)
-
-    def _relist(self) -> None:
-        items, revision = self.store.get_prefix(self.prefix)
-        self._step(lambda: self._state.reset(((kv.key, kv.value) for kv in items), revision))
-
-    def _step(self, apply: Callable[[], ViewChange]) -> None:
+    def _changed(self, change: ViewChange) -> None:
+        """After each step of the follower (its thread): wake the waiters, then tell the subscribers."""
         with self._cond:
-            change = apply()
             self._cond.notify_all()
             callbacks = list(self._callbacks)
         if not change:

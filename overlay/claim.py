@@ -9,14 +9,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass, replace
 
 from overlay.config import NetworkConfig, parse_config
 from overlay.lease import LeaseFormatError, SubnetLease, config_key, parse_lease, subnet_key, subnets_prefix
 from overlay.subnets import candidate_subnets
-from store.api import KeyValue, LeaseNotFound, Store, StoreError
+from store.api import KeyValue, Store, StoreError
 
 log = logging.getLogger("berth.overlay")
 
@@ -128,12 +127,16 @@ def _reuse(store: Store, prefix: str, own: tuple[KeyValue, SubnetLease], mac: st
     return None
 
 
-def reclaim(store: Store, prefix: str, held: HeldLease) -> HeldLease:
-    """After the store lease was lost: the same subnet again under a new store lease, or ClaimError."""
-    store_lease = store.grant_lease(held.ttl)
+def reclaim(store: Store, prefix: str, held: HeldLease, lease_id: int = 0) -> HeldLease:
+    """After the store lease was lost: the same subnet again under ``lease_id`` (the keeper's new lease; 0:
+    grant one here), or ClaimError when another host took the subnet meanwhile. Idempotent: the key already
+    under ``lease_id`` with this host's record is success."""
+    granted = 0
+    if not lease_id:
+        granted = lease_id = store.grant_lease(held.ttl).id
     key = subnet_key(held.lease.subnet, prefix)
-    if store.create(key, held.lease.to_json(), lease=store_lease.id):
-        return HeldLease(held.lease, store_lease.id, store_lease.ttl)
+    if store.create(key, held.lease.to_json(), lease=lease_id):
+        return HeldLease(held.lease, lease_id, held.ttl)
     kv = store.get(key)
     if kv is not None:
         try:
@@ -141,9 +144,11 @@ def reclaim(store: Store, prefix: str, held: HeldLease) -> HeldLease:
         except LeaseFormatError:
             current = None
         if current is not None and current.public_ip == held.lease.public_ip:
-            if store.compare_and_swap(key, held.lease.to_json(), kv.mod_revision, lease=store_lease.id):
-                return HeldLease(held.lease, store_lease.id, store_lease.ttl)
-    _revoke_quietly(store, store_lease.id)
+            if kv.lease == lease_id or store.compare_and_swap(key, held.lease.to_json(), kv.mod_revision,
+                                                               lease=lease_id):
+                return HeldLease(held.lease, lease_id, held.ttl)
+    if granted:
+        _revoke_quietly(store, granted)
     raise ClaimError(f"subnet {held.lease.subnet} was taken by another host while this host's lease was lost")
 
 
@@ -184,32 +189,3 @@ def _revoke_quietly(store: Store, lease_id: int) -> None:
         store.revoke_lease(lease_id)
     except StoreError:
         pass
-
-
-class KeepAlive(threading.Thread):
-    """Refreshes the store lease every third of its TTL, in its own loop. When the lease is gone (it expired
-    while the store was unreachable, or was revoked) it asks ``on_lost`` for a new one (a lease id, or 0 to
-    stop)."""
-
-    def __init__(self, store: Store, lease_id: int, ttl: float, on_lost) -> None:
-        super().__init__(name="berth-overlay-keepalive", daemon=True)
-        self.store, self.lease_id, self.ttl, self.on_lost = store, lease_id, ttl, on_lost
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        interval = max(self.ttl / 3, 0.1)
-        while not self.stopping.wait(interval):
-            try:
-                self.store.keep_alive(self.lease_id)
-                interval = max(self.ttl / 3, 0.1)
-            except LeaseNotFound:
-                log.error("store lease %x is gone", self.lease_id)
-                self.lease_id = self.on_lost()
-                if not self.lease_id:
-                    return
-            except StoreError as exc:
-                log.warning("keep-alive failed, retrying: %s", exc)
-                interval = max(self.ttl / 10, 0.1)
-
-    def stop(self) -> None:
-        self.stopping.set()

@@ -5,8 +5,10 @@ subnet file) and programs every peer from that listing (which also sweeps entrie
 down) *before* it claims or renews its own lease: peers install a host the moment its lease appears, so it must
 already be able to answer (flannel announces first and programs after). Then the device gets its address, the
 masquerade rules go in, and only then is the subnet file written, so a plugin never hands out addresses from a subnet
-this host does not hold. After that two loops run apart: the watch (from the listing's revision; re-list after
-compaction or a failure) and the lease keep-alive.
+this host does not hold. After that two loops run apart, both the store room's shared ones: the
+:class:`store.follower.Follower` of the leases (from the listing's revision; resumed, re-listed after compaction or
+a failure) and the :class:`store.keeper.LeaseKeeper` of this host's store lease, which calls back to put the
+subnet key under a new store lease when the old one was lost.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from overlay import claim, kernel, masq, subnetfile
 from overlay.config import DEFAULT_PREFIX, NetworkConfig
 from overlay.lease import subnet_key, subnets_prefix
 from overlay.reconcile import Delta, LeaseWatcher, desired_state, plan
-from store.api import Compacted, LeaseNotFound, StoreError
+from store.api import KeyValue, LeaseNotFound, StoreError, WatchBatch
+from store.follower import Follower
+from store.keeper import LeaseKeeper
 
 log = logging.getLogger("berth.overlay")
 
@@ -44,6 +48,28 @@ class DaemonError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class PeerChange:
+    """One step of the follower: the peers' delta, and whether it came from a listing (then the kernel is read
+    again rather than trusting the record of what was programmed)."""
+
+    delta: Delta
+    relisted: bool
+
+
+@dataclass
+class PeersReducer:
+    """The follower's reducer: listings and batches into the pure :class:`LeaseWatcher`."""
+
+    watcher: LeaseWatcher
+
+    def reset(self, items: list[KeyValue], revision: int) -> PeerChange:
+        return PeerChange(self.watcher.reset((kv.key, kv.value) for kv in items), relisted=True)
+
+    def apply(self, batch: WatchBatch) -> PeerChange:
+        return PeerChange(self.watcher.apply(batch.events), relisted=batch.resynced)
+
+
 class OverlayDaemon:
     def __init__(self, options: DaemonOptions, store=None) -> None:
         self.options = options
@@ -52,9 +78,9 @@ class OverlayDaemon:
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self._recover_lock = threading.Lock()
-        self._watch = None
-        self._keepalive: claim.KeepAlive | None = None
-        self._worker: threading.Thread | None = None
+        self._follower: Follower | None = None
+        self._follower_ipr = None  # the follower thread's own netlink socket (opened on its first step)
+        self._keeper: LeaseKeeper | None = None
         self._programmed = None  # the kernel entries as last programmed (None: read the kernel)
         self._lock = threading.Lock()  # one reconciliation at a time: the watch's or the periodic repair's
 
@@ -103,12 +129,12 @@ class OverlayDaemon:
             if lease.vtep_mac != mac:  # cannot happen unless the record changed between listing and claim
                 spec = replace(spec, mac=lease.vtep_mac)
             kernel.ensure_vxlan(ipr, replace(spec, vtep_ip=lease.vtep_ip))
-        self._worker = threading.Thread(target=self._watch_loop, args=(revision,), name="berth-overlay-watch",
-                                        daemon=True)
-        self._worker.start()
-        while not self.ready.wait(0.2):
-            if self.failed is not None:
-                raise DaemonError(f"the watch failed: {self.failed}") from self.failed
+        self._follower = Follower(self.store, subnets_prefix(opts.prefix), PeersReducer(self.watcher),
+                                  self._on_peers, name="berth-overlay-watch").start(revision)
+        while not self._follower.following.wait(0.2):
+            if self.failed is not None or self.stopping.is_set():
+                raise DaemonError(f"the watch did not start: {self.failed}")
+        self.ready.set()
         if opts.ip_masq:  # before the subnet file: no container can start before its traffic is masqueraded
             masq.apply(self.config.network, lease.subnet)
         log.debug("t+%.1f ms: masquerade rules", _ms(started))
@@ -117,9 +143,10 @@ class OverlayDaemon:
         if opts.resync_interval > 0:
             threading.Thread(target=self._repair_loop, name="berth-overlay-repair", daemon=True).start()
         if self.held.store_lease:
-            self._keepalive = claim.KeepAlive(self.store, self.held.store_lease, self.held.ttl,
-                                              self._on_lease_lost)
-            self._keepalive.start()
+            self._keeper = LeaseKeeper(self.store, self.held.ttl, self._rewrite_lease, name="berth-overlay-lease")
+            if self._keeper.acquire(reuse=self.held.store_lease) != self.held.store_lease:
+                self._rewrite_lease(self._keeper.lease_id)  # expired in the moments since the claim
+            self._keeper.start()
         log.info("ready: subnet %s on %s, %d peers", lease.subnet, self.device, len(self.watcher.leases))
 
     def _wait_for_config(self) -> NetworkConfig:
@@ -133,57 +160,24 @@ class OverlayDaemon:
                 log.info("waiting for the network config (berth overlay init)")
                 self.stopping.wait(1.0)
 
-    # -- the watch --------------------------------------------------------------------------------------------
+    # -- the watch ----------------------------------------------------------------------------------------------
 
-    def _watch_loop(self, revision: int) -> None:
-        """Watch from ``revision`` + 1 (the listing start-up reconciled against); after a failure, re-list."""
-        from pyroute2 import IPRoute
-
-        prefix = subnets_prefix(self.options.prefix)
-        with IPRoute() as ipr:
-            while not self.stopping.is_set():
-                try:
-                    if revision is None:
-                        kvs, revision = self.store.get_prefix(prefix)
-                        with self._lock:
-                            self._programmed = None  # after a re-listing, compare with the kernel itself
-                            self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv in kvs))
-                    self.ready.set()
-                    self._watch = self.store.watch_prefix(prefix, revision + 1)
-                    for batch in self._watch:
-                        if self.stopping.is_set():
-                            break
-                        with self._lock:
-                            if batch.resynced:
-                                log.info("watch re-listed at revision %d", batch.revision)
-                                self._programmed = None
-                            self._reconcile(ipr, self.watcher.apply(batch.events))
-                        revision = batch.revision  # a watch that ends is resumed from here
-                except Compacted:
-                    log.info("watch compacted: re-listing")
-                    revision = None
-                except StoreError as exc:
-                    if self.stopping.is_set():
-                        break
-                    log.warning("watch failed, re-listing in 1 s: %s", exc)
-                    revision = None
-                    self.stopping.wait(1.0)
-                except Exception as exc:  # a netlink failure: report it, try again from a fresh listing
-                    if self.stopping.is_set():
-                        break
-                    log.exception("reconciliation failed")
-                    if not self.ready.is_set():
-                        self.failed = exc
-                        return
-                    revision = None
-                    self.stopping.wait(1.0)
-                finally:
-                    self._close_watch()
+    def _on_peers(self, change: PeerChange) -> None:
+        """One step of the follower (its thread). A failure here makes the follower re-list after a pause, and a
+        re-listing compares with the kernel itself."""
+        if self._follower_ipr is None:
+            from pyroute2 import IPRoute
+            self._follower_ipr = IPRoute()
+        with self._lock:
+            if change.relisted:
+                log.info("watch re-listed at revision %d", self._follower.revision if self._follower else 0)
+                self._programmed = None
+            self._reconcile(self._follower_ipr, change.delta)
 
     def _reconcile(self, ipr, delta: Delta) -> None:
         if delta.own_lost and self.watcher.own_subnet is not None and self.held.store_lease:
             log.warning("this host's lease key disappeared")
-            threading.Thread(target=self._on_lease_lost, daemon=True).start()
+            threading.Thread(target=self._restore_own_key, name="berth-overlay-restore", daemon=True).start()
         use_direct = self.config.direct_routing
         desired = desired_state(self.watcher.leases.values(), self.device, self.underlay.name,
                                 self.underlay.networks if use_direct else ())
@@ -216,42 +210,39 @@ class OverlayDaemon:
                 except Exception:
                     log.exception("periodic kernel check failed")
 
-    def _close_watch(self) -> None:
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            try:
-                watch.close()
-            except Exception:  # closing a broken watch must not hide why it broke
-                pass
-
     # -- the lease ----------------------------------------------------------------------------------------------
 
-    def _on_lease_lost(self) -> int:
-        """Take the same subnet again under a new store lease; if another host has it, stop (the supervisor
+    def _rewrite_lease(self, lease_id: int) -> None:
+        """The keeper's callback: put this host's subnet key under ``lease_id``. A store error propagates (the
+        keeper calls again after a pause); if another host took the subnet meanwhile, stop (the supervisor
         restarts the daemon, which claims a new subnet and rewrites the subnet file)."""
         with self._recover_lock:
-            key = subnet_key(self.held.lease.subnet, self.options.prefix)
             try:
-                current = self.store.get(key)
-                if current is not None and current.lease == self.held.store_lease:
-                    return self.held.store_lease  # already restored
-                if current is None and self.store.create(key, self.held.lease.to_json(),
-                                                         lease=self.held.store_lease):
-                    return self.held.store_lease
-            except LeaseNotFound:
-                pass
-            except StoreError as exc:
-                log.warning("restoring the lease failed: %s", exc)
-            try:
-                self.held = claim.reclaim(self.store, self.options.prefix, self.held)
-                log.info("lease %s restored under store lease %x", self.held.lease.subnet, self.held.store_lease)
-                return self.held.store_lease
-            except (claim.ClaimError, StoreError) as exc:
+                self.held = claim.reclaim(self.store, self.options.prefix, self.held, lease_id)
+            except claim.ClaimError as exc:
                 log.error("lost subnet %s: %s", self.held.lease.subnet, exc)
                 self.failed = exc
                 _remove_quietly(self.options.subnet_file)
                 self.stopping.set()
-                return 0
+                if self._keeper is not None:
+                    self._keeper.stop()
+                return
+            log.info("lease %s restored under store lease %x", self.held.lease.subnet, lease_id)
+
+    def _restore_own_key(self) -> None:
+        """The watch saw this host's key deleted: write it again under the current store lease, or have the
+        keeper replace that lease if the store says it is gone."""
+        keeper = self._keeper
+        if keeper is None or not keeper.lease_id:
+            return
+        lease_id = keeper.lease_id
+        try:
+            self._rewrite_lease(lease_id)
+        except LeaseNotFound:
+            keeper.lost(lease_id)
+        except StoreError as exc:
+            log.warning("restoring this host's key failed (%s); the keeper will retry", exc)
+            keeper.lost(lease_id)
 
     # -- shutdown -------------------------------------------------------------------------------------------------
 
@@ -259,11 +250,12 @@ class OverlayDaemon:
         """Stop the loops. Kernel state and the lease stay (a restart finds them and peers notice nothing)
         unless ``release_on_exit``: then the subnet is given back and this host's device and rules removed."""
         self.stopping.set()
-        if self._keepalive is not None:
-            self._keepalive.stop()
-        self._close_watch()
-        if self._worker is not None:
-            self._worker.join(timeout=5)
+        if self._keeper is not None:
+            self._keeper.stop()
+        if self._follower is not None:
+            self._follower.stop()
+        if self._follower_ipr is not None:
+            self._follower_ipr.close()
         if self.options.release_on_exit and getattr(self, "held", None) is not None:
             claim.release(self.store, self.options.prefix, self.held)
             _remove_quietly(self.options.subnet_file)

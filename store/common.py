@@ -167,3 +167,23 @@ class PrefixView:
         events += [WatchEvent("put", kv.key, kv.value, kv.mod_revision) for kv in changed]
         self.apply(events)
         return events
+
+
+def txn_chunks(ops: Sequence[Put | Delete], max_ops: int = MAX_TXN_OPS,
+               max_bytes: int = MAX_REQUEST_BYTES // 2) -> list[list[Put | Delete]]:
+    """Split ``ops`` into transactions every backend accepts (at most ``max_ops`` operations and about
+    ``max_bytes`` of keys and values each), in order. For writers whose batches grow with the data (an agent
+    rewriting thousands of endpoints), where one transaction per batch would be refused whole."""
+    chunks: list[list[Put | Delete]] = []
+    current: list[Put | Delete] = []
+    size = 0
+    for op in ops:
+        weight = len(op.key.encode()) + (len(op.value) if isinstance(op, Put) else 0)
+        if current and (len(current) >= max_ops or size + weight > max_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(op)
+        size += weight
+    if current:
+        chunks.append(current)
+    return chunks

@@ -15,6 +15,7 @@ from typing import Callable, TypeVar
 import grpc
 
 from store.api import Compacted, InvalidRequest, LeaseNotFound, StoreError, StoreUnavailable
+from store.deadline import time_left
 
 T = TypeVar("T")
 
@@ -98,7 +99,8 @@ class Endpoints:
 
 
 class Caller:
-    """Runs one RPC with failover: retries on another member until ``budget`` seconds have passed."""
+    """Runs one RPC with failover: retries on another member until ``budget`` seconds have passed (or the
+    caller's :func:`store.deadline.call_deadline`, when nearer)."""
 
     def __init__(self, endpoints: Endpoints, call_timeout: float, budget: float) -> None:
         self.endpoints = endpoints
@@ -106,7 +108,7 @@ class Caller:
         self.budget = budget
 
     def __call__(self, what: str, attempt: Callable[[grpc.Channel, float], T]) -> T:
-        deadline = time.monotonic() + self.budget
+        deadline = time.monotonic() + max(0.05, time_left(self.budget))
         pause = 0.02
         while True:
             address = self.endpoints.current

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlparse
 from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put,
                        StoreError, TxnResult)
 from store.change_signal import ChangeSignal
+from store.deadline import time_left
 from store.common import (check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, compare_holds)
 from store.sqlite_txn import (COMPACT_EVERY, DEFAULT_HISTORY, SCHEMA, WriteTxn, compact_log,
@@ -134,7 +135,8 @@ class SqliteStore:
     def _write(self, what: str, body, sweep: bool = True):
         """Run ``body(txn)`` in one IMMEDIATE transaction, after deleting the keys of expired leases."""
         with self.connection() as conn, sqlite_errors(what), self._rollback_on_error(conn):
-            conn.execute("BEGIN IMMEDIATE")
+            with self._lock_wait(conn):
+                conn.execute("BEGIN IMMEDIATE")
             if sweep:
                 self._expire_leases(conn)
             result = body(WriteTxn(conn, self.history))
@@ -142,6 +144,21 @@ class SqliteStore:
         if self._signal is not None:
             self._signal.notify()
         return result
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _lock_wait(conn: sqlite3.Connection) -> Iterator[None]:
+        """Wait for the write lock no longer than the caller's :func:`store.deadline.call_deadline` allows
+        (the busy timeout otherwise), so a process holding the lock cannot hold a caller past its deadline."""
+        wait = time_left(BUSY_TIMEOUT)
+        if wait >= BUSY_TIMEOUT:
+            yield
+            return
+        conn.execute(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
 
     @contextlib.contextmanager
     def read_txn(self, conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:

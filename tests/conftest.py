@@ -71,7 +71,7 @@ SERVICE_MODULES = {
     "tests/discovery/test_agent.py", "tests/discovery/test_view.py", "tests/discovery/test_skydns.py",
     "tests/store/test_contract.py", "tests/dnsd/test_forwarding.py", "tests/dnsd/test_dnspython.py",
     "tests/dnsd/test_dig.py", "tests/dnsd/test_view_changes.py", "tests/dnsd/test_store_e2e.py",
-    "tests/overlay/test_cli.py",
+    "tests/overlay/test_cli.py", "tests/discovery/test_durability.py", "tests/store/test_follower_keeper.py",
 }
 
 

@@ -16,7 +16,9 @@ from tests.conftest import VENV_BIN, plugin_path, unique_name
 # A network namespace path that exists while the tests run (the test process's own): anti-entropy keeps
 # endpoints whose netns exists, so tests not about stale namespaces need no root to make one.
 LIVE_NETNS = f"/proc/{os.getpid()}/ns/net"
-SHORT_TTL = 1.5  # lease TTL for agents under test: expiry shows within a couple of seconds
+# The one lease TTL for agents under test. Long enough that a loaded machine (other suites on both cores) never
+# misses three renewals in a row, so a record that blinks is a bug; short enough that expiry shows in seconds.
+LEASE_TTL = 5.0
 
 
 @pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
@@ -97,7 +99,7 @@ def agents(tmp_path):
     """``agents(store_url, host=..., ttl=...)`` → a started :class:`AgentProcess`; all killed at teardown."""
     made: list[AgentProcess] = []
 
-    def _start(url: str, host: str | None = None, ttl: float = SHORT_TTL, workdir: Path | None = None,
+    def _start(url: str, host: str | None = None, ttl: float = LEASE_TTL, workdir: Path | None = None,
                extra: tuple[str, ...] = (), start: bool = True) -> AgentProcess:
         wd = workdir or tmp_path / unique_name("ag")
         wd.mkdir(parents=True, exist_ok=True)

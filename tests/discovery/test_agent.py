@@ -124,7 +124,7 @@ def test_registrations_during_a_store_outage_are_written_when_it_returns(agents,
     pytest.importorskip("store.etcd")
     from tests.etcd_harness import start_etcd
     with start_etcd(1) as cluster:
-        agent = agents(cluster.url, ttl=3)
+        agent = agents(cluster.url)
         before = add(agent, "ba01", "before")
         cluster.kill(0)
         during = add(agent, "ba02", "during")  # succeeds: kept by the agent (or spooled), never refused

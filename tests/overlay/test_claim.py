@@ -103,3 +103,15 @@ def test_write_config_refuses_to_change_silently(store):
     assert claim.load_config(store, PREFIX).network == ipaddress.IPv4Network("10.214.0.0/16")
     with pytest.raises(claim.ClaimError, match="berth overlay init"):
         claim.load_config(store, "/elsewhere")
+
+
+def test_reclaim_under_the_keepers_new_lease_is_idempotent(store):
+    config = make_config("10.215.0.0/16")
+    held = claim.acquire(store, PREFIX, config, A("10.213.0.2"), "02:00:00:00:00:02", 30)
+    store.revoke_lease(held.store_lease)
+    new_lease = store.grant_lease(30).id
+    back = claim.reclaim(store, PREFIX, held, new_lease)
+    again = claim.reclaim(store, PREFIX, back, new_lease)  # the keeper may call its owner twice
+    kv = store.get(subnet_key(held.lease.subnet, PREFIX))
+    assert back == again and back.store_lease == new_lease and kv.lease == new_lease
+    store.revoke_lease(new_lease)

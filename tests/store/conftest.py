@@ -112,3 +112,22 @@ def workers() -> Iterator[Workers]:
         yield pool
     finally:
         pool.cleanup()
+
+
+def outcome_within(call, guard: float):
+    """Run ``call()`` on a thread: what it returned, or the exception it raised. Fails the test when it is still
+    running after ``guard`` seconds (for calls that must end at a deadline rather than hang)."""
+    import threading
+
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:  # the outcome under test
+            outcome.append(exc)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(guard)
+    assert not thread.is_alive(), f"the call was still running after {guard:g} s"
+    return outcome[0]

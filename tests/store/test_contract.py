@@ -459,3 +459,17 @@ def test_bad_input_is_refused_and_writes_nothing(store, prefix, call):
 def test_unknown_url_scheme_is_refused():
     with pytest.raises(ValueError):
         open_store("zookeeper://127.0.0.1:2181")
+
+
+def test_a_batch_too_large_for_one_transaction_goes_through_in_chunks(store, prefix):
+    from store.common import MAX_TXN_OPS, txn_chunks
+
+    ops = [Put(f"{prefix}k{index:04d}", b"x" * 2048) for index in range(3 * MAX_TXN_OPS + 5)]
+    with pytest.raises(InvalidRequest):
+        store.txn([], ops)  # refused whole, nothing written
+    assert store.get_prefix(prefix)[0] == []
+    chunks = txn_chunks(ops)
+    assert [op for chunk in chunks for op in chunk] == ops and all(len(chunk) <= MAX_TXN_OPS for chunk in chunks)
+    for chunk in chunks:
+        store.txn([], chunk)
+    assert len(store.get_prefix(prefix)[0]) == len(ops)

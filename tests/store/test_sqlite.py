@@ -174,3 +174,29 @@ def test_many_openers_of_a_fresh_file_at_once_all_succeed(tmp_path):
         for thread in threads:
             thread.join()
         assert not failures, failures[:3]
+
+
+def test_a_writer_held_by_another_process_ends_at_the_callers_deadline(scratch_dir):
+    """Another connection holds the write lock (as a frozen writer would); a write under call_deadline gives up
+    at that deadline with a retryable error instead of waiting the whole busy timeout, and nothing is written."""
+    from store.deadline import call_deadline
+    from store.sqlite import BUSY_TIMEOUT
+    from tests.store.conftest import outcome_within
+
+    path = scratch_dir / "bt-locked.db"
+    store = SqliteStore(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        store.put("bt/warm", b"v")
+        holder.execute("BEGIN IMMEDIATE")
+        def write():
+            with call_deadline(0.5):
+                return store.put("bt/blocked", b"v")
+        outcome = outcome_within(write, BUSY_TIMEOUT / 2)  # a hang guard well short of the busy timeout
+        assert isinstance(outcome, StoreError) and outcome.retryable
+        holder.execute("ROLLBACK")
+        assert store.get("bt/blocked") is None
+        store.put("bt/after", b"v")  # the connection's own busy timeout is back: later writes wait as before
+    finally:
+        holder.close()
+        store.close()
