@@ -10,12 +10,12 @@ import threading
 from dataclasses import replace
 from typing import Optional
 
-from cni_plugins import errors, firewall, invoke, link_ops, netns, rtnl, skel
+from cni_plugins import codes, errors, firewall, invoke, link_ops, netns, rtnl, skel
 from cni_plugins.bridge_config import BridgeConfig, parse, parse_mac
 from cni_plugins.bridge_plan import AddPlan, build_result, check_problems, plan_add
 from cni_plugins.types import Result
 
-STATE_DIFFERS = 101  # CHECK: the attachment is not what prevResult says
+STATE_DIFFERS = codes.STATE_DIFFERS  # CHECK: the attachment is not what prevResult says
 
 
 def _config(req: skel.Request) -> BridgeConfig:
@@ -64,7 +64,7 @@ def cmd_add(req: skel.Request) -> Result:
             ipam_result = _ipam(cfg, "ADD", req)
             undo.push(lambda: _ipam(cfg, "DEL", req))
             if not ipam_result.ips:
-                raise errors.CniError("IPAM plugin returned missing IP config", code=100)
+                raise errors.CniError("IPAM plugin returned missing IP config", code=codes.DELEGATE_FAILED)
         plan = plan_add(cfg, req.ifname, link_ops.new_host_veth_name(), mac, ipam_result)
         return _apply(cfg, req, plan, undo)
     except BaseException:

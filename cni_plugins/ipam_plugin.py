@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from cni_plugins import errors, skel, types
+from cni_plugins import codes, errors, skel, types
 from ipam.allocator import allocate, exhausted
 from ipam.config import IpamConfig, parse_ipam_config, parse_requested
 from ipam.disk import DiskStore
@@ -17,10 +17,9 @@ from ipam.errors import (AddressUnavailable, ConfigError, DuplicateAllocation, I
                          StoreFailure)
 from ipam.store import Attachment
 
-# Plugin-specific codes (the spec leaves 100+ to plugins).
-CODE_ADDRESS_UNAVAILABLE = 100   # a requested address is taken, the gateway, or in no range set
-CODE_DUPLICATE_ALLOCATION = 101  # ADD twice for one attachment
-CODE_CHECK_MISMATCH = 102        # CHECK: the reservations differ from prevResult
+CODE_ADDRESS_UNAVAILABLE = codes.ADDRESS_UNAVAILABLE
+CODE_DUPLICATE_ALLOCATION = codes.DUPLICATE_ALLOCATION
+CODE_CHECK_MISMATCH = codes.STATE_DIFFERS
 
 
 @contextmanager

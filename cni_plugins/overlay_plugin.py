@@ -18,18 +18,22 @@ import ipaddress
 import json
 import os
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from cni_plugins import errors, invoke, skel
+from cni_plugins import codes, errors, invoke, skel
+from cni_plugins.config_fields import path_field
 from cni_plugins.types import Result
 from overlay import subnetfile
 
 DEFAULT_DATA_DIR = "/var/lib/cni/berth-overlay"
 DEFAULT_DELEGATE = "berth-bridge"
 DEFAULT_IPAM = "berth-ipam"
-STATE_DIFFERS = 101  # CHECK: the attachment no longer matches the host (as berth-bridge uses it)
+MAX_SUBNET_FILE = 64 << 10  # bytes: a subnet file is a handful of KEY=value lines
+NOT_IPAM = ("berth-bridge", "berth-overlay", "berth-portmap", "berth-register")
+STATE_DIFFERS = codes.STATE_DIFFERS  # CHECK: the attachment no longer matches the host
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,10 @@ class OverlayConfig:
 
 
 def parse(config: Mapping[str, Any]) -> OverlayConfig:
+    """Every key this plugin reads, checked before anything is read or written; the bridge and IPAM check the
+    rest of what is delegated to them."""
     def path(key: str, default: str) -> str:
-        value = config.get(key) or default
-        if not isinstance(value, str) or not os.path.isabs(value):
-            raise errors.InvalidConfig(f"{key}: must be an absolute path, not {value!r}")
-        return value
+        return path_field(config, key, default)
 
     def mapping(key: str) -> Mapping[str, Any]:
         value = config.get(key)
@@ -57,8 +60,16 @@ def parse(config: Mapping[str, Any]) -> OverlayConfig:
             raise errors.InvalidConfig(f"{key}.type: must name a plugin, not {value['type']!r}")
         return value
 
+    delegate, ipam = mapping("delegate"), mapping("ipam")
+    if delegate.get("type") == "berth-overlay":
+        raise errors.InvalidConfig("delegate.type: berth-overlay cannot delegate to itself")
+    if ipam.get("type") in NOT_IPAM:
+        raise errors.InvalidConfig(f"ipam.type: {ipam['type']} is not an IPAM plugin")
+    routes = ipam.get("routes")
+    if routes is not None and (not isinstance(routes, list) or not all(isinstance(r, Mapping) for r in routes)):
+        raise errors.InvalidConfig(f"ipam.routes: must be a list of route objects, not {routes!r}")
     return OverlayConfig(path("subnetFile", subnetfile.DEFAULT_SUBNET_FILE), path("dataDir", DEFAULT_DATA_DIR),
-                         mapping("delegate"), mapping("ipam"))
+                         delegate, ipam)
 
 
 def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: skel.Request) -> dict[str, Any]:
@@ -108,7 +119,7 @@ def _load(cfg: OverlayConfig, container_id: str, ifname: str) -> Optional[dict[s
             return json.load(handle)["delegate"]
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise errors.IOFailure(f"reading the saved config of {container_id}/{ifname}: {exc}") from None
 
 
@@ -132,19 +143,47 @@ def _saved_attachments(cfg: OverlayConfig) -> list[tuple[str, str, dict[str, Any
             with open(os.path.join(cfg.data_dir, name)) as handle:
                 doc = json.load(handle)
             found.append((doc["containerID"], doc["ifname"], doc["delegate"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             continue
     return found
 
 
+def _read_subnet_file(path: str) -> subnetfile.SubnetFile:
+    """The subnet file, read as a bounded regular file (never a FIFO or a device that blocks or never ends)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise errors.IOFailure(f"subnetFile {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise errors.InvalidConfig(f"subnetFile {path}: is not a regular file")
+        data = handle.read(MAX_SUBNET_FILE + 1)
+    if len(data) > MAX_SUBNET_FILE:
+        raise errors.DecodeFailure(f"subnetFile {path}: larger than {MAX_SUBNET_FILE} bytes")
+    try:
+        return subnetfile.parse(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise errors.DecodeFailure(f"subnetFile {path}: is not UTF-8 text") from None
+    except subnetfile.SubnetFileError as exc:
+        raise errors.DecodeFailure(f"subnetFile {path}: {exc}") from None
+
+
 def _settings(cfg: OverlayConfig) -> subnetfile.SubnetFile:
     try:
-        return subnetfile.read(cfg.subnet_file)
+        return _read_subnet_file(cfg.subnet_file)
     except FileNotFoundError:
         raise errors.TryAgainLater(f"no subnet file at {cfg.subnet_file}: is `berth overlay` running here?",
                                    "the overlay daemon writes it once it holds this host's subnet lease") from None
-    except (OSError, subnetfile.SubnetFileError) as exc:
-        raise errors.IOFailure(f"reading {cfg.subnet_file}: {exc}") from None
+
+
+def _settings_if_present(cfg: OverlayConfig) -> Optional[subnetfile.SubnetFile]:
+    """The subnet file for DEL, GC and STATUS, which go on without one (an unreadable file counts as none)."""
+    try:
+        return _read_subnet_file(cfg.subnet_file)
+    except (FileNotFoundError, errors.CniError):
+        return None
 
 
 def _with_prev_result(conf: dict[str, Any], req: skel.Request) -> dict[str, Any]:
@@ -172,7 +211,7 @@ def cmd_del(req: skel.Request) -> None:
     cfg = parse(req.config)
     conf = _load(cfg, req.container_id, req.ifname)
     if conf is None:
-        settings = subnetfile.read_if_present(cfg.subnet_file)
+        settings = _settings_if_present(cfg)
         if settings is None:
             return
         conf = delegate_config(cfg, settings, req)
@@ -219,7 +258,7 @@ def cmd_gc(req: skel.Request) -> None:
                 _forget(cfg, container_id, ifname)
             except errors.CniError as exc:
                 failures.append(f"{container_id}/{ifname}: {exc}")
-    settings = subnetfile.read_if_present(cfg.subnet_file)
+    settings = _settings_if_present(cfg)
     if settings is not None:
         conf = delegate_config(cfg, settings, req)
         for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
@@ -227,12 +266,13 @@ def cmd_gc(req: skel.Request) -> None:
                 conf[key] = req.config[key]
         invoke.delegate(conf["type"], "GC", conf, req)
     if failures:
-        raise errors.CniError("GC could not release every stale attachment", "; ".join(failures), code=999)
+        raise errors.CniError("GC could not release every stale attachment", "; ".join(failures),
+                              code=codes.GC_INCOMPLETE)
 
 
 def cmd_status(req: skel.Request) -> None:
     cfg = parse(req.config)
-    settings = subnetfile.read_if_present(cfg.subnet_file)
+    settings = _settings_if_present(cfg)
     if settings is None:
         raise errors.NotAvailable(f"this host holds no overlay subnet lease (no readable {cfg.subnet_file})",
                                   "start `berth overlay` on this host")

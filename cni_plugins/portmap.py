@@ -7,7 +7,7 @@ reference, a host port another container already holds is refused with a clear e
 from __future__ import annotations
 
 
-from cni_plugins import errors, filelock, firewall, netns, skel
+from cni_plugins import codes, errors, filelock, firewall, netns, skel
 from cni_plugins.portmap_plan import PORT_TAKEN, PortmapConfig, conflicts, container_ips, parse, plan_rules
 from cni_plugins.types import Result
 
@@ -88,7 +88,7 @@ def cmd_check(req: skel.Request) -> None:
     present = {r.comment for r in firewall.backend_for(cfg.backend, "portmap").rules(_tag(cfg, req) + " ")}
     missing = sorted(expected - present)
     if missing:
-        raise errors.CniError(f"port mapping rules are missing: {missing}", code=101)
+        raise errors.CniError(f"port mapping rules are missing: {missing}", code=codes.STATE_DIFFERS)
 
 
 def cmd_gc(req: skel.Request) -> None:
