@@ -36,7 +36,7 @@ class CniDaemon:
     def __init__(self, socket_path: str = launcher.DEFAULT_SOCKET, build_id: Optional[str] = None,
                  max_concurrent: int = MAX_CONCURRENT_CALLS,
                  resolve: Callable[[str], Optional[skel.Handlers]] = invoke.in_process_handlers) -> None:
-        from berth.buildinfo import build_id as current_build_id
+        from cni_plugins.buildinfo import build_id as current_build_id
 
         self.socket_path = socket_path
         self.build_id = build_id if build_id is not None else current_build_id()

@@ -6,6 +6,8 @@ operation opens and flocks the network's lock file itself, which serialises thre
 """
 from __future__ import annotations
 
+import os
+import stat
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -17,6 +19,7 @@ from ipam.errors import (AddressUnavailable, ConfigError, DuplicateAllocation, I
                          StoreFailure)
 from ipam.store import Attachment
 
+MAX_RESOLV_CONF = 64 << 10  # bytes
 CODE_ADDRESS_UNAVAILABLE = codes.ADDRESS_UNAVAILABLE
 CODE_DUPLICATE_ALLOCATION = codes.DUPLICATE_ALLOCATION
 CODE_CHECK_MISMATCH = codes.STATE_DIFFERS
@@ -55,11 +58,17 @@ def _dns(cfg: IpamConfig) -> types.DNS:
     if not cfg.resolv_conf:
         return types.DNS()
     from ipam.resolv import parse_resolv_conf
-    try:
-        with open(cfg.resolv_conf, encoding="utf-8", errors="replace") as f:
-            found = parse_resolv_conf(f.read())
+    try:  # non-blocking and bounded: a FIFO or /dev/zero named here must not hang or fill the plugin
+        fd = os.open(cfg.resolv_conf, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise errors.InvalidConfig(f"ipam.resolvConf: {cfg.resolv_conf} is not a regular file")
+            data = f.read(MAX_RESOLV_CONF + 1)
     except OSError as err:
         raise errors.IOFailure(f"ipam.resolvConf: cannot read {cfg.resolv_conf}: {err.strerror}") from None
+    if len(data) > MAX_RESOLV_CONF:
+        raise errors.DecodeFailure(f"ipam.resolvConf: {cfg.resolv_conf} is larger than {MAX_RESOLV_CONF} bytes")
+    found = parse_resolv_conf(data.decode("utf-8", errors="replace"))
     return types.DNS(found.nameservers, found.domain, found.search, found.options)
 
 

@@ -194,9 +194,26 @@ def _with_prev_result(conf: dict[str, Any], req: skel.Request) -> dict[str, Any]
 
 # -- handlers ---------------------------------------------------------------------------------------------------
 
+def _check_delegated(conf: Mapping[str, Any], req: skel.Request) -> None:
+    """Parse what is about to be delegated when the delegates are Berth's own, so a bad field deep in it is
+    refused before this plugin saves anything (the delegates parse it again; parsing is pure)."""
+    from cni_plugins import bridge_config
+    from ipam.config import parse_ipam_config
+    from ipam.errors import ConfigError
+
+    if conf["type"] == DEFAULT_DELEGATE:
+        bridge_config.parse(conf, req.cni_version)
+    if conf["ipam"].get("type") == DEFAULT_IPAM:
+        try:
+            parse_ipam_config(conf["ipam"], req.name)
+        except ConfigError as exc:
+            raise errors.InvalidConfig(str(exc)) from None
+
+
 def cmd_add(req: skel.Request) -> Result:
     cfg = parse(req.config)
     conf = delegate_config(cfg, _settings(cfg), req)
+    _check_delegated(conf, req)
     _save(cfg, req, conf)
     try:
         return invoke.delegate(conf["type"], "ADD", conf, req)
