@@ -18,8 +18,12 @@ from cni_plugins.types import Result
 STATE_DIFFERS = codes.STATE_DIFFERS  # CHECK: the attachment is not what prevResult says
 
 
-def _config(req: skel.Request) -> BridgeConfig:
+def _parse(req: skel.Request) -> BridgeConfig:
     return parse(req.config, req.cni_version)
+
+
+def _config(req: skel.Request) -> BridgeConfig:
+    return skel.plugin_config(req, _parse)
 
 
 def _ipam(cfg: BridgeConfig, command: str, req: skel.Request) -> Optional[Result]:
@@ -184,7 +188,8 @@ def cmd_status(req: skel.Request) -> None:
         _ipam(cfg, "STATUS", req)
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status,
+                         config=_parse)
 
 
 def main() -> int:

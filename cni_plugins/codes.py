@@ -20,7 +20,7 @@ NOT_AVAILABLE_LIMITED = 51    # STATUS: not available, and existing containers m
 
 # --- Berth's own (>= 100) -----------------------------------------------------------------------------------------
 ADDRESS_UNAVAILABLE = 100     # a requested address is taken, is a gateway, or lies in no range set
-STATE_DIFFERS = 101           # CHECK: what is on the host (links, addresses, reservations, rules) differs from prevResult
+STATE_DIFFERS = 101           # CHECK: links, addresses, reservations or rules on the host differ from prevResult
 PORT_TAKEN = 102              # a host port is already published by another container
 DUPLICATE_ALLOCATION = 103    # IPAM ADD for an attachment that already holds an address in that range set
 HOST_CONFLICT = 104           # a host object in the way: a non-bridge link by the bridge's name, the container

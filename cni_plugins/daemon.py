@@ -309,7 +309,11 @@ def run_daemon(socket_path: str) -> int:
     """Run in the foreground until SIGTERM or SIGINT; used by ``berth cni-daemon``."""
     daemon = CniDaemon(socket_path)
     daemon.preload()
-    daemon.bind()
+    try:
+        daemon.bind()
+    except UnsafeSocketDirectory as exc:
+        log.error("%s", exc)
+        return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: daemon.stop())
     log.info("serving CNI calls on %s (build %s)", socket_path, daemon.build_id[:12])

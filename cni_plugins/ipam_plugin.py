@@ -46,6 +46,10 @@ def _cni_errors() -> Iterator[None]:
 
 
 def load_config(req: skel.Request) -> IpamConfig:
+    return skel.plugin_config(req, parse_config)
+
+
+def parse_config(req: skel.Request) -> IpamConfig:
     with _cni_errors():
         return parse_ipam_config(req.config.get("ipam"), req.name, req.runtime.raw.get("ipRanges"))
 
@@ -145,7 +149,8 @@ def cmd_status(req: skel.Request) -> None:
             raise errors.NotAvailable(f"berth-ipam: range set {idx} ({rs}) is exhausted")
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status,
+                         config=parse_config)
 
 
 def main() -> int:

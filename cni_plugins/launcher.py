@@ -173,7 +173,8 @@ def try_daemon(socket_path: str, env, stdin: bytes):
                 return None  # a listener of another user: never send it the call, never read its answer
             accept_by = _monotonic() + ACCEPT_TIMEOUT
             greeting = recv_exact(sock, len(MAGIC) + 1, accept_by)
-            if greeting != MAGIC + bytes([PROTOCOL_VERSION]) or recv_field(sock, MAX_NAME, accept_by) != BUILD_ID.encode():
+            theirs = recv_field(sock, MAX_NAME, accept_by) if greeting == MAGIC + bytes([PROTOCOL_VERSION]) else b""
+            if theirs != BUILD_ID.encode():
                 return None  # another protocol or another build: its code must not answer for ours
             sock.settimeout(ACCEPT_TIMEOUT)
             sock.sendall(MAGIC + bytes([PROTOCOL_VERSION]) +

@@ -166,7 +166,8 @@ def create_veth(nl: rtnl.Rtnl, netns_path: str, port: PortSpec, bridge_index: in
                 name = new_host_veth_name()  # host name taken: draw another
                 continue
             if code == errno.EEXIST:
-                raise errors.CniError(f"container veth name provided ({port.ifname}) already exists", code=codes.HOST_CONFLICT)
+                raise errors.CniError(f"container veth name provided ({port.ifname}) already exists",
+                                      code=codes.HOST_CONFLICT)
             if code:
                 raise fail(f"could not create veth {name}/{port.ifname}", rtnl.netlink_error(code))
             break

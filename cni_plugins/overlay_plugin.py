@@ -72,6 +72,14 @@ def parse(config: Mapping[str, Any]) -> OverlayConfig:
                          delegate, ipam)
 
 
+def _parse(req: skel.Request) -> OverlayConfig:
+    return parse(req.config)
+
+
+def _config(req: skel.Request) -> OverlayConfig:
+    return skel.plugin_config(req, _parse)
+
+
 def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: skel.Request) -> dict[str, Any]:
     """The bridge's network config for this host's subnet (pure)."""
     conf: dict[str, Any] = {k: v for k, v in cfg.delegate.items()}
@@ -211,7 +219,7 @@ def _check_delegated(conf: Mapping[str, Any], req: skel.Request) -> None:
 
 
 def cmd_add(req: skel.Request) -> Result:
-    cfg = parse(req.config)
+    cfg = _config(req)
     conf = delegate_config(cfg, _settings(cfg), req)
     _check_delegated(conf, req)
     _save(cfg, req, conf)
@@ -225,7 +233,7 @@ def cmd_add(req: skel.Request) -> Result:
 def cmd_del(req: skel.Request) -> None:
     """Idempotent: with no saved config (ADD never ran, or DEL already did) the current subnet file stands in,
     so the bridge and IPAM still release whatever they hold; with neither there is nothing to undo."""
-    cfg = parse(req.config)
+    cfg = _config(req)
     conf = _load(cfg, req.container_id, req.ifname)
     if conf is None:
         settings = _settings_if_present(cfg)
@@ -237,7 +245,7 @@ def cmd_del(req: skel.Request) -> None:
 
 
 def cmd_check(req: skel.Request) -> None:
-    cfg = parse(req.config)
+    cfg = _config(req)
     if req.prev_result is None:
         raise errors.InvalidConfig("required prevResult missing")
     conf = _load(cfg, req.container_id, req.ifname)
@@ -261,7 +269,7 @@ def cmd_check(req: skel.Request) -> None:
 
 def cmd_gc(req: skel.Request) -> None:
     """DEL every saved attachment the runtime no longer lists, then let the bridge and IPAM collect the rest."""
-    cfg = parse(req.config)
+    cfg = _config(req)
     failures = []
     if req.valid_attachments is not None:
         valid = {(a.container_id, a.ifname) for a in req.valid_attachments}
@@ -288,7 +296,7 @@ def cmd_gc(req: skel.Request) -> None:
 
 
 def cmd_status(req: skel.Request) -> None:
-    cfg = parse(req.config)
+    cfg = _config(req)
     settings = _settings_if_present(cfg)
     if settings is None:
         raise errors.NotAvailable(f"this host holds no overlay subnet lease (no readable {cfg.subnet_file})",
@@ -297,7 +305,8 @@ def cmd_status(req: skel.Request) -> None:
     invoke.delegate(conf["type"], "STATUS", conf, req)
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status,
+                         config=_parse)
 
 
 def main() -> int:

@@ -14,8 +14,14 @@ from cni_plugins.types import Result
 LOCK_PATH = "/run/berth/portmap.lock"
 
 
+def _parse(req: skel.Request) -> PortmapConfig:
+    """DEL and GC remove rules by tag: stale or broken mappings must not stop them, so only ADD and CHECK read them."""
+    mappings = req.runtime.port_mappings if req.command in ("ADD", "CHECK") else ()
+    return parse(req.config, req.cni_version, mappings)
+
+
 def _config(req: skel.Request) -> PortmapConfig:
-    return parse(req.config, req.cni_version, req.runtime.port_mappings)
+    return skel.plugin_config(req, _parse)
 
 
 def _tag(cfg: PortmapConfig, req: skel.Request) -> str:
@@ -77,7 +83,7 @@ def cmd_add(req: skel.Request) -> Result:
 
 def cmd_del(req: skel.Request) -> None:
     """Remove this attachment's rules by tag: needs neither the mappings (which may be stale) nor prevResult."""
-    cfg = parse(req.config, req.cni_version, ())
+    cfg = _config(req)
     firewall.backend_for(cfg.backend, "portmap").remove([_tag(cfg, req)])
 
 
@@ -95,12 +101,13 @@ def cmd_gc(req: skel.Request) -> None:
     """Remove the rules of every attachment of this network that the runtime no longer lists."""
     if req.valid_attachments is None:
         return
-    cfg = parse(req.config, req.cni_version, ())
+    cfg = _config(req)
     keep = {firewall.attachment_tag(cfg.name, a.container_id, a.ifname) for a in req.valid_attachments}
     firewall.gc(firewall.backend_for(cfg.backend, "portmap"), cfg.name, keep)
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc,
+                         config=_parse)
 
 
 def main() -> int:

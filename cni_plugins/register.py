@@ -26,6 +26,10 @@ MAX_TIMEOUT = 300.0
 
 
 def _options(req: skel.Request) -> tuple[str, str, float]:
+    return skel.plugin_config(req, _parse_options)
+
+
+def _parse_options(req: skel.Request) -> tuple[str, str, float]:
     cfg = req.config
     sock = path_field(cfg, "agentSocket", wire.DEFAULT_SOCKET)
     spool_dir = path_field(cfg, "spoolDir", wire.DEFAULT_SPOOL_DIR)
@@ -169,7 +173,8 @@ def cmd_status(req: skel.Request) -> None:
     _options(req)  # ADD always works (it spools when no agent listens), so only bad config is "not ready"
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status,
+                         config=_parse_options)
 
 
 def main() -> int:

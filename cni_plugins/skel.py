@@ -3,8 +3,12 @@
 Every Berth plugin is a set of handlers behind :func:`main`; nothing here knows what a plugin does. A plugin module
 defines ``HANDLERS = skel.Handlers(add=..., delete=..., check=..., gc=..., status=...)`` and
 ``def main(): return skel.main(HANDLERS, about="berth-x")`` — :mod:`cni_plugins.invoke` and the local CNI daemon
-find ``HANDLERS`` to run the same plugin in process. :func:`dispatch` takes the environment and stdin as values and
-returns the exit code and output, so a handler can serve a runtime's exec, a test, or a daemon's socket alike.
+find ``HANDLERS`` to run the same plugin in process. The order is fixed here, for every plugin: decode stdin once
+(:func:`decode_config`: size, nesting, UTF-8), validate the environment and the fields every plugin shares, then
+the plugin's own parser (``Handlers.config``: its frozen dataclass, each field checked, before any side effect),
+then the handler. Bad input therefore always ends as code 4, 6 or 7 naming the field, never 999. :func:`dispatch`
+takes the environment and stdin as values and returns the exit code and output, so a handler can serve a
+runtime's exec, a test, or a daemon's socket alike.
 Handlers must not read ``os.environ``, change the working directory or exit the process.
 """
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional
 
 from cni_plugins import codes, config_fields, errors
@@ -77,6 +81,7 @@ class Request:
     runtime: RuntimeConfig
     valid_attachments: Optional[tuple[Attachment, ...]]
     env: Mapping[str, str]
+    plugin_config: Any = None  # what the plugin's own parser (``Handlers.config``) made of ``config``
 
 
 Handler = Callable[[Request], Any]
@@ -89,6 +94,9 @@ class Handlers:
     check: Optional[Handler] = None
     gc: Optional[Handler] = None
     status: Optional[Handler] = None
+    # The plugin's parser: config → its frozen dataclass, every field checked. Run once, at the edge, before the
+    # handler (and before any side effect); the handler finds the result in ``Request.plugin_config``.
+    config: Optional[Handler] = None
 
     def for_command(self, command: str) -> Optional[Handler]:
         return {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
@@ -372,7 +380,14 @@ def run_handler(handlers: Handlers, request: Request) -> Any:
     handler = handlers.for_command(request.command)
     if handler is None:
         return None
+    if handlers.config is not None and request.plugin_config is None:
+        request = replace(request, plugin_config=handlers.config(request))
     return handler(request)
+
+
+def plugin_config(req: Request, parse: Handler) -> Any:
+    """The config the edge parsed for this request; a handler called directly (a test) gets it parsed now."""
+    return req.plugin_config if req.plugin_config is not None else parse(req)
 
 
 def dispatch(handlers: Handlers, env: Mapping[str, str], stdin: bytes) -> Reply:
