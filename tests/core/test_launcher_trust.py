@@ -208,3 +208,12 @@ def test_slow_connections_are_capped_and_closed_after_the_request_deadline(launc
             sock.close()
     code, body = call(launcher, cni_env(BERTH_CNI_SOCKET=str(daemon.socket_path)))
     assert code == 0 and served_by(body) == daemon.proc.pid
+
+
+def test_an_environment_over_the_cap_runs_in_process(launcher, daemon):
+    """1 MiB of environment is the frame cap: a launcher never sends more (the daemon would refuse it anyway)."""
+    padding = {f"BT_PAD{i}": "x" * (120 << 10) for i in range(10)}  # execve allows 128 KiB per variable
+    code, body = call(launcher, cni_env(BERTH_CNI_SOCKET=str(daemon.socket_path), **padding))
+    assert code == 0 and served_by(body) != daemon.proc.pid
+    code, body = call(launcher, cni_env(BERTH_CNI_SOCKET=str(daemon.socket_path)))
+    assert code == 0 and served_by(body) == daemon.proc.pid
