@@ -29,9 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 CNI_BIN := $(VENV)/cni-bin
-# Launchers carry the build id (a digest of the sources): reinstall them whenever a source changes.
-BERTH_SOURCES := $(shell find cni_plugins ipam store discovery overlay berth -name '*.py' -o -name '*.c' 2>/dev/null)
-$(CNI_BIN)/.installed: $(VENV)/.installed $(BERTH_SOURCES)
+# Launchers carry the build id (a digest of the files the CNI path runs, listed by cni_plugins/buildinfo.py):
+# reinstall them whenever one of those, or the installer itself, changes — and only then.
+CNI_SOURCES := $(shell $(PYTHON) -m cni_plugins.buildinfo --sources 2>/dev/null) berth/install_cni.py
+$(CNI_BIN)/.installed: $(VENV)/.installed $(CNI_SOURCES)
 	$(VENV)/bin/berth install-cni --dir $(CNI_BIN) --socket $(CURDIR)/$(VENV)/run/cni.sock >/dev/null
 	@touch $@
 

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def render_launcher(plugin_type: str, module: str, extra_paths: tuple[str, ...] = (),
                     socket_path: str | None = None) -> str:
     """The Python launcher's source for one plugin; ``extra_paths`` are added to its fallback import path."""
-    from berth.buildinfo import build_id
+    from cni_plugins.buildinfo import build_id
     from cni_plugins import launcher, skel
 
     source = Path(launcher.__file__).read_text()
@@ -69,7 +69,7 @@ def find_compiler() -> str | None:
 
 def build_native_launcher(fallback_dir: Path, compiler: str, socket_path: str | None = None) -> bytes:
     """Compile ``launcher.c`` with this build's id and fallback directory baked in; returns the binary."""
-    from berth.buildinfo import build_id
+    from cni_plugins.buildinfo import build_id
     from cni_plugins import skel
 
     source = Path(__file__).resolve().parent.parent / "cni_plugins" / "launcher.c"

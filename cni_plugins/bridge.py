@@ -10,16 +10,20 @@ import threading
 from dataclasses import replace
 from typing import Optional
 
-from cni_plugins import errors, firewall, invoke, link_ops, netns, rtnl, skel
+from cni_plugins import codes, errors, firewall, invoke, link_ops, netns, rtnl, skel
 from cni_plugins.bridge_config import BridgeConfig, parse, parse_mac
 from cni_plugins.bridge_plan import AddPlan, build_result, check_problems, plan_add
 from cni_plugins.types import Result
 
-STATE_DIFFERS = 101  # CHECK: the attachment is not what prevResult says
+STATE_DIFFERS = codes.STATE_DIFFERS  # CHECK: the attachment is not what prevResult says
+
+
+def _parse(req: skel.Request) -> BridgeConfig:
+    return parse(req.config, req.cni_version)
 
 
 def _config(req: skel.Request) -> BridgeConfig:
-    return parse(req.config, req.cni_version)
+    return skel.plugin_config(req, _parse)
 
 
 def _ipam(cfg: BridgeConfig, command: str, req: skel.Request) -> Optional[Result]:
@@ -64,7 +68,7 @@ def cmd_add(req: skel.Request) -> Result:
             ipam_result = _ipam(cfg, "ADD", req)
             undo.push(lambda: _ipam(cfg, "DEL", req))
             if not ipam_result.ips:
-                raise errors.CniError("IPAM plugin returned missing IP config", code=100)
+                raise errors.CniError("IPAM plugin returned missing IP config", code=codes.DELEGATE_FAILED)
         plan = plan_add(cfg, req.ifname, link_ops.new_host_veth_name(), mac, ipam_result)
         return _apply(cfg, req, plan, undo)
     except BaseException:
@@ -184,7 +188,8 @@ def cmd_status(req: skel.Request) -> None:
         _ipam(cfg, "STATUS", req)
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status,
+                         config=_parse)
 
 
 def main() -> int:

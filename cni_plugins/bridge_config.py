@@ -9,14 +9,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from cni_plugins.config_fields import bool_field
+from cni_plugins.config_fields import bool_field, int_field, link_name
 from cni_plugins import errors
 from cni_plugins.types import DNS, ResultError
 
 MAX_LINK_NAME = 15
 MAX_VLAN = 4094
 MASQ_BACKENDS = ("nftables", "iptables")
-_MAC = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
+_MAC = re.compile(r"([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}")
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,8 @@ class BridgeConfig:
         return bool(self.vlan or self.vlan_trunk)
 
 
-def _int(config: Mapping[str, Any], key: str, low: int, high: int) -> int:
-    value = config.get(key, 0)
-    if value is None:
-        return 0
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise errors.InvalidConfig(f"{key}: must be an integer between {low} and {high}, not {value!r}")
-    return value
+# Berth's plugins that are not IPAM plugins: naming one as ``ipam.type`` would make the bridge call a bridge.
+NOT_IPAM = ("berth-bridge", "berth-overlay", "berth-portmap", "berth-register")
 
 
 def _vlan_trunk(raw: Any) -> tuple[int, ...]:
@@ -83,41 +78,38 @@ def _vlan_trunk(raw: Any) -> tuple[int, ...]:
 
 
 def parse_link_name(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise errors.InvalidConfig(f"{key}: must be a non-empty string")
-    if len(value) > MAX_LINK_NAME:
-        raise errors.InvalidConfig(f"{key}: {value!r} is longer than {MAX_LINK_NAME} characters")
-    if value in (".", "..") or re.search(r"[/:\s]", value):
-        raise errors.InvalidConfig(f"{key}: {value!r} is not a valid interface name")
-    return value
+    return link_name(value, key)
 
 
 def parse_mac(value: Any, source: str) -> str:
-    if not isinstance(value, str) or not _MAC.match(value):
+    if not isinstance(value, str) or not _MAC.fullmatch(value):
         raise errors.InvalidConfig(f"{source}: {value!r} is not a MAC address")
     return value.lower().replace("-", ":")
 
 
 def parse(config: Mapping[str, Any], cni_version: str) -> BridgeConfig:
     """Validate a bridge network config (the parsed stdin) and fill the reference's defaults."""
-    bridge = parse_link_name(config.get("bridge") or "cni0", "bridge")
+    bridge = parse_link_name("cni0" if config.get("bridge") in (None, "") else config.get("bridge"), "bridge")
     hairpin, promisc = bool_field(config, "hairpinMode"), bool_field(config, "promiscMode")
     if hairpin and promisc:
         raise errors.InvalidConfig("hairpinMode and promiscMode: cannot set both at the same time")
-    vlan = _int(config, "vlan", 0, MAX_VLAN)
+    vlan = int_field(config, "vlan", 0, MAX_VLAN)
     trunk = _vlan_trunk(config.get("vlanTrunk"))
     if vlan and trunk:
         raise errors.InvalidConfig("vlan and vlanTrunk: cannot set both at the same time")
-    backend = config.get("ipMasqBackend") or "nftables"
-    if backend not in MASQ_BACKENDS:
+    backend = config.get("ipMasqBackend")
+    backend = "nftables" if backend is None or backend == "" else backend
+    if not isinstance(backend, str) or backend not in MASQ_BACKENDS:
         raise errors.InvalidConfig(f"ipMasqBackend: must be one of {list(MASQ_BACKENDS)}, not {backend!r}")
     ipam = config.get("ipam")
     if ipam is not None and not isinstance(ipam, Mapping):
         raise errors.InvalidConfig("ipam: must be an object")
     if ipam is not None and not ipam:
         ipam = None  # an empty ipam block means layer 2 only
-    if ipam is not None and not isinstance(ipam.get("type"), str):
+    if ipam is not None and (not isinstance(ipam.get("type"), str) or not ipam["type"]):
         raise errors.InvalidConfig("ipam.type: must name an IPAM plugin")
+    if ipam is not None and ipam["type"] in NOT_IPAM:
+        raise errors.InvalidConfig(f"ipam.type: {ipam['type']} is not an IPAM plugin")
     try:
         dns = DNS.from_dict(config.get("dns"))
     except ResultError as exc:
@@ -127,7 +119,7 @@ def parse(config: Mapping[str, Any], cni_version: str) -> BridgeConfig:
         name=str(config.get("name")), cni_version=cni_version, bridge=bridge,
         is_gateway=bool_field(config, "isGateway") or default_gateway, is_default_gateway=default_gateway,
         force_address=bool_field(config, "forceAddress"), ip_masq=bool_field(config, "ipMasq"), ip_masq_backend=backend,
-        mtu=_int(config, "mtu", 0, 65535), hairpin_mode=hairpin, promisc_mode=promisc, vlan=vlan,
+        mtu=int_field(config, "mtu", 0, 65535), hairpin_mode=hairpin, promisc_mode=promisc, vlan=vlan,
         vlan_trunk=trunk, preserve_default_vlan=bool_field(config, "preserveDefaultVlan", True),
         macspoofchk=bool_field(config, "macspoofchk"), enable_dad=bool_field(config, "enabledad"),
         port_isolation=bool_field(config, "portIsolation"),

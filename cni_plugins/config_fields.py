@@ -1,9 +1,48 @@
-"""Config field parsers shared by the plugins' edge parsers: one wording for one kind of mistake."""
+"""Field rules shared by the protocol core and every plugin's edge parser: one rule and one wording for one kind
+of value (identifiers, interface names, paths, numbers), so the plugins cannot drift apart."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+import re
+from typing import Any, Mapping, Optional
 
 from cni_plugins import errors
+from ipam import paths
+
+# libcni's pattern for container IDs and network names, matched over the whole string (no final newline).
+IDENTIFIER = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+MAX_IDENTIFIER = 200       # bytes: leaves room for "<id>-<ifname>.json" under NAME_MAX
+IFNAMSIZ = 16              # the kernel's buffer, NUL included: a name has at most 15 bytes
+# What the kernel's dev_valid_name refuses, byte by byte (its isspace() covers 0xa0 too), plus NUL.
+_IFNAME_FORBIDDEN_BYTES = frozenset(b"/: \t\n\v\f\r\xa0\0")
+
+
+def identifier(value: Any, what: str) -> str:
+    """A container ID or network name as libcni validates it, matched in full; ValueError names ``what``."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what}: must be a non-empty string")
+    if not IDENTIFIER.fullmatch(value):
+        raise ValueError(f"invalid characters in {what}: {value!r} (letters, digits, '_', '.', '-'; "
+                         "the first a letter or digit)")
+    if len(value) > MAX_IDENTIFIER:
+        raise ValueError(f"{what}: longer than {MAX_IDENTIFIER} characters")
+    return value
+
+
+def interface_name(value: Any, what: str) -> str:
+    """A Linux interface name: at most 15 bytes (not characters), not ``.``/``..``, no ``/``, ``:`` or space."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what}: must be a non-empty interface name")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what}: is not valid UTF-8") from None
+    if len(encoded) >= IFNAMSIZ:
+        raise ValueError(f"{what}: {value!r} is too long: {len(encoded)} bytes, the kernel allows {IFNAMSIZ - 1}")
+    if value in (".", ".."):
+        raise ValueError(f"{what}: cannot be . or ..")
+    if any(b in _IFNAME_FORBIDDEN_BYTES for b in encoded) or any(c.isspace() for c in value):
+        raise ValueError(f"{what}: {value!r} contains / or : or whitespace characters")
+    return value
 
 
 def bool_field(config: Mapping[str, Any], key: str, default: bool = False) -> bool:
@@ -14,3 +53,31 @@ def bool_field(config: Mapping[str, Any], key: str, default: bool = False) -> bo
     if not isinstance(value, bool):
         raise errors.InvalidConfig(f"{key}: must be true or false, not {value!r}")
     return value
+
+
+def int_field(config: Mapping[str, Any], key: str, low: int, high: int, default: int = 0,
+              field: Optional[str] = None) -> int:
+    """An integer config key within ``[low, high]`` (true/false and 1.5 are not integers)."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise errors.InvalidConfig(f"{field or key}: must be an integer between {low} and {high}, not {value!r}")
+    return value
+
+
+def path_field(config: Mapping[str, Any], key: str, default: Optional[str], field: Optional[str] = None
+               ) -> Optional[str]:
+    """An absolute, normalised path; absent or null means ``default``; ``""``, ``0``, ``false`` are errors."""
+    try:
+        return paths.optional_path(config, key, default, field or key)
+    except ValueError as exc:
+        raise errors.InvalidConfig(str(exc)) from None
+
+
+def link_name(value: Any, key: str) -> str:
+    """An interface name taken from the config (e.g. ``bridge``): code 7 when the kernel would refuse it."""
+    try:
+        return interface_name(value, key)
+    except ValueError as exc:
+        raise errors.InvalidConfig(str(exc)) from None

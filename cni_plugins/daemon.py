@@ -11,6 +11,12 @@ Safety rules it keeps:
   call itself (``S``): it is never answered by different code, nor acted on in the wrong "host";
 - a call is accepted (``A``) before it runs, and only while the launcher is still connected; after SIGTERM the
   daemon stops accepting, finishes the calls in flight, and exits — launchers that find no daemon run in process;
+- calls for one attachment (container ID, ifname, network) run one at a time in arrival order
+  (:class:`AttachmentOrder`): a DEL that arrives while its ADD runs waits for it and then undoes it, and an ADD
+  whose launcher was killed still runs to its end (completed, or rolled back by its own undo), never half done;
+- it refuses to start in a directory another user could write, speaks first (greeting with its build id, so a
+  launcher checks whom it talks to before sending), and bounds everything a peer controls: frame sizes (stdin
+  16 MiB, environment 1 MiB), connections (and so threads), and the time to deliver a request;
 - the socket is bound under a temporary name and renamed into place, so a restart never leaves a moment where a
   stale file answers nothing for long: a refused connection makes the launcher fall back at once.
 """
@@ -24,20 +30,82 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Hashable, Iterator, Optional
 
 from cni_plugins import invoke, launcher, skel
 
 log = logging.getLogger("berth.cni-daemon")
 MAX_CONCURRENT_CALLS = 64
+MAX_CONNECTIONS = 128         # connections (one thread each) at once; more are closed at once (launchers fall back)
+REQUEST_DEADLINE = 5.0        # seconds for a launcher to deliver its whole request after connecting
+REPLY_SEND_TIMEOUT = 30.0     # seconds a launcher may take to read its answer
+ORDERED_COMMANDS = ("ADD", "DEL", "CHECK")
+
+
+class UnsafeSocketDirectory(RuntimeError):
+    """The socket's directory (or one above it) could be written by a user the launchers do not trust."""
+
+
+class AttachmentOrder:
+    """One call at a time per key, in the order the calls arrived (a FIFO of turns; a plain Lock is not fair)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[Hashable, deque] = {}
+
+    @contextmanager
+    def turn(self, key: Optional[Hashable]) -> Iterator[None]:
+        if key is None:
+            yield
+            return
+        mine = threading.Event()
+        with self._lock:
+            queue = self._queues.setdefault(key, deque())
+            queue.append(mine)
+            if len(queue) == 1:
+                mine.set()
+        mine.wait()
+        try:
+            yield
+        finally:
+            with self._lock:
+                queue = self._queues[key]
+                queue.popleft()
+                if queue:
+                    queue[0].set()
+                else:
+                    del self._queues[key]
+
+    def pending(self, key: Hashable) -> int:
+        """Calls for ``key`` running or waiting (0 when none)."""
+        with self._lock:
+            return len(self._queues.get(key, ()))
+
+
+def attachment_key(env: dict, stdin: bytes) -> Optional[tuple[str, str, str]]:
+    """(container ID, ifname, network name) of an ADD, DEL or CHECK; None for anything else or unreadable input
+    (which the plugin will refuse without touching anything)."""
+    if env.get("CNI_COMMAND") not in ORDERED_COMMANDS:
+        return None
+    try:
+        import json
+
+        name = json.loads(stdin).get("name")
+    except Exception:  # noqa: BLE001 - any undecodable stdin: the plugin answers code 6 without side effects
+        return None
+    if not isinstance(name, str):
+        return None
+    return env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", ""), name
 
 
 class CniDaemon:
     def __init__(self, socket_path: str = launcher.DEFAULT_SOCKET, build_id: Optional[str] = None,
                  max_concurrent: int = MAX_CONCURRENT_CALLS,
-                 resolve: Callable[[str], Optional[skel.Handlers]] = invoke.in_process_handlers) -> None:
-        from berth.buildinfo import build_id as current_build_id
+                 resolve: Callable[[str], Optional[skel.Handlers]] = invoke.in_process_handlers,
+                 max_connections: int = MAX_CONNECTIONS, request_deadline: float = REQUEST_DEADLINE) -> None:
+        from cni_plugins.buildinfo import build_id as current_build_id
 
         self.socket_path = socket_path
         self.build_id = build_id if build_id is not None else current_build_id()
@@ -51,6 +119,10 @@ class CniDaemon:
         self.socket_inode = 0
         self.idle_exit = 0.0  # with an adopted socket: exit after this many idle seconds (0: never)
         self.last_active = time.monotonic()
+        self.order = AttachmentOrder()
+        self.connections = threading.BoundedSemaphore(max_connections)
+        self.request_deadline = request_deadline
+        self.connections_refused = 0
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -69,8 +141,11 @@ class CniDaemon:
             log.warning("netlink warm-up failed (the first call pays for it): %s", exc)
 
     def bind(self) -> None:
-        directory = os.path.dirname(self.socket_path) or "."
+        directory = os.path.dirname(os.path.abspath(self.socket_path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        reason = launcher.untrusted_reason(self.socket_path, (0, os.geteuid()), own_dir_only=True)
+        if reason is not None:  # another user could put a listener of their own where launchers look
+            raise UnsafeSocketDirectory(f"refusing to serve on {self.socket_path}: {reason}")
         temporary = f"{self.socket_path}.{os.getpid()}.tmp"
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -90,6 +165,9 @@ class CniDaemon:
         """Serve on a listening socket the init system made (socket activation). The socket stays its owner's:
         ``stop`` never removes its file, and connections that arrive after an idle exit wait in it until the
         init system starts the daemon again."""
+        reason = launcher.untrusted_reason(self.socket_path, (0, os.geteuid()))
+        if reason is not None:  # bind()'s rule, and the socket file too: launchers must trust where it lives
+            raise UnsafeSocketDirectory(f"refusing to serve on {self.socket_path}: {reason}")
         self.listener = listener
         self.socket_inode = 0
         self.idle_exit = idle_exit
@@ -114,8 +192,18 @@ class CniDaemon:
                 if self.stopping.is_set():
                     break
                 raise
-            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+            if not self.connections.acquire(blocking=False):
+                self.connections_refused += 1
+                conn.close()  # at the cap: the launcher sees the close before any ``A`` and runs the call itself
+                continue
+            threading.Thread(target=self._serve_counted, args=(conn,), daemon=True).start()
         self._drain()
+
+    def _serve_counted(self, conn: socket.socket) -> None:
+        try:
+            self._serve_connection(conn)
+        finally:
+            self.connections.release()
 
     def stop(self) -> None:
         """Stop accepting; calls in flight finish (``serve_forever`` returns once they have)."""
@@ -149,26 +237,30 @@ class CniDaemon:
                     log.warning("refused a CNI call from uid %d", peer_uid)
                     return
                 conn.settimeout(launcher.ACCEPT_TIMEOUT)
+                conn.sendall(launcher.encode_greeting(self.build_id))
                 build_id, plugin_type, env, stdin = self._read_request(conn)
                 servable = build_id == self.build_id and same_namespaces(peer_pid)
                 handlers = self._handlers_for(plugin_type) if servable else None
                 if handlers is None:
                     conn.sendall(launcher.STATUS_SKEW)
                     return
-                with self._admission() as admitted:
+                key = attachment_key(env, stdin)
+                with self._admission(key) as admitted:
                     if not admitted:
                         conn.sendall(launcher.STATUS_BUSY)
                         return
-                    self._run_accepted(conn, handlers, env, stdin)
+                    self._run_accepted(conn, handlers, env, stdin, key)
             except (OSError, EOFError, ValueError) as exc:
                 log.debug("CNI call dropped: %s", exc)
 
     @contextmanager
-    def _admission(self) -> Iterator[bool]:
+    def _admission(self, key: Optional[Hashable] = None) -> Iterator[bool]:
         """Whether this call may run now (not stopping, under the concurrency cap); counted while it runs, so a
-        draining daemon waits for it. Checked and counted under one lock."""
+        draining daemon waits for it. Checked and counted under one lock. A call whose attachment already has one
+        here is admitted over the cap: sent back, it would run in process beside that one, out of order."""
         with self.in_flight_lock:
-            admitted = not self.stopping.is_set() and self.in_flight < self.max_concurrent
+            ordered_behind = key is not None and self.order.pending(key) > 0
+            admitted = not self.stopping.is_set() and (self.in_flight < self.max_concurrent or ordered_behind)
             if admitted:
                 self.in_flight += 1
                 self.last_active = time.monotonic()
@@ -188,22 +280,28 @@ class CniDaemon:
             return None
 
     def _read_request(self, conn: socket.socket) -> tuple[str, str, dict, bytes]:
-        header = launcher.recv_exact(conn, len(launcher.MAGIC) + 1)
+        """The whole request within one deadline, each field under its cap (checked before it is read)."""
+        deadline = time.monotonic() + self.request_deadline
+        header = launcher.recv_exact(conn, len(launcher.MAGIC) + 1, deadline)
         if header[:-1] != launcher.MAGIC or header[-1] != launcher.PROTOCOL_VERSION:
             return "", "", {}, b""  # another protocol: answered as skew, so the launcher runs it itself
-        build_id = launcher.recv_field(conn).decode()
-        plugin_type = launcher.recv_field(conn).decode()
-        env = launcher.decode_env(launcher.recv_field(conn))
-        stdin = launcher.recv_field(conn)
+        build_id = launcher.recv_field(conn, launcher.MAX_NAME, deadline).decode()
+        plugin_type = launcher.recv_field(conn, launcher.MAX_NAME, deadline).decode()
+        env = launcher.decode_env(launcher.recv_field(conn, launcher.MAX_ENV, deadline))
+        stdin = launcher.recv_field(conn, launcher.MAX_STDIN, deadline)
         return build_id, plugin_type, env, stdin
 
-    def _run_accepted(self, conn: socket.socket, handlers: skel.Handlers, env: dict, stdin: bytes) -> None:
+    def _run_accepted(self, conn: socket.socket, handlers: skel.Handlers, env: dict, stdin: bytes,
+                      key: Optional[Hashable] = None) -> None:
         if _peer_hung_up(conn):
             return  # the launcher gave up before we accepted: it runs the call itself
         conn.sendall(launcher.STATUS_ACCEPTED)
-        reply = skel.dispatch(handlers, env, stdin)
+        # From here the call runs to its end whatever happens to the launcher: waiting for its turn, then the
+        # plugin's own plan/apply/undo. Only sending the answer can fail.
+        with self.order.turn(key):
+            reply = skel.dispatch(handlers, env, stdin)
         self.calls_served += 1
-        conn.settimeout(None)
+        conn.settimeout(REPLY_SEND_TIMEOUT)
         conn.sendall(launcher.pack_fields(reply.exit_code.to_bytes(4, "big"), reply.stdout, reply.stderr))
 
 
@@ -233,13 +331,17 @@ def run_daemon(socket_path: str, inherited: Optional[socket.socket] = None, idle
     """Run in the foreground until SIGTERM or SIGINT (or, socket-activated, an idle period); used by
     ``berth cni-daemon``."""
     daemon = CniDaemon(socket_path)
-    if inherited is not None:
-        # the call that woke us waits in the socket: serve it now, warm the other plugins meanwhile
-        daemon.adopt(inherited, idle_exit)
-        threading.Thread(target=daemon.preload, name="preload", daemon=True).start()
-    else:
-        daemon.preload()
-        daemon.bind()
+    try:
+        if inherited is not None:
+            # the call that woke us waits in the socket: serve it now, warm the other plugins meanwhile
+            daemon.adopt(inherited, idle_exit)
+            threading.Thread(target=daemon.preload, name="preload", daemon=True).start()
+        else:
+            daemon.preload()
+            daemon.bind()
+    except UnsafeSocketDirectory as exc:
+        log.error("%s", exc)
+        return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: daemon.stop())
     log.info("serving CNI calls on %s (build %s)", socket_path, daemon.build_id[:12])

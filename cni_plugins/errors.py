@@ -2,11 +2,13 @@
 and the one edge in :mod:`cni_plugins.skel` turns any of them into the spec's JSON error object."""
 from __future__ import annotations
 
+from cni_plugins import codes
+
 
 class CniError(Exception):
     """An error a plugin reports to the runtime: ``{"cniVersion", "code", "msg", "details"}`` on stdout."""
 
-    code = 999
+    code = codes.INTERNAL
 
     def __init__(self, msg: str, details: str = "", *, code: int | None = None) -> None:
         super().__init__(msg)
@@ -26,47 +28,47 @@ class CniError(Exception):
 
 
 class IncompatibleVersion(CniError):
-    code = 1
+    code = codes.INCOMPATIBLE_VERSION
 
 
 class UnsupportedField(CniError):
-    code = 2
+    code = codes.UNSUPPORTED_FIELD
 
 
 class UnknownContainer(CniError):
-    code = 3
+    code = codes.UNKNOWN_CONTAINER
 
 
 class InvalidEnvironment(CniError):
-    code = 4
+    code = codes.INVALID_ENVIRONMENT
 
 
 class IOFailure(CniError):
-    code = 5
+    code = codes.IO_FAILURE
 
 
 class DecodeFailure(CniError):
-    code = 6
+    code = codes.DECODE_FAILURE
 
 
 class InvalidConfig(CniError):
-    code = 7
+    code = codes.INVALID_CONFIG
 
 
 class TryAgainLater(CniError):
-    code = 11
+    code = codes.TRY_AGAIN_LATER
 
 
 class NotAvailable(CniError):
     """Code 50: the plugin cannot serve ADD now (STATUS)."""
 
-    code = 50
+    code = codes.NOT_AVAILABLE
 
 
 class NotAvailableLimited(CniError):
     """Code 51: not available, and existing containers may have limited connectivity (STATUS)."""
 
-    code = 51
+    code = codes.NOT_AVAILABLE_LIMITED
 
 
 BY_CODE: dict[int, type[CniError]] = {
@@ -79,6 +81,6 @@ BY_CODE: dict[int, type[CniError]] = {
 def from_dict(data: dict) -> CniError:
     """Rebuild an error a delegate plugin printed, keeping its code."""
     code = data.get("code")
-    code = code if isinstance(code, int) else 999
+    code = code if isinstance(code, int) and not isinstance(code, bool) else codes.DELEGATE_FAILED
     cls = BY_CODE.get(code, CniError)
     return cls(str(data.get("msg", "")), str(data.get("details", "")), code=code)

@@ -7,13 +7,14 @@ delegate's code.
 """
 from __future__ import annotations
 
+import contextvars
 import importlib
 import json
 import os
 import subprocess
 from typing import Any, Mapping, Optional
 
-from cni_plugins import errors, skel
+from cni_plugins import codes, errors, skel
 from cni_plugins.types import Result, ResultError
 
 # Plugin type → module that defines ``HANDLERS`` (a skel.Handlers).
@@ -25,6 +26,9 @@ IN_PROCESS: dict[str, str] = {
     "berth-overlay": "cni_plugins.overlay_plugin",
 }
 DELEGATE_TIMEOUT_SECONDS = 60.0
+MAX_DELEGATION_DEPTH = 4
+# The plugin types this call is already inside (per thread: each daemon call runs in its own thread).
+_chain: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("berth_delegation_chain", default=())
 
 
 def in_process_handlers(plugin_type: str) -> Optional[skel.Handlers]:
@@ -51,13 +55,21 @@ def delegate(plugin_type: str, command: str, config: Mapping[str, Any], req: ske
 
     Returns the delegate's result for ADD, None otherwise; raises its error as a CniError.
     """
+    chain = _chain.get() or (req.type,)
+    if plugin_type in chain or len(chain) >= MAX_DELEGATION_DEPTH:
+        raise errors.InvalidConfig(f"delegation to {plugin_type} loops back: {' -> '.join((*chain, plugin_type))}",
+                                   "a plugin's ipam or delegate section must name another plugin")
     env = dict(req.env)
     env["CNI_COMMAND"] = command
     stdin = json.dumps(config).encode()
     handlers = in_process_handlers(plugin_type)
-    if handlers is not None:
-        return _run_in_process(handlers, command, env, stdin)
-    return _run_executable(find_plugin(plugin_type, req.path), command, env, stdin)
+    token = _chain.set((*chain, plugin_type))
+    try:
+        if handlers is not None:
+            return _run_in_process(handlers, command, env, stdin)
+        return _run_executable(find_plugin(plugin_type, req.path), command, env, stdin)
+    finally:
+        _chain.reset(token)
 
 
 def _run_in_process(handlers: skel.Handlers, command: str, env: dict[str, str], stdin: bytes) -> Optional[Result]:
@@ -66,7 +78,8 @@ def _run_in_process(handlers: skel.Handlers, command: str, env: dict[str, str], 
     if command != "ADD":
         return None
     if not isinstance(outcome, Result):
-        raise errors.CniError(f"internal error: delegate ADD returned {type(outcome).__name__}", code=999)
+        raise errors.CniError(f"internal error: delegate ADD returned {type(outcome).__name__}",
+                               code=codes.DELEGATE_FAILED)
     return outcome
 
 
@@ -97,4 +110,4 @@ def _delegate_error(executable: str, proc: subprocess.CompletedProcess) -> error
         pass
     detail = (proc.stderr or proc.stdout).decode(errors="replace").strip()[:2000]
     return errors.CniError(f"delegate {os.path.basename(executable)} failed (exit {proc.returncode})", detail,
-                           code=999)
+                           code=codes.DELEGATE_FAILED)

@@ -6,10 +6,12 @@ operation opens and flocks the network's lock file itself, which serialises thre
 """
 from __future__ import annotations
 
+import os
+import stat
 from contextlib import contextmanager
 from typing import Iterator
 
-from cni_plugins import errors, skel, types
+from cni_plugins import codes, errors, skel, types
 from ipam.allocator import allocate, exhausted
 from ipam.config import IpamConfig, parse_ipam_config, parse_requested
 from ipam.disk import DiskStore
@@ -17,10 +19,10 @@ from ipam.errors import (AddressUnavailable, ConfigError, DuplicateAllocation, I
                          StoreFailure)
 from ipam.store import Attachment
 
-# Plugin-specific codes (the spec leaves 100+ to plugins).
-CODE_ADDRESS_UNAVAILABLE = 100   # a requested address is taken, the gateway, or in no range set
-CODE_DUPLICATE_ALLOCATION = 101  # ADD twice for one attachment
-CODE_CHECK_MISMATCH = 102        # CHECK: the reservations differ from prevResult
+MAX_RESOLV_CONF = 64 << 10  # bytes
+CODE_ADDRESS_UNAVAILABLE = codes.ADDRESS_UNAVAILABLE
+CODE_DUPLICATE_ALLOCATION = codes.DUPLICATE_ALLOCATION
+CODE_CHECK_MISMATCH = codes.STATE_DIFFERS
 
 
 @contextmanager
@@ -44,6 +46,10 @@ def _cni_errors() -> Iterator[None]:
 
 
 def load_config(req: skel.Request) -> IpamConfig:
+    return skel.plugin_config(req, parse_config)
+
+
+def parse_config(req: skel.Request) -> IpamConfig:
     with _cni_errors():
         return parse_ipam_config(req.config.get("ipam"), req.name, req.runtime.raw.get("ipRanges"))
 
@@ -56,11 +62,17 @@ def _dns(cfg: IpamConfig) -> types.DNS:
     if not cfg.resolv_conf:
         return types.DNS()
     from ipam.resolv import parse_resolv_conf
-    try:
-        with open(cfg.resolv_conf, encoding="utf-8", errors="replace") as f:
-            found = parse_resolv_conf(f.read())
+    try:  # non-blocking and bounded: a FIFO or /dev/zero named here must not hang or fill the plugin
+        fd = os.open(cfg.resolv_conf, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise errors.InvalidConfig(f"ipam.resolvConf: {cfg.resolv_conf} is not a regular file")
+            data = f.read(MAX_RESOLV_CONF + 1)
     except OSError as err:
         raise errors.IOFailure(f"ipam.resolvConf: cannot read {cfg.resolv_conf}: {err.strerror}") from None
+    if len(data) > MAX_RESOLV_CONF:
+        raise errors.DecodeFailure(f"ipam.resolvConf: {cfg.resolv_conf} is larger than {MAX_RESOLV_CONF} bytes")
+    found = parse_resolv_conf(data.decode("utf-8", errors="replace"))
     return types.DNS(found.nameservers, found.domain, found.search, found.options)
 
 
@@ -137,7 +149,8 @@ def cmd_status(req: skel.Request) -> None:
             raise errors.NotAvailable(f"berth-ipam: range set {idx} ({rs}) is exhausted")
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status,
+                         config=parse_config)
 
 
 def main() -> int:

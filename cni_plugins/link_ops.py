@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from cni_plugins import errors, netns, rtnl
+from cni_plugins import codes, errors, netns, rtnl
 from cni_plugins.bridge_plan import BridgeSpec, ContainerSpec, Observed, ObservedLink, PortSpec
 
 IFA_F_NODAD = 0x02
@@ -96,7 +96,7 @@ def ensure_bridge(nl: rtnl.Rtnl, spec: BridgeSpec) -> rtnl.Link:
         if link is None:
             raise errors.IOFailure(f"bridge {spec.name} vanished right after creation")
     if link.kind != "bridge":
-        raise errors.CniError(f"{spec.name} already exists but is not a bridge", link.kind, code=100)
+        raise errors.CniError(f"{spec.name} already exists but is not a bridge", link.kind, code=codes.HOST_CONFLICT)
     try:
         if spec.vlan_filtering and not link.br_vlan_filtering:
             nl.ipr.link("set", index=link.index, kind="bridge", br_vlan_filtering=1)
@@ -131,7 +131,7 @@ def ensure_gateway_addresses(nl: rtnl.Rtnl, index: int, spec: BridgeSpec) -> Non
             ipr.addr("del", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
             raise errors.CniError(
                 f"bridge {spec.name} already has an IP address {others[0]} in the same subnet as {wanted}",
-                "set forceAddress to replace it", code=100)
+                "set forceAddress to replace it", code=codes.HOST_CONFLICT)
         for other in others:
             ipr.addr("del", index=index, address=str(other.ip), prefixlen=other.network.prefixlen)
         if others:  # removing a primary address takes its secondaries (ours) with it: put ours back
@@ -166,7 +166,8 @@ def create_veth(nl: rtnl.Rtnl, netns_path: str, port: PortSpec, bridge_index: in
                 name = new_host_veth_name()  # host name taken: draw another
                 continue
             if code == errno.EEXIST:
-                raise errors.CniError(f"container veth name provided ({port.ifname}) already exists", code=100)
+                raise errors.CniError(f"container veth name provided ({port.ifname}) already exists",
+                                      code=codes.HOST_CONFLICT)
             if code:
                 raise fail(f"could not create veth {name}/{port.ifname}", rtnl.netlink_error(code))
             break

@@ -18,18 +18,22 @@ import ipaddress
 import json
 import os
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from cni_plugins import errors, invoke, skel
+from cni_plugins import codes, errors, invoke, skel
+from cni_plugins.config_fields import path_field
 from cni_plugins.types import Result
 from overlay import subnetfile
 
 DEFAULT_DATA_DIR = "/var/lib/cni/berth-overlay"
 DEFAULT_DELEGATE = "berth-bridge"
 DEFAULT_IPAM = "berth-ipam"
-STATE_DIFFERS = 101  # CHECK: the attachment no longer matches the host (as berth-bridge uses it)
+MAX_SUBNET_FILE = 64 << 10  # bytes: a subnet file is a handful of KEY=value lines
+NOT_IPAM = ("berth-bridge", "berth-overlay", "berth-portmap", "berth-register")
+STATE_DIFFERS = codes.STATE_DIFFERS  # CHECK: the attachment no longer matches the host
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,10 @@ class OverlayConfig:
 
 
 def parse(config: Mapping[str, Any]) -> OverlayConfig:
+    """Every key this plugin reads, checked before anything is read or written; the bridge and IPAM check the
+    rest of what is delegated to them."""
     def path(key: str, default: str) -> str:
-        value = config.get(key) or default
-        if not isinstance(value, str) or not os.path.isabs(value):
-            raise errors.InvalidConfig(f"{key}: must be an absolute path, not {value!r}")
-        return value
+        return path_field(config, key, default)
 
     def mapping(key: str) -> Mapping[str, Any]:
         value = config.get(key)
@@ -57,8 +60,24 @@ def parse(config: Mapping[str, Any]) -> OverlayConfig:
             raise errors.InvalidConfig(f"{key}.type: must name a plugin, not {value['type']!r}")
         return value
 
+    delegate, ipam = mapping("delegate"), mapping("ipam")
+    if delegate.get("type") == "berth-overlay":
+        raise errors.InvalidConfig("delegate.type: berth-overlay cannot delegate to itself")
+    if ipam.get("type") in NOT_IPAM:
+        raise errors.InvalidConfig(f"ipam.type: {ipam['type']} is not an IPAM plugin")
+    routes = ipam.get("routes")
+    if routes is not None and (not isinstance(routes, list) or not all(isinstance(r, Mapping) for r in routes)):
+        raise errors.InvalidConfig(f"ipam.routes: must be a list of route objects, not {routes!r}")
     return OverlayConfig(path("subnetFile", subnetfile.DEFAULT_SUBNET_FILE), path("dataDir", DEFAULT_DATA_DIR),
-                         mapping("delegate"), mapping("ipam"))
+                         delegate, ipam)
+
+
+def _parse(req: skel.Request) -> OverlayConfig:
+    return parse(req.config)
+
+
+def _config(req: skel.Request) -> OverlayConfig:
+    return skel.plugin_config(req, _parse)
 
 
 def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: skel.Request) -> dict[str, Any]:
@@ -108,7 +127,7 @@ def _load(cfg: OverlayConfig, container_id: str, ifname: str) -> Optional[dict[s
             return json.load(handle)["delegate"]
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise errors.IOFailure(f"reading the saved config of {container_id}/{ifname}: {exc}") from None
 
 
@@ -132,19 +151,47 @@ def _saved_attachments(cfg: OverlayConfig) -> list[tuple[str, str, dict[str, Any
             with open(os.path.join(cfg.data_dir, name)) as handle:
                 doc = json.load(handle)
             found.append((doc["containerID"], doc["ifname"], doc["delegate"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             continue
     return found
 
 
+def _read_subnet_file(path: str) -> subnetfile.SubnetFile:
+    """The subnet file, read as a bounded regular file (never a FIFO or a device that blocks or never ends)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise errors.IOFailure(f"subnetFile {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise errors.InvalidConfig(f"subnetFile {path}: is not a regular file")
+        data = handle.read(MAX_SUBNET_FILE + 1)
+    if len(data) > MAX_SUBNET_FILE:
+        raise errors.DecodeFailure(f"subnetFile {path}: larger than {MAX_SUBNET_FILE} bytes")
+    try:
+        return subnetfile.parse(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise errors.DecodeFailure(f"subnetFile {path}: is not UTF-8 text") from None
+    except subnetfile.SubnetFileError as exc:
+        raise errors.DecodeFailure(f"subnetFile {path}: {exc}") from None
+
+
 def _settings(cfg: OverlayConfig) -> subnetfile.SubnetFile:
     try:
-        return subnetfile.read(cfg.subnet_file)
+        return _read_subnet_file(cfg.subnet_file)
     except FileNotFoundError:
         raise errors.TryAgainLater(f"no subnet file at {cfg.subnet_file}: is `berth overlay` running here?",
                                    "the overlay daemon writes it once it holds this host's subnet lease") from None
-    except (OSError, subnetfile.SubnetFileError) as exc:
-        raise errors.IOFailure(f"reading {cfg.subnet_file}: {exc}") from None
+
+
+def _settings_if_present(cfg: OverlayConfig) -> Optional[subnetfile.SubnetFile]:
+    """The subnet file for DEL, GC and STATUS, which go on without one (an unreadable file counts as none)."""
+    try:
+        return _read_subnet_file(cfg.subnet_file)
+    except (FileNotFoundError, errors.CniError):
+        return None
 
 
 def _with_prev_result(conf: dict[str, Any], req: skel.Request) -> dict[str, Any]:
@@ -155,9 +202,26 @@ def _with_prev_result(conf: dict[str, Any], req: skel.Request) -> dict[str, Any]
 
 # -- handlers ---------------------------------------------------------------------------------------------------
 
+def _check_delegated(conf: Mapping[str, Any], req: skel.Request) -> None:
+    """Parse what is about to be delegated when the delegates are Berth's own, so a bad field deep in it is
+    refused before this plugin saves anything (the delegates parse it again; parsing is pure)."""
+    from cni_plugins import bridge_config
+    from ipam.config import parse_ipam_config
+    from ipam.errors import ConfigError
+
+    if conf["type"] == DEFAULT_DELEGATE:
+        bridge_config.parse(conf, req.cni_version)
+    if conf["ipam"].get("type") == DEFAULT_IPAM:
+        try:
+            parse_ipam_config(conf["ipam"], req.name)
+        except ConfigError as exc:
+            raise errors.InvalidConfig(str(exc)) from None
+
+
 def cmd_add(req: skel.Request) -> Result:
-    cfg = parse(req.config)
+    cfg = _config(req)
     conf = delegate_config(cfg, _settings(cfg), req)
+    _check_delegated(conf, req)
     _save(cfg, req, conf)
     try:
         return invoke.delegate(conf["type"], "ADD", conf, req)
@@ -169,10 +233,10 @@ def cmd_add(req: skel.Request) -> Result:
 def cmd_del(req: skel.Request) -> None:
     """Idempotent: with no saved config (ADD never ran, or DEL already did) the current subnet file stands in,
     so the bridge and IPAM still release whatever they hold; with neither there is nothing to undo."""
-    cfg = parse(req.config)
+    cfg = _config(req)
     conf = _load(cfg, req.container_id, req.ifname)
     if conf is None:
-        settings = subnetfile.read_if_present(cfg.subnet_file)
+        settings = _settings_if_present(cfg)
         if settings is None:
             return
         conf = delegate_config(cfg, settings, req)
@@ -181,7 +245,7 @@ def cmd_del(req: skel.Request) -> None:
 
 
 def cmd_check(req: skel.Request) -> None:
-    cfg = parse(req.config)
+    cfg = _config(req)
     if req.prev_result is None:
         raise errors.InvalidConfig("required prevResult missing")
     conf = _load(cfg, req.container_id, req.ifname)
@@ -205,7 +269,7 @@ def cmd_check(req: skel.Request) -> None:
 
 def cmd_gc(req: skel.Request) -> None:
     """DEL every saved attachment the runtime no longer lists, then let the bridge and IPAM collect the rest."""
-    cfg = parse(req.config)
+    cfg = _config(req)
     failures = []
     if req.valid_attachments is not None:
         valid = {(a.container_id, a.ifname) for a in req.valid_attachments}
@@ -219,7 +283,7 @@ def cmd_gc(req: skel.Request) -> None:
                 _forget(cfg, container_id, ifname)
             except errors.CniError as exc:
                 failures.append(f"{container_id}/{ifname}: {exc}")
-    settings = subnetfile.read_if_present(cfg.subnet_file)
+    settings = _settings_if_present(cfg)
     if settings is not None:
         conf = delegate_config(cfg, settings, req)
         for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
@@ -227,12 +291,13 @@ def cmd_gc(req: skel.Request) -> None:
                 conf[key] = req.config[key]
         invoke.delegate(conf["type"], "GC", conf, req)
     if failures:
-        raise errors.CniError("GC could not release every stale attachment", "; ".join(failures), code=999)
+        raise errors.CniError("GC could not release every stale attachment", "; ".join(failures),
+                              code=codes.GC_INCOMPLETE)
 
 
 def cmd_status(req: skel.Request) -> None:
-    cfg = parse(req.config)
-    settings = subnetfile.read_if_present(cfg.subnet_file)
+    cfg = _config(req)
+    settings = _settings_if_present(cfg)
     if settings is None:
         raise errors.NotAvailable(f"this host holds no overlay subnet lease (no readable {cfg.subnet_file})",
                                   "start `berth overlay` on this host")
@@ -240,7 +305,8 @@ def cmd_status(req: skel.Request) -> None:
     invoke.delegate(conf["type"], "STATUS", conf, req)
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status,
+                         config=_parse)
 
 
 def main() -> int:

@@ -7,15 +7,21 @@ reference, a host port another container already holds is refused with a clear e
 from __future__ import annotations
 
 
-from cni_plugins import errors, filelock, firewall, netns, skel
+from cni_plugins import codes, errors, filelock, firewall, netns, skel
 from cni_plugins.portmap_plan import PORT_TAKEN, PortmapConfig, conflicts, container_ips, parse, plan_rules
 from cni_plugins.types import Result
 
 LOCK_PATH = "/run/berth/portmap.lock"
 
 
+def _parse(req: skel.Request) -> PortmapConfig:
+    """DEL and GC remove rules by tag: stale or broken mappings must not stop them, so only ADD and CHECK read them."""
+    mappings = req.runtime.port_mappings if req.command in ("ADD", "CHECK") else ()
+    return parse(req.config, req.cni_version, mappings)
+
+
 def _config(req: skel.Request) -> PortmapConfig:
-    return parse(req.config, req.cni_version, req.runtime.port_mappings)
+    return skel.plugin_config(req, _parse)
 
 
 def _tag(cfg: PortmapConfig, req: skel.Request) -> str:
@@ -77,7 +83,7 @@ def cmd_add(req: skel.Request) -> Result:
 
 def cmd_del(req: skel.Request) -> None:
     """Remove this attachment's rules by tag: needs neither the mappings (which may be stale) nor prevResult."""
-    cfg = parse(req.config, req.cni_version, ())
+    cfg = _config(req)
     firewall.backend_for(cfg.backend, "portmap").remove([_tag(cfg, req)])
 
 
@@ -88,19 +94,20 @@ def cmd_check(req: skel.Request) -> None:
     present = {r.comment for r in firewall.backend_for(cfg.backend, "portmap").rules(_tag(cfg, req) + " ")}
     missing = sorted(expected - present)
     if missing:
-        raise errors.CniError(f"port mapping rules are missing: {missing}", code=101)
+        raise errors.CniError(f"port mapping rules are missing: {missing}", code=codes.STATE_DIFFERS)
 
 
 def cmd_gc(req: skel.Request) -> None:
     """Remove the rules of every attachment of this network that the runtime no longer lists."""
     if req.valid_attachments is None:
         return
-    cfg = parse(req.config, req.cni_version, ())
+    cfg = _config(req)
     keep = {firewall.attachment_tag(cfg.name, a.container_id, a.ifname) for a in req.valid_attachments}
     firewall.gc(firewall.backend_for(cfg.backend, "portmap"), cfg.name, keep)
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc,
+                         config=_parse)
 
 
 def main() -> int:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
 from cni_plugins.config_fields import bool_field
-from cni_plugins import errors
+from cni_plugins import codes, errors
 from cni_plugins.firewall import Dnat, Rule, SnatToContainer, tag_of
 from cni_plugins.types import IPAddress, Result
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 BACKENDS = ("nftables", "iptables")
-PORT_TAKEN = 102  # plugin-specific CNI error code: a host port is already mapped by another container
+PORT_TAKEN = codes.PORT_TAKEN  # a host port is already mapped by another container
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,15 @@ def _port(value: Any, field: str) -> int:
 
 def parse_mapping(raw: Mapping[str, Any], index: int) -> PortMapping:
     field = f"runtimeConfig.portMappings[{index}]"
-    protocol = str(raw.get("protocol") or "tcp").lower()
-    if protocol not in PROTOCOLS:
+    protocol = raw.get("protocol")
+    protocol = "tcp" if protocol is None or protocol == "" else protocol
+    if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
         raise errors.InvalidConfig(f"{field}.protocol: must be one of {list(PROTOCOLS)}, not {raw.get('protocol')!r}")
+    protocol = protocol.lower()
     host_ip = None
-    if raw.get("hostIP"):
+    if raw.get("hostIP") is not None and raw.get("hostIP") != "":
+        if not isinstance(raw["hostIP"], str):
+            raise errors.InvalidConfig(f"{field}.hostIP: {raw['hostIP']!r} is not an address string")
         try:
             host_ip = ipaddress.ip_address(raw["hostIP"])
         except ValueError:
@@ -67,8 +71,9 @@ def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
 
 
 def parse(config: Mapping[str, Any], cni_version: str, mappings: Iterable[Mapping[str, Any]]) -> PortmapConfig:
-    backend = config.get("backend") or "nftables"
-    if backend not in BACKENDS:
+    backend = config.get("backend")
+    backend = "nftables" if backend is None or backend == "" else backend
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise errors.InvalidConfig(f"backend: must be one of {list(BACKENDS)}, not {backend!r}")
     parsed = tuple(dict.fromkeys(parse_mapping(m, i) for i, m in enumerate(mappings)))
     return PortmapConfig(name=str(config.get("name")), cni_version=cni_version, snat=_flag(config, "snat", True),

@@ -16,24 +16,30 @@ Standard library only on this path: it runs for every container start.
 """
 from __future__ import annotations
 
-from cni_plugins import errors, skel
+from cni_plugins import codes, errors, skel
+from cni_plugins.config_fields import path_field
 from discovery import wire
 from discovery.model import EndpointRecord, InvalidRecord, PortBinding
 
-INPUT_ERRORS = (4, 6, 7)  # the agent rejected the request itself: retrying later cannot help
+INPUT_ERRORS = codes.INPUT_ERRORS  # the agent rejected the request itself: retrying later cannot help
+MAX_TIMEOUT = 300.0
 
 
 def _options(req: skel.Request) -> tuple[str, str, float]:
+    return skel.plugin_config(req, _parse_options)
+
+
+def _parse_options(req: skel.Request) -> tuple[str, str, float]:
     cfg = req.config
-    sock = cfg.get("agentSocket", wire.DEFAULT_SOCKET)
-    spool_dir = cfg.get("spoolDir", wire.DEFAULT_SPOOL_DIR)
-    timeout = cfg.get("timeout", 5)
-    if not isinstance(sock, str) or not sock:
-        raise errors.InvalidConfig("agentSocket: must be a path")
-    if not isinstance(spool_dir, str) or not spool_dir:
-        raise errors.InvalidConfig("spoolDir: must be a path")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise errors.InvalidConfig(f"timeout: {timeout!r} must be a positive number of seconds")
+    sock = path_field(cfg, "agentSocket", wire.DEFAULT_SOCKET)
+    spool_dir = path_field(cfg, "spoolDir", wire.DEFAULT_SPOOL_DIR)
+    timeout = cfg.get("timeout")
+    timeout = 5 if timeout is None else timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        raise errors.InvalidConfig(f"timeout: {timeout!r} must be a number of seconds above 0 and at most "
+                                   f"{MAX_TIMEOUT:g}")
+    if len(sock.encode()) >= 108:
+        raise errors.InvalidConfig(f"agentSocket: {sock!r} is longer than a Unix socket path can be (107 bytes)")
     return sock, spool_dir, float(timeout)
 
 
@@ -47,8 +53,16 @@ def endpoint_id(container_id: str, ifname: str) -> str:
     return f"{container_id}/{ifname}"
 
 
+def _printable(values, field: str) -> None:
+    """No whitespace or control characters in a name (a final newline is the classic way past a ``$`` regex)."""
+    for value in values:
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise errors.InvalidConfig(f"{field}: {value!r} contains whitespace or control characters")
+
+
 def build_record(req: skel.Request) -> EndpointRecord:
     """The endpoint this attachment is, validated before anything is sent or spooled."""
+    _options(req)
     name = req.args.get("K8S_POD_NAME", "")
     if not name:
         raise errors.InvalidEnvironment("CNI_ARGS: K8S_POD_NAME (the container name to register) is missing")
@@ -63,6 +77,8 @@ def build_record(req: skel.Request) -> EndpointRecord:
             ports.append(PortBinding(port=container_port, protocol=str(mapping.get("protocol") or "tcp").lower(),
                                      host_port=host_port or None, host_ip=mapping.get("hostIP") or None))
         service, tags = _service_and_tags(req)
+        _printable(req.runtime.aliases, f"runtimeConfig.aliases.{req.name}")
+        _printable((service,), "args.cni.service")
         label = dns_label_for(name)
         if not label:
             raise errors.InvalidConfig(f"K8S_POD_NAME: {name!r} has nothing usable as a DNS name")
@@ -76,9 +92,7 @@ def build_record(req: skel.Request) -> EndpointRecord:
 
 
 def _service_and_tags(req: skel.Request) -> tuple[str, tuple[str, ...]]:
-    args = req.config.get("args") or {}
-    per_container = args.get("cni") if isinstance(args, dict) else None
-    per_container = per_container if isinstance(per_container, dict) else {}
+    per_container = (req.config.get("args") or {}).get("cni") or {}  # objects: checked at the edge (skel)
     tags: list[str] = []
     for field, value in (("tags", req.config.get("tags")), ("args.cni.tags", per_container.get("tags"))):
         if value is None:
@@ -86,7 +100,8 @@ def _service_and_tags(req: skel.Request) -> tuple[str, tuple[str, ...]]:
         if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
             raise errors.InvalidConfig(f"{field}: must be a list of non-empty strings")
         tags.extend(t for t in value if t not in tags)
-    service = per_container.get("service", "")
+    service = per_container.get("service")
+    service = "" if service is None else service
     if not isinstance(service, str):
         raise errors.InvalidConfig("args.cni.service: must be a string")
     return service, tuple(tags)
@@ -158,7 +173,8 @@ def cmd_status(req: skel.Request) -> None:
     _options(req)  # ADD always works (it spools when no agent listens), so only bad config is "not ready"
 
 
-HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status)
+HANDLERS = skel.Handlers(add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status,
+                         config=_parse_options)
 
 
 def main() -> int:

@@ -3,21 +3,24 @@
 Every Berth plugin is a set of handlers behind :func:`main`; nothing here knows what a plugin does. A plugin module
 defines ``HANDLERS = skel.Handlers(add=..., delete=..., check=..., gc=..., status=...)`` and
 ``def main(): return skel.main(HANDLERS, about="berth-x")`` — :mod:`cni_plugins.invoke` and the local CNI daemon
-find ``HANDLERS`` to run the same plugin in process. :func:`dispatch` takes the environment and stdin as values and
-returns the exit code and output, so a handler can serve a runtime's exec, a test, or a daemon's socket alike.
+find ``HANDLERS`` to run the same plugin in process. The order is fixed here, for every plugin: decode stdin once
+(:func:`decode_config`: size, nesting, UTF-8), validate the environment and the fields every plugin shares, then
+the plugin's own parser (``Handlers.config``: its frozen dataclass, each field checked, before any side effect),
+then the handler. Bad input therefore always ends as code 4, 6 or 7 naming the field, never 999. :func:`dispatch`
+takes the environment and stdin as values and returns the exit code and output, so a handler can serve a
+runtime's exec, a test, or a daemon's socket alike.
 Handlers must not read ``os.environ``, change the working directory or exit the process.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional
 
-from cni_plugins import errors
+from cni_plugins import codes, config_fields, errors
 from cni_plugins.types import LATEST_VERSION, SUPPORTED_VERSIONS, Result, ResultError, at_least, version_tuple
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
@@ -32,9 +35,9 @@ REQUIRED_ENV: dict[str, tuple[str, ...]] = {
 }
 # The oldest spec version that knows each command.
 MINIMUM_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
-MAX_IFNAME = 15
+MAX_STDIN = 16 << 20          # bytes of network config a plugin reads (the daemon's frame cap is the same)
+MAX_DEPTH = 64                # nesting of the config's JSON; libcni's Go decoder stops at 10,000, Python's
+#                               recursion far earlier, so the edge refuses what no real config needs
 # CNI_ARGS keys every Berth plugin understands; anything else needs IgnoreUnknown=1 (as libcni's LoadArgs).
 KNOWN_ARGS = frozenset({"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAME", "K8S_POD_NAMESPACE",
                         "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"})
@@ -78,6 +81,7 @@ class Request:
     runtime: RuntimeConfig
     valid_attachments: Optional[tuple[Attachment, ...]]
     env: Mapping[str, str]
+    plugin_config: Any = None  # what the plugin's own parser (``Handlers.config``) made of ``config``
 
 
 Handler = Callable[[Request], Any]
@@ -90,6 +94,9 @@ class Handlers:
     check: Optional[Handler] = None
     gc: Optional[Handler] = None
     status: Optional[Handler] = None
+    # The plugin's parser: config → its frozen dataclass, every field checked. Run once, at the edge, before the
+    # handler (and before any side effect); the handler finds the result in ``Request.plugin_config``.
+    config: Optional[Handler] = None
 
     def for_command(self, command: str) -> Optional[Handler]:
         return {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
@@ -129,27 +136,83 @@ def parse_cni_args(raw: str) -> dict[str, str]:
 def validate_container_id(container_id: str) -> None:
     if not container_id:
         raise errors.UnknownContainer("missing containerID")
-    if not NAME_PATTERN.match(container_id):
-        raise errors.InvalidEnvironment("invalid characters in containerID", container_id)
+    try:
+        config_fields.identifier(container_id, "containerID")
+    except ValueError as exc:
+        raise errors.InvalidEnvironment(str(exc)) from None
 
 
 def validate_network_name(name: Any) -> None:
-    if not name:
+    if name is None or name == "":
         raise errors.InvalidConfig("missing network name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise errors.InvalidConfig("invalid characters found in network name", str(name))
+    try:
+        config_fields.identifier(name, "network name")
+    except ValueError as exc:
+        raise errors.InvalidConfig(str(exc)) from None
 
 
 def validate_ifname(ifname: str) -> None:
-    if not ifname:
-        raise errors.InvalidEnvironment("interface name is empty")
-    if len(ifname) > MAX_IFNAME:
-        raise errors.InvalidEnvironment("interface name is too long",
-                                        f"interface name should be less than {MAX_IFNAME + 1} characters")
-    if ifname in (".", ".."):
-        raise errors.InvalidEnvironment("interface name is . or ..")
-    if IFNAME_FORBIDDEN.search(ifname):
-        raise errors.InvalidEnvironment("interface name contains / or : or whitespace characters", ifname)
+    try:
+        config_fields.interface_name(ifname, "CNI_IFNAME")
+    except ValueError as exc:
+        raise errors.InvalidEnvironment(str(exc)) from None
+
+
+def decode_config(stdin: bytes) -> dict[str, Any]:
+    """stdin → the network config object, or code 6: not JSON, not an object, too big, too deep, not UTF-8.
+
+    The one place a config is decoded; everything after it sees only well-formed, bounded JSON values."""
+    if len(stdin) > MAX_STDIN:
+        raise errors.DecodeFailure(f"error unmarshall network config: larger than {MAX_STDIN} bytes")
+    try:
+        config = json.loads(stdin, parse_constant=_refuse_constant) if stdin.strip() else None
+    except RecursionError:
+        raise errors.DecodeFailure("error unmarshall network config: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.DecodeFailure(f"error unmarshall network config: {exc}") from None
+    if not isinstance(config, dict):
+        raise errors.DecodeFailure("error unmarshall network config: expected a JSON object on stdin")
+    check_json_value(config, "network config")
+    return config
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_json_value(value: Any, what: str, max_depth: int = MAX_DEPTH) -> None:
+    """Code 6 when ``value`` nests deeper than ``max_depth`` or holds a string that is not valid UTF-8 (a lone
+    surrogate from a ``\\ud800`` escape). Iterative: no recursion to run out of."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise errors.DecodeFailure(f"{what}: nested more than {max_depth} levels deep")
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, str):
+                    _check_text(key, what)
+                stack.append((child, depth + 1))
+        elif isinstance(item, str):
+            _check_text(item, what)
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.DecodeFailure(f"{what}: a string is not valid UTF-8 (lone surrogate)") from None
+
+
+def _check_env_text(value: str, var: str) -> None:
+    """Environment values arrive as text with undecodable bytes escaped; a result or a path cannot carry those."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidEnvironment(f"{var}: is not valid UTF-8") from None
+    if "\0" in value:
+        raise errors.InvalidEnvironment(f"{var}: contains a NUL character")
 
 
 def negotiate_version(config: Mapping[str, Any]) -> str:
@@ -170,41 +233,49 @@ def negotiate_version(config: Mapping[str, Any]) -> str:
     return version
 
 
-def _runtime_config(config: Mapping[str, Any], cni_args: Mapping[str, str], network: str) -> RuntimeConfig:
-    runtime = config.get("runtimeConfig") or {}
-    cni_section = (config.get("args") or {}).get("cni") or {} if isinstance(config.get("args"), Mapping) else {}
-    if not isinstance(runtime, Mapping):
-        raise errors.InvalidConfig("runtimeConfig: must be an object")
-    if not isinstance(cni_section, Mapping):
-        raise errors.InvalidConfig("args.cni: must be an object")
+def _object(value: Any, field: str) -> Mapping[str, Any]:
+    """An optional JSON object: absent or null is empty; anything else but an object is code 7."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise errors.InvalidConfig(f"{field}: must be an object, not {type(value).__name__}")
+    return value
 
-    ips: list[str] = []
-    for source, value in (("runtimeConfig.ips", runtime.get("ips")), ("args.cni.ips", cni_section.get("ips"))):
-        if value is None:
-            continue
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise errors.InvalidConfig(f"{source}: must be a list of strings")
-        ips.extend(value)
+
+def _strings(value: Any, field: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise errors.InvalidConfig(f"{field}: must be a list of strings")
+    return tuple(value)
+
+
+def _runtime_config(config: Mapping[str, Any], cni_args: Mapping[str, str], network: str) -> RuntimeConfig:
+    runtime = _object(config.get("runtimeConfig"), "runtimeConfig")
+    cni_section = _object(_object(config.get("args"), "args").get("cni"), "args.cni")
+
+    ips = [*_strings(runtime.get("ips"), "runtimeConfig.ips"), *_strings(cni_section.get("ips"), "args.cni.ips")]
     if cni_args.get("IP"):
         ips.extend(part for part in cni_args["IP"].split(",") if part)
 
-    mac = runtime.get("mac") or cni_section.get("mac") or cni_args.get("MAC") or None
-    if mac is not None and not isinstance(mac, str):
-        raise errors.InvalidConfig("runtimeConfig.mac: must be a string")
+    macs = [(f, v) for f, v in (("runtimeConfig.mac", runtime.get("mac")), ("args.cni.mac", cni_section.get("mac")),
+                                ("CNI_ARGS MAC", cni_args.get("MAC"))) if v is not None and v != ""]
+    for source, value in macs:
+        if not isinstance(value, str):
+            raise errors.InvalidConfig(f"{source}: must be a string")
+    mac = macs[0][1] if macs else None
 
-    mappings = runtime.get("portMappings") or ()
-    if not isinstance(mappings, (list, tuple)) or not all(isinstance(m, Mapping) for m in mappings):
+    mappings = runtime.get("portMappings")
+    if mappings is None:
+        mappings = []
+    if not isinstance(mappings, list) or not all(isinstance(m, Mapping) for m in mappings):
         raise errors.InvalidConfig("runtimeConfig.portMappings: must be a list of objects")
 
-    aliases_by_network = runtime.get("aliases") or {}
-    if not isinstance(aliases_by_network, Mapping):
-        raise errors.InvalidConfig("runtimeConfig.aliases: must be an object of network name to list")
-    aliases = aliases_by_network.get(network) or ()
-    if not isinstance(aliases, (list, tuple)) or not all(isinstance(a, str) for a in aliases):
-        raise errors.InvalidConfig(f"runtimeConfig.aliases.{network}: must be a list of strings")
+    aliases_by_network = _object(runtime.get("aliases"), "runtimeConfig.aliases")
+    aliases = _strings(aliases_by_network.get(network), f"runtimeConfig.aliases.{network}")
 
     return RuntimeConfig(ips=tuple(dict.fromkeys(ips)), mac=mac, port_mappings=tuple(mappings),
-                         aliases=tuple(aliases), raw=dict(runtime))
+                         aliases=aliases, raw=dict(runtime))
 
 
 def _valid_attachments(config: Mapping[str, Any]) -> Optional[tuple[Attachment, ...]]:
@@ -219,7 +290,10 @@ def _valid_attachments(config: Mapping[str, Any]) -> Optional[tuple[Attachment, 
             for entry in entries:
                 if not isinstance(entry, Mapping) or not isinstance(entry.get("containerID"), str):
                     raise errors.InvalidConfig(f"{key}: each entry needs a string containerID")
-                out.append(Attachment(entry["containerID"], str(entry.get("ifname", ""))))
+                ifname = entry.get("ifname", "")
+                if not isinstance(ifname, str):
+                    raise errors.InvalidConfig(f"{key}: ifname must be a string")
+                out.append(Attachment(entry["containerID"], ifname))
             return tuple(out)
     return None
 
@@ -235,12 +309,11 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
     if missing:
         raise errors.InvalidEnvironment(f"required env variables [{','.join(missing)}] missing")
 
-    try:
-        config = json.loads(stdin) if stdin.strip() else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.DecodeFailure(f"error unmarshall network config: {exc}") from None
-    if not isinstance(config, dict):
-        raise errors.DecodeFailure("error unmarshall network config: expected a JSON object on stdin")
+    for var in ("CNI_NETNS", "CNI_PATH", "CNI_ARGS"):
+        _check_env_text(env.get(var, ""), var)
+    if env.get("CNI_NETNS") and not env["CNI_NETNS"].startswith("/"):
+        raise errors.InvalidEnvironment("CNI_NETNS: must be an absolute path", env["CNI_NETNS"])
+    config = decode_config(stdin)
 
     validate_network_name(config.get("name"))
     container_id = env.get("CNI_CONTAINERID", "")
@@ -299,7 +372,7 @@ def as_cni_error(exc: BaseException) -> errors.CniError:
         return errors.CniError(str(exc) or type(exc).__name__, type(exc).__name__, code=code)
     if isinstance(exc, OSError):
         return errors.IOFailure(f"I/O failure: {exc}", type(exc).__name__)
-    return errors.CniError(f"internal error: {type(exc).__name__}: {exc}", code=999)
+    return errors.CniError(f"internal error: {type(exc).__name__}: {exc}", code=codes.INTERNAL)
 
 
 def run_handler(handlers: Handlers, request: Request) -> Any:
@@ -307,7 +380,14 @@ def run_handler(handlers: Handlers, request: Request) -> Any:
     handler = handlers.for_command(request.command)
     if handler is None:
         return None
+    if handlers.config is not None and request.plugin_config is None:
+        request = replace(request, plugin_config=handlers.config(request))
     return handler(request)
+
+
+def plugin_config(req: Request, parse: Handler) -> Any:
+    """The config the edge parsed for this request; a handler called directly (a test) gets it parsed now."""
+    return req.plugin_config if req.plugin_config is not None else parse(req)
 
 
 def dispatch(handlers: Handlers, env: Mapping[str, str], stdin: bytes) -> Reply:
@@ -320,7 +400,8 @@ def dispatch(handlers: Handlers, env: Mapping[str, str], stdin: bytes) -> Reply:
         outcome = run_handler(handlers, request)
         if request.command == "ADD":
             if not isinstance(outcome, Result):
-                raise errors.CniError(f"internal error: ADD handler returned {type(outcome).__name__}", code=999)
+                raise errors.CniError(f"internal error: ADD handler returned {type(outcome).__name__}",
+                                      code=codes.INTERNAL)
             return Reply(0, json.dumps(outcome.to_dict(request.cni_version)).encode())
         return Reply(0, b"")
     except Exception as exc:  # noqa: BLE001 - the one edge where everything becomes the spec's error
@@ -348,7 +429,7 @@ def main(handlers: Optional[Handlers] = None, *, add: Optional[Handler] = None, 
     if env.get("CNI_COMMAND") == "VERSION":
         data = b""
     else:
-        data = (sys.stdin.buffer if stdin is None else stdin).read()
+        data = (sys.stdin.buffer if stdin is None else stdin).read(MAX_STDIN + 1)
     reply = dispatch(handlers, env, data)
     stdout.write(reply.stdout)
     stdout.flush()

@@ -38,6 +38,31 @@ class ResultError(ValueError):
     """A result (or prevResult) that does not parse; the message names the field."""
 
 
+def _text(data: Mapping[str, Any], key: str, field: str) -> str:
+    value = data.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ResultError(f"{field}: must be a string, not {value!r}")
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str, field: str, high: int) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise ResultError(f"{field}: must be an integer between 0 and {high}, not {value!r}")
+    return value
+
+
+def _address_text(data: Mapping[str, Any], key: str, field: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise ResultError(f"{field}: {value!r} is not an address string")
+    return value
+
+
 @dataclass(frozen=True)
 class Interface:
     name: str
@@ -66,10 +91,11 @@ class Interface:
     def from_dict(cls, data: Mapping[str, Any]) -> "Interface":
         if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
             raise ResultError("interfaces: each interface needs a string 'name'")
-        mtu = data.get("mtu")
-        return cls(name=data["name"], mac=str(data.get("mac", "")), sandbox=str(data.get("sandbox", "")),
-                   mtu=int(mtu) if mtu else None, socket_path=str(data.get("socketPath", "")),
-                   pci_id=str(data.get("pciID", "")))
+        return cls(name=data["name"], mac=_text(data, "mac", "interfaces.mac"),
+                   sandbox=_text(data, "sandbox", "interfaces.sandbox"),
+                   mtu=_int(data, "mtu", "interfaces.mtu", 65535) or None,
+                   socket_path=_text(data, "socketPath", "interfaces.socketPath"),
+                   pci_id=_text(data, "pciID", "interfaces.pciID"))
 
 
 @dataclass(frozen=True)
@@ -97,23 +123,25 @@ class IPConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "IPConfig":
         if not isinstance(data, Mapping):
             raise ResultError("ips: each entry must be an object")
+        text = _address_text(data, "address", "ips.address")
         try:
-            address = ipaddress.ip_interface(data["address"])
-        except (KeyError, ValueError, TypeError):
-            raise ResultError(f"ips.address: {data.get('address')!r} is not an address with prefix") from None
-        if "/" not in str(data["address"]):
-            raise ResultError(f"ips.address: {data['address']!r} needs a prefix length")
+            address = ipaddress.ip_interface(text)
+        except ValueError:
+            raise ResultError(f"ips.address: {text!r} is not an address with prefix") from None
+        if "/" not in text:
+            raise ResultError(f"ips.address: {text!r} needs a prefix length")
         gateway = None
-        if data.get("gateway"):
+        if data.get("gateway") is not None and data.get("gateway") != "":
             try:
-                gateway = ipaddress.ip_address(data["gateway"])
+                gateway = ipaddress.ip_address(_address_text(data, "gateway", "ips.gateway"))
             except ValueError:
                 raise ResultError(f"ips.gateway: {data['gateway']!r} is not an address") from None
         declared = data.get("version")
-        if declared is not None and str(declared) != str(address.version):
+        if declared is not None and (not isinstance(declared, str) or declared != str(address.version)):
             raise ResultError(f"ips.version: {declared!r} does not match address {data['address']!r}")
         interface = data.get("interface")
-        if interface is not None and (not isinstance(interface, int) or interface < 0):
+        if interface is not None and (not isinstance(interface, int) or isinstance(interface, bool)
+                                      or not 0 <= interface < 1 << 16):
             raise ResultError(f"ips.interface: {interface!r} is not an interface index")
         return cls(address=address, gateway=gateway, interface=interface)
 
@@ -145,22 +173,19 @@ class Route:
     def from_dict(cls, data: Mapping[str, Any]) -> "Route":
         if not isinstance(data, Mapping):
             raise ResultError("routes: each entry must be an object")
+        dst_text = _address_text(data, "dst", "routes.dst")
         try:
-            dst = ipaddress.ip_network(data["dst"], strict=False)
-        except (KeyError, ValueError, TypeError):
-            raise ResultError(f"routes.dst: {data.get('dst')!r} is not a network") from None
+            dst = ipaddress.ip_network(dst_text, strict=False)
+        except ValueError:
+            raise ResultError(f"routes.dst: {dst_text!r} is not a network") from None
         gw = None
-        if data.get("gw"):
+        if data.get("gw") is not None and data.get("gw") != "":
             try:
-                gw = ipaddress.ip_address(data["gw"])
+                gw = ipaddress.ip_address(_address_text(data, "gw", "routes.gw"))
             except ValueError:
                 raise ResultError(f"routes.gw: {data['gw']!r} is not an address") from None
-        ints = {}
-        for key in ("mtu", "advmss", "priority", "table", "scope"):
-            value = data.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ResultError(f"routes.{key}: {value!r} is not an integer")
-            ints[key] = value
+        limits = {"mtu": 65535, "advmss": 65535, "priority": 0xFFFFFFFF, "table": 0xFFFFFFFF, "scope": 255}
+        ints = {key: _int(data, key, f"routes.{key}", high) for key, high in limits.items()}
         return cls(dst=dst, gw=gw, **ints)
 
 
@@ -188,18 +213,19 @@ class DNS:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "DNS":
-        if not data:
+        if data is None:
             return cls()
         if not isinstance(data, Mapping):
             raise ResultError("dns: must be an object")
 
         def strings(key: str) -> tuple[str, ...]:
-            value = data.get(key) or ()
+            value = data.get(key)
+            value = () if value is None else value
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise ResultError(f"dns.{key}: must be a list of strings")
             return tuple(value)
 
-        return cls(nameservers=strings("nameservers"), domain=str(data.get("domain") or ""),
+        return cls(nameservers=strings("nameservers"), domain=_text(data, "domain", "dns.domain"),
                    search=strings("search"), options=strings("options"))
 
 
@@ -237,12 +263,14 @@ class Result:
         """Parse a result of any supported version (as found in ``prevResult`` or a delegate's stdout)."""
         if not isinstance(data, Mapping):
             raise ResultError("result: must be a JSON object")
-        version = data.get("cniVersion") or LATEST_VERSION
-        if version not in SUPPORTED_VERSIONS:
+        version = data.get("cniVersion")
+        version = LATEST_VERSION if version is None or version == "" else version
+        if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
             raise ResultError(f"result: unsupported cniVersion {version!r}")
 
         def entries(key: str) -> list:
-            value = data.get(key) or []
+            value = data.get(key)
+            value = [] if value is None else value
             if not isinstance(value, list):
                 raise ResultError(f"{key}: must be a list")
             return value

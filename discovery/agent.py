@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from cni_plugins import codes
 from discovery import health as hc
 from discovery import wire
 from discovery.local import LeaseFile, LocalEndpoint, LocalEndpoints
@@ -223,11 +224,11 @@ class Agent:
                 return {"ok": True, "removed": self.gc(str(request.get("network", "")), valid)}
             if op == "ping":
                 return {"ok": True, "host": self.host}
-            return {"ok": False, "code": 4, "error": f"op: unknown operation {op!r}"}
+            return {"ok": False, "code": codes.INVALID_ENVIRONMENT, "error": f"op: unknown operation {op!r}"}
         except (InvalidRecord, TypeError, ValueError) as exc:
-            return {"ok": False, "code": 7, "error": str(exc)}
+            return {"ok": False, "code": codes.INVALID_CONFIG, "error": str(exc)}
         except OSError as exc:
-            return {"ok": False, "code": 5, "error": f"agent state: {exc}"}
+            return {"ok": False, "code": codes.IO_FAILURE, "error": f"agent state: {exc}"}
 
     def drain_spool(self) -> int:
         """Apply registrations berth-register kept on disk while no agent listened, oldest first."""

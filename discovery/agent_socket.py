@@ -10,6 +10,7 @@ import struct
 import threading
 from typing import Callable
 
+from cni_plugins import codes
 from discovery.wire import MAX_LINE
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ class _Handler(socketserver.StreamRequestHandler):
         server: AgentSocket = self.server  # type: ignore[assignment]
         uid = peer_uid(self.request)
         if uid not in (0, os.geteuid()):
-            self._reply({"ok": False, "code": 5, "error": "the agent socket accepts only root"})
+            self._reply({"ok": False, "code": codes.IO_FAILURE, "error": "the agent socket accepts only root"})
             return
         line = self.rfile.readline(MAX_LINE)
         try:
@@ -33,7 +34,7 @@ class _Handler(socketserver.StreamRequestHandler):
             if not isinstance(request, dict):
                 raise ValueError("not an object")
         except ValueError as exc:
-            self._reply({"ok": False, "code": 6, "error": f"request: not a JSON object ({exc})"})
+            self._reply({"ok": False, "code": codes.DECODE_FAILURE, "error": f"request: not a JSON object ({exc})"})
             return
         self._reply(server.handler(request))
 

@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from . import paths
 from .errors import ConfigError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -173,10 +174,10 @@ def parse_range_set(raw: Any, field: str, single: bool = False) -> RangeSet:
 
 
 def _parse_route(raw: Any, field: str) -> Route:
-    if not isinstance(raw, Mapping) or "dst" not in raw:
-        raise ConfigError(f"{field}: expected an object with 'dst', got {raw!r}")
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("dst"), str):
+        raise ConfigError(f"{field}: expected an object with 'dst' (a string), got {raw!r}")
     try:
-        dst = ipaddress.ip_network(str(raw["dst"]).strip(), strict=False)
+        dst = ipaddress.ip_network(raw["dst"].strip(), strict=False)
     except ValueError:
         raise ConfigError(f"{field}.dst: invalid CIDR address: {raw['dst']}") from None
     gw = raw.get("gw")
@@ -212,17 +213,15 @@ def parse_ipam_config(ipam: Any, network: str, ip_ranges: Any = None) -> IpamCon
         for j, b in enumerate(sets[i + 1:], start=i + 1):
             if a.overlaps(b):
                 raise ConfigError(f"range set {i} overlaps with {j}")
-    routes = ipam.get("routes") or []
+    routes = ipam.get("routes")
+    routes = [] if routes is None else routes
     if not isinstance(routes, list):
         raise ConfigError(f"ipam.routes: expected a list, got {routes!r}")
-    data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
-    resolv_conf = ipam.get("resolvConf") or None
-    for key, value in (("dataDir", data_dir), ("resolvConf", resolv_conf)):
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"ipam.{key}: expected a path string, got {value!r}")
-        if value is not None and not value.startswith("/"):
-            # relative to what? the runtime's cwd when exec'd, the daemon's when forwarded: refuse, not guess
-            raise ConfigError(f"ipam.{key}: must be an absolute path, got {value!r}")
+    try:
+        data_dir = paths.optional_path(ipam, "dataDir", DEFAULT_DATA_DIR, "ipam.dataDir")
+        resolv_conf = paths.optional_path(ipam, "resolvConf", None, "ipam.resolvConf")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return IpamConfig(
         network=network,
         range_sets=tuple(sets),

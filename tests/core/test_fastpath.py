@@ -166,7 +166,7 @@ def test_stale_socket_file_from_dead_daemon_falls_back_without_hanging(launcher,
 
 def test_launcher_of_another_build_falls_back_instead_of_mixing_code(launcher, daemon):
     data = launcher.read_bytes()
-    build_id = daemon_build_id = __import__("berth.buildinfo").buildinfo.build_id().encode()
+    build_id = daemon_build_id = __import__("cni_plugins.buildinfo").buildinfo.build_id().encode()
     assert build_id in data
     launcher.write_bytes(data.replace(daemon_build_id, b"0" * len(daemon_build_id)))
     code, body = call(launcher, cni_env(BERTH_CNI_SOCKET=str(daemon.socket_path)))

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from cni_plugins import codes
 from tests.ipam.conftest import call, net_config, network_files, snapshot
 
 pytestmark = pytest.mark.root
@@ -28,7 +29,7 @@ def test_add_check_del_cycle_with_routes_and_dns(berth_ipam, sandbox, tmp_path):
 
     assert call(berth_ipam, "CHECK", {**config, "prevResult": added.out}, netns=sandbox).code == 0
     wrong = {**added.out, "ips": [{"address": "10.77.0.9/24", "gateway": "10.77.0.1"}]}
-    assert call(berth_ipam, "CHECK", {**config, "prevResult": wrong}, netns=sandbox).error_code == 102
+    assert call(berth_ipam, "CHECK", {**config, "prevResult": wrong}, netns=sandbox).error_code == codes.STATE_DIFFERS
 
     assert call(berth_ipam, "DEL", config, netns=sandbox).code == 0
     assert call(berth_ipam, "DEL", config, netns=sandbox).code == 0      # idempotent
