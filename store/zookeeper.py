@@ -1,0 +1,484 @@
+"""The ZooKeeper backend: etcd's contract (global revisions, transactions, leases, watches from a revision)
+built from ZooKeeper's znodes, versions and ``multi``.
+
+ZooKeeper has no global revision and its watches are one-shot per node, so the store keeps its own
+revision-ordered change log. Under the root (``/berth`` unless the URL names another):
+
+* ``rev`` — the counter. Its znode *version* is the store's revision. Every write is one ``multi`` that sets
+  it with ``version = the revision the writer read``, so writes are numbered 1, 2, 3... with no gap, and a
+  write whose reads went stale (someone else wrote meanwhile) fails whole and is planned again.
+* ``kv/<name>`` — one flat child per key, named by percent-encoding the key (``/`` and ``.`` too). Flat,
+  because the contract's prefixes are string prefixes, not path segments (``a/b`` is under prefix ``a/``
+  and ``a``): a prefix is listed by reading the child names once and filtering them. The data holds
+  create/mod revision, version and lease, then the value. The cost: a listing reads every key's name, and
+  ZooKeeper's ``jute.maxbuffer`` bounds that list (and every request), so the servers must run with
+  ``-Djute.maxbuffer`` of at least 4 MiB (a 1 MiB value is written twice: in its node and in the log).
+* ``log/r<revision>`` — one entry per revision, created in the same ``multi``, holding every event of that
+  write with the key's full state after it and its previous mod revision. Watchers follow the log: they
+  put a data watch on the counter (one-shot, re-armed on each read, and never relied on alone: a watch also
+  re-reads the counter every half second) and read the entries after the last revision they delivered.
+  Trimming old entries is compaction; ``compacted`` records how far it went, and a watch asked to start
+  before it raises :class:`Compacted` (one that falls behind it re-lists and emits the difference).
+* ``leases/<id>`` — application-level leases, not ZooKeeper sessions or TTL nodes: a session's ephemeral
+  nodes vanish without passing through the log (watchers would miss the deletes), a session lives as long
+  as its connection rather than until keep-alives stop, and ZooKeeper's minimum session timeout (two
+  ticks) is longer than the TTLs Berth uses. A lease node's data is its TTL; its ``mtime`` (the leader's
+  clock when the last keep-alive set it) says when it was refreshed; its children name the keys it holds,
+  kept in the same ``multi`` as the keys. Any client that touches the store (reads, writes, watches) sweeps
+  at most every half second: it sets ``clock`` to read the server's current time from its ``mtime``, and
+  expires every lease whose ``mtime + TTL`` has passed with one ``multi`` that deletes its keys, logs the
+  deletes, and removes the lease node only if its version is unchanged (a keep-alive in between wins).
+  Servers' clocks must therefore agree to well within a TTL (NTP), as a leader change moves the clock.
+
+Reads go to whichever server the session is on, so ``get`` is sequentially consistent, not linearizable
+(etcd's default get is); writes and transactions, failed ones included, are checked at the leader.
+A write whose answer was lost with the connection is resolved, not blindly retried: its log entry carries a
+random token, and the writer looks for its own token at the revision it would have taken.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Sequence
+from urllib.parse import parse_qs, urlparse
+
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError, RuntimeInconsistency
+
+from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put,
+                       StoreError, StoreUnavailable, TxnResult)
+from store.common import (check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
+                          check_value, compare_holds)
+from store.zookeeper_client import TRANSIENT, Calls, connect
+from store.zookeeper_codec import (LogEntry, entry_name, key_to_name, name_to_key, pack_entry, unpack_entry,
+                                   unpack_node)
+from store.zookeeper_txn import Op, WritePlan
+
+CALL_TIMEOUT = 5.0        # seconds one request may take
+BUDGET = 15.0             # seconds a call keeps retrying through reconnects (an election takes a few seconds)
+DEFAULT_ROOT = "/berth"
+DEFAULT_HISTORY = 10_000  # revisions of change log kept for watches that fall behind
+COMPACT_EVERY = 64        # revisions between automatic compactions
+SWEEP_INTERVAL = 0.5      # seconds between one client's lease-expiry sweeps
+PIPELINE = 256            # requests sent together at most
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: str
+
+    @property
+    def counter(self) -> str:
+        return f"{self.root}/rev"
+
+    @property
+    def compacted(self) -> str:
+        return f"{self.root}/compacted"
+
+    @property
+    def clock(self) -> str:
+        return f"{self.root}/clock"
+
+    @property
+    def keys(self) -> str:
+        return f"{self.root}/kv"
+
+    @property
+    def log(self) -> str:
+        return f"{self.root}/log"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.root}/leases"
+
+    def key(self, key: str) -> str:
+        return f"{self.keys}/{key_to_name(key)}"
+
+    def entry(self, revision: int) -> str:
+        return f"{self.log}/{entry_name(revision)}"
+
+    def lease(self, lease_id: int) -> str:
+        return f"{self.leases}/{lease_id:016x}"
+
+    def lease_key(self, lease_id: int, key: str) -> str:
+        return f"{self.lease(lease_id)}/{key_to_name(key)}"
+
+    def layout(self) -> list[str]:
+        return [self.counter, self.compacted, self.clock, self.keys, self.log, self.leases]
+
+
+class WriteConflict(Exception):
+    """The counter moved since the plan read it: plan again."""
+
+
+def parse_url(url: str) -> tuple[str, str, float]:
+    """``zk://h:p[,h:p...][/root]``, optionally ``?timeout=SECONDS`` → (hosts, root, budget)."""
+    parsed = urlparse(url)
+    if parsed.scheme != "zk" or not parsed.netloc:
+        raise InvalidRequest(f"store URL {url!r}: expected zk://host:port[,host:port...][/root]")
+    root = parsed.path.rstrip("/") or DEFAULT_ROOT
+    if "//" in root or any(part in (".", "..") for part in root.split("/")[1:]):
+        raise InvalidRequest(f"store URL {url!r}: the root must be a plain ZooKeeper path such as /berth")
+    budget = BUDGET
+    options = parse_qs(parsed.query)
+    if "timeout" in options:
+        try:
+            budget = float(options["timeout"][-1])
+        except ValueError:
+            budget = math.nan
+        if not math.isfinite(budget) or budget <= 0:
+            raise InvalidRequest(f"store URL {url!r}: timeout must be a positive number of seconds")
+    return parsed.netloc, root, budget
+
+
+class ZkStore:
+    """Thread-safe: kazoo's client is shared by every thread."""
+
+    def __init__(self, hosts: str, root: str = DEFAULT_ROOT, budget: float = BUDGET,
+                 history: int = DEFAULT_HISTORY, call_timeout: float = CALL_TIMEOUT) -> None:
+        self.hosts = hosts
+        self.paths = Paths(root)
+        self.history = history
+        self.calls = Calls(connect(hosts, budget), hosts, call_timeout, budget)
+        self._watches: weakref.WeakSet = weakref.WeakSet()
+        self._sweep_lock = threading.Lock()
+        self._next_sweep = 0.0
+        try:
+            self.calls.retrying("prepare layout", self._prepare_layout)
+        except BaseException:
+            self.calls.close()
+            raise
+
+    @classmethod
+    def from_url(cls, url: str) -> "ZkStore":
+        hosts, root, budget = parse_url(url)
+        return cls(hosts, root, budget)
+
+    @property
+    def client(self):
+        return self.calls.client
+
+    def _prepare_layout(self) -> None:
+        self.client.ensure_path(self.paths.root)
+        for path in self.paths.layout():
+            try:
+                self.calls.create(path, b"0" if path in (self.paths.counter, self.paths.compacted) else b"")
+            except NodeExistsError:
+                pass
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def revision(self, watch: Callable | None = None) -> int:
+        return self.calls.retrying("read revision", lambda: self.calls.get(self.paths.counter, watch)[1].version)
+
+    def read_keys(self, keys: list[str]) -> list[KeyValue | None]:
+        results: list[KeyValue | None] = []
+        for start in range(0, len(keys), PIPELINE):
+            chunk = keys[start:start + PIPELINE]
+            found = self.calls.retrying("get", lambda: self.calls.get_many([self.paths.key(k) for k in chunk]))
+            results += [unpack_node(key, hit[0]) if hit else None for key, hit in zip(chunk, found)]
+        return results
+
+    def key_names(self) -> list[str]:
+        """Every key the store holds (decoded), in no order."""
+        names = self.calls.retrying("list keys", lambda: self.calls.children(self.paths.keys))
+        return [name_to_key(name) for name in names]
+
+    def read_entries(self, first: int, last: int) -> list[LogEntry] | None:
+        """Log entries ``first..last``; None when one is gone (compacted)."""
+        entries: list[LogEntry] = []
+        for start in range(first, last + 1, PIPELINE):
+            revisions = range(start, min(last, start + PIPELINE - 1) + 1)
+            found = self.calls.retrying("read change log", lambda: self.calls.get_many(
+                [self.paths.entry(revision) for revision in revisions]))
+            if any(hit is None for hit in found):
+                return None
+            entries += [unpack_entry(hit[0]) for hit in found]
+        return entries
+
+    def compacted_revision(self) -> int:
+        return int(self.calls.retrying("read compaction", lambda: self.calls.get(self.paths.compacted))[0] or 0)
+
+    def lease_exists(self, lease_id: int) -> bool:
+        return self.calls.retrying("check lease", lambda: self.client.exists_async(
+            self.paths.lease(lease_id)).get(timeout=self.calls.call_timeout)) is not None
+
+    def get(self, key: str) -> KeyValue | None:
+        check_key(key)
+        self.sweep_leases()
+        return self.read_keys([key])[0]
+
+    def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        check_key(prefix, "prefix")
+        self.sweep_leases()
+        return self.snapshot(prefix)
+
+    def snapshot(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """The keys under ``prefix`` exactly as they stood at the revision returned.
+
+        The listing and the node reads happen between two reads of the counter; when it moved meanwhile,
+        the log entries in between say what each touched key was at the later revision."""
+        deadline = time.monotonic() + self.calls.budget
+        while True:
+            first = self.revision()
+            keys = [key for key in self.key_names() if key.startswith(prefix)]
+            state = {kv.key: kv for kv in self.read_keys(keys) if kv is not None}
+            last = self.revision()
+            entries = self.read_entries(first + 1, last) if last > first else []
+            if entries is not None:
+                for entry in entries:
+                    for event in entry.events:
+                        if not event.key.startswith(prefix):
+                            continue
+                        if event.after is None:
+                            state.pop(event.key, None)
+                        else:
+                            state[event.key] = event.after
+                return [state[key] for key in sorted(state, key=str.encode)], last
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(f"zookeeper {self.hosts}: get prefix: history compacted under every read")
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def write(self, what: str, plan_body: Callable[[WritePlan], object], sweep: bool = True):
+        """Plan against the current revision and commit as one multi; plan again when another write came first.
+
+        Returns ``(result of plan_body, plan)``."""
+        if sweep:
+            self.sweep_leases()
+        deadline = time.monotonic() + self.calls.budget
+        attempt = 0
+        while True:
+            plan = WritePlan(self, self.revision())
+            result = plan_body(plan)
+            try:
+                self._commit(what, plan)
+            except WriteConflict:
+                attempt += 1
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"zookeeper {self.hosts}: {what}: lost every race for {attempt} tries")
+                time.sleep(random.uniform(0, min(0.001 * attempt, 0.05)))
+                continue
+            if plan.events and plan.revision % COMPACT_EVERY == 0 and plan.revision > self.history:
+                self._compact_quietly(plan.revision - self.history)
+            return result, plan
+
+    def _commit(self, what: str, plan: WritePlan) -> None:
+        token = secrets.randbits(63)
+        ops = plan.requests(pack_entry(token, plan.revision, plan.events))
+        try:
+            results = self.calls.wait(self._transaction(ops).commit_async(), what)
+        except TRANSIENT as exc:
+            if not plan.events:
+                raise WriteConflict() from exc  # nothing written either way: plan again
+            if self._committed(plan.revision, token, what):
+                return
+            raise WriteConflict() from exc
+        failure = next(((op, result) for op, result in zip(ops, results)
+                        if isinstance(result, Exception)
+                        and not isinstance(result, (RolledBackError, RuntimeInconsistency))), None)
+        if failure is None:
+            return
+        op, error = failure
+        if op.meaning == "counter" and isinstance(error, BadVersionError):
+            raise WriteConflict()
+        if op.meaning == "lease" and isinstance(error, (NoNodeError, BadVersionError)):
+            raise LeaseNotFound(f"zookeeper: {what}: a lease this write needs is gone (expired or revoked)")
+        if isinstance(error, (NoNodeError, NodeExistsError, BadVersionError)):
+            raise WriteConflict()
+        raise StoreError(f"zookeeper {self.hosts}: {what}: {op.kind} {op.path}: {type(error).__name__}")
+
+    def _transaction(self, ops: list[Op]):
+        transaction = self.client.transaction()
+        for op in ops:
+            if op.kind == "set":
+                transaction.set_data(op.path, op.data, version=op.version)
+            elif op.kind == "check":
+                transaction.check(op.path, op.version)
+            elif op.kind == "create":
+                transaction.create(op.path, op.data)
+            else:
+                transaction.delete(op.path, version=op.version)
+        return transaction
+
+    def _committed(self, revision: int, token: int, what: str) -> bool:
+        """After a lost answer: did our multi take ``revision``? Its log entry carries our token if so."""
+        found = self.calls.retrying(f"{what} (resolving a lost answer)",
+                                    lambda: self.calls.get_many([self.paths.entry(revision)]))[0]
+        if found is not None:
+            return unpack_entry(found[0]).token == token
+        if self.revision() >= revision:  # taken and already compacted: nobody can say whose it was
+            raise StoreUnavailable(f"zookeeper {self.hosts}: {what}: outcome unknown (connection lost)")
+        return False
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        check_key(key)
+        value = check_value(value)
+        check_lease_id(lease)
+        _, plan = self.write("put", lambda plan: plan.put(key, value, lease))
+        return plan.revision
+
+    def delete(self, key: str, prefix: bool = False) -> int:
+        check_key(key, "prefix" if prefix else "key")
+        deleted, _ = self.write("delete", lambda plan: plan.delete(key, prefix))
+        return deleted
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
+            failure: Sequence[Put | Delete] = ()) -> TxnResult:
+        compares = check_compares(compares)
+        success_ops, failure_ops = check_ops(success), check_ops(failure)
+
+        def body(plan: WritePlan) -> bool:
+            plan.load([compare.key for compare in compares])
+            succeeded = all(compare_holds(compare, plan.get(compare.key)) for compare in compares)
+            for op in success_ops if succeeded else failure_ops:
+                plan.apply(op)
+            return succeeded
+
+        succeeded, plan = self.write("txn", body)
+        return TxnResult(succeeded, plan.revision)
+
+    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
+        return self.txn([Compare(key, "create_revision", "=", 0)], [Put(key, value, lease)]).succeeded
+
+    def compare_and_swap(self, key: str, value: bytes, expected_mod_revision: int, lease: int = 0) -> bool:
+        compare = Compare(key, "mod_revision", "=", expected_mod_revision)
+        return self.txn([compare], [Put(key, value, lease)]).succeeded
+
+    # -- leases ------------------------------------------------------------------------------------------
+
+    def grant_lease(self, ttl: float) -> Lease:
+        ttl = check_ttl(ttl)
+        while True:
+            lease_id = secrets.randbits(62) or 1
+            try:
+                # not retried through a reconnect: a lost answer would leave an orphan that simply expires
+                self.calls.retrying("grant lease", lambda: self.calls.create(self.paths.lease(lease_id),
+                                                                            repr(ttl).encode()))
+                return Lease(lease_id, ttl)
+            except NodeExistsError:
+                continue
+
+    def keep_alive(self, lease_id: int) -> float:
+        """Refresh the lease's ``mtime``; a lease found already past its TTL is expired here, not revived."""
+        check_lease_id(lease_id)
+        path = self.paths.lease(lease_id)
+        try:
+            data, before = self.calls.retrying("keep lease alive", lambda: self.calls.get(path))
+            after = self.calls.retrying("keep lease alive", lambda: self.calls.set(path, data))
+        except NoNodeError:
+            raise LeaseNotFound(f"lease {lease_id:x} not found (expired or revoked)") from None
+        ttl = float(data)
+        if after.mtime - before.mtime > ttl * 1000:
+            self._end_lease(lease_id, after.version, "expire lease")
+            raise LeaseNotFound(f"lease {lease_id:x} had expired before this keep-alive")
+        return ttl
+
+    def revoke_lease(self, lease_id: int) -> None:
+        check_lease_id(lease_id)
+        if not self._end_lease(lease_id, -1, "revoke lease"):
+            raise LeaseNotFound(f"lease {lease_id:x} not found (expired or revoked)")
+
+    def _end_lease(self, lease_id: int, version: int, what: str) -> bool:
+        """Delete the lease's keys (logged, so watchers see them go) and the lease, in one multi; False
+        when the lease is gone already, or (``version`` given) was kept alive meanwhile."""
+        path = self.paths.lease(lease_id)
+
+        def body(plan: WritePlan) -> bool:
+            try:
+                names = self.calls.retrying(what, lambda: self.calls.children(path))
+            except NoNodeError:
+                return False
+            keys = [name_to_key(name) for name in names]
+            plan.delete_keys(keys, keep=lambda kv: kv.lease != lease_id)
+            orphans = [key for key in keys if plan.after.get(key, "kept") is not None]
+            plan.extra += [Op("delete", self.paths.lease_key(lease_id, key)) for key in orphans]
+            plan.extra.append(Op("delete", path, version=version, meaning="lease"))
+            return True
+
+        try:
+            ended, _ = self.write(what, body, sweep=False)
+        except LeaseNotFound:
+            return False
+        return ended
+
+    def sweep_leases(self) -> None:
+        """Expire every lease past its TTL, by the server's clock; at most every SWEEP_INTERVAL per client."""
+        now = time.monotonic()
+        if now < self._next_sweep or not self._sweep_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_sweep = now + SWEEP_INTERVAL
+            names = self.calls.retrying("list leases", lambda: self.calls.children(self.paths.leases))
+            if not names:
+                return
+            server_now = self.calls.retrying("read server clock",
+                                             lambda: self.calls.set(self.paths.clock, b"")).mtime
+            for start in range(0, len(names), PIPELINE):
+                chunk = names[start:start + PIPELINE]
+                found = self.calls.retrying("read leases", lambda: self.calls.get_many(
+                    [f"{self.paths.leases}/{name}" for name in chunk]))
+                for name, hit in zip(chunk, found):
+                    if hit is not None and hit[1].mtime + float(hit[0]) * 1000 <= server_now:
+                        self._end_lease(int(name, 16), hit[1].version, "expire lease")
+        except (StoreError, ValueError) as exc:
+            log.warning("zookeeper %s: lease sweep failed: %s", self.hosts, exc)
+        finally:
+            self._sweep_lock.release()
+
+    # -- history and watches -----------------------------------------------------------------------------
+
+    def compact(self, revision: int) -> None:
+        """Forget the change log up to ``revision``; watches from before it must re-list."""
+        check_revision(revision)
+        current = self.revision()
+        if revision > current:
+            raise InvalidRequest(f"cannot compact to {revision}: the store is at revision {current}")
+        while True:
+            data, stat = self.calls.retrying("read compaction", lambda: self.calls.get(self.paths.compacted))
+            done = int(data or 0)
+            if revision <= done:
+                raise Compacted(f"revision {revision} is already compacted (compacted up to {done})")
+            try:
+                self.calls.retrying("compact", lambda: self.calls.set(self.paths.compacted, str(revision).encode(),
+                                                                      stat.version))
+                break
+            except BadVersionError:
+                continue
+        for start in range(done + 1, revision + 1, PIPELINE):
+            stop = min(revision, start + PIPELINE - 1)
+            self.calls.retrying("compact", lambda: self.calls.delete_many(
+                [self.paths.entry(r) for r in range(start, stop + 1)]))
+
+    def _compact_quietly(self, revision: int) -> None:
+        try:
+            self.compact(revision)
+        except StoreError as exc:
+            log.debug("zookeeper %s: automatic compaction to %d: %s", self.hosts, revision, exc)
+
+    def watch_prefix(self, prefix: str, start_revision: int | None = None):
+        from store.zookeeper_watch import ZkWatch
+
+        check_key(prefix, "prefix")
+        if start_revision is not None:
+            check_revision(start_revision, "start revision")
+        watch = ZkWatch(self, prefix, start_revision)
+        self._watches.add(watch)
+        return watch
+
+    def close(self) -> None:
+        for watch in list(self._watches):
+            watch.close()
+        self.calls.close()
+
+    def __enter__(self) -> "ZkStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
