@@ -34,6 +34,11 @@ Reads go to whichever server the session is on, so ``get`` is sequentially consi
 (etcd's default get is); writes and transactions, failed ones included, are checked at the leader.
 A write whose answer was lost with the connection is resolved, not blindly retried: its log entry carries a
 random token, and the writer looks for its own token at the revision it would have taken.
+
+Limits: every write reads the counter and the keys it touches in one round trip, then commits, so writes
+cost two round trips and all of them go through one counter (as the SQLite backend's go through one lock);
+a server whose ``jute.maxbuffer`` is too small for a request drops the connection, which the client sees
+only as unavailability; a znode version is a signed 32-bit number, so a root takes 2**31 - 1 writes.
 """
 from __future__ import annotations
 
@@ -177,6 +182,15 @@ class ZkStore:
     def revision(self, watch: Callable | None = None) -> int:
         return self.calls.retrying("read revision", lambda: self.calls.get(self.paths.counter, watch)[1].version)
 
+    def revision_and_keys(self, keys: list[str]) -> tuple[int, list[KeyValue | None]]:
+        """The revision, then ``keys`` as they are at it or later, in one round trip (a session's requests
+        are answered in order, so the key reads see at least the state the counter read saw)."""
+        found = self.calls.retrying("get", lambda: self.calls.get_many(
+            [self.paths.counter, *(self.paths.key(key) for key in keys)]))
+        if found[0] is None:
+            raise StoreError(f"zookeeper {self.hosts}: {self.paths.counter} is missing: not a Berth store root")
+        return found[0][1].version, [unpack_node(key, hit[0]) if hit else None for key, hit in zip(keys, found[1:])]
+
     def read_keys(self, keys: list[str]) -> list[KeyValue | None]:
         results: list[KeyValue | None] = []
         for start in range(0, len(keys), PIPELINE):
@@ -189,6 +203,20 @@ class ZkStore:
         """Every key the store holds (decoded), in no order."""
         names = self.calls.retrying("list keys", lambda: self.calls.children(self.paths.keys))
         return [name_to_key(name) for name in names]
+
+    def revision_and_entry(self, revision: int, watch: Callable) -> tuple[int, list[LogEntry] | None]:
+        """The current revision (arming ``watch`` on the counter) and, in the same round trip, the log entry
+        of ``revision``: a watcher woken by one write needs nothing more. None for an entry that is gone."""
+        def attempt():
+            counter = self.client.get_async(self.paths.counter, watch=watch)
+            entry = self.client.get_async(self.paths.entry(revision))
+            current = self.calls.wait(counter, "read revision")[1].version
+            try:
+                return current, [unpack_entry(self.calls.wait(entry, "read change log")[0])]
+            except NoNodeError:
+                return current, None
+
+        return self.calls.retrying("follow change log", attempt)
 
     def read_entries(self, first: int, last: int) -> list[LogEntry] | None:
         """Log entries ``first..last``; None when one is gone (compacted)."""
@@ -246,8 +274,10 @@ class ZkStore:
 
     # -- writing -----------------------------------------------------------------------------------------
 
-    def write(self, what: str, plan_body: Callable[[WritePlan], object], sweep: bool = True):
+    def write(self, what: str, plan_body: Callable[[WritePlan], object], sweep: bool = True,
+              prefetch: Sequence[str] = ()):
         """Plan against the current revision and commit as one multi; plan again when another write came first.
+        ``prefetch`` names keys the plan will read, fetched with the counter in one round trip.
 
         Returns ``(result of plan_body, plan)``."""
         if sweep:
@@ -255,7 +285,8 @@ class ZkStore:
         deadline = time.monotonic() + self.calls.budget
         attempt = 0
         while True:
-            plan = WritePlan(self, self.revision())
+            revision, found = self.revision_and_keys(list(dict.fromkeys(prefetch)))
+            plan = WritePlan(self, revision, before=dict(zip(dict.fromkeys(prefetch), found)))
             result = plan_body(plan)
             try:
                 self._commit(what, plan)
@@ -321,12 +352,12 @@ class ZkStore:
         check_key(key)
         value = check_value(value)
         check_lease_id(lease)
-        _, plan = self.write("put", lambda plan: plan.put(key, value, lease))
+        _, plan = self.write("put", lambda plan: plan.put(key, value, lease), prefetch=[key])
         return plan.revision
 
     def delete(self, key: str, prefix: bool = False) -> int:
         check_key(key, "prefix" if prefix else "key")
-        deleted, _ = self.write("delete", lambda plan: plan.delete(key, prefix))
+        deleted, _ = self.write("delete", lambda plan: plan.delete(key, prefix), prefetch=[] if prefix else [key])
         return deleted
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Put | Delete],
@@ -341,7 +372,9 @@ class ZkStore:
                 plan.apply(op)
             return succeeded
 
-        succeeded, plan = self.write("txn", body)
+        known = [compare.key for compare in compares] + [op.key for op in (*success_ops, *failure_ops)
+                                                          if isinstance(op, Put) or not op.prefix]
+        succeeded, plan = self.write("txn", body, prefetch=known)
         return TxnResult(succeeded, plan.revision)
 
     def create(self, key: str, value: bytes, lease: int = 0) -> bool:

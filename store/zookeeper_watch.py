@@ -97,11 +97,13 @@ class ZkWatch(BatchIteration):
     def _poll(self) -> WatchBatch | None:
         self.store.sweep_leases()
         self._changed.clear()
-        current = self.store.revision(watch=self._on_change)
+        current, entries = self.store.revision_and_entry(self.next_revision, watch=self._on_change)
         if current < self.next_revision:
             return None
         last = min(current, self.next_revision + MAX_ENTRIES - 1)
-        entries = self.store.read_entries(self.next_revision, last)
+        if entries is not None and last > self.next_revision:
+            more = self.store.read_entries(self.next_revision + 1, last)
+            entries = None if more is None else entries + more
         if entries is None:
             return self._resync()
         events = tuple(event.watch_event() for entry in entries for event in entry.events
