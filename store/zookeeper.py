@@ -25,8 +25,9 @@ revision-ordered change log. Under the root (``/berth`` unless the URL names ano
   ticks) is longer than the TTLs Berth uses. A lease node's data is its TTL; its ``mtime`` (the leader's
   clock when the last keep-alive set it) says when it was refreshed; its children name the keys it holds,
   kept in the same ``multi`` as the keys. Any client that touches the store (reads, writes, watches) sweeps
-  at most every half second: it sets ``clock`` to read the server's current time from its ``mtime``, and
-  expires every lease whose ``mtime + TTL`` has passed with one ``multi`` that deletes its keys, logs the
+  at most every half second: it reads the leases, and when one is due by its estimate of the server's
+  clock it sets ``clock`` to read the server's current time from its ``mtime``, then expires every lease
+  whose ``mtime + TTL`` has passed with one ``multi`` that deletes its keys, logs the
   deletes, and removes the lease node only if its version is unchanged (a keep-alive in between wins).
   Servers' clocks must therefore agree to well within a TTL (NTP), as a leader change moves the clock.
 
@@ -70,6 +71,8 @@ DEFAULT_ROOT = "/berth"
 DEFAULT_HISTORY = 10_000  # revisions of change log kept for watches that fall behind
 COMPACT_EVERY = 64        # revisions between automatic compactions
 SWEEP_INTERVAL = 0.5      # seconds between one client's lease-expiry sweeps
+CLOCK_REMEASURE = 10.0    # seconds a client trusts its estimate of the server's clock
+CLOCK_MARGIN_MS = 100.0   # a lease this close to its end is checked against the server's clock itself
 PIPELINE = 256            # requests sent together at most
 log = logging.getLogger(__name__)
 
@@ -122,8 +125,9 @@ class WriteConflict(Exception):
     """The counter moved since the plan read it: plan again."""
 
 
-def parse_url(url: str) -> tuple[str, str, float]:
-    """``zk://h:p[,h:p...][/root]``, optionally ``?timeout=SECONDS`` → (hosts, root, budget)."""
+def parse_url(url: str) -> tuple[str, str, float, int]:
+    """``zk://h:p[,h:p...][/root]``, optionally ``?timeout=SECONDS`` (the retry budget of one call) and
+    ``?history=N`` (revisions of change log kept for watches) → (hosts, root, budget, history)."""
     parsed = urlparse(url)
     if parsed.scheme != "zk" or not parsed.netloc:
         raise InvalidRequest(f"store URL {url!r}: expected zk://host:port[,host:port...][/root]")
@@ -139,7 +143,15 @@ def parse_url(url: str) -> tuple[str, str, float]:
             budget = math.nan
         if not math.isfinite(budget) or budget <= 0:
             raise InvalidRequest(f"store URL {url!r}: timeout must be a positive number of seconds")
-    return parsed.netloc, root, budget
+    history = DEFAULT_HISTORY
+    if "history" in options:
+        try:
+            history = int(options["history"][-1])
+        except ValueError:
+            history = 0
+        if history < COMPACT_EVERY:
+            raise InvalidRequest(f"store URL {url!r}: history must be an integer of at least {COMPACT_EVERY}")
+    return parsed.netloc, root, budget, history
 
 
 class ZkStore:
@@ -154,6 +166,7 @@ class ZkStore:
         self._watches: weakref.WeakSet = weakref.WeakSet()
         self._sweep_lock = threading.Lock()
         self._next_sweep = 0.0
+        self._clock_offset: tuple[float, float] | None = None   # server ms - local monotonic ms, measured when
         try:
             self.calls.retrying("prepare layout", self._prepare_layout)
         except BaseException:
@@ -162,8 +175,8 @@ class ZkStore:
 
     @classmethod
     def from_url(cls, url: str) -> "ZkStore":
-        hosts, root, budget = parse_url(url)
-        return cls(hosts, root, budget)
+        hosts, root, budget, history = parse_url(url)
+        return cls(hosts, root, budget, history)
 
     @property
     def client(self):
@@ -442,28 +455,47 @@ class ZkStore:
         return ended
 
     def sweep_leases(self) -> None:
-        """Expire every lease past its TTL, by the server's clock; at most every SWEEP_INTERVAL per client."""
+        """Expire every lease past its TTL, by the server's clock; at most every SWEEP_INTERVAL per client.
+
+        Reading the server's clock costs a write, so a sweep first judges by its estimate of that clock
+        (measured at the last write, kept for CLOCK_REMEASURE seconds) and writes only when a lease is due
+        or nearly: a store full of live leases is swept by reads alone."""
         now = time.monotonic()
         if now < self._next_sweep or not self._sweep_lock.acquire(blocking=False):
             return
         try:
             self._next_sweep = now + SWEEP_INTERVAL
             names = self.calls.retrying("list leases", lambda: self.calls.children(self.paths.leases))
-            if not names:
-                return
-            server_now = self.calls.retrying("read server clock",
-                                             lambda: self.calls.set(self.paths.clock, b"")).mtime
+            leases: list[tuple[int, int, float]] = []   # id, version, when it expires (server ms)
             for start in range(0, len(names), PIPELINE):
                 chunk = names[start:start + PIPELINE]
                 found = self.calls.retrying("read leases", lambda: self.calls.get_many(
                     [f"{self.paths.leases}/{name}" for name in chunk]))
-                for name, hit in zip(chunk, found):
-                    if hit is not None and hit[1].mtime + float(hit[0]) * 1000 <= server_now:
-                        self._end_lease(int(name, 16), hit[1].version, "expire lease")
+                leases += [(int(name, 16), hit[1].version, hit[1].mtime + float(hit[0]) * 1000)
+                           for name, hit in zip(chunk, found) if hit is not None]
+            if not leases or min(due for _, _, due in leases) > self._estimated_server_clock() + CLOCK_MARGIN_MS:
+                return
+            server_now = self._read_server_clock()
+            for lease_id, version, due in leases:
+                if due <= server_now:
+                    self._end_lease(lease_id, version, "expire lease")
         except (StoreError, ValueError) as exc:
             log.warning("zookeeper %s: lease sweep failed: %s", self.hosts, exc)
         finally:
             self._sweep_lock.release()
+
+    def _read_server_clock(self) -> float:
+        """The leader's clock in ms, as the ``mtime`` a write to ``clock`` gets; also re-measures the offset."""
+        sent = time.monotonic()
+        server_now = self.calls.retrying("read server clock", lambda: self.calls.set(self.paths.clock, b"")).mtime
+        self._clock_offset = (server_now - sent * 1000, sent)
+        return server_now
+
+    def _estimated_server_clock(self) -> float:
+        """At most one round trip behind the server's clock; +inf (measure now) when unknown or stale."""
+        if self._clock_offset is None or time.monotonic() - self._clock_offset[1] > CLOCK_REMEASURE:
+            return math.inf
+        return time.monotonic() * 1000 + self._clock_offset[0]
 
     # -- history and watches -----------------------------------------------------------------------------
 

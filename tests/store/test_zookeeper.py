@@ -50,7 +50,8 @@ def expire_session(store, endpoint: str) -> None:
 
 @pytest.mark.parametrize("url", ["zk://", "zk:///berth", "etcd://127.0.0.1:1", "zk://127.0.0.1:1/a//b",
                                  "zk://127.0.0.1:1/a/../b", "zk://127.0.0.1:1?timeout=0",
-                                 "zk://127.0.0.1:1?timeout=soon"])
+                                 "zk://127.0.0.1:1?timeout=soon", "zk://127.0.0.1:1?history=10",
+                                 "zk://127.0.0.1:1?history=many"])
 def test_bad_url_is_refused_before_connecting(url):
     from store.zookeeper import ZkStore
 
@@ -138,3 +139,20 @@ def test_a_keep_alive_after_the_ttl_expires_the_lease_instead_of_reviving_it(zk_
             store.keep_alive(lease.id)
         assert [(e.kind, e.key) for e in collect(watch, 1)] == [("delete", prefix + "owned")]
         watch.close()
+
+
+def test_the_change_log_stays_bounded_by_the_history_kept(zk_server, raw):
+    """Writers trim the log as they go: old revisions are refused to new watches, the newest are replayed."""
+    from store.api import Compacted
+
+    root = "/" + unique_name("root")
+    with open_store(f"{zk_server.url}{root}?history=64") as store:
+        revisions = [store.put(f"k{index % 5}", str(index).encode()) for index in range(300)]
+        entries = raw.get_children(root + "/log")
+        assert 64 <= len(entries) <= 128
+        with pytest.raises(Compacted):
+            store.watch_prefix("k", revisions[0])
+        watch = store.watch_prefix("k", revisions[-10])
+        assert [e.value for e in collect(watch, 10)] == [str(index).encode() for index in range(290, 300)]
+        watch.close()
+    raw.delete(root, recursive=True)
