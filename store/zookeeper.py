@@ -47,10 +47,8 @@ import logging
 import math
 import random
 import secrets
-import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Callable, Sequence
 from urllib.parse import parse_qs, urlparse
 
@@ -61,8 +59,8 @@ from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lea
 from store.common import (check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, compare_holds)
 from store.zookeeper_client import TRANSIENT, Calls, connect
-from store.zookeeper_codec import (LogEntry, entry_name, key_to_name, name_to_key, pack_entry, unpack_entry,
-                                   unpack_node)
+from store.zookeeper_codec import LogEntry, Paths, name_to_key, pack_entry, unpack_entry, unpack_node
+from store.zookeeper_leases import ZkLeases
 from store.zookeeper_txn import Op, WritePlan
 
 CALL_TIMEOUT = 5.0        # seconds one request may take
@@ -70,55 +68,8 @@ BUDGET = 15.0             # seconds a call keeps retrying through reconnects (an
 DEFAULT_ROOT = "/berth"
 DEFAULT_HISTORY = 10_000  # revisions of change log kept for watches that fall behind
 COMPACT_EVERY = 64        # revisions between automatic compactions
-SWEEP_INTERVAL = 0.5      # seconds between one client's lease-expiry sweeps
-CLOCK_REMEASURE = 10.0    # seconds a client trusts its estimate of the server's clock
-CLOCK_MARGIN_MS = 100.0   # a lease this close to its end is checked against the server's clock itself
 PIPELINE = 256            # requests sent together at most
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Paths:
-    root: str
-
-    @property
-    def counter(self) -> str:
-        return f"{self.root}/rev"
-
-    @property
-    def compacted(self) -> str:
-        return f"{self.root}/compacted"
-
-    @property
-    def clock(self) -> str:
-        return f"{self.root}/clock"
-
-    @property
-    def keys(self) -> str:
-        return f"{self.root}/kv"
-
-    @property
-    def log(self) -> str:
-        return f"{self.root}/log"
-
-    @property
-    def leases(self) -> str:
-        return f"{self.root}/leases"
-
-    def key(self, key: str) -> str:
-        return f"{self.keys}/{key_to_name(key)}"
-
-    def entry(self, revision: int) -> str:
-        return f"{self.log}/{entry_name(revision)}"
-
-    def lease(self, lease_id: int) -> str:
-        return f"{self.leases}/{lease_id:016x}"
-
-    def lease_key(self, lease_id: int, key: str) -> str:
-        return f"{self.lease(lease_id)}/{key_to_name(key)}"
-
-    def layout(self) -> list[str]:
-        return [self.counter, self.compacted, self.clock, self.keys, self.log, self.leases]
 
 
 class WriteConflict(Exception):
@@ -164,9 +115,7 @@ class ZkStore:
         self.history = history
         self.calls = Calls(connect(hosts, budget), hosts, call_timeout, budget)
         self._watches: weakref.WeakSet = weakref.WeakSet()
-        self._sweep_lock = threading.Lock()
-        self._next_sweep = 0.0
-        self._clock_offset: tuple[float, float] | None = None   # server ms - local monotonic ms, measured when
+        self.leases = ZkLeases(self)
         try:
             self.calls.retrying("prepare layout", self._prepare_layout)
         except BaseException:
@@ -397,105 +346,19 @@ class ZkStore:
         compare = Compare(key, "mod_revision", "=", expected_mod_revision)
         return self.txn([compare], [Put(key, value, lease)]).succeeded
 
-    # -- leases ------------------------------------------------------------------------------------------
+    # -- leases (store/zookeeper_leases.py) --------------------------------------------------------------
 
     def grant_lease(self, ttl: float) -> Lease:
-        ttl = check_ttl(ttl)
-        while True:
-            lease_id = secrets.randbits(62) or 1
-            try:
-                # not retried through a reconnect: a lost answer would leave an orphan that simply expires
-                self.calls.retrying("grant lease", lambda: self.calls.create(self.paths.lease(lease_id),
-                                                                            repr(ttl).encode()))
-                return Lease(lease_id, ttl)
-            except NodeExistsError:
-                continue
+        return self.leases.grant(check_ttl(ttl))
 
     def keep_alive(self, lease_id: int) -> float:
-        """Refresh the lease's ``mtime``; a lease found already past its TTL is expired here, not revived."""
-        check_lease_id(lease_id)
-        path = self.paths.lease(lease_id)
-        try:
-            data, before = self.calls.retrying("keep lease alive", lambda: self.calls.get(path))
-            after = self.calls.retrying("keep lease alive", lambda: self.calls.set(path, data))
-        except NoNodeError:
-            raise LeaseNotFound(f"lease {lease_id:x} not found (expired or revoked)") from None
-        ttl = float(data)
-        if after.mtime - before.mtime > ttl * 1000:
-            self._end_lease(lease_id, after.version, "expire lease")
-            raise LeaseNotFound(f"lease {lease_id:x} had expired before this keep-alive")
-        return ttl
+        return self.leases.keep_alive(check_lease_id(lease_id))
 
     def revoke_lease(self, lease_id: int) -> None:
-        check_lease_id(lease_id)
-        if not self._end_lease(lease_id, -1, "revoke lease"):
-            raise LeaseNotFound(f"lease {lease_id:x} not found (expired or revoked)")
-
-    def _end_lease(self, lease_id: int, version: int, what: str) -> bool:
-        """Delete the lease's keys (logged, so watchers see them go) and the lease, in one multi; False
-        when the lease is gone already, or (``version`` given) was kept alive meanwhile."""
-        path = self.paths.lease(lease_id)
-
-        def body(plan: WritePlan) -> bool:
-            try:
-                names = self.calls.retrying(what, lambda: self.calls.children(path))
-            except NoNodeError:
-                return False
-            keys = [name_to_key(name) for name in names]
-            plan.delete_keys(keys, keep=lambda kv: kv.lease != lease_id)
-            orphans = [key for key in keys if plan.after.get(key, "kept") is not None]
-            plan.extra += [Op("delete", self.paths.lease_key(lease_id, key)) for key in orphans]
-            plan.extra.append(Op("delete", path, version=version, meaning="lease"))
-            return True
-
-        try:
-            ended, _ = self.write(what, body, sweep=False)
-        except LeaseNotFound:
-            return False
-        return ended
+        self.leases.revoke(check_lease_id(lease_id))
 
     def sweep_leases(self) -> None:
-        """Expire every lease past its TTL, by the server's clock; at most every SWEEP_INTERVAL per client.
-
-        Reading the server's clock costs a write, so a sweep first judges by its estimate of that clock
-        (measured at the last write, kept for CLOCK_REMEASURE seconds) and writes only when a lease is due
-        or nearly: a store full of live leases is swept by reads alone."""
-        now = time.monotonic()
-        if now < self._next_sweep or not self._sweep_lock.acquire(blocking=False):
-            return
-        try:
-            self._next_sweep = now + SWEEP_INTERVAL
-            names = self.calls.retrying("list leases", lambda: self.calls.children(self.paths.leases))
-            leases: list[tuple[int, int, float]] = []   # id, version, when it expires (server ms)
-            for start in range(0, len(names), PIPELINE):
-                chunk = names[start:start + PIPELINE]
-                found = self.calls.retrying("read leases", lambda: self.calls.get_many(
-                    [f"{self.paths.leases}/{name}" for name in chunk]))
-                leases += [(int(name, 16), hit[1].version, hit[1].mtime + float(hit[0]) * 1000)
-                           for name, hit in zip(chunk, found) if hit is not None]
-            if not leases or min(due for _, _, due in leases) > self._estimated_server_clock() + CLOCK_MARGIN_MS:
-                return
-            server_now = self._read_server_clock()
-            for lease_id, version, due in leases:
-                if due <= server_now:
-                    self._end_lease(lease_id, version, "expire lease")
-        except (StoreError, ValueError) as exc:
-            log.warning("zookeeper %s: lease sweep failed: %s", self.hosts, exc)
-        finally:
-            self._sweep_lock.release()
-
-    def _read_server_clock(self) -> float:
-        """The leader's clock in ms, as the ``mtime`` a write to ``clock`` gets; also re-measures the offset."""
-        sent = time.monotonic()
-        server_now = self.calls.retrying("read server clock", lambda: self.calls.set(self.paths.clock, b"")).mtime
-        self._clock_offset = (server_now - sent * 1000, sent)
-        return server_now
-
-    def _estimated_server_clock(self) -> float:
-        """At most one round trip behind the server's clock; +inf (measure now) when unknown or stale."""
-        if self._clock_offset is None or time.monotonic() - self._clock_offset[1] > CLOCK_REMEASURE:
-            return math.inf
-        return time.monotonic() * 1000 + self._clock_offset[0]
+        self.leases.sweep()
 
     # -- history and watches -----------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""How the ZooKeeper backend lays its state out in znodes: node names for keys, key nodes, change-log entries.
+"""How the ZooKeeper backend lays its state out in znodes: the paths, node names for keys, key nodes, and
+change-log entries (the layout itself is explained in ``store.zookeeper``).
 
 Everything is packed with ``struct`` (never pickle: the bytes come from a shared server anyone with access
 could write). A key node holds its etcd metadata and its value; a change-log entry holds every event of one
@@ -45,6 +46,50 @@ def unpack_node(key: str, data: bytes) -> KeyValue:
         raise StoreError(f"zookeeper store: node of key {key!r} is not one of Berth's ({len(data)} bytes)")
     create_revision, mod_revision, version, lease = NODE_HEADER.unpack_from(data)
     return KeyValue(key, bytes(data[NODE_HEADER.size:]), create_revision, mod_revision, version, lease)
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: str
+
+    @property
+    def counter(self) -> str:
+        return f"{self.root}/rev"
+
+    @property
+    def compacted(self) -> str:
+        return f"{self.root}/compacted"
+
+    @property
+    def clock(self) -> str:
+        return f"{self.root}/clock"
+
+    @property
+    def keys(self) -> str:
+        return f"{self.root}/kv"
+
+    @property
+    def log(self) -> str:
+        return f"{self.root}/log"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.root}/leases"
+
+    def key(self, key: str) -> str:
+        return f"{self.keys}/{key_to_name(key)}"
+
+    def entry(self, revision: int) -> str:
+        return f"{self.log}/{entry_name(revision)}"
+
+    def lease(self, lease_id: int) -> str:
+        return f"{self.leases}/{lease_id:016x}"
+
+    def lease_key(self, lease_id: int, key: str) -> str:
+        return f"{self.lease(lease_id)}/{key_to_name(key)}"
+
+    def layout(self) -> list[str]:
+        return [self.counter, self.compacted, self.clock, self.keys, self.log, self.leases]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from store.api import Delete, KeyValue, LeaseNotFound, Put
-from store.zookeeper_codec import LoggedEvent, key_to_name, name_to_key, pack_node
+from store.zookeeper_codec import LoggedEvent, pack_node
 
 if TYPE_CHECKING:
     from store.zookeeper import ZkStore
@@ -124,10 +124,3 @@ class WritePlan:
         ops += self.extra
         ops.append(Op("create", paths.entry(self.revision), log_entry))
         return ops
-
-
-def lease_keys(names: list[str]) -> list[str]:
-    return [name_to_key(name) for name in names]
-
-
-__all__ = ["Op", "WritePlan", "key_to_name", "lease_keys"]
