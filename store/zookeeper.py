@@ -36,6 +36,9 @@ Reads go to whichever server the session is on, so ``get`` is sequentially consi
 A write whose answer was lost with the connection is resolved, not blindly retried: its log entry carries a
 random token, and the writer looks for its own token at the revision it would have taken.
 
+Trust: the store creates its nodes with ZooKeeper's open ACL, so who may write them is the deployment's
+network and authentication policy; names Berth never makes (a stray node beside its own) are skipped.
+
 Limits: every write reads the counter and the keys it touches in one round trip, then commits, so writes
 cost two round trips and all of them go through one counter (as the SQLite backend's go through one lock);
 a server whose ``jute.maxbuffer`` is too small for a request drops the connection, which the client sees
@@ -164,7 +167,7 @@ class ZkStore:
     def key_names(self) -> list[str]:
         """Every key the store holds (decoded), in no order."""
         names = self.calls.retrying("list keys", lambda: self.calls.children(self.paths.keys))
-        return [name_to_key(name) for name in names]
+        return [key for key in map(name_to_key, names) if key is not None]
 
     def revision_and_entry(self, revision: int, watch: Callable) -> tuple[int, list[LogEntry] | None]:
         """The current revision (arming ``watch`` on the counter) and, in the same round trip, the log entry

@@ -28,8 +28,20 @@ def key_to_name(key: str) -> str:
     return quote(key, safe="").replace(".", "%2E")
 
 
-def name_to_key(name: str) -> str:
-    return unquote(name, errors="strict")
+def name_to_key(name: str) -> str | None:
+    """The key a node name stands for; None for a name this encoding never makes (a node someone else put)."""
+    try:
+        key = unquote(name, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return key if key_to_name(key) == name else None
+
+
+def lease_id_of(name: str) -> int | None:
+    """The lease a ``leases/`` child stands for; None for a name Berth never makes."""
+    if len(name) != 16 or name.strip("0123456789abcdef"):
+        return None
+    return int(name, 16) or None
 
 
 def entry_name(revision: int) -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from store.api import Lease, LeaseNotFound, StoreError
-from store.zookeeper_codec import name_to_key
+from store.zookeeper_codec import lease_id_of, name_to_key
 from store.zookeeper_txn import Op, WritePlan
 
 if TYPE_CHECKING:
@@ -27,6 +27,14 @@ CLOCK_REMEASURE = 10.0    # seconds a client trusts its estimate of the server's
 CLOCK_MARGIN_MS = 100.0   # a lease this close to its end is checked against the server's clock itself
 PIPELINE = 256            # lease nodes read together at most
 log = logging.getLogger(__name__)
+
+
+def ttl_of(data: bytes) -> float | None:
+    try:
+        ttl = float(data)
+    except ValueError:
+        return None
+    return ttl if math.isfinite(ttl) and ttl > 0 else None
 
 
 class ZkLeases:
@@ -63,7 +71,9 @@ class ZkLeases:
             after = self.calls.retrying("keep lease alive", lambda: self.calls.set(path, data))
         except NoNodeError:
             raise LeaseNotFound(f"lease {lease_id:x} not found (expired or revoked)") from None
-        ttl = float(data)
+        ttl = ttl_of(data)
+        if ttl is None:
+            raise LeaseNotFound(f"lease {lease_id:x}: its node holds no TTL (not one of Berth's leases)")
         if after.mtime - before.mtime > ttl * 1000:
             self._end_lease(lease_id, after.version, "expire lease")
             raise LeaseNotFound(f"lease {lease_id:x} had expired before this keep-alive")
@@ -83,7 +93,7 @@ class ZkLeases:
                 names = self.calls.retrying(what, lambda: self.calls.children(path))
             except NoNodeError:
                 return False
-            keys = [name_to_key(name) for name in names]
+            keys = [key for key in map(name_to_key, names) if key is not None]
             plan.delete_keys(keys, keep=lambda kv: kv.lease != lease_id)
             orphans = [key for key in keys if plan.after.get(key, "kept") is not None]
             plan.extra += [Op("delete", self.paths.lease_key(lease_id, key)) for key in orphans]
@@ -113,15 +123,17 @@ class ZkLeases:
                 chunk = names[start:start + PIPELINE]
                 found = self.calls.retrying("read leases", lambda: self.calls.get_many(
                     [f"{self.paths.leases}/{name}" for name in chunk]))
-                leases += [(int(name, 16), hit[1].version, hit[1].mtime + float(hit[0]) * 1000)
-                           for name, hit in zip(chunk, found) if hit is not None]
+                for name, hit in zip(chunk, found):
+                    lease_id, ttl = lease_id_of(name), ttl_of(hit[0]) if hit else None
+                    if lease_id and ttl:
+                        leases.append((lease_id, hit[1].version, hit[1].mtime + ttl * 1000))
             if not leases or min(due for _, _, due in leases) > self._estimated_server_clock() + CLOCK_MARGIN_MS:
                 return
             server_now = self._read_server_clock()
             for lease_id, version, due in leases:
                 if due <= server_now:
                     self._end_lease(lease_id, version, "expire lease")
-        except (StoreError, ValueError) as exc:
+        except StoreError as exc:
             log.warning("zookeeper %s: lease sweep failed: %s", self.store.hosts, exc)
         finally:
             self._sweep_lock.release()

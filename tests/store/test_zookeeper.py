@@ -156,3 +156,23 @@ def test_the_change_log_stays_bounded_by_the_history_kept(zk_server, raw):
         assert [e.value for e in collect(watch, 10)] == [str(index).encode() for index in range(290, 300)]
         watch.close()
     raw.delete(root, recursive=True)
+
+
+def test_nodes_berth_never_makes_are_ignored_not_fatal(zk_server, raw, prefix):
+    """Someone else's nodes beside Berth's (a stray name in kv/, junk in leases/) neither break a listing
+    nor stop the sweep from expiring real leases."""
+    root = "/" + unique_name("root")
+    with open_store(zk_server.url + root) as store:
+        raw.create(root + "/kv/%ff%fe-not-utf8")
+        raw.create(root + "/kv/lower%2fcase")
+        raw.create(root + "/leases/not-a-lease", b"1")
+        raw.create(root + "/leases/00000000000000aa", b"no ttl here")
+        lease = store.grant_lease(0.5)
+        store.put(prefix + "owned", b"v", lease=lease.id)
+        store.put(prefix + "plain", b"v")
+        assert [kv.key for kv in store.get_prefix("")[0]] == [prefix + "owned", prefix + "plain"]
+        deadline = time.monotonic() + WAIT
+        while store.get(prefix + "owned") is not None:
+            assert time.monotonic() < deadline, "the leased key outlived its lease"
+            time.sleep(0.05)
+    raw.delete(root, recursive=True)
