@@ -8,10 +8,13 @@ and writes whose outcome the caller can check) go through :meth:`Calls.retrying`
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import random
+import threading
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (BadVersionError, ConnectionClosedError, ConnectionLoss, KazooException, NodeExistsError,
@@ -48,17 +51,30 @@ class Calls:
         self.hosts = hosts
         self.call_timeout = call_timeout
         self.budget = budget
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def within(self, seconds: float) -> Iterator[None]:
+        """Calls this thread makes inside the block give up after ``seconds`` at most (a watch's timeout)."""
+        previous = getattr(self._local, "deadline", math.inf)
+        self._local.deadline = min(previous, time.monotonic() + max(seconds, 0.0))
+        try:
+            yield
+        finally:
+            self._local.deadline = previous
 
     def wait(self, pending, what: str):
         """The result of one asynchronous kazoo request, within ``call_timeout``; its error re-raised."""
+        remaining = getattr(self._local, "deadline", math.inf) - time.monotonic()
+        timeout = max(0.05, min(self.call_timeout, remaining))
         try:
-            return pending.get(timeout=self.call_timeout)
+            return pending.get(timeout=timeout)
         except KazooTimeoutError as exc:
-            raise OperationTimeoutError(f"{what}: no answer within {self.call_timeout:.0f}s") from exc
+            raise OperationTimeoutError(f"{what}: no answer within {timeout:.2f}s") from exc
 
     def retrying(self, what: str, attempt: Callable[[], T]) -> T:
         """``attempt()`` again while the connection is down, for at most ``budget`` seconds."""
-        deadline = time.monotonic() + self.budget
+        deadline = min(time.monotonic() + self.budget, getattr(self._local, "deadline", math.inf))
         pause = 0.02
         while True:
             try:

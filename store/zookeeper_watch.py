@@ -8,6 +8,7 @@ see its leases expire). When the entries it needs were compacted, it re-lists an
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -73,14 +74,16 @@ class ZkWatch(BatchIteration):
     def next_batch(self, timeout: float | None = None) -> WatchBatch | None:
         """The next batch of changes; None when ``timeout`` seconds pass first or the watch is closed.
 
-        While ZooKeeper is unreachable the watch keeps trying; each try is bounded by the store's budget."""
+        While ZooKeeper is unreachable the watch keeps trying, within ``timeout`` (or the store's budget per
+        try when there is none): one request already sent may still take up to its call timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed.is_set():
             with self._busy:
                 if self._closed.is_set():
                     break
                 try:
-                    batch = self._poll()
+                    with self.store.calls.within(math.inf if deadline is None else deadline - time.monotonic()):
+                        batch = self._poll()
                 except StoreUnavailable:
                     batch = None
             if batch is not None:

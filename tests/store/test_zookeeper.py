@@ -176,3 +176,20 @@ def test_nodes_berth_never_makes_are_ignored_not_fatal(zk_server, raw, prefix):
             assert time.monotonic() < deadline, "the leased key outlived its lease"
             time.sleep(0.05)
     raw.delete(root, recursive=True)
+
+
+def test_a_watch_read_keeps_its_timeout_while_the_server_is_down(prefix):
+    """A next_batch(timeout) on a store whose only server died returns None near its timeout instead of
+    blocking for the store's whole retry budget; once a server is back it delivers again."""
+    from tests.zk_harness import start_zookeeper
+
+    with start_zookeeper(1) as ensemble, open_store(ensemble.url + "?timeout=30") as store:
+        watch = store.watch_prefix(prefix)
+        ensemble.kill(0)
+        started = time.monotonic()
+        assert watch.next_batch(1.0) is None
+        assert time.monotonic() - started < 20  # a hang guard: bounded by its timeout, not the 30 s budget
+        ensemble.restart(0)
+        store.put(prefix + "k", b"back")
+        assert [e.value for e in collect(watch, 1)] == [b"back"]
+        watch.close()
