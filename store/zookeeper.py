@@ -55,7 +55,8 @@ import weakref
 from typing import Callable, Sequence
 from urllib.parse import parse_qs, urlparse
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError, RuntimeInconsistency
+from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError, RolledBackError,
+                              RuntimeInconsistency)
 
 from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put,
                        StoreError, StoreUnavailable, TxnResult)
@@ -266,6 +267,8 @@ class ZkStore:
             return result, plan
 
     def _commit(self, what: str, plan: WritePlan) -> None:
+        if self.calls.closed:
+            raise StoreError(f"zookeeper {self.hosts}: {what}: the store is closed")
         token = secrets.randbits(63)
         ops = plan.requests(pack_entry(token, plan.revision, plan.events))
         try:
@@ -276,6 +279,8 @@ class ZkStore:
             if self._committed(plan.revision, token, what):
                 return
             raise WriteConflict() from exc
+        except KazooException as exc:  # the client was closed, or an error no retry cures
+            raise StoreError(f"zookeeper {self.hosts}: {what}: {type(exc).__name__}: {exc}") from exc
         failure = next(((op, result) for op, result in zip(ops, results)
                         if isinstance(result, Exception)
                         and not isinstance(result, (RolledBackError, RuntimeInconsistency))), None)

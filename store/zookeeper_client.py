@@ -26,7 +26,7 @@ from store.api import StoreError, StoreUnavailable
 
 T = TypeVar("T")
 ANSWERS = (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError)   # the server's answer; callers decide
-TRANSIENT = (ConnectionLoss, SessionExpiredError, OperationTimeoutError, ConnectionClosedError, KazooTimeoutError)
+TRANSIENT = (ConnectionLoss, SessionExpiredError, OperationTimeoutError, KazooTimeoutError)
 SESSION_TIMEOUT = 10.0   # seconds ZooKeeper keeps a silent client's session (watches live in it, nothing else)
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Calls:
         self.call_timeout = call_timeout
         self.budget = budget
         self._local = threading.local()
+        self.closed = False
 
     @contextlib.contextmanager
     def within(self, seconds: float) -> Iterator[None]:
@@ -77,6 +78,8 @@ class Calls:
         deadline = min(time.monotonic() + self.budget, getattr(self._local, "deadline", math.inf))
         pause = 0.02
         while True:
+            if self.closed:
+                raise StoreError(f"zookeeper {self.hosts}: {what}: the store is closed")
             try:
                 return attempt()
             except TRANSIENT as exc:
@@ -85,6 +88,8 @@ class Calls:
                 log.debug("zookeeper %s: %s: %r; trying again", self.hosts, what, exc)
             except (StoreError, *ANSWERS):
                 raise
+            except ConnectionClosedError as exc:  # kazoo says this only once the client was stopped
+                raise StoreError(f"zookeeper {self.hosts}: {what}: the store is closed") from exc
             except KazooException as exc:
                 raise StoreError(f"zookeeper {self.hosts}: {what}: {type(exc).__name__}: {exc}") from exc
             time.sleep(pause * (0.5 + random.random()))
@@ -125,6 +130,7 @@ class Calls:
                 pass
 
     def close(self) -> None:
+        self.closed = True
         try:
             self.client.stop()
         finally:

@@ -193,3 +193,16 @@ def test_a_watch_read_keeps_its_timeout_while_the_server_is_down(prefix):
         store.put(prefix + "k", b"back")
         assert [e.value for e in collect(watch, 1)] == [b"back"]
         watch.close()
+
+
+def test_a_closed_store_refuses_at_once(zk_server, prefix):
+    from store.api import StoreError
+
+    store = open_store(zk_server.url)
+    store.close()
+    started = time.monotonic()
+    with pytest.raises(StoreError):
+        store.put(prefix + "k", b"v")
+    with pytest.raises(StoreError):
+        store.get(prefix + "k")
+    assert time.monotonic() - started < 5  # a hang guard: no retrying a client that was stopped
