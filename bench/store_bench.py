@@ -3,7 +3,7 @@
     .venv/bin/python bench/store_bench.py [--ops 1000] [--watch 500] [--backends sqlite,etcd,etcd3,zk,zk3]
 
 For put, get, create-if-absent (txn) and update-if-unchanged (txn): sequential calls from one client, each
-timed. For watch: a writer stamps each value with the monotonic clock (shared by every process on a Linux
+timed, after the same untimed warm-up writes on every backend. For watch: a writer stamps each value with the monotonic clock (shared by every process on a Linux
 machine); a watcher in another process reports when it saw it. Figures are milliseconds, p50 / p99.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from store.api import open_store  # noqa: E402
+
+WARM_UP = 300  # writes made before timing starts, on every backend alike
 
 WATCHER = """
 import sys, time
@@ -63,6 +65,8 @@ def timed(call, count: int) -> list[float]:
 def bench_ops(url: str, count: int) -> dict[str, list[float]]:
     store = open_store(url)
     try:
+        for index in range(WARM_UP):  # untimed: a JVM server (ZooKeeper) compiles its hot paths first
+            store.put(f"btbench/warm/{index}", b"x" * 100)
         results = {
             "put": timed(lambda i: store.put(f"btbench/put/{i}", b"x" * 100), count),
             "get": timed(lambda i: store.get(f"btbench/put/{i}"), count),

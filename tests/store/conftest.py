@@ -1,6 +1,6 @@
 """The store contract runs against every backend: ``store_url`` is parametrized over them.
 
-etcd tests share one server per module and keep apart by key prefix (``prefix`` is unique per test)."""
+etcd and ZooKeeper tests share one server per module and keep apart by key prefix (``prefix`` is unique per test)."""
 from __future__ import annotations
 
 import importlib.util
