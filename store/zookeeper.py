@@ -22,7 +22,8 @@ revision-ordered change log. Under the root (``/berth`` unless the URL names ano
 * ``leases/<id>`` — application-level leases, not ZooKeeper sessions or TTL nodes: a session's ephemeral
   nodes vanish without passing through the log (watchers would miss the deletes), a session lives as long
   as its connection rather than until keep-alives stop, and ZooKeeper's minimum session timeout (two
-  ticks) is longer than the TTLs Berth uses. A lease node's data is its TTL; its ``mtime`` (the leader's
+  ticks) is longer than the TTLs Berth uses; TTL nodes (an extended type, off by default) are removed
+  by the server's reaper on its own schedule, again outside the log. A lease node's data is its TTL; its ``mtime`` (the leader's
   clock when the last keep-alive set it) says when it was refreshed; its children name the keys it holds,
   kept in the same ``multi`` as the keys. Any client that touches the store (reads, writes, watches) sweeps
   at most every half second: it reads the leases, and when one is due by its estimate of the server's
@@ -43,6 +44,9 @@ Limits: every write reads the counter and the keys it touches in one round trip,
 cost two round trips and all of them go through one counter (as the SQLite backend's go through one lock);
 a server whose ``jute.maxbuffer`` is too small for a request drops the connection, which the client sees
 only as unavailability; a znode version is a signed 32-bit number, so a root takes 2**31 - 1 writes.
+
+Files: ``zookeeper_client`` (kazoo with deadlines), ``zookeeper_codec`` (paths and encodings),
+``zookeeper_txn`` (planning one write), ``zookeeper_leases``, ``zookeeper_watch``.
 """
 from __future__ import annotations
 
