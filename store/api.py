@@ -135,7 +135,7 @@ class Store(Protocol):
 
 
 def open_store(url: str) -> Store:
-    """A backend by URL: ``sqlite:///abs/path.db``, ``etcd://h:p[,h:p...]``."""
+    """A backend by URL: ``sqlite:///abs/path.db``, ``etcd://h:p[,h:p...]``, ``zk://h:p[,h:p...][/root]``."""
     scheme = url.split(":", 1)[0]
     if scheme == "sqlite":
         from store.sqlite import SqliteStore
@@ -143,4 +143,7 @@ def open_store(url: str) -> Store:
     if scheme == "etcd":
         from store.etcd import EtcdStore
         return EtcdStore.from_url(url)
-    raise ValueError(f"store URL {url!r}: unknown scheme {scheme!r} (use sqlite:/// or etcd://)")
+    if scheme == "zk":
+        from store.zookeeper import ZkStore
+        return ZkStore.from_url(url)
+    raise ValueError(f"store URL {url!r}: unknown scheme {scheme!r} (use sqlite:///, etcd:// or zk://)")

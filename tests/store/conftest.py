@@ -1,6 +1,6 @@
 """The store contract runs against every backend: ``store_url`` is parametrized over them.
 
-etcd tests share one server per module and keep apart by key prefix (``prefix`` is unique per test)."""
+etcd and ZooKeeper tests share one server per module and keep apart by key prefix (``prefix`` is unique per test)."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,10 +16,12 @@ import pytest
 from store.api import WatchEvent, open_store
 from tests.conftest import REPO_ROOT, unique_name
 from tests.etcd_harness import etcd_cluster, etcd_server  # noqa: F401  (fixtures used by this area)
+from tests.zk_harness import zk_ensemble, zk_server  # noqa: F401  (fixtures used by this area)
 
 ETCD_BACKEND_BUILT = importlib.util.find_spec("store.etcd") is not None
 BACKENDS = ["sqlite", pytest.param("etcd", marks=[pytest.mark.etcd, pytest.mark.skipif(
-    not ETCD_BACKEND_BUILT, reason="store/etcd.py not landed yet")])]
+    not ETCD_BACKEND_BUILT, reason="store/etcd.py not landed yet")]),
+            pytest.param("zk", marks=[pytest.mark.zk, pytest.mark.service])]  # service: kept out of the pure tier
 WAIT = 15.0  # seconds before a test waiting for an event gives up (a hang guard, not a speed assertion)
 
 
@@ -36,6 +38,8 @@ def scratch_dir() -> Iterator[Path]:
 def store_url(request, scratch_dir) -> str:
     if request.param == "sqlite":
         return f"sqlite://{scratch_dir}/bt-store.db"
+    if request.param == "zk":
+        return request.getfixturevalue("zk_server").url
     return request.getfixturevalue("etcd_server").url
 
 

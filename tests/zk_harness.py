@@ -1,0 +1,266 @@
+"""Real ZooKeeper servers for tests: one server or a three-member ensemble, on free ports, in a temporary dir.
+
+Use the fixtures (``zk_server``: one server per test module; ``zk_ensemble``: three members per test) or call
+:func:`start_zookeeper` and close what it returns. Every member is killed and every dir removed at teardown,
+pass or fail; members also get SIGKILL from the kernel when the thread that started them dies (``setpriv
+--pdeathsig``; ``zkServer.sh start-foreground`` execs java, so the signal reaches the JVM itself).
+
+Debian's ``zkEnv.sh`` fixes the log dir to ``/var/log/zookeeper`` whatever the environment says, so the log
+settings (and ``jute.maxbuffer``) go in ``SERVER_JVMFLAGS``, whose ``-D`` flags come last and win. ZooKeeper's
+default ``jute.maxbuffer`` (1 MiB, for a whole request) is smaller than the contract's largest write (a 1 MiB
+value, stored once in its key's node and once in the change log), so the servers get 4 MiB.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.ports import free_port
+
+ZK_SERVER_SCRIPT = "/usr/share/zookeeper/bin/zkServer.sh"
+START_TIMEOUT = 60.0   # a hang guard: a server answers within a few seconds when idle
+PORT_ATTEMPTS = 3
+JUTE_MAXBUFFER = 4 * 1024 * 1024
+
+
+def _die_with_parent() -> list[str]:
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
+
+
+def four_letter_word(port: int, word: bytes, timeout: float = 1.0) -> str:
+    """Ask a server one of ZooKeeper's four-letter words; '' when it does not answer."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(word)
+            chunks = []
+            while chunk := sock.recv(4096):
+                chunks.append(chunk)
+            return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class ZkMember:
+    myid: int
+    client_port: int
+    quorum_port: int
+    election_port: int
+    root: Path
+    process: subprocess.Popen | None = None
+    ensemble: str = ""   # the server.N lines every member's zoo.cfg carries (empty for a lone server)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / f"zk{self.myid}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "zk.log"
+
+    def write_config(self) -> Path:
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        lines = ["tickTime=2000", "initLimit=10", "syncLimit=5", f"dataDir={self.dir / 'data'}",
+                 f"clientPort={self.client_port}", "clientPortAddress=127.0.0.1", "admin.enableServer=false",
+                 "4lw.commands.whitelist=ruok,stat", "maxClientCnxns=200"]
+        if self.ensemble:
+            (self.dir / "data" / "myid").write_text(f"{self.myid}\n")
+            lines.append(self.ensemble)
+        config = self.dir / "zoo.cfg"
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def start(self) -> None:
+        """Start the server (its data dir is kept, so this is also how a killed member comes back)."""
+        if self.running:
+            return
+        config = self.write_config()
+        flags = (f"-Dzookeeper.log.dir={self.dir} -Dzookeeper.root.logger=WARN,CONSOLE "
+                 f"-Djute.maxbuffer={JUTE_MAXBUFFER}")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SERVER_JVMFLAGS": flags, "ZOO_LOG_DIR": str(self.dir)}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([*_die_with_parent(), ZK_SERVER_SCRIPT, "start-foreground", str(config)],
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                            start_new_session=True)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def serving(self) -> bool:
+        """Answers clients: a lone server says ``imok``; an ensemble member also needs a quorum (``stat``)."""
+        if not self.ensemble:
+            return four_letter_word(self.client_port, b"ruok") == "imok"
+        return "Mode:" in four_letter_word(self.client_port, b"stat")
+
+    def mode(self) -> str:
+        for line in four_letter_word(self.client_port, b"stat").splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return ""
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+@dataclass
+class ZkEnsemble:
+    """One server or several started together. ``url`` is the ``zk://`` store URL naming every member."""
+
+    members: list[ZkMember]
+    root: Path
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return "zk://" + ",".join(member.endpoint for member in self.members)
+
+    def member_url(self, index: int) -> str:
+        return "zk://" + self.members[index].endpoint
+
+    def wait_serving(self, members: list[ZkMember] | None = None, timeout: float = START_TIMEOUT) -> None:
+        pending = list(self.members if members is None else members)
+        deadline = time.monotonic() + timeout
+        while pending:
+            pending = [member for member in pending if not member.serving()]
+            for member in pending:
+                if not member.running:
+                    raise ServerExited(f"zookeeper {member.myid} exited:\n{member.log_tail()}")
+            if pending and time.monotonic() > deadline:
+                tails = "\n".join(f"--- zk{m.myid}\n{m.log_tail()}" for m in pending)
+                raise RuntimeError(f"zookeeper not serving after {timeout:.0f}s:\n{tails}")
+            if pending:
+                time.sleep(0.1)
+
+    def leader_index(self, timeout: float = START_TIMEOUT) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            for index, member in enumerate(self.members):
+                if member.running and member.mode() in ("leader", "standalone"):
+                    return index
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no zookeeper leader after {timeout:.0f}s")
+            time.sleep(0.1)
+
+    def kill(self, index: int) -> ZkMember:
+        member = self.members[index]
+        member.kill()
+        return member
+
+    def restart(self, index: int, wait: bool = True) -> ZkMember:
+        member = self.members[index]
+        member.kill()
+        member.start()
+        if wait:
+            self.wait_serving([member])
+        return member
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for member in self.members:
+            with contextlib.suppress(Exception):
+                member.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "ZkEnsemble":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ServerExited(RuntimeError):
+    """A member died while starting: with Debian's logging most often because a port was taken meanwhile."""
+
+
+def start_zookeeper(size: int = 1, wait: bool = True) -> ZkEnsemble:
+    """Start ``size`` members on loopback; serving on return.
+
+    Debian's ZooKeeper logs through SLF4J without a binding, so a taken port leaves no message: a member that
+    exits while starting is taken for one, and the ensemble is started again on fresh ports."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        ensemble = _launch(size)
+        try:
+            if wait:
+                ensemble.wait_serving()
+            return ensemble
+        except ServerExited:
+            ensemble.close()
+            if attempt == PORT_ATTEMPTS:
+                raise
+        except BaseException:
+            ensemble.close()
+            raise
+    raise AssertionError("unreachable")
+
+
+def _launch(size: int) -> ZkEnsemble:
+    root = Path(tempfile.mkdtemp(prefix="bt-zk-"))
+    ports: set[int] = set()
+
+    def pick() -> int:
+        while True:
+            port = free_port()
+            if port not in ports:
+                ports.add(port)
+                return port
+
+    members = [ZkMember(myid, pick(), pick(), pick(), root) for myid in range(1, size + 1)]
+    if size > 1:
+        lines = "\n".join(f"server.{m.myid}=127.0.0.1:{m.quorum_port}:{m.election_port}" for m in members)
+        for member in members:
+            member.ensemble = lines
+    ensemble = ZkEnsemble(members, root)
+    try:
+        for member in members:
+            member.start()
+    except BaseException:
+        ensemble.close()
+        raise
+    return ensemble
+
+
+@pytest.fixture(scope="module")
+def zk_server() -> Iterator[ZkEnsemble]:
+    """One ZooKeeper server for the whole test module (tests keep apart by key prefix); ``.url`` is the store URL."""
+    ensemble = start_zookeeper(1)
+    try:
+        yield ensemble
+    finally:
+        ensemble.close()
+
+
+@pytest.fixture
+def zk_ensemble() -> Iterator[ZkEnsemble]:
+    """A fresh three-member ensemble on loopback for one test; ``kill(i)`` / ``restart(i)`` a member."""
+    ensemble = start_zookeeper(3)
+    try:
+        yield ensemble
+    finally:
+        ensemble.close()
