@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from urllib.parse import quote, unquote
 
 ENDPOINTS_PREFIX = "/berth/endpoints/"
-DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")  # \Z, not $: "web\n" is no label
 PROTOCOLS = ("tcp", "udp", "sctp")
 
 

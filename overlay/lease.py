@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from overlay.config import DEFAULT_PREFIX
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 
 
 class LeaseFormatError(ValueError):

@@ -165,3 +165,12 @@ def test_plan_sync_puts_missing_changed_and_old_lease_deletes_strays():
 def test_plan_change():
     plan = plan_change({"/a": b"1", "/b": b"2"}, {"/a": b"1", "/c": b"3"})
     assert dict(plan.puts) == {"/c": b"3"} and plan.deletes == ("/b",)
+
+
+@pytest.mark.parametrize("name", ["web\n", "web.\n", "a\nb", "web\r"])
+def test_names_with_a_line_break_are_refused(name):
+    """Matched in full: a regex `$` would accept a final newline, and such a name would reach DNS and the store."""
+    with pytest.raises(InvalidRecord):
+        EndpointRecord(id="x", name=name, addresses=("10.0.0.1",))
+    with pytest.raises(InvalidRecord):
+        EndpointRecord(id="x", name="web", aliases=(name,), addresses=("10.0.0.1",))
