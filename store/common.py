@@ -6,7 +6,8 @@ The view lets a watch that lost its place (compaction, reconnect) re-list and em
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator, Optional, Sequence
+import weakref
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from store.api import Compare, Delete, InvalidRequest, KeyValue, Put, WatchBatch, WatchEvent
 
@@ -187,3 +188,24 @@ def txn_chunks(ops: Sequence[Put | Delete], max_ops: int = MAX_TXN_OPS,
     if current:
         chunks.append(current)
     return chunks
+
+
+class OpenWatches:
+    """The watches a store handed out, so that closing the store closes them; held weakly, so a watch its reader
+    dropped is not kept alive. One place checks a watch's arguments for every backend."""
+
+    def __init__(self, make: Callable[[object, str, Optional[int]], object]) -> None:
+        self._make = make
+        self._watches: weakref.WeakSet = weakref.WeakSet()
+
+    def open(self, store: object, prefix: str, start_revision: Optional[int]):
+        check_key(prefix, "prefix")
+        if start_revision is not None:
+            check_revision(start_revision, "start revision")
+        watch = self._make(store, prefix, start_revision)
+        self._watches.add(watch)
+        return watch
+
+    def close_all(self) -> None:
+        for watch in list(self._watches):
+            watch.close()

@@ -10,7 +10,6 @@ harmless, a retried ``create`` may then report a lost race that it in fact won (
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Sequence
 from urllib.parse import parse_qs, urlparse
 
@@ -18,7 +17,7 @@ from pyetcd.etcdrpc import rpc_pb2 as rpc
 from pyetcd.etcdrpc import rpc_pb2_grpc as rpc_grpc
 
 from store.api import Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put, TxnResult
-from store.common import (check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
+from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, prefix_range_end)
 from store.etcd_client import Caller, Endpoints, parse_endpoints
 from store.etcd_watch import EtcdWatch
@@ -66,7 +65,7 @@ class EtcdStore:
             raise InvalidRequest("etcd store needs at least one endpoint")
         self.endpoints = Endpoints(endpoints)
         self.call = Caller(self.endpoints, call_timeout, budget)
-        self._watches: weakref.WeakSet[EtcdWatch] = weakref.WeakSet()
+        self._watches = OpenWatches(EtcdWatch)
 
     @classmethod
     def from_url(cls, url: str) -> "EtcdStore":
@@ -195,16 +194,10 @@ class EtcdStore:
         self._kv("compact", "Compact", rpc.CompactionRequest(revision=revision, physical=True))
 
     def watch_prefix(self, prefix: str, start_revision: int | None = None) -> EtcdWatch:
-        check_key(prefix, "prefix")
-        if start_revision is not None:
-            check_revision(start_revision, "start revision")
-        watch = EtcdWatch(self, prefix, start_revision)
-        self._watches.add(watch)
-        return watch
+        return self._watches.open(self, prefix, start_revision)
 
     def close(self) -> None:
-        for watch in list(self._watches):
-            watch.close()
+        self._watches.close_all()
         self.endpoints.close()
 
     def __enter__(self) -> "EtcdStore":

@@ -14,7 +14,6 @@ import secrets
 import sqlite3
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import parse_qs, urlparse
@@ -23,7 +22,7 @@ from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lea
                        StoreError, TxnResult)
 from store.change_signal import ChangeSignal
 from store.deadline import time_left
-from store.common import (check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
+from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, compare_holds)
 from store.sqlite_txn import (COMPACT_EVERY, DEFAULT_HISTORY, SCHEMA, WriteTxn, compact_log,
                               forget_leases_of_earlier_boots, key_range_sql, lease_clock, row_to_kv, sqlite_errors)
@@ -45,7 +44,7 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []    # every open one, closed with the store
         self._lock = threading.Lock()
         self._closed = False
-        self._watches: weakref.WeakSet[SqliteWatch] = weakref.WeakSet()
+        self._watches = OpenWatches(SqliteWatch)
         self._signal: ChangeSignal | None = None
         with sqlite_errors(f"open {self.path}"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,16 +304,10 @@ class SqliteStore:
             return self._signal
 
     def watch_prefix(self, prefix: str, start_revision: int | None = None) -> SqliteWatch:
-        check_key(prefix, "prefix")
-        if start_revision is not None:
-            check_revision(start_revision, "start revision")
-        watch = SqliteWatch(self, prefix, start_revision)
-        self._watches.add(watch)
-        return watch
+        return self._watches.open(self, prefix, start_revision)
 
     def close(self) -> None:
-        for watch in list(self._watches):
-            watch.close()
+        self._watches.close_all()
         self._closed = True
         with self._lock:
             connections, self._connections, self._idle = self._connections, [], []

@@ -23,8 +23,8 @@ revision-ordered change log. Under the root (``/berth`` unless the URL names ano
   nodes vanish without passing through the log (watchers would miss the deletes), a session lives as long
   as its connection rather than until keep-alives stop, and ZooKeeper's minimum session timeout (two
   ticks) is longer than the TTLs Berth uses; TTL nodes (an extended type, off by default) are removed
-  by the server's reaper on its own schedule, again outside the log. A lease node's data is its TTL; its ``mtime`` (the leader's
-  clock when the last keep-alive set it) says when it was refreshed; its children name the keys it holds,
+  by the server's reaper on its own schedule, again outside the log. A lease node's data is its TTL; its
+  ``mtime`` (the leader's clock when the last keep-alive set it) says when it was refreshed; its children name the keys it holds,
   kept in the same ``multi`` as the keys. Any client that touches the store (reads, writes, watches) sweeps
   at most every half second: it reads the leases, and when one is due by its estimate of the server's
   clock it sets ``clock`` to read the server's current time from its ``mtime``, then expires every lease
@@ -55,7 +55,6 @@ import math
 import random
 import secrets
 import time
-import weakref
 from typing import Callable, Sequence
 from urllib.parse import parse_qs, urlparse
 
@@ -64,7 +63,7 @@ from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, 
 
 from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put,
                        StoreError, StoreUnavailable, TxnResult)
-from store.common import (check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
+from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, compare_holds)
 from store.zookeeper_client import TRANSIENT, Calls, connect
 from store.zookeeper_codec import LogEntry, Paths, name_to_key, pack_entry, unpack_entry, unpack_node
@@ -113,6 +112,12 @@ def parse_url(url: str) -> tuple[str, str, float, int]:
     return parsed.netloc, root, budget, history
 
 
+def _zk_watch(store, prefix: str, start_revision: int | None):
+    from store.zookeeper_watch import ZkWatch  # imported with the first watch only
+
+    return ZkWatch(store, prefix, start_revision)
+
+
 class ZkStore:
     """Thread-safe: kazoo's client is shared by every thread."""
 
@@ -122,7 +127,7 @@ class ZkStore:
         self.paths = Paths(root)
         self.history = history
         self.calls = Calls(connect(hosts, budget), hosts, call_timeout, budget)
-        self._watches: weakref.WeakSet = weakref.WeakSet()
+        self._watches = OpenWatches(_zk_watch)
         self.leases = ZkLeases(self)
         try:
             self.calls.retrying("prepare layout", self._prepare_layout)
@@ -403,18 +408,10 @@ class ZkStore:
             log.debug("zookeeper %s: automatic compaction to %d: %s", self.hosts, revision, exc)
 
     def watch_prefix(self, prefix: str, start_revision: int | None = None):
-        from store.zookeeper_watch import ZkWatch
-
-        check_key(prefix, "prefix")
-        if start_revision is not None:
-            check_revision(start_revision, "start revision")
-        watch = ZkWatch(self, prefix, start_revision)
-        self._watches.add(watch)
-        return watch
+        return self._watches.open(self, prefix, start_revision)
 
     def close(self) -> None:
-        for watch in list(self._watches):
-            watch.close()
+        self._watches.close_all()
         self.calls.close()
 
     def __enter__(self) -> "ZkStore":
