@@ -19,18 +19,17 @@ revision-ordered change log. Under the root (``/berth`` unless the URL names ano
   re-reads the counter every half second) and read the entries after the last revision they delivered.
   Trimming old entries is compaction; ``compacted`` records how far it went, and a watch asked to start
   before it raises :class:`Compacted` (one that falls behind it re-lists and emits the difference).
-* ``leases/<id>`` — application-level leases, not ZooKeeper sessions or TTL nodes: a session's ephemeral
-  nodes vanish without passing through the log (watchers would miss the deletes), a session lives as long
-  as its connection rather than until keep-alives stop, and ZooKeeper's minimum session timeout (two
-  ticks) is longer than the TTLs Berth uses; TTL nodes (an extended type, off by default) are removed
-  by the server's reaper on its own schedule, again outside the log. A lease node's data is its TTL; its
-  ``mtime`` (the leader's clock when the last keep-alive set it) says when it was refreshed; its children name the keys it holds,
-  kept in the same ``multi`` as the keys. Any client that touches the store (reads, writes, watches) sweeps
-  at most every half second: it reads the leases, and when one is due by its estimate of the server's
-  clock it sets ``clock`` to read the server's current time from its ``mtime``, then expires every lease
-  whose ``mtime + TTL`` has passed with one ``multi`` that deletes its keys, logs the
-  deletes, and removes the lease node only if its version is unchanged (a keep-alive in between wins).
-  Servers' clocks must therefore agree to well within a TTL (NTP), as a leader change moves the clock.
+* ``leases/<id>`` — application-level leases, not ZooKeeper sessions or TTL nodes: a session's ephemeral nodes vanish
+  without passing through the log (watchers would miss the deletes), a session lives as long as its connection rather
+  than until keep-alives stop, and ZooKeeper's minimum session timeout (two ticks) is longer than the TTLs Berth uses;
+  TTL nodes (an extended type, off by default) are removed by the server's reaper on its own schedule, again outside
+  the log. A lease node's data is its TTL; its ``mtime`` (the leader's clock when the last keep-alive set it) says
+  when it was refreshed; its children name the keys it holds, kept in the same ``multi`` as the keys. Any client that
+  touches the store (reads, writes, watches) sweeps at most every half second: it reads the leases, and when one is
+  due by its estimate of the server's clock it sets ``clock`` to read the server's current time from its ``mtime``,
+  then expires every lease whose ``mtime + TTL`` has passed with one ``multi`` that deletes its keys, logs the
+  deletes, and removes the lease node only if its version is unchanged (a keep-alive in between wins). Servers' clocks
+  must therefore agree to well within a TTL (NTP), as a leader change moves the clock.
 
 Reads go to whichever server the session is on, so ``get`` is sequentially consistent, not linearizable
 (etcd's default get is); writes and transactions, failed ones included, are checked at the leader.
