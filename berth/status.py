@@ -8,6 +8,8 @@ The JSON document (``--json``), version 1; keys are stable, new keys may be adde
 
 - ``version`` (1), ``revision`` (the store revision read), ``overlay`` (``network``, ``subnetLen``, ``vni``,
   ``port``; null when no overlay network is configured)
+- ``agents``: one per running discovery agent: ``host``, ``address``, ``http`` (its Consul API, "" when it
+  serves none), ``acl`` (``allow``: any local user may write through the API; ``deny``; ``none``: no HTTP API)
 - ``hosts``: one per subnet lease: ``subnet``, ``underlay``, ``vtepMac``, ``vni``, ``reserved``
 - ``endpoints``: ``id``, ``name``, ``aliases``, ``addresses``, ``host`` (the agent that wrote it), ``network``,
   ``containerId`` (empty for services registered over HTTP), ``ports`` (``"8080->80/tcp"`` or ``"80/tcp"``),
@@ -77,6 +79,7 @@ class ClusterStatus:
     hosts: tuple[HostStatus, ...]
     endpoints: tuple[EndpointStatus, ...]
     problems: tuple[str, ...]
+    agents: tuple = ()  # discovery.publish.AgentRecord, one per running agent
 
     @property
     def usage(self) -> tuple[SubnetUsage, ...]:
@@ -94,6 +97,9 @@ class ClusterStatus:
         return None
 
 
+ACL_TEXT = {"allow": "none (default allow)", "deny": "tokens (default deny)", "none": "no HTTP API"}
+
+
 def _inside(address: str, subnet: ipaddress.IPv4Network) -> bool:
     try:
         return ipaddress.ip_address(address) in subnet
@@ -109,6 +115,7 @@ def _port_text(port) -> str:
 def collect(store, overlay_prefix: str | None = None) -> ClusterStatus:
     """Read overlay configuration, subnet leases and endpoint records from one store revision."""
     from discovery.model import ENDPOINTS_PREFIX, EndpointRecord, InvalidRecord
+    from discovery.publish import AGENTS_PREFIX, AgentRecord
     from overlay.config import DEFAULT_PREFIX, ConfigError, parse_config
     from overlay.lease import LeaseFormatError, config_key, parse_lease, subnets_prefix
 
@@ -142,9 +149,16 @@ def collect(store, overlay_prefix: str | None = None) -> ClusterStatus:
         endpoints.append(EndpointStatus(record.id, record.name, record.aliases, record.addresses, record.host,
                                         record.network, record.container_id,
                                         tuple(_port_text(p) for p in record.ports), record.health.value))
+    agents = []
+    for kv in store.get_prefix(AGENTS_PREFIX)[0]:
+        try:
+            agents.append(AgentRecord.from_json(kv.value))
+        except ValueError as exc:
+            problems.append(f"{kv.key}: {exc}")
     hosts.sort(key=lambda h: (ipaddress.ip_address(h.underlay), h.subnet))
     endpoints.sort(key=lambda e: (e.name, e.host, e.id))
-    return ClusterStatus(revision, overlay, tuple(hosts), tuple(endpoints), tuple(problems))
+    agents.sort(key=lambda a: a.host)
+    return ClusterStatus(revision, overlay, tuple(hosts), tuple(endpoints), tuple(problems), tuple(agents))
 
 
 # -- views (pure) ---------------------------------------------------------------------------------------------------
@@ -154,6 +168,7 @@ def as_document(status: ClusterStatus) -> dict[str, Any]:
         "version": 1,
         "revision": status.revision,
         "overlay": status.overlay,
+        "agents": [{"host": a.host, "address": a.address, "http": a.http, "acl": a.acl} for a in status.agents],
         "hosts": [{"subnet": str(h.subnet), "underlay": h.underlay, "vtepMac": h.vtep_mac, "vni": h.vni,
                    "reserved": h.reserved} for h in status.hosts],
         "endpoints": [{"id": e.id, "name": e.name, "aliases": list(e.aliases), "addresses": list(e.addresses),
@@ -187,6 +202,16 @@ def render_tables(status: ClusterStatus) -> list[str]:
                          else "held") for h in status.hosts)])
     else:
         out.append("no hosts (no subnet leases)")
+    out.append("")
+    if status.agents:
+        out += table([("agent", "address", "Consul API", "ACL"),
+                      *((a.host, a.address, a.http or "-", ACL_TEXT.get(a.acl, a.acl)) for a in status.agents)])
+        open_apis = [a.host for a in status.agents if a.acl == "allow"]
+        if open_apis:
+            out.append(f"warning: {', '.join(open_apis)} run without ACLs: any local user may register and "
+                       "deregister services there (berth agent --acl-default-policy deny)")
+    else:
+        out.append("no discovery agents running")
     out.append("")
     if status.endpoints:
         rows = [("endpoint", "aliases", "addresses", "agent", "network", "ports", "health")]

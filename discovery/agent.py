@@ -38,8 +38,8 @@ from discovery import health as hc
 from discovery import wire
 from discovery.local import LeaseFile, LocalEndpoint, LocalEndpoints
 from discovery.model import EndpointRecord, Health, InvalidRecord, endpoint_key
-from discovery.publish import (SKYDNS_PREFIX, Publishing, SyncPlan, endpoint_keys, host_prefix, is_mine,
-                               plan_change, plan_sync)
+from discovery.publish import (SKYDNS_PREFIX, Publishing, SyncPlan, agent_key, endpoint_keys, host_prefix,
+                               is_mine, plan_change, plan_sync)
 from store.api import Delete, LeaseNotFound, Put, Store, StoreError
 from store.common import txn_chunks
 from store.deadline import call_deadline
@@ -88,6 +88,7 @@ class Agent:
         self.lease_file = LeaseFile(state_dir)
         self.lease = LeaseKeeper(store, ttl, self._rewrite_all, name="agent-lease")
         self.ready = threading.Event()  # set after the first full anti-entropy pass under a lease (clause 5)
+        self.about: bytes | None = None  # this agent's AgentRecord, kept under its lease like its endpoints
         self._lock = threading.RLock()
         self._endpoints: dict[str, LocalEndpoint] = {}
         self._written: dict[str, dict[str, bytes]] = {}
@@ -268,6 +269,8 @@ class Agent:
             for eid, endpoint in self._endpoints.items():
                 written[eid] = endpoint_keys(self._with_health(endpoint), self.pub)
                 desired.update(written[eid])
+            if self.about is not None:
+                desired[agent_key(self.host)] = self.about
             plan = plan_sync(desired, stored, lease)
             if plan:
                 log.info("anti-entropy: %d puts, %d deletes", len(plan.puts), len(plan.deletes))
@@ -290,6 +293,10 @@ class Agent:
             with call_deadline(self._store_deadline()):
                 more, _ = self.store.get_prefix(SKYDNS_PREFIX)
             items = list(items) + [kv for kv in more if is_mine(kv.key, kv.value, self.pub)]
+        if self.about is not None:
+            with call_deadline(self._store_deadline()):
+                own = self.store.get(agent_key(self.host))
+            items = list(items) + ([own] if own is not None else [])
         return [(kv.key, kv.value, kv.lease) for kv in items]
 
     def _rewrite_all(self, lease_id: int) -> None:

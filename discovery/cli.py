@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from discovery.acl import Acl
     from discovery.consul_api import ConsulApi
     from discovery.http_server import HttpLimits, StrictHttpServer
+    from discovery.publish import ACL_NONE, AgentRecord
     from discovery.view import DiscoveryView
     from store.api import StoreError, open_store
 
@@ -108,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
                                 read_deadline=args.http_read_deadline)
             http = StrictHttpServer(args.http, ConsulApi(agent, view, acl), limits)
             cleanup.append(http.server_close)
+        agent.about = AgentRecord(args.host, args.address, f"{args.http[0]}:{http.port}" if http else "",
+                                  acl.policy if http else ACL_NONE).to_json()
         agent.start()
         cleanup.append(agent.stop)
         listener = AgentSocket(args.socket, agent.handle)

@@ -92,3 +92,35 @@ def plan_change(old: Mapping[str, bytes], new: Mapping[str, bytes]) -> SyncPlan:
     """One endpoint went from ``old`` keys to ``new`` keys."""
     return SyncPlan({k: v for k, v in new.items() if old.get(k) != v},
                     tuple(sorted(k for k in old if k not in new)))
+
+
+AGENTS_PREFIX = "/berth/agents/"
+ACL_NONE = "none"  # the agent serves no HTTP API: only the root-only socket writes its catalogue
+
+
+def agent_key(host: str) -> str:
+    """Where an agent describes itself, under its lease: ``/berth/agents/<host>`` (gone when the agent is)."""
+    return f"{AGENTS_PREFIX}{quote(host, safe='')}"
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """What ``berth status`` shows of a running agent: where its HTTP API is and who may write through it
+    (``acl`` is the default policy, ``allow`` meaning any local user)."""
+
+    host: str
+    address: str
+    http: str  # "ADDR:PORT", or "" without an HTTP API
+    acl: str  # "allow", "deny" or ACL_NONE
+
+    def to_json(self) -> bytes:
+        return json.dumps({"host": self.host, "address": self.address, "http": self.http, "acl": self.acl},
+                          sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "AgentRecord":
+        try:
+            doc = json.loads(raw)
+            return cls(str(doc["host"]), str(doc["address"]), str(doc.get("http", "")), str(doc["acl"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not an agent record ({exc})") from None

@@ -68,7 +68,7 @@ def test_bad_registration_is_rejected_and_nothing_is_written(api, open_url, stor
     with pytest.raises(consul.exceptions.BadRequest, match=words):
         c.agent.service.register(**kwargs)
     assert c.agent.services() == {}
-    assert store.get_prefix("/berth/")[0] == []
+    assert store.get_prefix("/berth/endpoints/")[0] == [] and store.get_prefix("/skydns/")[0] == []
 
 
 def test_tcp_check_goes_critical_when_the_listener_goes_away(api, open_url, store_url):

@@ -140,5 +140,5 @@ def test_agent_rejects_a_bad_record_and_writes_nothing(store_url, agents, open_u
     bad = {"op": "add", "netns": "", "endpoint": {"id": "x/eth0", "name": "ok", "addresses": ["10.0.0.1", "nope"]}}
     reply = wire.call(agent.socket, bad)
     assert reply["ok"] is False and reply["code"] == 7 and "addresses" in reply["error"]
-    assert store.get_prefix("/berth/")[0] == []
+    assert store.get_prefix("/berth/endpoints/")[0] == [] and store.get_prefix("/skydns/")[0] == []
     assert wire.call(agent.socket, {"op": "check", "id": "x/eth0"})["registered"] is False

@@ -12,7 +12,9 @@ from discovery.model import ENDPOINTS_PREFIX, EndpointRecord, PortBinding, endpo
 from overlay.lease import parse_lease, subnets_prefix
 from store.api import open_store
 from tests.conftest import VENV_BIN
+from tests.discovery.conftest import LEASE_TTL, agents  # noqa: F401 - fixtures
 from tests.overlay.conftest import make_sim, sqlite_url  # noqa: F401 - fixtures
+from tests.waiting import wait_until
 
 BERTH = str(VENV_BIN / "berth")
 
@@ -124,3 +126,22 @@ def test_status_of_an_unreadable_store_is_a_clear_error(tmp_path):
 def test_a_picture_in_an_unknown_format_is_refused(tmp_path):
     done = status("--store", f"sqlite:///{tmp_path}/empty.db", "--graph", str(tmp_path / "t.gif"))
     assert done.returncode == 1 and "suffix" in done.stderr
+
+
+# -- the agents, and who may write through them -------------------------------------------------------------------
+
+@pytest.mark.service
+def test_status_names_each_running_agent_and_warns_of_one_without_acls(agents, tmp_path):  # noqa: F811
+    url = f"sqlite:///{tmp_path}/agents.db"
+    open_agent = agents(url, host="btopen")
+    closed_agent = agents(url, host="btclosed", extra=("--acl-default-policy", "deny"))
+    doc = json.loads(status("--store", url, "--json").stdout)
+    shown = {a["host"]: a for a in doc["agents"]}
+    assert shown["btopen"]["acl"] == "allow" and shown["btclosed"]["acl"] == "deny"
+    assert shown["btopen"]["http"] == f"127.0.0.1:{open_agent.http_port}"
+    assert shown["btclosed"]["http"] == f"127.0.0.1:{closed_agent.http_port}"
+    text = status("--store", url).stdout
+    assert "warning: btopen run without ACLs" in text and "btclosed" not in text.split("warning:")[1]
+    closed_agent.kill()  # a dead agent's record goes with its lease
+    assert wait_until(lambda: "btclosed" not in status("--store", url, "--json").stdout,
+                      timeout=LEASE_TTL * 6, what="the killed agent's record to expire with its lease")
