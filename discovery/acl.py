@@ -12,7 +12,10 @@ Berth follows a small part of Consul's ACL model, the part a host needs:
 
 Whatever the default policy, an endpoint that berth-register put in through the root-only agent socket can be
 changed or removed over HTTP only with the management token, and a name a container endpoint carries (its
-service, name or an alias) gains HTTP-registered instances only with a token allowed to write that name.
+service, name or an alias) gains HTTP-registered instances only with a token allowed to write that name. The rule
+holds in time too: an HTTP registration made *before* a container claimed its name or address, by a caller whose
+token did not grant that name, is withdrawn when the container appears (:func:`squatters`) — otherwise anyone could
+reserve tomorrow's container names and answer for them.
 
 The decisions are pure functions of (identity, what is asked); the token file is read at the edge.
 """
@@ -55,9 +58,22 @@ class Identity:
     def is_management(self) -> bool:
         return self.kind == "management"
 
+    @property
+    def grant(self) -> str | None:
+        """The names the token itself lets its holder write, as kept with an HTTP registration: ``""`` every name
+        (management), a service prefix, or None (nothing beyond the default policy)."""
+        if self.is_management:
+            return ""
+        return self.service_prefix if self.kind == "service" else None
+
     def may_write_name(self, service: str) -> bool:
         """Write granted by the token itself (not by the default policy)."""
-        return self.is_management or (self.kind == "service" and service.startswith(self.service_prefix))
+        return granted(self.grant, service)
+
+
+def granted(grant: str | None, name: str) -> bool:
+    """Does a registrant's token grant (see :attr:`Identity.grant`) cover ``name``?"""
+    return grant is not None and name.startswith(grant)
 
 
 ANONYMOUS = Identity("anonymous")
@@ -269,3 +285,19 @@ def container_names(records: Iterable) -> set[str]:
         if record.container_id:
             names.update((record.service, record.name, *record.aliases))
     return names
+
+
+def squatters(endpoints: Mapping[str, object], claims: ContainerClaims) -> list[str]:
+    """IDs of this agent's HTTP-registered endpoints that now stand on a container's name or address without a
+    token grant for it (``endpoints``: id → :class:`discovery.local.LocalEndpoint`)."""
+    out = []
+    for endpoint_id, endpoint in endpoints.items():
+        grant, record = endpoint.grant, endpoint.record
+        if endpoint.source != "api" or grant == "":
+            continue
+        on_name = claims.holds_name(record.service) and not granted(grant, record.service)
+        on_address = any(services and not any(granted(grant, s) for s in services)
+                         for services in map(claims.services_at, record.addresses))
+        if on_name or on_address:
+            out.append(endpoint_id)
+    return sorted(out)

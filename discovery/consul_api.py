@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping
 
 from discovery import consul_schema as cs
 from discovery.acl import (Acl, AclError, ContainerClaims, Identity, container_addresses, container_names,
-                           presented_token)
+                           presented_token, squatters)
 from discovery.agent import Agent, UnknownCheck
 from discovery.consul_index import (DEFAULT_WAIT, MAX_WAIT, BlockingParams, ChangeSignal, IndexBook, digest,
                                     first, query_key)
@@ -161,7 +161,18 @@ class ConsulApi:
 
     def _on_view_change(self, change: ViewChange) -> None:
         self.claims.apply(change)
+        self._withdraw_squatters()
         self.changes.bump()
+
+    def _withdraw_squatters(self) -> list[str]:
+        """HTTP registrations standing on a container's name or address without a token grant for it give way
+        to the container (see :func:`discovery.acl.squatters`)."""
+        withdrawn = squatters(self.agent.endpoints(), self.claims)
+        for endpoint_id in withdrawn:
+            log.warning("withdrawing HTTP registration %r: a container endpoint now holds its name or address "
+                        "and the registrant's token does not grant it", endpoint_id)
+            self.agent.remove(endpoint_id)
+        return withdrawn
 
     # -- the application callable ------------------------------------------------------------------------
     def __call__(self, request: Request) -> Response:
@@ -235,7 +246,10 @@ class ConsulApi:
                 raise AclError(f"Permission denied: {address} is a container endpoint's address; registering "
                                "it needs a token allowed to write that container's service")
         self.acl.check_write(who, record.service)
-        revision = self.agent.add(LocalEndpoint(record=record, checks=reg.checks, source="api"))
+        revision = self.agent.add(LocalEndpoint(record=record, checks=reg.checks, source="api", grant=who.grant))
+        if record.id in self._withdraw_squatters():  # a container claimed the name while this one was checked
+            raise AclError(f"Permission denied: {record.service!r} or its address was just taken by a container "
+                           "endpoint")
         self._seen(revision)
 
     def deregister(self, req: Request, who: Identity, service_id: str) -> None:

@@ -27,16 +27,24 @@ class LocalEndpoint:
     netns: str = ""
     checks: tuple[CheckSpec, ...] = ()
     source: str = "cni"  # "cni" (berth-register) or "api" (the Consul-compatible HTTP API)
+    grant: str | None = ""  # for "api": the names the registrant's token granted (discovery.acl.Identity.grant)
 
     def to_dict(self) -> dict:
         return {"record": self.record.to_dict(), "netns": self.netns, "source": self.source,
-                "checks": [c.to_dict() for c in self.checks]}
+                "checks": [c.to_dict() for c in self.checks], "grant": self.grant}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LocalEndpoint":
         return cls(record=EndpointRecord.from_dict(d["record"]), netns=d.get("netns", ""),
                    checks=tuple(CheckSpec.from_dict(c) for c in d.get("checks", ())),
-                   source=d.get("source", "cni"))
+                   source=d.get("source", "cni"), grant=_grant(d.get("grant", "")))
+
+
+def _grant(value: object) -> str | None:
+    """Files written before grants were kept count as granted: an upgrade must not withdraw what was accepted."""
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidRecord(f"grant: {value!r} is not a name prefix")
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -243,3 +243,34 @@ def test_a_service_token_may_add_instances_to_a_container_service(store_url, age
     assert wait_until(lambda: _try(lambda: allowed.agent.service.register(
         "btweb", service_id="btweb-extra", address="10.88.0.99")), what="token reload")
     assert sorted(n["ServiceAddress"] for n in allowed.catalog.service("btweb")[1]) == ["10.88.0.6", "10.88.0.99"]
+
+
+@pytest.mark.root
+def test_a_name_registered_before_its_container_is_withdrawn_unless_a_token_granted_it(store_url, agents,
+                                                                                        local_user):
+    """Squatting: a local user registers tomorrow's container name and address over HTTP (allowed then: no
+    container holds them). When the container appears, those registrations give way; one made with a token that
+    grants the name stays."""
+    agent = agents(store_url)
+    base = f"http://127.0.0.1:{agent.http_port}/v1/agent/service"
+    assert curl_as(local_user, "PUT", f"{base}/register", {"ID": "btsquat1", "Name": "btlater", "Address": "6.6.6.6"}) \
+        == 200
+    assert curl_as(local_user, "PUT", f"{base}/register",
+                   {"ID": "btsquat2", "Name": "btptr", "Address": "10.88.0.7"}) == 200  # the container's address
+    secret = "s" + os.urandom(16).hex()
+    add_service_token(agent, secret, "btlater")
+    granted = consul.Consul(host="127.0.0.1", port=agent.http_port, token=secret)
+    assert wait_until(lambda: _try(lambda: granted.agent.service.register(
+        "btlater", service_id="btlater-extra", address="10.88.0.99")), what="token reload")
+    client = consul.Consul(host="127.0.0.1", port=agent.http_port)
+    assert set(client.agent.services()) == {"btsquat1", "btsquat2", "btlater-extra"}
+
+    config = register_config("btnet", agent.socket, agent.spool_dir, address="10.88.0.7/24")
+    config["args"] = {"cni": {"service": "btlater"}}
+    cid = "btc" + os.urandom(6).hex()
+    assert run_register("ADD", config, container_id=cid, name="btlater1")[0] == 0
+    assert wait_until(lambda: set(client.agent.services()) == {f"{cid}/eth0", "btlater-extra"},
+                      what="the squatters withdrawn")
+    assert sorted(n["ServiceAddress"] for n in client.catalog.service("btlater")[1]) == ["10.88.0.7", "10.88.0.99"]
+    assert client.catalog.service("btptr")[1] == []
+    assert "withdrawing HTTP registration 'btsquat1'" in agent.log.read_text()

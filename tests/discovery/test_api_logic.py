@@ -230,3 +230,34 @@ def test_container_claims_follow_the_views_changes():
     assert claims.services_at("10.1.0.5") == set() and not claims.holds_name("www")
     claims.apply(ViewChange(3, removed={"k1": moved}))
     assert not claims.holds_name("btweb") and claims.services_at("10.1.0.6") == set()
+
+
+def test_http_registrations_without_a_grant_give_way_to_a_container():
+    """Squatting: a name or address registered over HTTP before a container claimed it stays only when the
+    registrant's token granted that name."""
+    from discovery.acl import ContainerClaims, Identity, squatters
+    from discovery.local import LocalEndpoint
+    from discovery.viewstate import ViewChange
+    web = EndpointRecord(id="c1/eth0", name="btweb1", service="btweb", aliases=("www",), addresses=("10.1.0.5",),
+                         container_id="c1")
+    claims = ContainerClaims()
+    claims.apply(ViewChange(1, added={"k1": web}))
+
+    def api(eid: str, service: str, address: str, who: Identity) -> LocalEndpoint:
+        return LocalEndpoint(EndpointRecord(id=eid, name=service, addresses=(address,)), source="api",
+                             grant=who.grant)
+    anonymous, management = Identity("anonymous"), Identity("management")
+    endpoints = {
+        "on-name": api("on-name", "btweb", "10.9.0.1", anonymous),
+        "on-alias": api("on-alias", "www", "10.9.0.2", Identity("service", "other")),
+        "on-address": api("on-address", "btelse", "10.1.0.5", anonymous),
+        "granted": api("granted", "btweb", "10.9.0.3", Identity("service", "btw")),
+        "managed": api("managed", "btweb1", "10.1.0.5", management),
+        "elsewhere": api("elsewhere", "btother", "10.9.0.4", anonymous),
+        "c1/eth0": LocalEndpoint(web, source="cni"),
+        "before-grants": LocalEndpoint(EndpointRecord(id="before-grants", name="btweb", addresses=("10.9.0.5",)),
+                                       source="api"),  # a file from before grants were kept: accepted then
+    }
+    assert squatters(endpoints, claims) == ["on-address", "on-alias", "on-name"]
+    assert LocalEndpoint.from_dict(endpoints["on-name"].to_dict()).grant is None  # the grant survives a restart
+    assert LocalEndpoint.from_dict({"record": web.to_dict(), "source": "api"}).grant == ""
