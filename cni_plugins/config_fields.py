@@ -30,12 +30,7 @@ def identifier(value: Any, what: str) -> str:
 
 def interface_name(value: Any, what: str) -> str:
     """A Linux interface name: at most 15 bytes (not characters), not ``.``/``..``, no ``/``, ``:`` or space."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what}: must be a non-empty interface name")
-    try:
-        encoded = value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what}: is not valid UTF-8") from None
+    encoded = paths.utf8_text(value, what, "interface name")
     if len(encoded) >= IFNAMSIZ:
         raise ValueError(f"{what}: {value!r} is too long: {len(encoded)} bytes, the kernel allows {IFNAMSIZ - 1}")
     if value in (".", ".."):

@@ -15,14 +15,20 @@ NAME_MAX = 255         # bytes per component
 MAX_COMPONENTS = 64
 
 
-def absolute_path(value: Any, field: str) -> str:
-    """``value`` if it is a usable absolute path, else ValueError naming ``field`` (falsy values included)."""
+def utf8_text(value: Any, field: str, kind: str) -> bytes:
+    """A non-empty string that encodes as UTF-8 (names the kernel sees as bytes), encoded; else ValueError
+    naming ``field`` and what it should have been (``kind``)."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{field}: must be a non-empty absolute path, not {value!r}")
+        raise ValueError(f"{field}: must be a non-empty {kind}, not {value!r}")
     try:
-        encoded = value.encode("utf-8")
+        return value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"{field}: is not valid UTF-8") from None
+
+
+def absolute_path(value: Any, field: str) -> str:
+    """``value`` if it is a usable absolute path, else ValueError naming ``field`` (falsy values included)."""
+    encoded = utf8_text(value, field, "absolute path")
     if b"\0" in encoded:
         raise ValueError(f"{field}: contains a NUL character")
     if not value.startswith("/"):
