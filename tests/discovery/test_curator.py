@@ -22,8 +22,9 @@ from tests.waiting import wait_until
 from tests.zk_harness import zk_server  # noqa: F401  (fixture)
 
 JARS = Path("/usr/share/java")
-CLASSPATH_JARS = ("curator-x-discovery", "curator-recipes", "curator-framework", "curator-client", "zookeeper", "zookeeper-jute",
-                  "jackson-core", "jackson-databind", "jackson-annotations", "guava", "slf4j-api", "slf4j-nop")
+CLASSPATH_JARS = ("curator-x-discovery", "curator-recipes", "curator-framework", "curator-client", "zookeeper",
+                  "zookeeper-jute", "jackson-core", "jackson-databind", "jackson-annotations", "guava", "slf4j-api",
+                  "slf4j-nop")
 SOURCE = Path(__file__).parent / "curator" / "CuratorWatch.java"
 SESSION = 4.0   # the agents' ZooKeeper session timeout (the server's least: two 2 s ticks)
 WAIT = 30.0     # hang guard for what a watcher should see
@@ -111,8 +112,9 @@ class CuratorWatch:
             if self.proc.poll() is not None:
                 raise AssertionError(f"CuratorWatch exited: {self.proc.stderr.read()[-3000:]}")
             current = self.instances
-            return current if current is not None and {i["id"] for i in current} == ids else None
-        return wait_until(seen, timeout=timeout, interval=0.05, what=f"Curator to see {what} (last: {self.instances})")
+            return [current] if current is not None and {i["id"] for i in current} == ids else None
+        return wait_until(seen, timeout=timeout, interval=0.05,
+                          what=f"Curator to see {what}")[0]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -149,7 +151,7 @@ def register(agent, service_id: str, address: str, port: int, **extra) -> None:
 
 @pytest.fixture
 def zk_agents(zk_server, agents):
-    """``zk_agents()`` → (agent on zk:// with Curator publishing under a fresh base path, ZooKeeper hosts, base path)."""
+    """(``start()`` → an agent on zk:// publishing under a fresh base path, the ZooKeeper hosts, that base path)."""
     base = f"/{unique_name('cur')}/services"
     url = f"{zk_server.url}/{unique_name('root')}?session={SESSION:g}"
 
@@ -198,3 +200,23 @@ def test_a_sigkilled_agents_instances_vanish_with_its_session(zk_agents, curator
     doomed.kill()  # SIGKILL: no session close; only the session timeout removes its nodes
     # the guard: the session timeout, plus the server's expiry tick and a loaded machine's slack
     watch.wait_for(kept, f"the killed agent's instances gone after its {SESSION:g} s session", timeout=4 * SESSION)
+
+
+@pytest.mark.zk
+@pytest.mark.service
+@pytest.mark.slow
+def test_instances_come_back_after_the_agents_session_expired(zk_agents, curator_watch):
+    """The agent is stopped (SIGSTOP) past its session timeout: ZooKeeper expires the session and its nodes; on
+    SIGCONT kazoo gets a new session and the publisher writes every instance again."""
+    start, hosts, base = zk_agents
+    agent = start()
+    watch = curator_watch(hosts, base, "bt-web")
+    register(agent, "web-1", "10.0.2.1", 9100)
+    mine = {instance_id(agent.host, "web-1")}
+    watch.wait_for(mine, "the instance")
+    os.killpg(agent.proc.pid, signal.SIGSTOP)
+    try:
+        watch.wait_for(set(), "the frozen agent's instance gone with its expired session", timeout=4 * SESSION)
+    finally:
+        os.killpg(agent.proc.pid, signal.SIGCONT)
+    watch.wait_for(mine, "the instance back under the agent's new session")
