@@ -103,6 +103,8 @@ class CuratorPublisher:
         self.base_path = check_base_path(base_path)
         self.node_address = node_address
         self.resync = resync
+        self._wake = threading.Event()
+        self._stop = threading.Event()
         self.view = DiscoveryView(store, host_prefix(host))
         self.view.subscribe(lambda change: self._wake.set())
         self._viewing = False
@@ -110,10 +112,7 @@ class CuratorPublisher:
         self._registered: dict[str, int] = {}    # instance path → registrationTimeUTC, kept while it is wanted
         self._parents: set[str] = set()
         self._session = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.synced = threading.Event()          # set after each pass that left ZooKeeper as planned (for tests)
 
     def start(self) -> None:
         self.calls.client.add_listener(self._on_state)
@@ -146,7 +145,6 @@ class CuratorPublisher:
                 self._converge(verify)
                 if verify:
                     next_verify = time.monotonic() + self.resync
-                self.synced.set()
                 delays, pause = None, max(0.0, next_verify - time.monotonic())
             except (StoreError, KazooException) as exc:
                 delays = delays or DEFAULT_RETRY.delays()

@@ -70,6 +70,14 @@ def test_a_bad_base_path_is_refused(bad):
         check_base_path(bad)
 
 
+def test_publishing_on_a_store_other_than_zk_is_refused(tmp_path):
+    from discovery.curator import CuratorPublisher
+    from store.api import open_store
+    with open_store(f"sqlite:///{tmp_path / 'berth.db'}") as store:
+        with pytest.raises(ValueError, match="needs a zk:// store"):
+            CuratorPublisher(store, "h1")
+
+
 # -- a real Curator client ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
