@@ -159,12 +159,13 @@ def register(agent, service_id: str, address: str, port: int, **extra) -> None:
 
 @pytest.fixture
 def zk_agents(zk_server, agents):
-    """(``start()`` → an agent on zk:// publishing under a fresh base path, the ZooKeeper hosts, that base path)."""
+    """(``start(session=SECONDS)`` → an agent on zk:// publishing under a fresh base path, the ZooKeeper hosts,
+    that base path)."""
     base = f"/{unique_name('cur')}/services"
-    url = f"{zk_server.url}/{unique_name('root')}?session={SESSION:g}"
+    root = f"{zk_server.url}/{unique_name('root')}"
 
-    def _start():
-        return agents(url, extra=("--curator-base-path", base))
+    def _start(session: float = SESSION):
+        return agents(f"{root}?session={session:g}", extra=("--curator-base-path", base))
     return _start, zk_server.url[len("zk://"):], base
 
 
@@ -228,3 +229,32 @@ def test_instances_come_back_after_the_agents_session_expired(zk_agents, curator
     finally:
         os.killpg(agent.proc.pid, signal.SIGCONT)
     watch.wait_for(mine, "the instance back under the agent's new session")
+
+
+@pytest.mark.zk
+@pytest.mark.service
+def test_an_agent_restarted_at_once_takes_its_instances_over_without_a_gap(zk_agents, curator_watch):
+    """SIGKILL, then a restart within the session timeout: the old session still owns the nodes (and would take
+    them along when it expires), so the new agent replaces each in one multi; the client never misses one."""
+    from kazoo.client import KazooClient
+
+    start, hosts, base = zk_agents
+    agent = start(session=20.0)  # long enough that the old session surely outlives the restart
+    watch = curator_watch(hosts, base, "bt-web")
+    register(agent, "web-1", "10.0.3.1", 9200)
+    mine = instance_id(agent.host, "web-1")
+    watch.wait_for({mine}, "the instance")
+    client = KazooClient(hosts=hosts)
+    client.start(timeout=30)
+    try:
+        path = f"{base}/bt-web/{mine}"
+        old_owner = client.exists(path).ephemeralOwner
+        agent.kill()
+        printed = len(watch.lines)
+        agent.start()
+        wait_until(lambda: (stat := client.exists(path)) and stat.ephemeralOwner not in (0, old_owner),
+                   what="the restarted agent's session owning the instance")
+        assert all(mine in line for line in watch.lines[printed:] if line.startswith("instances "))
+    finally:
+        client.stop()
+        client.close()
