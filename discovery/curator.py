@@ -47,6 +47,7 @@ from store.api import StoreError
 from store.retry import DEFAULT_RETRY
 
 DEFAULT_BASE_PATH = "/services"
+PIPELINE = 256  # reads sent together at most
 INSTANCE_NAMESPACE = uuid.UUID("5b0c8a52-4f4e-4b8e-9a61-6c7a2d0b3e11")  # instance IDs: uuid5(host, endpoint ID)
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,11 @@ class CuratorPublisher:
         self._registered = {path: self._registered.get(path, now_ms) for path in planned}
         desired = {path: instance_json(record, self.node_address, self._registered[path])
                    for path, record in planned.items()}
+        if verify:  # read every node back (pipelined): the ones that differ or are another session's get written
+            kept = {path: data for path, data in self._published.items() if path not in desired}  # to remove below
+            self._published = {**kept, **self._read_back(desired)}
         for path, data in desired.items():
-            if verify or self._published.get(path) != data:
+            if self._published.get(path) != data:
                 self._put(path, data)
                 self._published[path] = data
         for path in [path for path in self._published if path not in desired]:
@@ -179,6 +183,16 @@ class CuratorPublisher:
 
     def _call(self, what: str, request):
         return self.calls.retrying(what, lambda: self.calls.wait(request(), what))
+
+    def _read_back(self, desired: dict[str, bytes]) -> dict[str, bytes]:
+        """The desired nodes that ZooKeeper holds exactly as desired, under this session."""
+        paths, held = list(desired), {}
+        for start in range(0, len(paths), PIPELINE):
+            chunk = paths[start:start + PIPELINE]
+            found = self.calls.retrying("read instances", lambda: self.calls.get_many(chunk))
+            held.update({path: desired[path] for path, hit in zip(chunk, found)
+                         if hit is not None and hit[0] == desired[path] and hit[1].ephemeralOwner == self._session})
+        return held
 
     def _put(self, path: str, data: bytes) -> None:
         client = self.calls.client

@@ -258,3 +258,25 @@ def test_an_agent_restarted_at_once_takes_its_instances_over_without_a_gap(zk_ag
     finally:
         client.stop()
         client.close()
+
+
+@pytest.mark.zk
+@pytest.mark.service
+def test_an_instance_node_deleted_or_changed_by_someone_else_is_repaired(zk_agents):
+    from kazoo.client import KazooClient
+
+    start, hosts, base = zk_agents
+    agent = start()  # --resync 0.5: every node read back twice a second
+    register(agent, "web-1", "10.0.4.1", 9300)
+    path = f"{base}/bt-web/{instance_id(agent.host, 'web-1')}"
+    client = KazooClient(hosts=hosts)
+    client.start(timeout=30)
+    try:
+        original = wait_until(lambda: client.exists(path) and client.get(path)[0], what="the instance node")
+        client.delete(path)
+        wait_until(lambda: client.exists(path) and client.get(path)[0] == original, what="the node rewritten")
+        client.set(path, b'{"name": "bt-web", "address": "192.0.2.66"}')
+        wait_until(lambda: client.get(path)[0] == original, what="the node's data repaired")
+    finally:
+        client.stop()
+        client.close()
