@@ -147,10 +147,11 @@ class CuratorPublisher:
                 if verify:
                     next_verify = time.monotonic() + self.resync
                 delays, pause = None, max(0.0, next_verify - time.monotonic())
-            except (StoreError, KazooException) as exc:
+            except Exception as exc:  # never dies: ZooKeeper errors are expected, anything else is logged in full
                 delays = delays or DEFAULT_RETRY.delays()
                 pause, next_verify = next(delays), 0.0
-                log.warning("curator publishing failed (%s); retrying in %.1f s", exc, pause)
+                log.warning("curator publishing failed (%s); retrying in %.1f s", exc, pause,
+                            exc_info=not isinstance(exc, (StoreError, KazooException)))
             self._wake.wait(pause)
             self._wake.clear()
 
