@@ -4,10 +4,11 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# libcurator-recipes-java: Curator's ServiceCache needs it, and Debian's libcurator-discovery-java forgets to depend on it
 APT_PACKAGES := iproute2 nftables iptables etcd-server etcd-client podman runc busybox-static \
 	containernetworking-plugins dnsperf dnsutils dnsmasq-base aardvark-dns tcpdump iperf3 \
 	kmod procps psmisc gcc libc6-dev graphviz python3-consul curl util-linux passwd haproxy prometheus \
-	zookeeper
+	zookeeper default-jdk-headless libcurator-discovery-java libcurator-recipes-java
 PYTEST_ARGS ?=
 
 .PHONY: all deps apt venv node-clients test test-pure demo bench clean

@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/store_bench.py [--ops 1000] [--watch 500] [--backends sqlite,etcd,etcd3,zk,zk3]
 
-For put, get, create-if-absent (txn) and update-if-unchanged (txn): sequential calls from one client, each
-timed, after the same untimed warm-up writes on every backend. For watch: a writer stamps each value with the monotonic clock (shared by every process on a Linux
-machine); a watcher in another process reports when it saw it. Figures are milliseconds, p50 / p99.
+For put, get, create-if-absent (txn), update-if-unchanged (txn) and lease keep-alive (the cost a live lease
+puts on the store, once per TTL/3 per agent or overlay host): sequential calls from one client, each timed,
+after the same untimed warm-up writes on every backend. For watch: a writer stamps each value with the monotonic
+clock (shared by every process on a Linux machine); a watcher in another process reports when it saw it.
+Figures are milliseconds, p50 / p99.
 """
 from __future__ import annotations
 
@@ -80,6 +82,9 @@ def bench_ops(url: str, count: int) -> dict[str, list[float]]:
             state["revision"] += 1
 
         results["update-if-unchanged (txn)"] = timed(swap, count)
+        lease = store.grant_lease(60)
+        results["lease keep-alive"] = timed(lambda i: store.keep_alive(lease.id), count)
+        store.revoke_lease(lease.id)
         return results
     finally:
         store.close()

@@ -16,9 +16,9 @@ log = logging.getLogger("berth.agent")
 
 
 def store_url(url: str, ttl: float) -> str:
-    """The agent's etcd calls give up within a third of the lease TTL (at least 1 s) unless the URL says
+    """The agent's etcd and zk calls give up within a third of the lease TTL (at least 1 s) unless the URL says
     otherwise: a keep-alive that waits longer is too late anyway, and a registration must not stall."""
-    if url.startswith("etcd:") and "timeout=" not in url:
+    if url.startswith(("etcd:", "zk:")) and "timeout=" not in url:
         return f"{url}{'&' if '?' in url else '?'}timeout={max(1.0, ttl / 3):g}"
     return url
 
@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync", type=_positive, default=10.0, help="anti-entropy interval in seconds")
     parser.add_argument("--skydns", choices=("auto", "on", "off"), default="auto",
                         help="publish SkyDNS keys for CoreDNS (auto: with etcd)")
+    parser.add_argument("--curator", choices=("auto", "on", "off"), default="auto",
+                        help="publish Apache Curator service instances (auto: with zk://; see discovery/curator.py)")
+    parser.add_argument("--curator-base-path", default="/services", help="Curator's basePath for the instances")
     parser.add_argument("--zone", default="berth.internal", help="DNS zone of the SkyDNS keys (as berth dns)")
     parser.add_argument("--acl-default-policy", choices=("allow", "deny"), default="allow",
                         help="what HTTP callers without a token may do (deny: nothing; allow: as Consul's default)")
@@ -113,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
                                   acl.policy if http else ACL_NONE).to_json()
         agent.start()
         cleanup.append(agent.stop)
+        if args.curator == "on" or (args.curator == "auto" and args.store.startswith("zk:")):
+            from discovery.curator import CuratorPublisher
+            curator = CuratorPublisher(store, args.host, args.curator_base_path, node_address=args.address,
+                                       resync=args.resync)
+            curator.start()
+            cleanup.append(curator.stop)
         listener = AgentSocket(args.socket, agent.handle)
         listener.start()
         cleanup.append(listener.stop)

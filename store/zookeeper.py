@@ -64,7 +64,7 @@ from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lea
                        StoreError, StoreUnavailable, TxnResult)
 from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, compare_holds)
-from store.zookeeper_client import TRANSIENT, Calls, connect
+from store.zookeeper_client import SESSION_TIMEOUT, TRANSIENT, Calls, connect
 from store.zookeeper_codec import LogEntry, Paths, name_to_key, pack_entry, unpack_entry, unpack_node
 from store.zookeeper_leases import ZkLeases
 from store.zookeeper_txn import Op, WritePlan
@@ -82,24 +82,28 @@ class WriteConflict(Exception):
     """The counter moved since the plan read it: plan again."""
 
 
-def parse_url(url: str) -> tuple[str, str, float, int]:
-    """``zk://h:p[,h:p...][/root]``, optionally ``?timeout=SECONDS`` (the retry budget of one call) and
-    ``?history=N`` (revisions of change log kept for watches) → (hosts, root, budget, history)."""
+def parse_url(url: str) -> tuple[str, str, float, int, float]:
+    """``zk://h:p[,h:p...][/root]``, optionally ``?timeout=SECONDS`` (the retry budget of one call),
+    ``?history=N`` (revisions of change log kept for watches) and ``?session=SECONDS`` (the ZooKeeper session
+    timeout: how long a silent client's ephemeral nodes, such as Curator instances, outlive it; the server
+    bounds it to 2-20 ticks) → (hosts, root, budget, history, session)."""
     parsed = urlparse(url)
     if parsed.scheme != "zk" or not parsed.netloc:
         raise InvalidRequest(f"store URL {url!r}: expected zk://host:port[,host:port...][/root]")
     root = parsed.path.rstrip("/") or DEFAULT_ROOT
     if "//" in root or any(part in (".", "..") for part in root.split("/")[1:]):
         raise InvalidRequest(f"store URL {url!r}: the root must be a plain ZooKeeper path such as /berth")
-    budget = BUDGET
     options = parse_qs(parsed.query)
-    if "timeout" in options:
+
+    def seconds(name: str, default: float) -> float:
         try:
-            budget = float(options["timeout"][-1])
+            value = float(options[name][-1]) if name in options else default
         except ValueError:
-            budget = math.nan
-        if not math.isfinite(budget) or budget <= 0:
-            raise InvalidRequest(f"store URL {url!r}: timeout must be a positive number of seconds")
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise InvalidRequest(f"store URL {url!r}: {name} must be a positive number of seconds")
+        return value
+
     history = DEFAULT_HISTORY
     if "history" in options:
         try:
@@ -108,7 +112,7 @@ def parse_url(url: str) -> tuple[str, str, float, int]:
             history = 0
         if history < COMPACT_EVERY:
             raise InvalidRequest(f"store URL {url!r}: history must be an integer of at least {COMPACT_EVERY}")
-    return parsed.netloc, root, budget, history
+    return parsed.netloc, root, seconds("timeout", BUDGET), history, seconds("session", SESSION_TIMEOUT)
 
 
 def _zk_watch(store, prefix: str, start_revision: int | None):
@@ -121,11 +125,12 @@ class ZkStore:
     """Thread-safe: kazoo's client is shared by every thread."""
 
     def __init__(self, hosts: str, root: str = DEFAULT_ROOT, budget: float = BUDGET,
-                 history: int = DEFAULT_HISTORY, call_timeout: float = CALL_TIMEOUT) -> None:
+                 history: int = DEFAULT_HISTORY, call_timeout: float = CALL_TIMEOUT,
+                 session_timeout: float = SESSION_TIMEOUT) -> None:
         self.hosts = hosts
         self.paths = Paths(root)
         self.history = history
-        self.calls = Calls(connect(hosts, budget), hosts, call_timeout, budget)
+        self.calls = Calls(connect(hosts, budget, session_timeout), hosts, call_timeout, budget)
         self._watches = OpenWatches(_zk_watch)
         self.leases = ZkLeases(self)
         try:
@@ -136,8 +141,8 @@ class ZkStore:
 
     @classmethod
     def from_url(cls, url: str) -> "ZkStore":
-        hosts, root, budget, history = parse_url(url)
-        return cls(hosts, root, budget, history)
+        hosts, root, budget, history, session = parse_url(url)
+        return cls(hosts, root, budget, history, session_timeout=session)
 
     @property
     def client(self):

@@ -3,8 +3,9 @@
 kazoo's blocking calls wait without a bound while the client reconnects, so every request here is made
 through kazoo's asynchronous API and waited for at most ``call_timeout`` seconds. A call that fails because
 the connection is down (lost, expired, timed out) is tried again, after a short growing pause, until
-``budget`` seconds have passed; then it raises :class:`StoreUnavailable`. Only idempotent requests (reads,
-and writes whose outcome the caller can check) go through :meth:`Calls.retrying`.
+``budget`` seconds have passed (or a caller's :func:`store.deadline.call_deadline`, when nearer); then it raises
+:class:`StoreUnavailable`. Only idempotent requests (reads, and writes whose outcome the caller can check) go
+through :meth:`Calls.retrying`.
 """
 from __future__ import annotations
 
@@ -23,17 +24,18 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
 from store.api import StoreError, StoreUnavailable
+from store.deadline import time_left
 
 T = TypeVar("T")
 ANSWERS = (NoNodeError, NodeExistsError, BadVersionError, NotEmptyError)   # the server's answer; callers decide
 TRANSIENT = (ConnectionLoss, SessionExpiredError, OperationTimeoutError, KazooTimeoutError)
-SESSION_TIMEOUT = 10.0   # seconds ZooKeeper keeps a silent client's session (watches live in it, nothing else)
+SESSION_TIMEOUT = 10.0   # seconds ZooKeeper keeps a silent client's session (its watches and ephemeral nodes)
 log = logging.getLogger(__name__)
 
 
-def connect(hosts: str, budget: float) -> KazooClient:
+def connect(hosts: str, budget: float, session_timeout: float = SESSION_TIMEOUT) -> KazooClient:
     """A started client that reconnects on its own, forever, with pauses of at most one second."""
-    client = KazooClient(hosts=hosts, timeout=SESSION_TIMEOUT,
+    client = KazooClient(hosts=hosts, timeout=session_timeout,
                          connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0),
                          command_retry=None)
     try:
@@ -67,7 +69,7 @@ class Calls:
     def wait(self, pending, what: str):
         """The result of one asynchronous kazoo request, within ``call_timeout``; its error re-raised."""
         remaining = getattr(self._local, "deadline", math.inf) - time.monotonic()
-        timeout = max(0.05, min(self.call_timeout, remaining))
+        timeout = max(0.05, min(time_left(self.call_timeout), remaining))
         try:
             return pending.get(timeout=timeout)
         except KazooTimeoutError as exc:
@@ -75,7 +77,7 @@ class Calls:
 
     def retrying(self, what: str, attempt: Callable[[], T]) -> T:
         """``attempt()`` again while the connection is down, for at most ``budget`` seconds."""
-        deadline = min(time.monotonic() + self.budget, getattr(self._local, "deadline", math.inf))
+        deadline = min(time.monotonic() + time_left(self.budget), getattr(self._local, "deadline", math.inf))
         pause = 0.02
         while True:
             if self.closed:

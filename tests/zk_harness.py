@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +38,14 @@ def _die_with_parent() -> list[str]:
     return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
-def four_letter_word(port: int, word: bytes, timeout: float = 1.0) -> str:
-    """Ask a server one of ZooKeeper's four-letter words; '' when it does not answer."""
+def four_letter_word(port: int, word: bytes, timeout: float = 1.0, host: str = "127.0.0.1",
+                     netns: str | None = None) -> str:
+    """Ask a server one of ZooKeeper's four-letter words (from inside ``netns`` when given); '' when it does not
+    answer."""
+    if netns:
+        return _in_netns(netns, lambda: four_letter_word(port, word, timeout, host))
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(word)
             chunks = []
             while chunk := sock.recv(4096):
@@ -48,6 +53,22 @@ def four_letter_word(port: int, word: bytes, timeout: float = 1.0) -> str:
             return b"".join(chunks).decode(errors="replace")
     except OSError:
         return ""
+
+
+def _in_netns(netns: str, func):
+    """``func()`` on a short-lived thread inside ``netns`` (namespaces are per thread)."""
+    from pyroute2 import netns as pyroute2_netns
+
+    result = [""]
+
+    def body():
+        pyroute2_netns.setns(netns, flags=0)
+        result[0] = func()
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    return result[0]
 
 
 @dataclass
@@ -59,6 +80,8 @@ class ZkMember:
     root: Path
     process: subprocess.Popen | None = None
     ensemble: str = ""   # the server.N lines every member's zoo.cfg carries (empty for a lone server)
+    host: str = "127.0.0.1"
+    netns: str | None = None   # run inside this network namespace (the overlay's underlay), listening on host
 
     @property
     def dir(self) -> Path:
@@ -66,7 +89,7 @@ class ZkMember:
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def log_path(self) -> Path:
@@ -75,7 +98,7 @@ class ZkMember:
     def write_config(self) -> Path:
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
         lines = ["tickTime=2000", "initLimit=10", "syncLimit=5", f"dataDir={self.dir / 'data'}",
-                 f"clientPort={self.client_port}", "clientPortAddress=127.0.0.1", "admin.enableServer=false",
+                 f"clientPort={self.client_port}", f"clientPortAddress={self.host}", "admin.enableServer=false",
                  "4lw.commands.whitelist=ruok,stat", "maxClientCnxns=200"]
         if self.ensemble:
             (self.dir / "data" / "myid").write_text(f"{self.myid}\n")
@@ -93,7 +116,9 @@ class ZkMember:
                  f"-Djute.maxbuffer={JUTE_MAXBUFFER}")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SERVER_JVMFLAGS": flags, "ZOO_LOG_DIR": str(self.dir)}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([*_die_with_parent(), ZK_SERVER_SCRIPT, "start-foreground", str(config)],
+            inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+            self.process = subprocess.Popen([*inside, *_die_with_parent(), ZK_SERVER_SCRIPT, "start-foreground",
+                                             str(config)],
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                             start_new_session=True)
 
@@ -112,11 +137,14 @@ class ZkMember:
     def serving(self) -> bool:
         """Answers clients: a lone server says ``imok``; an ensemble member also needs a quorum (``stat``)."""
         if not self.ensemble:
-            return four_letter_word(self.client_port, b"ruok") == "imok"
-        return "Mode:" in four_letter_word(self.client_port, b"stat")
+            return self.ask(b"ruok") == "imok"
+        return "Mode:" in self.ask(b"stat")
+
+    def ask(self, word: bytes) -> str:
+        return four_letter_word(self.client_port, word, host=self.host, netns=self.netns)
 
     def mode(self) -> str:
-        for line in four_letter_word(self.client_port, b"stat").splitlines():
+        for line in self.ask(b"stat").splitlines():
             if line.startswith("Mode:"):
                 return line.split(":", 1)[1].strip()
         return ""
@@ -199,13 +227,14 @@ class ServerExited(RuntimeError):
     """A member died while starting: with Debian's logging most often because a port was taken meanwhile."""
 
 
-def start_zookeeper(size: int = 1, wait: bool = True) -> ZkEnsemble:
-    """Start ``size`` members on loopback; serving on return.
+def start_zookeeper(size: int = 1, wait: bool = True, host: str = "127.0.0.1",
+                    netns: str | None = None) -> ZkEnsemble:
+    """Start ``size`` members on ``host`` (loopback by default; inside ``netns`` when given); serving on return.
 
     Debian's ZooKeeper logs through SLF4J without a binding, so a taken port leaves no message: a member that
     exits while starting is taken for one, and the ensemble is started again on fresh ports."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        ensemble = _launch(size)
+        ensemble = _launch(size, host, netns)
         try:
             if wait:
                 ensemble.wait_serving()
@@ -220,7 +249,7 @@ def start_zookeeper(size: int = 1, wait: bool = True) -> ZkEnsemble:
     raise AssertionError("unreachable")
 
 
-def _launch(size: int) -> ZkEnsemble:
+def _launch(size: int, host: str = "127.0.0.1", netns: str | None = None) -> ZkEnsemble:
     root = Path(tempfile.mkdtemp(prefix="bt-zk-"))
     ports: set[int] = set()
 
@@ -231,9 +260,9 @@ def _launch(size: int) -> ZkEnsemble:
                 ports.add(port)
                 return port
 
-    members = [ZkMember(myid, pick(), pick(), pick(), root) for myid in range(1, size + 1)]
+    members = [ZkMember(myid, pick(), pick(), pick(), root, host=host, netns=netns) for myid in range(1, size + 1)]
     if size > 1:
-        lines = "\n".join(f"server.{m.myid}=127.0.0.1:{m.quorum_port}:{m.election_port}" for m in members)
+        lines = "\n".join(f"server.{m.myid}={host}:{m.quorum_port}:{m.election_port}" for m in members)
         for member in members:
             member.ensemble = lines
     ensemble = ZkEnsemble(members, root)

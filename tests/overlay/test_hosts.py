@@ -23,15 +23,21 @@ HAS_ETCD_BACKEND = importlib.util.find_spec("store.etcd") is not None
 
 
 @pytest.fixture(params=["sqlite", pytest.param("etcd", marks=[pytest.mark.etcd, pytest.mark.skipif(
-    not HAS_ETCD_BACKEND, reason="the etcd backend (store/etcd.py) is not on this branch yet")])])
+    not HAS_ETCD_BACKEND, reason="the etcd backend (store/etcd.py) is not on this branch yet")]),
+    pytest.param("zk", marks=[pytest.mark.zk, pytest.mark.service])])
 def store(request, tmp_path):
-    """A store URL maker for ``make_sim``: the shared SQLite file, or a real etcd running inside the simulation's
-    underlay namespace (reachable from every host namespace, from nowhere else)."""
+    """A store URL maker for ``make_sim``: the shared SQLite file, or a real etcd or ZooKeeper running inside the
+    simulation's underlay namespace (reachable from every host namespace, from nowhere else)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/overlay.db"
-    from tests.etcd_harness import start_etcd
 
     def start(sim):
+        if request.param == "zk":
+            from tests.zk_harness import start_zookeeper
+            ensemble = start_zookeeper(1, host=str(sim.underlay_gateway), netns=sim.underlay_ns)
+            request.addfinalizer(ensemble.close)
+            return ensemble.url
+        from tests.etcd_harness import start_etcd
         cluster = start_etcd(1, host=str(sim.underlay_gateway), netns=sim.underlay_ns)
         request.addfinalizer(cluster.close)
         return cluster.url

@@ -51,12 +51,20 @@ def expire_session(store, endpoint: str) -> None:
 @pytest.mark.parametrize("url", ["zk://", "zk:///berth", "etcd://127.0.0.1:1", "zk://127.0.0.1:1/a//b",
                                  "zk://127.0.0.1:1/a/../b", "zk://127.0.0.1:1?timeout=0",
                                  "zk://127.0.0.1:1?timeout=soon", "zk://127.0.0.1:1?history=10",
-                                 "zk://127.0.0.1:1?history=many"])
+                                 "zk://127.0.0.1:1?history=many", "zk://127.0.0.1:1?session=0",
+                                 "zk://127.0.0.1:1?session=nan"])
 def test_bad_url_is_refused_before_connecting(url):
     from store.zookeeper import ZkStore
 
     with pytest.raises(InvalidRequest):
         ZkStore.from_url(url)
+
+
+def test_the_url_names_the_session_timeout():
+    from store.zookeeper import parse_url
+
+    assert parse_url("zk://127.0.0.1:1/r?session=4&timeout=2")[1:] == ("/r", 2.0, 10_000, 4.0)
+    assert parse_url("zk://127.0.0.1:1")[4] == 10.0
 
 
 def test_unreachable_server_is_store_unavailable_within_the_timeout():
@@ -193,6 +201,21 @@ def test_a_watch_read_keeps_its_timeout_while_the_server_is_down(prefix):
         store.put(prefix + "k", b"back")
         assert [e.value for e in collect(watch, 1)] == [b"back"]
         watch.close()
+
+
+def test_a_callers_deadline_bounds_its_calls_while_the_server_is_down(prefix):
+    """store.deadline.call_deadline (the agent's keep-alives and writes carry one) cuts the retry budget short."""
+    from store.api import StoreUnavailable
+    from store.deadline import call_deadline
+    from tests.zk_harness import start_zookeeper
+
+    with start_zookeeper(1) as ensemble, open_store(ensemble.url + "?timeout=30") as store:
+        store.put(prefix + "k", b"v")
+        ensemble.kill(0)
+        started = time.monotonic()
+        with call_deadline(1.0), pytest.raises(StoreUnavailable):
+            store.get(prefix + "k")
+        assert time.monotonic() - started < 20  # a hang guard: bounded by the deadline, not the 30 s budget
 
 
 def test_a_closed_store_refuses_at_once(zk_server, prefix):
