@@ -15,31 +15,20 @@ import contextlib
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tests.cluster_harness import Cluster, MemberProcess, distinct_ports, start_cluster
 from tests.ports import free_port  # noqa: F401 - also the harness's public helper
 
 ETCD_BINARY = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BINARY = shutil.which("etcdctl") or "/usr/bin/etcdctl"
-START_TIMEOUT = 60.0  # a hang guard: healthy in well under a second when idle
-
-
-def _die_with_parent() -> list[str]:
-    """A command prefix asking the kernel to SIGKILL the member when the thread that started it dies.
-
-    util-linux's ``setpriv`` does it between fork and exec; a Python ``preexec_fn`` would run Python in a
-    child forked from a process whose gRPC threads (any etcd client) make that unsafe."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
 def _url(host: str, port: int) -> str:
@@ -47,7 +36,7 @@ def _url(host: str, port: int) -> str:
 
 
 @dataclass
-class EtcdMember:
+class EtcdMember(MemberProcess):
     name: str
     host: str
     client_port: int
@@ -58,6 +47,10 @@ class EtcdMember:
     initial_cluster: str = ""
     cluster_token: str = ""
     extra_args: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"etcd member {self.name}"
 
     @property
     def client_url(self) -> str:
@@ -83,31 +76,14 @@ class EtcdMember:
                 "--initial-cluster", self.initial_cluster, "--initial-cluster-token", self.cluster_token,
                 "--heartbeat-interval", "50", "--election-timeout", "500",
                 "--logger", "zap", "--log-level", "warn", *self.extra_args]
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        return [*_die_with_parent(), *argv]
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     def start(self) -> None:
         """Start the process (the data dir is kept, so this is also how a killed member comes back)."""
-        if self.running:
-            return
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            start_new_session=True)
+        if not self.running:
+            self.spawn(self.argv())
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash: no goodbye to the cluster."""
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def healthy(self) -> bool:
+    def ready(self) -> bool:
         if self.netns:
             done = subprocess.run(["ip", "netns", "exec", self.netns, ETCDCTL_BINARY, "--endpoints",
                                    self.client_url, "--command-timeout=1s", "endpoint", "health"],
@@ -119,132 +95,41 @@ class EtcdMember:
         except (OSError, ValueError):
             return False
 
+    def leads(self) -> bool:
+        if self.netns:
+            return False  # the JSON gateway is not reachable from here
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            status = self.status()
+            return bool(status.get("leader")) and status["leader"] == status["header"]["member_id"]
+        return False
+
     def status(self) -> dict:
         """The member's ``/v3/maintenance/status`` through etcd's JSON gateway (ids come as strings)."""
         request = urllib.request.Request(self.client_url + "/v3/maintenance/status", data=b"{}", method="POST")
         with urllib.request.urlopen(request, timeout=2) as response:
             return json.load(response)
 
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
-
-@dataclass
-class EtcdCluster:
+class EtcdCluster(Cluster[EtcdMember]):
     """One or more members started together. ``url`` is the ``etcd://`` store URL naming every member."""
 
-    members: list[EtcdMember]
-    root: Path
-    _closed: bool = field(default=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return "etcd://" + ",".join(member.endpoint for member in self.members)
-
-    @property
-    def endpoints(self) -> list[str]:
-        return [member.endpoint for member in self.members]
-
-    def member_url(self, index: int) -> str:
-        return "etcd://" + self.members[index].endpoint
-
-    def wait_healthy(self, members: list[EtcdMember] | None = None, timeout: float = START_TIMEOUT) -> None:
-        members = self.members if members is None else members
-        deadline = time.monotonic() + timeout
-        pending = list(members)
-        while pending:
-            pending = [member for member in pending if not member.healthy()]
-            for member in pending:
-                if not member.running:
-                    raise RuntimeError(f"etcd member {member.name} exited:\n{member.log_tail()}")
-            if pending and time.monotonic() > deadline:
-                tails = "\n".join(f"--- {m.name}\n{m.log_tail()}" for m in pending)
-                raise RuntimeError(f"etcd members not healthy after {timeout:.0f}s:\n{tails}")
-            if pending:
-                time.sleep(0.05)
-
-    def leader_index(self, timeout: float = START_TIMEOUT) -> int:
-        """Which running member leads now (waits through an election)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for index, member in enumerate(self.members):
-                if not member.running or member.netns:
-                    continue
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    status = member.status()
-                    if status.get("leader") and status["leader"] == status["header"]["member_id"]:
-                        return index
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no etcd leader after {timeout:.0f}s")
-            time.sleep(0.05)
-
-    def kill(self, index: int) -> EtcdMember:
-        member = self.members[index]
-        member.kill()
-        return member
-
-    def restart(self, index: int, wait: bool = True) -> EtcdMember:
-        member = self.members[index]
-        member.kill()
-        member.start()
-        if wait:
-            self.wait_healthy([member])
-        return member
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for member in self.members:
-            with contextlib.suppress(Exception):
-                member.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> "EtcdCluster":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-PORT_ATTEMPTS = 3
+    def __init__(self, members: list[EtcdMember], root: Path) -> None:
+        super().__init__(members, root, "etcd")
 
 
 def start_etcd(size: int = 1, host: str = "127.0.0.1", netns: str | None = None,
                extra_args: tuple[str, ...] = (), wait: bool = True) -> EtcdCluster:
-    """Start ``size`` members listening on ``host`` (in ``netns`` when given); healthy on return.
-
-    The ports are free when picked, but another process on the machine may bind one (or use it as the local port
-    of a connection) before etcd does: when a member then fails with "address already in use", the cluster is
-    started again on fresh ports."""
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        cluster = _launch(size, host, netns, extra_args)
-        try:
-            if wait:
-                cluster.wait_healthy()
-            return cluster
-        except BaseException:
-            port_taken = any("address already in use" in member.log_tail(200) for member in cluster.members)
-            cluster.close()
-            if not port_taken or attempt == PORT_ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    """Start ``size`` members listening on ``host`` (in ``netns`` when given); healthy on return (started again
+    on fresh ports when a member finds its port taken meanwhile)."""
+    def port_taken(cluster: EtcdCluster) -> bool:
+        return any("address already in use" in member.log_tail(200) for member in cluster.members)
+    return start_cluster(lambda: _launch(size, host, netns, extra_args), wait, port_taken)
 
 
 def _launch(size: int, host: str, netns: str | None, extra_args: tuple[str, ...]) -> EtcdCluster:
     root = Path(tempfile.mkdtemp(prefix="bt-etcd-"))
     token = "bt-" + secrets.token_hex(6)
-    ports: set[int] = set()
-
-    def pick() -> int:
-        while True:
-            port = free_port("127.0.0.1" if netns else host)
-            if port not in ports:
-                ports.add(port)
-                return port
-
+    pick = distinct_ports(lambda: free_port("127.0.0.1" if netns else host))
     members = [EtcdMember(f"bt{index}", host, pick(), pick(), root / f"bt{index}.etcd", netns,
                           cluster_token=token, extra_args=tuple(extra_args)) for index in range(size)]
     initial = ",".join(f"{member.name}={member.peer_url}" for member in members)

@@ -12,30 +12,21 @@ value, stored once in its key's node and once in the change log), so the servers
 """
 from __future__ import annotations
 
-import contextlib
-import shutil
 import socket
 import subprocess
 import tempfile
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tests.cluster_harness import Cluster, MemberProcess, distinct_ports, start_cluster
 from tests.ports import free_port
 
 ZK_SERVER_SCRIPT = "/usr/share/zookeeper/bin/zkServer.sh"
-START_TIMEOUT = 60.0   # a hang guard: a server answers within a few seconds when idle
-PORT_ATTEMPTS = 3
 JUTE_MAXBUFFER = 4 * 1024 * 1024
-
-
-def _die_with_parent() -> list[str]:
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL"] if setpriv else []
 
 
 def four_letter_word(port: int, word: bytes, timeout: float = 1.0, host: str = "127.0.0.1",
@@ -72,7 +63,7 @@ def _in_netns(netns: str, func):
 
 
 @dataclass
-class ZkMember:
+class ZkMember(MemberProcess):
     myid: int
     client_port: int
     quorum_port: int
@@ -82,6 +73,10 @@ class ZkMember:
     ensemble: str = ""   # the server.N lines every member's zoo.cfg carries (empty for a lone server)
     host: str = "127.0.0.1"
     netns: str | None = None   # run inside this network namespace (the overlay's underlay), listening on host
+
+    @property
+    def label(self) -> str:
+        return f"zookeeper {self.myid}"
 
     @property
     def dir(self) -> Path:
@@ -115,30 +110,17 @@ class ZkMember:
         flags = (f"-Dzookeeper.log.dir={self.dir} -Dzookeeper.root.logger=WARN,CONSOLE "
                  f"-Djute.maxbuffer={JUTE_MAXBUFFER}")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SERVER_JVMFLAGS": flags, "ZOO_LOG_DIR": str(self.dir)}
-        with open(self.log_path, "ab") as log:
-            inside = ["ip", "netns", "exec", self.netns] if self.netns else []
-            self.process = subprocess.Popen([*inside, *_die_with_parent(), ZK_SERVER_SCRIPT, "start-foreground",
-                                             str(config)],
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                            start_new_session=True)
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.spawn([*inside, ZK_SERVER_SCRIPT, "start-foreground", str(config)], env)
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash."""
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def serving(self) -> bool:
+    def ready(self) -> bool:
         """Answers clients: a lone server says ``imok``; an ensemble member also needs a quorum (``stat``)."""
         if not self.ensemble:
             return self.ask(b"ruok") == "imok"
         return "Mode:" in self.ask(b"stat")
+
+    def leads(self) -> bool:
+        return self.mode() in ("leader", "standalone")
 
     def ask(self, word: bytes) -> str:
         return four_letter_word(self.client_port, word, host=self.host, netns=self.netns)
@@ -149,82 +131,12 @@ class ZkMember:
                 return line.split(":", 1)[1].strip()
         return ""
 
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
-
-@dataclass
-class ZkEnsemble:
+class ZkEnsemble(Cluster[ZkMember]):
     """One server or several started together. ``url`` is the ``zk://`` store URL naming every member."""
 
-    members: list[ZkMember]
-    root: Path
-    _closed: bool = field(default=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return "zk://" + ",".join(member.endpoint for member in self.members)
-
-    def member_url(self, index: int) -> str:
-        return "zk://" + self.members[index].endpoint
-
-    def wait_serving(self, members: list[ZkMember] | None = None, timeout: float = START_TIMEOUT) -> None:
-        pending = list(self.members if members is None else members)
-        deadline = time.monotonic() + timeout
-        while pending:
-            pending = [member for member in pending if not member.serving()]
-            for member in pending:
-                if not member.running:
-                    raise ServerExited(f"zookeeper {member.myid} exited:\n{member.log_tail()}")
-            if pending and time.monotonic() > deadline:
-                tails = "\n".join(f"--- zk{m.myid}\n{m.log_tail()}" for m in pending)
-                raise RuntimeError(f"zookeeper not serving after {timeout:.0f}s:\n{tails}")
-            if pending:
-                time.sleep(0.1)
-
-    def leader_index(self, timeout: float = START_TIMEOUT) -> int:
-        deadline = time.monotonic() + timeout
-        while True:
-            for index, member in enumerate(self.members):
-                if member.running and member.mode() in ("leader", "standalone"):
-                    return index
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no zookeeper leader after {timeout:.0f}s")
-            time.sleep(0.1)
-
-    def kill(self, index: int) -> ZkMember:
-        member = self.members[index]
-        member.kill()
-        return member
-
-    def restart(self, index: int, wait: bool = True) -> ZkMember:
-        member = self.members[index]
-        member.kill()
-        member.start()
-        if wait:
-            self.wait_serving([member])
-        return member
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for member in self.members:
-            with contextlib.suppress(Exception):
-                member.kill()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> "ZkEnsemble":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class ServerExited(RuntimeError):
-    """A member died while starting: with Debian's logging most often because a port was taken meanwhile."""
+    def __init__(self, members: list[ZkMember], root: Path) -> None:
+        super().__init__(members, root, "zk")
 
 
 def start_zookeeper(size: int = 1, wait: bool = True, host: str = "127.0.0.1",
@@ -233,33 +145,14 @@ def start_zookeeper(size: int = 1, wait: bool = True, host: str = "127.0.0.1",
 
     Debian's ZooKeeper logs through SLF4J without a binding, so a taken port leaves no message: a member that
     exits while starting is taken for one, and the ensemble is started again on fresh ports."""
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        ensemble = _launch(size, host, netns)
-        try:
-            if wait:
-                ensemble.wait_serving()
-            return ensemble
-        except ServerExited:
-            ensemble.close()
-            if attempt == PORT_ATTEMPTS:
-                raise
-        except BaseException:
-            ensemble.close()
-            raise
-    raise AssertionError("unreachable")
+    def exited(ensemble: ZkEnsemble) -> bool:
+        return any(not member.running for member in ensemble.members)
+    return start_cluster(lambda: _launch(size, host, netns), wait, exited)
 
 
 def _launch(size: int, host: str = "127.0.0.1", netns: str | None = None) -> ZkEnsemble:
     root = Path(tempfile.mkdtemp(prefix="bt-zk-"))
-    ports: set[int] = set()
-
-    def pick() -> int:
-        while True:
-            port = free_port()
-            if port not in ports:
-                ports.add(port)
-                return port
-
+    pick = distinct_ports(free_port)
     members = [ZkMember(myid, pick(), pick(), pick(), root, host=host, netns=netns) for myid in range(1, size + 1)]
     if size > 1:
         lines = "\n".join(f"server.{m.myid}={host}:{m.quorum_port}:{m.election_port}" for m in members)

@@ -1,5 +1,5 @@
 """A three-member ZooKeeper ensemble on loopback loses a member during writes: nothing acknowledged is lost,
-the watch sees every change once and in order, leases carry on."""
+the watch sees every change once and in order (leases and a returning member: ``test_member_loss.py``)."""
 from __future__ import annotations
 
 import threading
@@ -62,50 +62,3 @@ def test_no_acknowledged_write_is_lost_when_a_member_dies(zk_ensemble, prefix, v
     finally:
         writer.close()
         watcher.close()
-
-
-def test_lease_survives_losing_the_leader(zk_ensemble, prefix):
-    store = open_store(zk_ensemble.url)
-    try:
-        lease = store.grant_lease(5)
-        store.put(prefix + "owned", b"v", lease=lease.id)
-        zk_ensemble.kill(zk_ensemble.leader_index())
-        for _ in range(3):
-            assert store.keep_alive(lease.id) == 5
-        assert store.get(prefix + "owned").lease == lease.id
-        store.revoke_lease(lease.id)
-        assert store.get(prefix + "owned") is None
-    finally:
-        store.close()
-
-
-def test_watch_on_a_restarted_member_catches_up_exactly(zk_ensemble, prefix):
-    """The watch's only member is down while keys change and history is compacted; back up, the watch must
-    bring its reader to exactly the store's state (by replay or by a resynced difference)."""
-    writer, reader = open_store(zk_ensemble.url), open_store(zk_ensemble.member_url(0))
-    try:
-        for name in ("kept", "changed", "removed"):
-            writer.put(prefix + name, b"before")
-        snapshot, revision = reader.get_prefix(prefix)
-        state = {kv.key: kv.value for kv in snapshot}
-        watch = reader.watch_prefix(prefix, revision + 1)
-        assert watch.next_batch(0.05) is None
-        zk_ensemble.kill(0)
-        writer.put(prefix + "changed", b"after")
-        writer.delete(prefix + "removed")
-        writer.put(prefix + "added", b"after")
-        writer.compact(writer.put(prefix + "added", b"final"))
-        zk_ensemble.restart(0)
-        expected = {kv.key: kv.value for kv in writer.get_prefix(prefix)[0]}
-        while state != expected:
-            batch = watch.next_batch(WAIT)
-            assert batch is not None, f"watch stuck at {state}, store has {expected}"
-            for event in batch.events:
-                if event.kind == "put":
-                    state[event.key] = event.value
-                else:
-                    state.pop(event.key, None)
-        watch.close()
-    finally:
-        writer.close()
-        reader.close()
