@@ -30,6 +30,7 @@ from store.keeper import LeaseKeeper
 from .blocks import (AddressRecord, BlockClaim, BlockPool, block_name, free_in_block, order_blocks,
                      parse_block_name, spread)
 from .config import ClusterConfig, IPAddress, IPNetwork, IpamConfig, Range, RangeSet
+from .disk import DiskStore
 from .errors import ConfigError, StoreBusy, StoreFailure
 from .store import Attachment
 
@@ -100,9 +101,11 @@ class ClusterStore:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """No lock is taken (compare-and-swap decides); one store session for the operation, the pool checked
-        against the store's definition and the host's liveness lease refreshed."""
-        with self._session(), store_errors("prepare"):
+        """The host's lock of this network (host-local's flock under ``dataDir``: operations of one host go one
+        at a time, as Calico's plugin does, so parallel ADDs fill one block instead of each claiming its own;
+        hosts never wait for each other, compare-and-swap decides between them), one store session, the pool
+        checked against the store's definition and the host's liveness lease refreshed."""
+        with DiskStore(self.network, self.cfg.data_dir).lock(), self._session(), store_errors("prepare"):
             self._ensure_pool()
             self._refresh_host()
             yield
