@@ -131,6 +131,7 @@ class AddressRecord:
     host: str
     token: str
     released_at: float | None = None
+    taken_at: float = 0.0  # wall clock when it was handed out: ``berth ipam check`` never frees a fresh one
 
     @property
     def held(self) -> bool:
@@ -148,7 +149,28 @@ class AddressRecord:
         raw = json.loads(data)
         released = raw.get("released_at")
         return cls(str(raw["container_id"]), str(raw["ifname"]), str(raw["network"]), str(raw["host"]),
-                   str(raw["token"]), None if released is None else float(released))
+                   str(raw["token"]), None if released is None else float(released), float(raw.get("taken_at", 0)))
+
+
+def pool_definition(range_sets: Sequence[RangeSet], sizes: Sequence[int]) -> bytes:
+    """What every host of a network must agree on: the ranges and the block sizes they are cut by."""
+    sets = [[f"{r.subnet} {r.range_start}-{r.range_end} gw {r.gateway}" for r in rs.ranges] for rs in range_sets]
+    return json.dumps({"rangeSets": sets, "blockSizes": list(sizes)}, sort_keys=True).encode()
+
+
+def parse_pool_definition(data: bytes) -> list[BlockPool]:
+    """The pools a network's definition describes (for ``berth ipam check``, which has no CNI config)."""
+    raw = json.loads(data)
+    pools = []
+    for ranges, size in zip(raw["rangeSets"], raw["blockSizes"]):
+        parsed = []
+        for text in ranges:
+            subnet, span, _gw, gateway = text.split()
+            start, end = span.split("-")
+            parsed.append(Range(ipaddress.ip_network(subnet), ipaddress.ip_address(start), ipaddress.ip_address(end),
+                                ipaddress.ip_address(gateway)))
+        pools.append(BlockPool(RangeSet(tuple(parsed)), int(size)))
+    return pools
 
 
 def free_in_block(pool: BlockPool, block: IPNetwork, records: dict[IPAddress, AddressRecord], now: float,

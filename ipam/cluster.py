@@ -28,7 +28,7 @@ from store.api import Compare, Delete, LeaseNotFound, Put, Store, StoreError, op
 from store.keeper import LeaseKeeper
 
 from .blocks import (AddressRecord, BlockClaim, BlockPool, block_name, free_in_block, order_blocks,
-                     parse_block_name, spread)
+                     parse_block_name, pool_definition, spread)
 from .config import ClusterConfig, IPAddress, IPNetwork, IpamConfig, Range, RangeSet
 from .disk import DiskStore
 from .errors import ConfigError, StoreBusy, StoreFailure
@@ -46,12 +46,6 @@ def network_prefix(network: str) -> str:
     return f"{PREFIX}networks/{network}/"
 
 
-def pool_definition(cfg: IpamConfig) -> bytes:
-    """What every host must agree on: the ranges and the block sizes they are cut by."""
-    sets = [[f"{r.subnet} {r.range_start}-{r.range_end} gw {r.gateway}" for r in rs.ranges] for rs in cfg.range_sets]
-    assert cfg.cluster is not None
-    sizes = [cfg.cluster.block_size(rs.version) for rs in cfg.range_sets]
-    return json.dumps({"rangeSets": sets, "blockSizes": sizes}, sort_keys=True).encode()
 
 
 @contextlib.contextmanager
@@ -63,6 +57,12 @@ def store_errors(what: str) -> Iterator[None]:
         if exc.retryable:
             raise StoreBusy(f"cluster IPAM: {what}: {exc}") from exc
         raise StoreFailure(f"cluster IPAM: {what}: {exc}") from exc
+
+
+def quarantined(record: AddressRecord, now: float) -> AddressRecord:
+    """``record`` released at ``now``, with a fresh token (a release whose answer was lost is read back)."""
+    return AddressRecord(record.container_id, record.ifname, record.network, record.host, secrets.token_hex(8),
+                         released_at=now, taken_at=record.taken_at)
 
 
 class ClusterStore:
@@ -119,7 +119,8 @@ class ClusterStore:
 
     def _ensure_pool(self) -> None:
         store = self._store
-        key, wanted = self.prefix + "pool", pool_definition(self.cfg)
+        key = self.prefix + "pool"
+        wanted = pool_definition(self.cfg.range_sets, [p.prefixlen for p in self.pools])
         if store.create(key, wanted):
             return
         current = store.get(key)
@@ -227,10 +228,12 @@ class ClusterStore:
                         continue
             ip_key = self._ip_key(block, ip)
             ip_kv = store.get(ip_key)
-            if ip_kv is not None and AddressRecord.from_json(ip_kv.value).free_at(self.cluster.quarantine) > self.clock():
+            quarantine = self.cluster.quarantine
+            if ip_kv is not None and AddressRecord.from_json(ip_kv.value).free_at(quarantine) > self.clock():
                 return False
             token = secrets.token_hex(8)
-            record = AddressRecord(attachment.container_id, attachment.ifname, self.network, self.host, token)
+            record = AddressRecord(attachment.container_id, attachment.ifname, self.network, self.host, token,
+                                   taken_at=self.clock())
             result = store.txn(
                 [Compare(block_kv.key, "mod_revision", "=", block_kv.mod_revision),
                  Compare(ip_key, "mod_revision", "=", ip_kv.mod_revision if ip_kv is not None else 0)],
@@ -265,8 +268,7 @@ class ClusterStore:
                     attachment.container_id, attachment.ifname):
                 store.delete(index_key)
                 return False
-            released = AddressRecord(record.container_id, record.ifname, record.network, record.host,
-                                     secrets.token_hex(8), released_at=self.clock())
+            released = quarantined(record, self.clock())
             if store.txn([Compare(ip_key, "mod_revision", "=", ip_kv.mod_revision)],
                          [Put(ip_key, released.to_json()), Delete(index_key)]).succeeded:
                 return True

@@ -85,7 +85,7 @@ class ClusterConfig:
     block_size_v4: int = 26
     block_size_v6: int = 122
     quarantine: float = 60.0   # seconds a released address waits before it is handed out again
-    host_ttl: float = 300.0    # seconds the host's liveness lease lasts without a refresh
+    host_ttl: float = 3600.0   # seconds the host's liveness lease lasts without an operation refreshing it
 
     def block_size(self, version: int) -> int:
         return self.block_size_v4 if version == 4 else self.block_size_v6
@@ -283,4 +283,4 @@ def parse_cluster(ipam: Mapping) -> ClusterConfig:
         sizes[version] = value
     return ClusterConfig(store_url=url, host=host, block_size_v4=sizes[4], block_size_v6=sizes[6],
                          quarantine=_number(ipam, "quarantine", 60.0, 0, 86400),
-                         host_ttl=_number(ipam, "hostTTL", 300.0, 5, 86400))
+                         host_ttl=_number(ipam, "hostTTL", 3600.0, 5, 7 * 86400))

@@ -1,8 +1,8 @@
 """The small interface every reservation store provides, and the in-memory one the pure tests use.
 
 Shaped after host-local's ``Store``: the allocator takes the lock, then reserves address by address, so a store
-only needs to answer "is this one free? take it" atomically. ``disk.DiskStore`` keeps host-local's layout; ``cluster.ClusterStore``
-implements the same methods over the shared datastore.
+only needs to answer "is this one free? take it" atomically. ``disk.DiskStore`` keeps host-local's layout;
+``cluster.ClusterStore`` implements the same methods over the shared datastore.
 """
 from __future__ import annotations
 
