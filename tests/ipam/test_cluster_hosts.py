@@ -22,7 +22,7 @@ import pytest
 from cni_plugins import codes
 from ipam.blocks import AddressRecord
 from ipam.cluster import host_key, network_prefix
-from tests.conftest import REPO_ROOT, NetnsFactory, plugin_path, run, unique_name
+from tests.conftest import REPO_ROOT, VENV_BIN, NetnsFactory, plugin_path, run, unique_name
 from tests.etcd_harness import start_etcd
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -129,6 +129,14 @@ def in_a_host(url, *argv) -> str:
     return done.stdout
 
 
+def ipam_check(url, tmp_path, *extra) -> tuple[int, dict]:
+    """``berth ipam check --json --min-age 0`` run from inside a host namespace."""
+    done = run("ip", "netns", "exec", WIRE_HOSTS[0], str(VENV_BIN / "berth"), "ipam", "check", "--store", url,
+               "--json", "--min-age", "0", *extra, check=False, cwd=str(tmp_path))
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
 def listing(url, prefix) -> list[Row]:
     return [Row(k, v.encode(), rev) for k, v, rev in json.loads(in_a_host(url, "list", prefix))]
 
@@ -177,13 +185,16 @@ def test_sixteen_hosts_claim_and_borrow_without_a_duplicate(wire, store_url, tmp
     late = [address_of(reply) for reply in more[:6]]
     assert not set(late) & set(got.values())
     assert more[6][1]["code"] == codes.NOT_AVAILABLE
-    # its containers deleted: the addresses wait out the 60 s quarantine, still not handed out
-    for j in range(PER_HOST):
-        assert finish(start(hosts[3], "DEL", confs[3], f"h3c{j}")) == (0, None)
+    # `berth ipam check` finds exactly host 3's addresses; released, they wait out the 60 s quarantine
+    code, doc = ipam_check(store_url, tmp_path)
+    host3 = {str(ip) for (i, _j), ip in got.items() if i == 3}
+    assert code == 1 and {(x["address"], x["reason"]) for x in doc["leaked"]} == {(a, "departed") for a in host3}
+    code, doc = ipam_check(store_url, tmp_path, "--release", "--yes")
+    assert code == 0 and {x["address"] for x in doc["released"]} == host3
     assert finish(start(hosts[4], "ADD", confs[4], "late7"))[1]["code"] == codes.NOT_AVAILABLE
 
 
-def test_plugins_killed_mid_add_leave_whole_records_that_gc_frees(wire, store_url, tmp_path):
+def test_plugins_killed_mid_add_leave_whole_records_that_check_and_gc_free(wire, store_url, tmp_path):
     _hub, hosts = wire
     network = unique_name("kill")
     conf = config(store_url, tmp_path, network, "btk0", KILL_POOL)
@@ -202,6 +213,18 @@ def test_plugins_killed_mid_add_leave_whole_records_that_gc_frees(wire, store_ur
     held = {(r.container_id, ip) for ip, r in ips.items() if r.held}
     assert held == index  # every address record with its attachment index entry, and nothing half-written
     assert {ip for c, ip in held if c in kept} == kept_ips
+    # the runtime lists what it started and saw finish; check finds exactly what the killed ones left
+    live = kept + [f"kill{n}" for n, proc in enumerate(victims) if proc.returncode == 0]
+    lists = tmp_path / "lists.json"
+    lists.write_text(json.dumps({"btk0": [{"containerID": c, "ifname": "eth0"} for c in live]}))
+    leaked = {str(ip) for c, ip in held if c not in live}
+    code, doc = ipam_check(store_url, tmp_path, "--valid-attachments", str(lists))
+    assert {x["address"] for x in doc["leaked"] if x["network"] == network} == leaked
+    code, doc = ipam_check(store_url, tmp_path, "--valid-attachments", str(lists), "--release", "--yes")
+    assert {x["address"] for x in doc["released"] if x["network"] == network} == leaked
+    ips, index, _blocks = records(store_url, network)
+    assert {(r.container_id, ip) for ip, r in ips.items() if r.held} == index == {
+        (c, ip) for c, ip in held if c in live}
     valid = [{"containerID": c, "ifname": "eth0"} for c in kept]
     assert finish(start(hosts[0], "GC", conf, "", {"cni.dev/valid-attachments": valid})) == (0, None)
     ips, index, _blocks = records(store_url, network)
