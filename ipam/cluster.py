@@ -121,9 +121,10 @@ class ClusterStore:
         store = self._store
         key = self.prefix + "pool"
         wanted = pool_definition(self.cfg.range_sets, [p.prefixlen for p in self.pools])
-        if store.create(key, wanted):
-            return
         current = store.get(key)
+        if current is None and store.create(key, wanted):
+            return
+        current = current or store.get(key)
         if current is not None and current.value != wanted:
             raise ConfigError(f"ipam.ranges: network {self.network!r} is defined differently in the store "
                               f"({current.value.decode(errors='replace')}); this config says {wanted.decode()}")
