@@ -14,12 +14,19 @@ from ipam.config import parse_ipam_config
 from ipam.errors import RangeExhausted
 from ipam.store import Attachment
 from store.api import open_store
+from tests.etcd_harness import etcd_server  # noqa: F401  (fixture)
 from tests.ports import free_port
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite://{tmp_path}/bt-ipam.db"
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+def url(request, tmp_path):
+    """The embedded store, or one real etcd member per module (each test a network of its own there)."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/bt-ipam.db"
+    server = request.getfixturevalue("etcd_server")
+    with open_store(server.url) as store:
+        store.delete("/berth/ipam/", prefix=True)  # tests share the member: each starts from an empty pool
+    return server.url
 
 
 def conf(url, tmp_path, host="h1", **ipam):
