@@ -152,6 +152,22 @@ class AddressRecord:
                    str(raw["token"]), None if released is None else float(released), float(raw.get("taken_at", 0)))
 
 
+def read_record(data: bytes, network: str) -> AddressRecord:
+    """A stored address record; one that cannot be read counts as held by nobody known (never handed out)."""
+    try:
+        return AddressRecord.from_json(data)
+    except (ValueError, KeyError, TypeError):
+        return AddressRecord("?", "", network, "?", "unreadable")
+
+
+def read_claim(data: bytes) -> BlockClaim:
+    """A stored block claim; one that cannot be read counts as another host's (its block is never claimed over)."""
+    try:
+        return BlockClaim.from_json(data)
+    except (ValueError, KeyError, TypeError):
+        return BlockClaim("?", "unreadable")
+
+
 def pool_definition(range_sets: Sequence[RangeSet], sizes: Sequence[int]) -> bytes:
     """What every host of a network must agree on: the ranges and the block sizes they are cut by."""
     sets = [[f"{r.subnet} {r.range_start}-{r.range_end} gw {r.gateway}" for r in rs.ranges] for rs in range_sets]

@@ -28,7 +28,7 @@ from store.api import Compare, Delete, LeaseNotFound, Put, Store, StoreError, op
 from store.keeper import LeaseKeeper
 
 from .blocks import (AddressRecord, BlockClaim, BlockPool, block_name, free_in_block, order_blocks,
-                     parse_block_name, pool_definition, spread)
+                     parse_block_name, pool_definition, read_claim, read_record, spread)
 from .config import ClusterConfig, IPAddress, IPNetwork, IpamConfig, Range, RangeSet
 from .disk import DiskStore
 from .errors import ConfigError, StoreBusy, StoreFailure
@@ -164,12 +164,12 @@ class ClusterStore:
         for kv in kvs:
             block = parse_block_name(kv.key.rsplit("/", 1)[1])
             self._claims[block] = kv
-            claims[block] = BlockClaim.from_json(kv.value)
+            claims[block] = read_claim(kv.value)
         return claims
 
     def _records(self, block: IPNetwork) -> dict[IPAddress, tuple[object, AddressRecord]]:
         kvs, _ = self._store.get_prefix(f"{self.prefix}ips/{block_name(block)}/")
-        return {ipaddress.ip_address(kv.key.rsplit("/", 1)[1]): (kv, AddressRecord.from_json(kv.value)) for kv in kvs}
+        return {ipaddress.ip_address(kv.key.rsplit("/", 1)[1]): (kv, read_record(kv.value, self.network)) for kv in kvs}
 
     def _free(self, pool: BlockPool, block: IPNetwork) -> list[tuple[Range, IPAddress]]:
         records = {ip: record for ip, (_kv, record) in self._records(block).items()}
@@ -230,7 +230,7 @@ class ClusterStore:
             ip_key = self._ip_key(block, ip)
             ip_kv = store.get(ip_key)
             quarantine = self.cluster.quarantine
-            if ip_kv is not None and AddressRecord.from_json(ip_kv.value).free_at(quarantine) > self.clock():
+            if ip_kv is not None and read_record(ip_kv.value, self.network).free_at(quarantine) > self.clock():
                 return False
             token = secrets.token_hex(8)
             record = AddressRecord(attachment.container_id, attachment.ifname, self.network, self.host, token,
@@ -264,7 +264,7 @@ class ClusterStore:
         ip_key = self._ip_key(block, ip) if block is not None else None
         for _ in range(RESERVE_TRIES):
             ip_kv = store.get(ip_key) if ip_key else None
-            record = AddressRecord.from_json(ip_kv.value) if ip_kv is not None else None
+            record = read_record(ip_kv.value, self.network) if ip_kv is not None else None
             if record is None or not record.held or (record.container_id, record.ifname) != (
                     attachment.container_id, attachment.ifname):
                 store.delete(index_key)
@@ -287,7 +287,7 @@ class ClusterStore:
             kvs, _ = store.get_prefix(self.prefix + "ips/")
         out = {}
         for kv in kvs:
-            record = AddressRecord.from_json(kv.value)
+            record = read_record(kv.value, self.network)
             if record.held and record.host == self.host:
                 out[ipaddress.ip_address(kv.key.rsplit("/", 1)[1])] = Attachment(record.container_id, record.ifname)
         return out

@@ -75,11 +75,12 @@ def test_a_host_fills_its_own_block_claims_free_ones_and_borrows_only_when_none_
     added(h2, "b0")  # a block is still unclaimed: h2 claims it rather than borrow from h1
     assert sorted(owners(url).values()) == ["h1", "h2"]
     h1_block = ipaddress.ip_network(f"{first}/28", strict=False)
-    h1_addresses = [first] + [added(h1, f"a{n}") for n in range(1, 14)]
-    assert all(a in h1_block for a in h1_addresses)  # 14 usable in 10.8.0.0/28 (.0 and the gateway .1 are not)
-    borrowed = added(h1, "a14")
+    usable = 14 if h1_block.network_address.packed[-1] == 0 else 15  # .0 and the gateway .1; .31 the broadcast
+    h1_addresses = [first] + [added(h1, f"a{n}") for n in range(1, usable)]
+    assert all(a in h1_block for a in h1_addresses)
+    borrowed = added(h1, "a-borrowed")
     assert borrowed not in h1_block and sorted(owners(url).values()) == ["h1", "h2"]
-    everything = h1_addresses + [borrowed] + [added(h2, f"b{n}") for n in range(1, 14)]
+    everything = h1_addresses + [borrowed] + [added(h2, f"b{n}") for n in range(1, 29 - usable - 1)]
     assert len(set(everything)) == len(everything) == 28
     assert call("ADD", h2, "b99")[1]["code"] == codes.NOT_AVAILABLE  # the pool is full
 
