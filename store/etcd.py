@@ -18,10 +18,11 @@ from urllib.parse import parse_qs, urlparse
 from pyetcd.etcdrpc import rpc_pb2 as rpc
 from pyetcd.etcdrpc import rpc_pb2_grpc as rpc_grpc
 
-from store.api import Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, OutcomeUnknown, Put, TxnResult
+from store.api import (Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, OutcomeUnknown, Put, StoreError,
+                       TxnResult)
 from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, prefix_range_end)
-from store.deadline import time_left
+from store.deadline import call_deadline, time_left
 from store.etcd_client import Caller, Endpoints, parse_endpoints
 from store.etcd_watch import EtcdWatch
 
@@ -157,13 +158,14 @@ class EtcdStore:
         unsure = False
         while True:
             try:
-                response = self.call("txn", lambda channel, timeout: rpc_grpc.KVStub(channel).Txn(
-                    request, timeout=timeout), idempotent=False)
+                with call_deadline(max(0.05, deadline - time.monotonic())):
+                    response = self.call("txn", lambda channel, timeout: rpc_grpc.KVStub(channel).Txn(
+                        request, timeout=timeout), idempotent=False)
             except OutcomeUnknown:
                 if not puts:
                     raise
                 unsure = True
-                revision = self._applied_at(puts)
+                revision = self._applied_at(puts, deadline)
                 if revision:
                     return TxnResult(True, revision)
                 if time.monotonic() + RERUN_PAUSE >= deadline:
@@ -171,19 +173,24 @@ class EtcdStore:
                 time.sleep(RERUN_PAUSE)
                 continue
             if unsure and not response.succeeded:
-                revision = self._applied_at(puts)
+                revision = self._applied_at(puts, deadline)
                 if revision:
                     return TxnResult(True, revision)
             return TxnResult(response.succeeded, response.header.revision)
 
-    def _applied_at(self, puts: list[Put]) -> int:
-        """The revision at which all of ``puts`` took effect together, or 0 when they are not all in place."""
+    def _applied_at(self, puts: list[Put], deadline: float) -> int:
+        """The revision at which all of ``puts`` took effect together, or 0 when they are not all in place.
+        A read that fails leaves the outcome unknown."""
         revisions = set()
-        for put in puts:
-            kv = self.get(put.key)
-            if kv is None or kv.value != put.value or kv.lease != put.lease:
-                return 0
-            revisions.add(kv.mod_revision)
+        try:
+            with call_deadline(max(0.05, deadline - time.monotonic())):
+                for put in puts:
+                    kv = self.get(put.key)
+                    if kv is None or kv.value != put.value or kv.lease != put.lease:
+                        return 0
+                    revisions.add(kv.mod_revision)
+        except StoreError as exc:
+            raise OutcomeUnknown(f"etcd: txn: outcome unknown (reading it back failed: {exc})") from exc
         return revisions.pop() if len(revisions) == 1 else 0
 
     def create(self, key: str, value: bytes, lease: int = 0) -> bool:

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 
+import grpc
 import pytest
 
 from store.api import Compare, Delete, OutcomeUnknown, open_store
@@ -170,3 +171,45 @@ def test_a_conditional_delete_whose_answer_is_lost_says_outcome_unknown(relay, d
         assert direct.get(key) is None
     finally:
         via.close()
+
+
+class FakeRpcError(grpc.RpcError):
+    """Stands in for gRPC's error object (the decision below is pure; the relay tests above are the real thing)."""
+
+    def __init__(self, code, details):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+@pytest.mark.parametrize("details, retried", [
+    ("failed to connect to all addresses", True), ("etcdserver: no leader", True),
+    ("etcdserver: request timed out", False), ("Socket closed", False), ("Deadline Exceeded", False)])
+def test_fake_rpc_errors_a_conditional_write_is_retried_only_when_it_cannot_have_applied(details, retried):
+    from store.etcd_client import Caller, Endpoints
+
+    attempts = []
+
+    def attempt(channel, timeout):
+        attempts.append(timeout)
+        if len(attempts) == 1:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if details.startswith("Deadline") else grpc.StatusCode.UNAVAILABLE
+            raise FakeRpcError(code, details)
+        return "answer"
+
+    caller = Caller(Endpoints(["127.0.0.1:1"]), call_timeout=1.0, budget=5.0)
+    try:
+        if retried:
+            assert caller("txn", attempt, idempotent=False) == "answer" and len(attempts) == 2
+        else:
+            with pytest.raises(OutcomeUnknown):
+                caller("txn", attempt, idempotent=False)
+            assert len(attempts) == 1
+        attempts.clear()
+        assert caller("get", attempt) == "answer" and len(attempts) == 2  # a read is always retried
+    finally:
+        caller.endpoints.close()
