@@ -153,3 +153,16 @@ def test_a_departed_hosts_addresses_are_not_handed_out(url, tmp_path):
     assert not got & held
     with pytest.raises(RangeExhausted):
         take(other, "d9")
+
+
+def test_a_requested_address_is_given_once_even_from_another_hosts_block(url, tmp_path):
+    h1, h2 = conf(url, tmp_path, "h1"), conf(url, tmp_path, "h2")
+    first = added(h1, "a0")
+    block = ipaddress.ip_network(f"{first}/28", strict=False)
+    wanted = str(next(a for a in block.hosts() if a != first and str(a) not in ("10.8.0.1", "10.8.0.31")))
+    code, out = call("ADD", h2, "b0", runtimeConfig={"ips": [wanted]})
+    assert code == 0 and out["ips"][0]["address"].split("/")[0] == wanted  # borrowed from h1's block
+    code, out = call("ADD", h1, "a1", runtimeConfig={"ips": [wanted]})
+    assert code and out["code"] == codes.ADDRESS_UNAVAILABLE
+    code, out = call("ADD", h1, "a2", runtimeConfig={"ips": ["10.8.0.1"]})
+    assert code and out["code"] == codes.ADDRESS_UNAVAILABLE  # the gateway
