@@ -151,7 +151,8 @@ def cmd_status(req: skel.Request) -> None:
     store = _store(cfg)
     try:
         store.check_usable()
-        reserved = list(store.reservations()) if store.exists() else []
+        taken = getattr(store, "pool_reservations", None)  # cluster mode: every host's, since ADD may borrow
+        reserved = list(taken() if taken else store.reservations()) if store.exists() else []
     except StoreFailure as err:
         raise errors.NotAvailable(f"berth-ipam: data directory unusable: {err}") from None
     for idx, rs in enumerate(cfg.range_sets):

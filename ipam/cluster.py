@@ -291,3 +291,12 @@ class ClusterStore:
             if record.held and record.host == self.host:
                 out[ipaddress.ip_address(kv.key.rsplit("/", 1)[1])] = Attachment(record.container_id, record.ifname)
         return out
+
+    def pool_reservations(self) -> list[IPAddress]:
+        """Every address no host may take now (held, or still in quarantine), for STATUS: with borrowing, the
+        network can serve an ADD while any address of the pool is free."""
+        with self._session() as store, store_errors("list addresses"):
+            kvs, _ = store.get_prefix(self.prefix + "ips/")
+        now = self.clock()
+        return [ipaddress.ip_address(kv.key.rsplit("/", 1)[1]) for kv in kvs
+                if read_record(kv.value, self.network).free_at(self.cluster.quarantine) > now]

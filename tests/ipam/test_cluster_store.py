@@ -166,3 +166,14 @@ def test_a_requested_address_is_given_once_even_from_another_hosts_block(url, tm
     assert code and out["code"] == codes.ADDRESS_UNAVAILABLE
     code, out = call("ADD", h1, "a2", runtimeConfig={"ips": ["10.8.0.1"]})
     assert code and out["code"] == codes.ADDRESS_UNAVAILABLE  # the gateway
+
+
+def test_status_says_not_available_only_when_no_host_could_borrow_an_address(url, tmp_path):
+    h1, h2 = conf(url, tmp_path, "h1", quarantine=600), conf(url, tmp_path, "h2")
+    for n in range(28):
+        added(h1, f"a{n}")
+    assert call("STATUS", h2) == (0, None)  # one address left, in a block h1 owns: h2 would borrow it
+    added(h2, "b0")
+    assert call("STATUS", h2)[1]["code"] == codes.NOT_AVAILABLE
+    assert call("DEL", h1, "a0") == (0, None)
+    assert call("STATUS", h2)[1]["code"] == codes.NOT_AVAILABLE  # freed, but still in quarantine
