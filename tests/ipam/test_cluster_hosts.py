@@ -25,7 +25,7 @@ from ipam.cluster import host_key, network_prefix
 from tests.conftest import REPO_ROOT, VENV_BIN, NetnsFactory, plugin_path, run, unique_name
 from tests.etcd_harness import start_etcd
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.service]
 
 HOSTS, PER_HOST = 16, 8
 HUB_ADDRESS = "10.199.0.1"
