@@ -87,3 +87,29 @@ def test_a_departed_hosts_emptied_block_is_given_back(capsys, url, tmp_path, wor
     with open_store(url) as raw:
         owners = [json.loads(kv.value)["host"] for kv in raw.get_prefix(network_prefix("btnet") + "blocks/")[0]]
     assert owners == ["h1"]
+
+
+def kv(key, value, revision=1):
+    from store.api import KeyValue
+    return KeyValue(key, value if isinstance(value, bytes) else json.dumps(value).encode(), revision, revision)
+
+
+def held(network, address, container, host="h1", taken_at=0.0):
+    from ipam.blocks import AddressRecord
+    record = AddressRecord(container, "eth0", network, host, "t", taken_at=taken_at)
+    return kv(f"/berth/ipam/networks/{network}/ips/10.9.0.0_28/{address}", record.to_json())
+
+
+def test_judge_reports_duplicates_across_networks_and_against_live_registrations():
+    import ipaddress
+
+    from ipam.check import Liveness, judge
+    kvs = [held("n1", "10.9.0.5", "a"), held("n2", "10.9.0.5", "b"), held("n1", "10.9.0.6", "c"),
+           kv("/berth/ipam/networks/n1/blocks/10.9.0.0_28", {"host": "h1", "token": "x"}),
+           kv("/berth/ipam/networks/n1/ips/10.9.0.0_28/10.9.0.7", b"not json")]
+    live = Liveness(frozenset({"h1"}), {"z": "h1"}, {ipaddress.ip_address("10.9.0.6"): "z"})
+    report = judge(kvs, 9, live, now=1000.0, min_age=0)
+    assert any("10.9.0.5 is held 2 times" in d for d in report.duplicates)
+    assert any("10.9.0.6 is held by c but a live agent registers it for z" in d for d in report.duplicates)
+    assert report.leaked == () and len(report.problems) == 1  # the unreadable record is reported, not judged
+    assert [(b.block, b.owner, b.held) for b in report.blocks] == [("10.9.0.0_28", "h1", 2)]
