@@ -80,8 +80,7 @@ class ClusterStore:
         self.pools = [BlockPool(rs, self.cluster.block_size(rs.version)) for rs in cfg.range_sets]
         self.clock = clock
         self.rng = rng or random.Random()
-        self._given = store
-        self._store: Store | None = store
+        self._store: Store | None = store  # given: used as is (tests); else one opened per session
         self._claims: dict[IPNetwork, object] = {}  # block -> its KeyValue as last read
 
     # -- sessions ---------------------------------------------------------------------------------------
@@ -137,11 +136,11 @@ class ClusterStore:
         keeper = LeaseKeeper(store, self.cluster.host_ttl, name=f"ipam-host-{self.host}")
         lease = keeper.acquire(reuse=kv.lease if kv is not None else 0)
         if kv is None or kv.lease != lease:
+            value = json.dumps({"host": self.host, "since": self.clock()}).encode()
             try:
-                store.put(key, json.dumps({"host": self.host, "since": self.clock()}).encode(), lease=lease)
-            except LeaseNotFound:
-                store.put(key, json.dumps({"host": self.host, "since": self.clock()}).encode(),
-                          lease=keeper.acquire())
+                store.put(key, value, lease=lease)
+            except LeaseNotFound:  # it ran out between the grant and the write: once more with a fresh one
+                store.put(key, value, lease=keeper.acquire())
 
     # -- keys -------------------------------------------------------------------------------------------
     def _block_of(self, ip: IPAddress) -> IPNetwork | None:
