@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [  # (script, quick arguments)
     ("ipam_bench.py", ["--count", "50"]),
+    ("ipam_cluster_bench.py", ["--count", "30", "--per-host", "20"]),
     ("bridge_bench.py", ["--sequential", "30", "--parallel", "100"]),
     ("fastpath_bench.py", ["--sequential", "50", "--parallel", "100", "--fallback", "5"]),
     ("store_bench.py", ["--ops", "200", "--watch", "100"]),

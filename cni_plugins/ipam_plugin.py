@@ -16,7 +16,7 @@ from ipam.allocator import allocate, exhausted
 from ipam.config import IpamConfig, parse_ipam_config, parse_requested
 from ipam.disk import DiskStore
 from ipam.errors import (AddressUnavailable, ConfigError, DuplicateAllocation, IpamError, RangeExhausted,
-                         StoreFailure)
+                         StoreBusy, StoreFailure)
 from ipam.store import Attachment
 
 MAX_RESOLV_CONF = 64 << 10  # bytes
@@ -39,6 +39,8 @@ def _cni_errors() -> Iterator[None]:
         raise errors.CniError(str(err), code=CODE_ADDRESS_UNAVAILABLE) from None
     except DuplicateAllocation as err:
         raise errors.CniError(str(err), code=CODE_DUPLICATE_ALLOCATION) from None
+    except StoreBusy as err:
+        raise errors.TryAgainLater(str(err)) from None
     except StoreFailure as err:
         raise errors.IOFailure(str(err)) from None
     except IpamError as err:
@@ -52,6 +54,14 @@ def load_config(req: skel.Request) -> IpamConfig:
 def parse_config(req: skel.Request) -> IpamConfig:
     with _cni_errors():
         return parse_ipam_config(req.config.get("ipam"), req.name, req.runtime.raw.get("ipRanges"))
+
+
+def _store(cfg: IpamConfig):
+    """host-local's files, or (``store`` set) cluster mode over the datastore, imported only then."""
+    if cfg.cluster is None:
+        return DiskStore(cfg.network, cfg.data_dir)
+    from ipam.cluster import ClusterStore
+    return ClusterStore(cfg)
 
 
 def _attachment(req: skel.Request) -> Attachment:
@@ -81,7 +91,7 @@ def cmd_add(req: skel.Request) -> types.Result:
     with _cni_errors():
         requested = parse_requested(req.runtime.ips)
     dns = _dns(cfg)  # before any reservation: a bad resolvConf must leave nothing behind
-    store = DiskStore(cfg.network, cfg.data_dir)
+    store = _store(cfg)
     with _cni_errors(), store.lock():
         allocations = allocate(store, cfg.range_sets, _attachment(req), requested)
     return types.Result(
@@ -94,7 +104,7 @@ def cmd_add(req: skel.Request) -> types.Result:
 
 def cmd_del(req: skel.Request) -> None:
     cfg = load_config(req)
-    store = DiskStore(cfg.network, cfg.data_dir)
+    store = _store(cfg)
     if not store.exists():
         return
     with _cni_errors(), store.lock():
@@ -103,7 +113,7 @@ def cmd_del(req: skel.Request) -> None:
 
 def cmd_check(req: skel.Request) -> None:
     cfg = load_config(req)
-    store = DiskStore(cfg.network, cfg.data_dir)
+    store = _store(cfg)
     held: list = []
     if store.exists():
         with _cni_errors(), store.lock():
@@ -126,7 +136,7 @@ def cmd_gc(req: skel.Request) -> None:
     if req.valid_attachments is None:
         raise errors.InvalidConfig("GC needs cni.dev/valid-attachments (an empty list releases everything)")
     valid = [Attachment(a.container_id, a.ifname) for a in req.valid_attachments]
-    store = DiskStore(cfg.network, cfg.data_dir)
+    store = _store(cfg)
     if not store.exists():
         return
     with _cni_errors(), store.lock():
@@ -138,10 +148,11 @@ def cmd_gc(req: skel.Request) -> None:
 def cmd_status(req: skel.Request) -> None:
     """Code 50 when the data directory cannot take a reservation or a range set has no free address."""
     cfg = load_config(req)
-    store = DiskStore(cfg.network, cfg.data_dir)
+    store = _store(cfg)
     try:
         store.check_usable()
-        reserved = list(store.reservations()) if store.exists() else []
+        taken = getattr(store, "pool_reservations", None)  # cluster mode: every host's, since ADD may borrow
+        reserved = list(taken() if taken else store.reservations()) if store.exists() else []
     except StoreFailure as err:
         raise errors.NotAvailable(f"berth-ipam: data directory unusable: {err}") from None
     for idx, rs in enumerate(cfg.range_sets):

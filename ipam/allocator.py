@@ -115,7 +115,8 @@ def _reserve_requested(store: Store, rs: RangeSet, idx: int, attachment: Attachm
 
 
 def _reserve_next(store: Store, rs: RangeSet, idx: int, attachment: Attachment) -> Allocation:
-    for r, ip in candidates(rs, store.last_reserved(idx)):
+    order = store.candidates(rs, idx) if hasattr(store, "candidates") else candidates(rs, store.last_reserved(idx))
+    for r, ip in order:
         if store.reserve(attachment, ip, idx):
             return Allocation(ipaddress.ip_interface(f"{ip}/{r.subnet.prefixlen}"), r.gateway, idx)
     raise RangeExhausted(f"failed to allocate for range {idx}: no IP addresses available in range set: {rs}")

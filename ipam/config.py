@@ -77,12 +77,28 @@ class Route:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Cluster mode (``"store"`` set): blocks claimed per host over the datastore instead of files on disk."""
+
+    store_url: str
+    host: str
+    block_size_v4: int = 26
+    block_size_v6: int = 122
+    quarantine: float = 60.0   # seconds a released address waits before it is handed out again
+    host_ttl: float = 3600.0   # seconds the host's liveness lease lasts without an operation refreshing it
+
+    def block_size(self, version: int) -> int:
+        return self.block_size_v4 if version == 4 else self.block_size_v6
+
+
+@dataclass(frozen=True)
 class IpamConfig:
     network: str
     range_sets: tuple[RangeSet, ...]
     routes: tuple[Route, ...] = ()
     data_dir: str = DEFAULT_DATA_DIR
     resolv_conf: str | None = None
+    cluster: ClusterConfig | None = None
 
 
 def parse_ip(value: Any, field: str) -> IPAddress:
@@ -228,4 +244,43 @@ def parse_ipam_config(ipam: Any, network: str, ip_ranges: Any = None) -> IpamCon
         routes=tuple(_parse_route(r, f"ipam.routes[{i}]") for i, r in enumerate(routes)),
         data_dir=data_dir,
         resolv_conf=resolv_conf,
+        cluster=None if ipam.get("store") is None else parse_cluster(ipam),
     )
+
+
+BLOCK_SIZES = {4: (16, 30, "blockSize"), 6: (96, 126, "blockSizeV6")}  # Calico's bounds, a little wider
+
+
+def _number(ipam: Mapping, key: str, default: float, low: float, high: float) -> float:
+    value = ipam.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"ipam.{key}: expected a number of seconds from {low:g} to {high:g}, got {value!r}")
+    return float(value)
+
+
+def parse_cluster(ipam: Mapping) -> ClusterConfig:
+    """``store`` (a store URL, or an absolute path for the embedded SQLite file), ``host`` (default: this
+    machine's hostname), ``blockSize`` / ``blockSizeV6``, ``quarantine`` and ``hostTTL`` (seconds)."""
+    url = ipam.get("store")
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"ipam.store: expected a store URL (sqlite:///path, etcd://h:p, zk://h:p), got {url!r}")
+    url = url.strip()
+    if url.startswith("/"):
+        url = "sqlite://" + url
+    if url.split(":", 1)[0] not in ("sqlite", "etcd", "zk"):
+        raise ConfigError(f"ipam.store: {url!r}: unknown scheme (use sqlite:///path, etcd://h:p or zk://h:p)")
+    host = ipam.get("host")
+    if host is None:
+        import socket
+        host = socket.gethostname()
+    if not isinstance(host, str) or not host or len(host) > 253 or any(c in host for c in "/\0 \t\n"):
+        raise ConfigError(f"ipam.host: expected a host name without '/' or spaces, got {host!r}")
+    sizes = {}
+    for version, (low, high, key) in BLOCK_SIZES.items():
+        value = ipam.get(key, 26 if version == 4 else 122)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"ipam.{key}: expected a prefix length from {low} to {high}, got {value!r}")
+        sizes[version] = value
+    return ClusterConfig(store_url=url, host=host, block_size_v4=sizes[4], block_size_v6=sizes[6],
+                         quarantine=_number(ipam, "quarantine", 60.0, 0, 86400),
+                         host_ttl=_number(ipam, "hostTTL", 3600.0, 5, 7 * 86400))

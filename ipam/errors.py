@@ -24,3 +24,7 @@ class DuplicateAllocation(IpamError):
 
 class StoreFailure(IpamError):
     """The store cannot be read or written (disk full, permissions, a data directory that is not one)."""
+
+
+class StoreBusy(StoreFailure):
+    """The shared datastore cannot answer now (unreachable, electing a leader): the runtime should retry (CNI 11)."""

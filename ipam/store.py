@@ -1,8 +1,8 @@
 """The small interface every reservation store provides, and the in-memory one the pure tests use.
 
 Shaped after host-local's ``Store``: the allocator takes the lock, then reserves address by address, so a store
-only needs to answer "is this one free? take it" atomically. ``disk.DiskStore`` keeps host-local's layout; a
-cluster store over the shared datastore can implement the same six methods.
+only needs to answer "is this one free? take it" atomically. ``disk.DiskStore`` keeps host-local's layout;
+``cluster.ClusterStore`` implements the same methods over the shared datastore.
 """
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ class Store(Protocol):
 
     def reservations(self) -> dict[IPAddress, Attachment]:
         """Every reservation: address → owner."""
+
+    # A store with a placement policy of its own (cluster mode's blocks) also provides
+    # ``candidates(range_set, idx) -> Iterator[(Range, ip)]``; the allocator then asks it instead of going round
+    # robin after ``last_reserved``.
 
 
 class MemoryStore:

@@ -19,6 +19,12 @@ class StoreUnavailable(StoreError):
     """The backend cannot be reached."""
 
 
+class OutcomeUnknown(StoreUnavailable):
+    """A conditional write may or may not have been applied (its answer was lost): read to find out.
+
+    Raised only when the backend could not settle it itself by reading its own write back."""
+
+
 class LeaseNotFound(StoreError):
     """The lease expired or was revoked; its keys are gone. Grant a new one and write them again."""
 

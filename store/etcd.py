@@ -4,25 +4,30 @@ etcd already has the contract's semantics (revisions, leases, transactions, watc
 this module is mostly translation; what it adds is endpoint failover (see ``etcd_client``) and a watch that
 survives a member's death and compaction (see ``etcd_watch``).
 
-A write retried after its member died mid-call may have been applied once already: a retried ``put`` is
-harmless, a retried ``create`` may then report a lost race that it in fact won (the key holds its value).
+A write retried after its member died mid-call may have been applied once already. A retried ``put``,
+``delete`` or compare-free ``txn`` is harmless (the same end state; ``delete`` may count 0). A transaction with
+compares is never retried blindly: after a lost answer it reads its own write back (see :meth:`EtcdStore.txn`).
 """
 from __future__ import annotations
 
 import math
+import time
 from typing import Sequence
 from urllib.parse import parse_qs, urlparse
 
 from pyetcd.etcdrpc import rpc_pb2 as rpc
 from pyetcd.etcdrpc import rpc_pb2_grpc as rpc_grpc
 
-from store.api import Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put, TxnResult
+from store.api import (Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, OutcomeUnknown, Put, StoreError,
+                       TxnResult)
 from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, prefix_range_end)
+from store.deadline import call_deadline, time_left
 from store.etcd_client import Caller, Endpoints, parse_endpoints
 from store.etcd_watch import EtcdWatch
 
 CALL_TIMEOUT = 5.0    # seconds one RPC may take on one member
+RERUN_PAUSE = 0.05    # seconds before a transaction found not applied runs again
 BUDGET = 15.0         # seconds a call keeps failing over before it gives up (an election takes ~1 s)
 
 COMPARE_TARGETS = {"value": rpc.Compare.VALUE, "version": rpc.Compare.VERSION,
@@ -134,8 +139,59 @@ class EtcdStore:
         request = rpc.TxnRequest(compare=[to_compare(c) for c in compares],
                                  success=[to_request_op(op) for op in success_ops],
                                  failure=[to_request_op(op) for op in failure_ops])
-        response = self._kv("txn", "Txn", request)
-        return TxnResult(response.succeeded, response.header.revision)
+        if not compares:
+            response = self._kv("txn", "Txn", request)
+            return TxnResult(response.succeeded, response.header.revision)
+        return self._conditional_txn(request, [op for op in success_ops if isinstance(op, Put)])
+
+    def _conditional_txn(self, request, puts: list[Put]) -> TxnResult:
+        """A transaction with compares whose outcome is settled even when an answer is lost.
+
+        After :class:`OutcomeUnknown` it reads its success branch's puts back: every one holding exactly our
+        value and lease at one revision means it applied. Otherwise it is not in effect (never applied, or
+        already overwritten), and running it again decides against the present as a fresh call would. A
+        compare that fails on such a rerun may have failed on our own late-applied first attempt, so that
+        answer is checked the same way. Callers that need certainty put a unique token in the value (a
+        claim ID, a host's address): identical bytes under the same lease are then only ever ours.
+        A transaction without puts cannot be read back and raises :class:`OutcomeUnknown` to its caller."""
+        deadline = time.monotonic() + time_left(self.call.budget)
+        unsure = False
+        while True:
+            try:
+                with call_deadline(max(0.05, deadline - time.monotonic())):
+                    response = self.call("txn", lambda channel, timeout: rpc_grpc.KVStub(channel).Txn(
+                        request, timeout=timeout), idempotent=False)
+            except OutcomeUnknown:
+                if not puts:
+                    raise
+                unsure = True
+                revision = self._applied_at(puts, deadline)
+                if revision:
+                    return TxnResult(True, revision)
+                if time.monotonic() + RERUN_PAUSE >= deadline:
+                    raise
+                time.sleep(RERUN_PAUSE)
+                continue
+            if unsure and not response.succeeded:
+                revision = self._applied_at(puts, deadline)
+                if revision:
+                    return TxnResult(True, revision)
+            return TxnResult(response.succeeded, response.header.revision)
+
+    def _applied_at(self, puts: list[Put], deadline: float) -> int:
+        """The revision at which all of ``puts`` took effect together, or 0 when they are not all in place.
+        A read that fails leaves the outcome unknown."""
+        revisions = set()
+        try:
+            with call_deadline(max(0.05, deadline - time.monotonic())):
+                for put in puts:
+                    kv = self.get(put.key)
+                    if kv is None or kv.value != put.value or kv.lease != put.lease:
+                        return 0
+                    revisions.add(kv.mod_revision)
+        except StoreError as exc:
+            raise OutcomeUnknown(f"etcd: txn: outcome unknown (reading it back failed: {exc})") from exc
+        return revisions.pop() if len(revisions) == 1 else 0
 
     def create(self, key: str, value: bytes, lease: int = 0) -> bool:
         return self.txn([Compare(key, "create_revision", "=", 0)], [Put(key, value, lease)]).succeeded

@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 
 import grpc
 
-from store.api import Compacted, InvalidRequest, LeaseNotFound, StoreError, StoreUnavailable
+from store.api import Compacted, InvalidRequest, LeaseNotFound, OutcomeUnknown, StoreError, StoreUnavailable
 from store.deadline import time_left
 
 T = TypeVar("T")
@@ -30,6 +30,14 @@ CHANNEL_OPTIONS = [
 # Codes that mean "this member cannot answer now": no leader, leader changed, member down or restarting.
 FAILOVER_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
                   grpc.StatusCode.RESOURCE_EXHAUSTED}
+# Failures that prove the request was never applied: the channel never reached a member, or the member refused it
+# before proposing it to raft. Any other failover code after the request left may hide an applied write.
+NOT_SENT_DETAILS = ("failed to connect to all addresses", "etcdserver: no leader", "etcdserver: too many requests")
+
+
+def never_applied(exc: grpc.RpcError) -> bool:
+    detail = (exc.details() if hasattr(exc, "details") else "") or ""
+    return any(marker in detail for marker in NOT_SENT_DETAILS)
 
 
 def store_error(exc: grpc.RpcError, what: str) -> StoreError:
@@ -100,14 +108,18 @@ class Endpoints:
 
 class Caller:
     """Runs one RPC with failover: retries on another member until ``budget`` seconds have passed (or the
-    caller's :func:`store.deadline.call_deadline`, when nearer)."""
+    caller's :func:`store.deadline.call_deadline`, when nearer).
+
+    A call that is not ``idempotent`` (a transaction with compares) is retried only after a failure that proves
+    it was never applied; after any other failover error it raises :class:`OutcomeUnknown`, because a blind
+    retry of a compare-and-swap that did apply would fail against its own write and report a lost race."""
 
     def __init__(self, endpoints: Endpoints, call_timeout: float, budget: float) -> None:
         self.endpoints = endpoints
         self.call_timeout = call_timeout
         self.budget = budget
 
-    def __call__(self, what: str, attempt: Callable[[grpc.Channel, float], T]) -> T:
+    def __call__(self, what: str, attempt: Callable[[grpc.Channel, float], T], idempotent: bool = True) -> T:
         deadline = time.monotonic() + max(0.05, time_left(self.budget))
         pause = 0.02
         while True:
@@ -116,8 +128,12 @@ class Caller:
             try:
                 return attempt(self.endpoints.channel(address), max(0.05, min(self.call_timeout, remaining)))
             except grpc.RpcError as exc:
-                if exc.code() not in FAILOVER_CODES or time.monotonic() + pause >= deadline:
+                if exc.code() not in FAILOVER_CODES:
                     raise store_error(exc, what) from exc
                 self.endpoints.failed(address)
+                if not idempotent and not never_applied(exc):
+                    raise OutcomeUnknown(f"etcd: {what}: outcome unknown: {exc.details() or exc.code()}") from exc
+                if time.monotonic() + pause >= deadline:
+                    raise store_error(exc, what) from exc
                 time.sleep(pause * (0.5 + random.random()))
                 pause = min(pause * 2, 0.5)

@@ -60,7 +60,7 @@ from urllib.parse import parse_qs, urlparse
 from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError, RolledBackError,
                               RuntimeInconsistency)
 
-from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, Put,
+from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, OutcomeUnknown, Put,
                        StoreError, StoreUnavailable, TxnResult)
 from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
                           check_value, compare_holds)
@@ -328,7 +328,7 @@ class ZkStore:
         if found is not None:
             return unpack_entry(found[0]).token == token
         if self.revision() >= revision:  # taken and already compacted: nobody can say whose it was
-            raise StoreUnavailable(f"zookeeper {self.hosts}: {what}: outcome unknown (connection lost)")
+            raise OutcomeUnknown(f"zookeeper {self.hosts}: {what}: outcome unknown (connection lost)")
         return False
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
