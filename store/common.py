@@ -209,3 +209,27 @@ class OpenWatches:
     def close_all(self) -> None:
         for watch in list(self._watches):
             watch.close()
+
+
+class DerivedCalls:
+    """The contract's calls every backend derives the same way from its own ``txn`` and watches: create and
+    compare-and-swap as one-compare transactions, ``watch_prefix`` through :class:`OpenWatches` (``_watches``),
+    and use as a context manager that closes the store."""
+
+    _watches: OpenWatches
+
+    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
+        return self.txn([Compare(key, "create_revision", "=", 0)], [Put(key, value, lease)]).succeeded
+
+    def compare_and_swap(self, key: str, value: bytes, expected_mod_revision: int, lease: int = 0) -> bool:
+        compare = Compare(key, "mod_revision", "=", expected_mod_revision)
+        return self.txn([compare], [Put(key, value, lease)]).succeeded
+
+    def watch_prefix(self, prefix: str, start_revision: Optional[int] = None):
+        return self._watches.open(self, prefix, start_revision)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

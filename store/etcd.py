@@ -20,8 +20,8 @@ from pyetcd.etcdrpc import rpc_pb2_grpc as rpc_grpc
 
 from store.api import (Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, OutcomeUnknown, Put, StoreError,
                        TxnResult)
-from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
-                          check_value, prefix_range_end)
+from store.common import (DerivedCalls, OpenWatches, check_compares, check_key, check_lease_id, check_ops,
+                          check_revision, check_ttl, check_value, prefix_range_end)
 from store.deadline import call_deadline, time_left
 from store.etcd_client import Caller, Endpoints, parse_endpoints
 from store.etcd_watch import EtcdWatch
@@ -62,7 +62,7 @@ def to_compare(compare: Compare) -> rpc.Compare:
                        key=compare.key.encode(), **{fields[compare.target]: compare.value})
 
 
-class EtcdStore:
+class EtcdStore(DerivedCalls):
     """Thread-safe: gRPC channels are shared by every thread."""
 
     def __init__(self, endpoints: list[str], call_timeout: float = CALL_TIMEOUT, budget: float = BUDGET) -> None:
@@ -193,13 +193,6 @@ class EtcdStore:
             raise OutcomeUnknown(f"etcd: txn: outcome unknown (reading it back failed: {exc})") from exc
         return revisions.pop() if len(revisions) == 1 else 0
 
-    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        return self.txn([Compare(key, "create_revision", "=", 0)], [Put(key, value, lease)]).succeeded
-
-    def compare_and_swap(self, key: str, value: bytes, expected_mod_revision: int, lease: int = 0) -> bool:
-        compare = Compare(key, "mod_revision", "=", expected_mod_revision)
-        return self.txn([compare], [Put(key, value, lease)]).succeeded
-
     # -- leases ------------------------------------------------------------------------------------------
 
     def grant_lease(self, ttl: float) -> Lease:
@@ -249,15 +242,7 @@ class EtcdStore:
         check_revision(revision)
         self._kv("compact", "Compact", rpc.CompactionRequest(revision=revision, physical=True))
 
-    def watch_prefix(self, prefix: str, start_revision: int | None = None) -> EtcdWatch:
-        return self._watches.open(self, prefix, start_revision)
-
     def close(self) -> None:
         self._watches.close_all()
         self.endpoints.close()
 
-    def __enter__(self) -> "EtcdStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -22,8 +22,8 @@ from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lea
                        StoreError, TxnResult)
 from store.change_signal import ChangeSignal
 from store.deadline import time_left
-from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
-                          check_value, compare_holds)
+from store.common import (DerivedCalls, OpenWatches, check_compares, check_key, check_lease_id, check_ops,
+                          check_revision, check_ttl, check_value, compare_holds)
 from store.sqlite_txn import (COMPACT_EVERY, DEFAULT_HISTORY, SCHEMA, WriteTxn, compact_log,
                               forget_leases_of_earlier_boots, key_range_sql, lease_clock, row_to_kv, sqlite_errors)
 from store.sqlite_watch import SqliteWatch
@@ -32,7 +32,7 @@ BUSY_TIMEOUT = 10.0           # seconds a writer waits for another process's tra
 MAX_IDLE_CONNECTIONS = 8
 
 
-class SqliteStore:
+class SqliteStore(DerivedCalls):
     """The embedded backend. Thread-safe: each call borrows a pooled connection to the shared file."""
 
     def __init__(self, path: str | Path, history: int = DEFAULT_HISTORY) -> None:
@@ -273,13 +273,6 @@ class SqliteStore:
 
         return self._write("txn", body)
 
-    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        return self.txn([Compare(key, "create_revision", "=", 0)], [Put(key, value, lease)]).succeeded
-
-    def compare_and_swap(self, key: str, value: bytes, expected_mod_revision: int, lease: int = 0) -> bool:
-        compare = Compare(key, "mod_revision", "=", expected_mod_revision)
-        return self.txn([compare], [Put(key, value, lease)]).succeeded
-
     # -- history and watches -----------------------------------------------------------------------------
 
     def compact(self, revision: int) -> None:
@@ -303,9 +296,6 @@ class SqliteStore:
                 self._signal = ChangeSignal(self.path)
             return self._signal
 
-    def watch_prefix(self, prefix: str, start_revision: int | None = None) -> SqliteWatch:
-        return self._watches.open(self, prefix, start_revision)
-
     def close(self) -> None:
         self._watches.close_all()
         self._closed = True
@@ -318,8 +308,3 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
-    def __enter__(self) -> "SqliteStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -62,8 +62,8 @@ from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, 
 
 from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, OutcomeUnknown, Put,
                        StoreError, StoreUnavailable, TxnResult)
-from store.common import (OpenWatches, check_compares, check_key, check_lease_id, check_ops, check_revision, check_ttl,
-                          check_value, compare_holds)
+from store.common import (DerivedCalls, OpenWatches, check_compares, check_key, check_lease_id, check_ops,
+                          check_revision, check_ttl, check_value, compare_holds)
 from store.zookeeper_client import SESSION_TIMEOUT, TRANSIENT, Calls, connect
 from store.zookeeper_codec import LogEntry, Paths, name_to_key, pack_entry, unpack_entry, unpack_node
 from store.zookeeper_leases import ZkLeases
@@ -121,7 +121,7 @@ def _zk_watch(store, prefix: str, start_revision: int | None):
     return ZkWatch(store, prefix, start_revision)
 
 
-class ZkStore:
+class ZkStore(DerivedCalls):
     """Thread-safe: kazoo's client is shared by every thread."""
 
     def __init__(self, hosts: str, root: str = DEFAULT_ROOT, budget: float = BUDGET,
@@ -360,13 +360,6 @@ class ZkStore:
         succeeded, plan = self.write("txn", body, prefetch=known)
         return TxnResult(succeeded, plan.revision)
 
-    def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        return self.txn([Compare(key, "create_revision", "=", 0)], [Put(key, value, lease)]).succeeded
-
-    def compare_and_swap(self, key: str, value: bytes, expected_mod_revision: int, lease: int = 0) -> bool:
-        compare = Compare(key, "mod_revision", "=", expected_mod_revision)
-        return self.txn([compare], [Put(key, value, lease)]).succeeded
-
     # -- leases (store/zookeeper_leases.py) --------------------------------------------------------------
 
     def grant_lease(self, ttl: float) -> Lease:
@@ -411,15 +404,7 @@ class ZkStore:
         except StoreError as exc:
             log.debug("zookeeper %s: automatic compaction to %d: %s", self.hosts, revision, exc)
 
-    def watch_prefix(self, prefix: str, start_revision: int | None = None):
-        return self._watches.open(self, prefix, start_revision)
-
     def close(self) -> None:
         self._watches.close_all()
         self.calls.close()
 
-    def __enter__(self) -> "ZkStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
