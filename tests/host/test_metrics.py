@@ -23,6 +23,7 @@ from berth.install_cni import render_launcher
 from discovery.model import EndpointRecord
 from tests.conftest import REPO_ROOT, VENV_BIN
 from tests.discovery.conftest import AgentProcess
+from tests.overlay.conftest import make_sim, sqlite_url  # noqa: F401 - fixtures
 from tests.host.ops_harness import (PROMETHEUS, PROMTOOL, http_get, prometheus, promtool_check, samples, scrape,
                                     value)
 from tests.ports import free_port
@@ -319,3 +320,28 @@ def test_every_log_line_is_one_json_object(world):
             assert doc["time"].endswith("Z") and doc["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     dns_messages = [json.loads(line)["message"] for line in world["dns"].log.read_text().splitlines()]
     assert any(m.startswith("dnsd: listening on") for m in dns_messages)  # the readiness line is logged too
+
+
+# -- the overlay daemon (in simulated hosts: namespaces, VXLAN) -------------------------------------------------------
+
+@pytest.mark.root
+def test_overlay_counts_its_peer_and_routes_and_prometheus_scrapes_it(make_sim, sqlite_url, tmp_path):  # noqa: F811
+    metrics = f"127.0.0.1:{free_port()}"  # inside each host's own namespace, so the same port on every host
+    sim = make_sim(sqlite_url, hosts=2, daemon_args=("--metrics", metrics, "--log-format", "json"))
+    first = sim.hosts[0]
+    def with_peer() -> str | None:
+        text = scrape(metrics, first.netns)
+        return text if value(text, "berth_overlay_peers") == 1 else None
+    text = wait_until(with_peer, what="the overlay's peer counted")
+    assert value(text, "berth_overlay_routes") == 1 and value(text, "berth_overlay_fdb_entries") == 1
+    assert value(text, "berth_overlay_neighbours") == 1
+    assert value(text, "berth_overlay_reconcile_duration_seconds_count", trigger="start") == 1
+    assert value(text, "berth_overlay_reconcile_errors_total") == 0
+    promtool_check(text)
+    code, body = http_get(f"http://{metrics}/ready", first.netns)
+    assert code == 200 and set(json.loads(body)["checks"]) == {"lease", "store", "device"}, body
+    for line in first.log_path.read_text().splitlines():
+        assert {"time", "level", "logger", "message"} <= set(json.loads(line)), line
+    with prometheus({"overlay": metrics}, tmp_path / "prometheus", netns=first.netns) as api:
+        wait_until(lambda: api.targets_up() == {"overlay": "up"}, what="the overlay target up")
+        assert wait_until(lambda: api.query("berth_overlay_peers == 1"), what="berth_overlay_peers in Prometheus")
