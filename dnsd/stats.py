@@ -14,7 +14,6 @@ import json
 import socket
 import struct
 import threading
-import time
 from typing import Callable
 
 MAX_KINDS = 64  # distinct (qtype, rcode) pairs tracked for cached replies; more fold into slot 0
@@ -97,15 +96,6 @@ class ResponderStats:
     def overflowed(self) -> None:
         with self.lock:
             self.forward_overflow += 1
-
-
-def timed(call: Callable[[], bytes | None]) -> tuple[bytes | None, float]:
-    started = time.monotonic()
-    try:
-        result = call()
-    except Exception:
-        result = None
-    return result, time.monotonic() - started
 
 
 def snapshot(responder, stats: ResponderStats) -> dict:
