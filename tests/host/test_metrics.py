@@ -322,6 +322,18 @@ def test_every_log_line_is_one_json_object(world):
     assert any(m.startswith("dnsd: listening on") for m in dns_messages)  # the readiness line is logged too
 
 
+def test_a_taken_or_bad_metrics_address_stops_a_daemon_with_a_clear_error(world, tmp_path):
+    taken = world["agent"].metrics  # in use by the running agent
+    for argv in (["dns", "--records", str(tmp_path / "none.json"), "--listen", "127.0.0.1:0", "--metrics", taken],
+                 ["cni-daemon", "--socket", str(tmp_path / "run" / "cni.sock"), "--metrics", taken],
+                 ["agent", "--store", f"sqlite:///{tmp_path / 'x.db'}", "--socket", str(tmp_path / "a.sock"),
+                  "--state-dir", str(tmp_path / "state"), "--metrics", "127.0.0.1:port"]):
+        done = subprocess.run([str(VENV_BIN / "berth"), *argv], capture_output=True, text=True, timeout=60,
+                              cwd=REPO_ROOT)
+        assert done.returncode != 0 and "--metrics" in done.stderr, (argv, done.stderr)
+    assert not (tmp_path / "a.sock").exists() and not (tmp_path / "run" / "cni.sock").exists()
+
+
 # -- the overlay daemon (in simulated hosts: namespaces, VXLAN) -------------------------------------------------------
 
 @pytest.mark.root
