@@ -334,6 +334,34 @@ def test_a_taken_or_bad_metrics_address_stops_a_daemon_with_a_clear_error(world,
     assert not (tmp_path / "a.sock").exists() and not (tmp_path / "run" / "cni.sock").exists()
 
 
+@pytest.mark.etcd
+def test_an_agent_whose_store_dies_counts_store_errors_and_is_no_longer_ready(tmp_path):
+    from tests.etcd_harness import start_etcd
+
+    metrics = f"127.0.0.1:{free_port()}"
+    with start_etcd(1) as cluster:
+        agent = AgentProcess(cluster.url, tmp_path, "btetcd", 5.0, ("--metrics", metrics))
+        agent.start()
+        try:
+            assert http_get(f"http://{metrics}/ready")[0] == 200
+            assert value(scrape(metrics), "berth_agent_store_errors_total") == 0
+            cluster.kill(0)
+
+            def failing() -> str | None:
+                text = scrape(metrics)
+                return text if value(text, "berth_agent_store_errors_total") > 0 else None
+            text = wait_until(failing, what="store errors counted")
+            assert value(text, "berth_agent_anti_entropy_runs_total", result="error") > 0
+            def not_ready() -> tuple[int, str] | None:
+                answer = http_get(f"http://{metrics}/ready")
+                return answer if answer[0] == 503 else None
+            code, body = wait_until(not_ready, what="the agent no longer ready")
+            assert json.loads(body)["checks"]["store"]["ok"] is False
+            assert http_get(f"http://{metrics}/health")[0] == 200  # alive, and says so
+        finally:
+            agent.kill()
+
+
 # -- the overlay daemon (in simulated hosts: namespaces, VXLAN) -------------------------------------------------------
 
 @pytest.mark.root
