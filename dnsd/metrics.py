@@ -54,3 +54,9 @@ class DnsCollector:
         workers.add_metric(("answering",), total["workers"])
         workers.add_metric(("configured",), total["expected"])
         yield workers
+        cpu = CounterMetricFamily("berth_dns_worker_cpu_seconds", "CPU time (user and system) of the processes "
+                                  "answering queries, summed over the workers answering")
+        cpu.add_metric((), total["cpu_seconds"])
+        yield cpu
+        yield GaugeMetricFamily("berth_dns_worker_resident_memory_bytes", "Resident memory of the processes "
+                                "answering queries, summed over the workers answering", value=total["resident_bytes"])

@@ -11,6 +11,7 @@ totals of the whole server, not of one process picked at random.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
@@ -126,16 +127,29 @@ def snapshot(responder, stats: ResponderStats) -> dict:
             add(qtype, rcode, count)
         forward = {"buckets": list(stats.forward_buckets), "sum": stats.forward_sum,
                    "failures": stats.forward_failures, "overflow": stats.forward_overflow}
-    return {"queries": queries, "caches": caches, "forward": forward, "workers": 1}
+    return {"queries": queries, "caches": caches, "forward": forward, "workers": 1, **own_process()}
+
+
+def own_process() -> dict:
+    """This worker's CPU seconds and resident bytes (with several workers the process collector sees only the
+    parent, which answers no queries)."""
+    times = os.times()
+    try:
+        with open("/proc/self/statm") as f:
+            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        resident = 0
+    return {"cpu_seconds": times.user + times.system, "resident_bytes": resident}
 
 
 def merge(snapshots: list[dict]) -> dict:
     """The sum of several workers' snapshots (each its own caches: entries and bytes add up too)."""
     total: dict = {"queries": {}, "caches": {}, "forward": {"buckets": [0] * (len(FORWARD_BUCKETS) + 1),
                                                               "sum": 0.0, "failures": 0, "overflow": 0},
-                   "workers": 0}
+                   "workers": 0, "cpu_seconds": 0.0, "resident_bytes": 0}
     for snap in snapshots:
-        total["workers"] += snap["workers"]
+        for field in ("workers", "cpu_seconds", "resident_bytes"):
+            total[field] += snap.get(field, 0)
         for key, count in snap["queries"].items():
             total["queries"][key] = total["queries"].get(key, 0) + count
         for name, numbers in snap["caches"].items():

@@ -166,7 +166,7 @@ def test_agent_counts_registrations_store_calls_and_waiting_blocking_queries(wor
     after = wait_until(after_anti_entropy, what="an anti-entropy run")
     assert value(after, "berth_agent_registrations_total") - value(before, "berth_agent_registrations_total") == 2
     assert value(after, "berth_agent_deregistrations_total") - value(before, "berth_agent_deregistrations_total") == 1
-    assert value(after, "berth_agent_endpoints") == 1
+    assert value(after, "berth_agent_endpoints") - value(before, "berth_agent_endpoints") == 1
     assert value(after, "berth_agent_blocking_queries_waiting") == 0
     assert value(after, "berth_agent_store_call_duration_seconds_count", operation="txn") > \
         value(before, "berth_agent_store_call_duration_seconds_count", operation="txn")
@@ -182,7 +182,8 @@ def dns_total(text: str) -> float:
 
 def test_dns_counts_every_question_over_all_workers_with_cache_and_forwarding(world):
     port, metrics = world["dns_port"], world["dns"].metrics
-    name = f"btweb.service.{ZONE}"
+    consul(world, "PUT", "/v1/agent/service/register", {"Name": "btdns", "ID": "btdns1", "Address": "127.0.0.3"})
+    name = f"btdns.service.{ZONE}"
     wait_until(lambda: ask(port, name).rr, what="the agent's registration in DNS")  # the view has it
     before = scrape(metrics)
     assert value(before, "berth_dns_workers", state="answering") == WORKERS
@@ -208,6 +209,8 @@ def test_dns_counts_every_question_over_all_workers_with_cache_and_forwarding(wo
     assert delta("berth_dns_forward_duration_seconds_count") == 1
     assert value(after, "berth_dns_cache_entries", cache="answers_udp") >= 1
     assert value(after, "berth_dns_cache_size_bytes", cache="answers_udp") > 0
+    assert value(after, "berth_dns_worker_resident_memory_bytes") > value(after, "process_resident_memory_bytes")
+    assert value(after, "berth_dns_worker_cpu_seconds_total") > 0
     assert ask(port, f"btup.{UPSTREAM_ZONE}").header.rcode == 0  # from the upstream cache, if the same worker
     again = scrape(metrics)
     upstream_lookups = sum(value(again, f"berth_dns_cache_{kind}_total", cache="upstream") -
@@ -292,7 +295,7 @@ def test_a_real_prometheus_scrapes_every_daemon(world):
             return up if len(up) == len(targets) and "unknown" not in up.values() else None
         health = wait_until(scraped, what="every target scraped")
         assert health == dict.fromkeys(targets, "up")
-        for expression in ("berth_cni_calls_total", "berth_dns_queries_total", "berth_agent_registrations_total"):
+        for expression in ("berth_cni_calls_in_flight", "berth_dns_workers", "berth_agent_registrations_total"):
             assert wait_until(lambda: api.query(expression), what=f"{expression} in Prometheus")
         assert {r["metric"]["job"] for r in api.query("up == 1")} == set(targets)
 
