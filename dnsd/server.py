@@ -215,7 +215,7 @@ def run_workers(listeners: list[Listener], make_responder: Callable[[], Responde
         return 0
     children = []
     for index in range(options.workers):
-        ours, theirs = socket.socketpair()
+        ours, theirs = dns_stats.snapshot_channel()
         pid = os.fork()
         if pid == 0:
             _die_with_parent()

@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from typing import Callable
 
 MAX_KINDS = 64  # distinct (qtype, rcode) pairs tracked for cached replies; more fold into slot 0
@@ -166,16 +167,24 @@ def merge(snapshots: list[dict]) -> dict:
 
 # -- workers in other processes ------------------------------------------------------------------------------------
 
+MAX_SNAPSHOT = 1 << 20  # bytes; a snapshot is a few KiB (its labels are bounded)
+
+
+def snapshot_channel() -> tuple[socket.socket, socket.socket]:
+    """A socket pair that keeps message boundaries (one request, one reply per message)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
 def serve_snapshots(sock: socket.socket, take: Callable[[], dict]) -> threading.Thread:
-    """In a worker process: answer each request byte on ``sock`` with a length-prefixed JSON snapshot."""
+    """In a worker process: answer each request (a sequence number) with that number and a JSON snapshot."""
     def loop() -> None:
         with sock:
             while True:
                 try:
-                    if not sock.recv(1):
+                    request = sock.recv(16)
+                    if not request:
                         return  # the parent has gone
-                    body = json.dumps(take()).encode()
-                    sock.sendall(struct.pack("!I", len(body)) + body)
+                    sock.send(request[:4] + json.dumps(take()).encode())
                 except OSError:
                     return
     thread = threading.Thread(target=loop, name="dnsd-stats", daemon=True)
@@ -191,19 +200,30 @@ class Hub:
         self.remote: list[socket.socket] = []
         self.expected = 0
         self._lock = threading.Lock()  # one scrape at a time talks to the workers
+        self._sequence = 0
 
     def snapshots(self) -> list[dict]:
+        """Every worker's snapshot that arrives within the deadline. A late reply carries an old sequence number
+        and is skipped by the next scrape; a worker whose socket has closed is not asked again."""
         found = [take() for take in self.local]
         with self._lock:
+            self._sequence = (self._sequence + 1) % (1 << 32)
+            wanted = struct.pack("!I", self._sequence)
             for sock in list(self.remote):
                 try:
-                    sock.settimeout(SNAPSHOT_DEADLINE)
-                    sock.sendall(b"?")
-                    length = struct.unpack("!I", _read(sock, 4))[0]
-                    found.append(json.loads(_read(sock, length)))
-                except (OSError, ValueError, struct.error):
-                    # gone or stuck: a late reply would be read as the next one's, so this worker is not asked
-                    # again (and counts as not answering from now on)
+                    sock.send(wanted)
+                    deadline = time.monotonic() + SNAPSHOT_DEADLINE
+                    while (left := deadline - time.monotonic()) > 0:
+                        sock.settimeout(left)
+                        reply = sock.recv(MAX_SNAPSHOT)
+                        if not reply:
+                            raise ConnectionError("the worker has gone")
+                        if reply[:4] == wanted:
+                            found.append(json.loads(reply[4:]))
+                            break
+                except TimeoutError:
+                    continue  # busy: not counted this time
+                except (OSError, ValueError):
                     self.remote.remove(sock)
                     sock.close()
         return found
@@ -212,14 +232,3 @@ class Hub:
         merged = merge(self.snapshots())
         merged["expected"] = self.expected
         return merged
-
-
-def _read(sock: socket.socket, count: int) -> bytes:
-    chunks = []
-    while count:
-        chunk = sock.recv(count)
-        if not chunk:
-            raise ConnectionError("worker closed its stats socket")
-        chunks.append(chunk)
-        count -= len(chunk)
-    return b"".join(chunks)
