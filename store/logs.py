@@ -39,7 +39,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def _level(text: str) -> str:
-    level = text.upper()
+    level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(text.upper(), text.upper())
     if level not in LEVELS:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LEVELS)}")
     return level

@@ -51,6 +51,7 @@ def test_options_refuse_an_unknown_level_or_format():
     parser = argparse.ArgumentParser()
     add_log_arguments(parser)
     assert parser.parse_args(["--log-level", "debug"]).log_level == "DEBUG"
+    assert parser.parse_args(["--log-level", "warn"]).log_level == "WARNING"
     for argv in (["--log-level", "LOUD"], ["--log-format", "xml"]):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
