@@ -13,6 +13,9 @@ import os
 import socket
 from typing import Optional
 
+from store.logs import add_log_arguments, setup_from_args
+from store.ops import Readiness, add_metrics_argument, listening_check, start_from_args
+
 SD_LISTEN_FDS_START = 3
 
 
@@ -22,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"Unix socket path (default {DEFAULT_SOCKET})")
     parser.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
                         help="when socket-activated, exit after this many seconds without a call (default: never)")
-    parser.add_argument("--log-level", default="INFO")
+    add_log_arguments(parser)
+    add_metrics_argument(parser)
     parser.add_argument("--extra-plugin", action="append", default=[], metavar="TYPE=MODULE",
                         help="also serve a plugin module that defines HANDLERS (repeatable)")
 
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from cni_plugins.daemon import run_daemon
     from cni_plugins.invoke import IN_PROCESS
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_from_args(args)
     for spec in args.extra_plugin:
         plugin_type, sep, module = spec.partition("=")
         if not sep or not plugin_type or not module:
@@ -64,4 +68,16 @@ def run(args: argparse.Namespace) -> int:
     listener = inherited_listener()
     if listener is None and args.idle_exit:
         logging.getLogger("berth.cni-daemon").warning("--idle-exit applies only when socket-activated: ignored")
-    return run_daemon(args.socket, inherited=listener, idle_exit=args.idle_exit if listener else 0.0)
+    readiness = Readiness()
+    ops = start_from_args(args, readiness)  # bound first: a taken --metrics port stops us before anything else
+
+    def on_listening(daemon) -> None:
+        readiness.add("socket", listening_check(lambda: [daemon.listener], args.socket))
+
+    readiness.add("socket", lambda: (False, "not listening yet"))
+    try:
+        return run_daemon(args.socket, inherited=listener, idle_exit=args.idle_exit if listener else 0.0,
+                          on_listening=on_listening)
+    finally:
+        if ops is not None:
+            ops.stop()

@@ -19,6 +19,10 @@ DEFAULT_STORE = "sqlite:////var/lib/berth/berth.db"
 CNI_SOCKET = "/run/berth/cni.sock"
 AGENT_SOCKET = "/run/berth/agent.sock"
 
+# each daemon's --metrics port when `install-units --metrics ADDR` is given (a range of Berth's own, beside
+# node_exporter's 9100 and CoreDNS's 9153)
+METRICS_PORTS = {"cni-daemon": 9470, "agent": 9471, "dns": 9472, "overlay": 9473}
+
 # Options that leave the service in the host's mount namespace (every daemon, the CNI daemon included).
 COMMON_HARDENING = """NoNewPrivileges=yes
 LockPersonality=yes
@@ -37,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iface", default="eth0", help="the underlay interface `berth overlay` uses (default eth0)")
     parser.add_argument("--dns-listen", default="127.0.0.1:53",
                         help="ADDR:PORT for `berth dns` (default 127.0.0.1:53)")
+    parser.add_argument("--metrics", metavar="ADDR", default=None,
+                        help="serve every daemon's /metrics, /health and /ready on ADDR, each on its own port: "
+                             + ", ".join(f"{name} {port}" for name, port in METRICS_PORTS.items())
+                             + " (default: not served)")
 
 
 def berth_executable() -> str:
@@ -59,9 +67,14 @@ def _service(description: str, exec_start: str, *, capabilities: str, extra_unit
     return "\n\n".join(sections) + "\n"
 
 
-def render_units(berth: str, store: str, iface: str, dns_listen: str) -> dict[str, str]:
+def render_units(berth: str, store: str, iface: str, dns_listen: str,
+                 metrics: str | None = None) -> dict[str, str]:
     """File name -> unit text. Pure: the same arguments give the same files."""
     environment = f"Environment=BERTH_STORE={store}"
+    host = f"[{metrics}]" if metrics and ":" in metrics else metrics
+
+    def ops(daemon: str) -> str:
+        return f" --metrics {host}:{METRICS_PORTS[daemon]}" if metrics else ""
     state_protection = "ProtectSystem=strict\nProtectHome=yes\nPrivateTmp=yes\nProtectKernelModules=yes\n" \
                        "ProtectClock=yes\nStateDirectory=berth\nRuntimeDirectory=berth\n" \
                        "RuntimeDirectoryPreserve=yes\nRuntimeDirectoryMode=0755"
@@ -82,7 +95,7 @@ WantedBy=sockets.target
 """,
         "berth-cni-daemon.service": _service(
             "Berth CNI daemon: plugin handlers held warm for the launchers",
-            f"{berth} cni-daemon --socket {CNI_SOCKET} --idle-exit 600",
+            f"{berth} cni-daemon --socket {CNI_SOCKET} --idle-exit 600{ops('cni-daemon')}",
             capabilities="CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_ADMIN CAP_DAC_OVERRIDE CAP_FOWNER CAP_CHOWN",
             extra_unit="Requires=berth-cni-daemon.socket\nAfter=berth-cni-daemon.socket",
             extra_service=f"{environment}\nRestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6\n"
@@ -92,21 +105,21 @@ WantedBy=sockets.target
             "Berth discovery agent: container endpoints to the datastore, Consul-compatible API",
             f"{berth} agent --socket {AGENT_SOCKET} --state-dir /var/lib/berth/agent "
             "--spool-dir /var/lib/berth/spool --acl-default-policy deny "
-            "--acl-token-file /var/lib/berth/agent/acl-tokens.json",
+            f"--acl-token-file /var/lib/berth/agent/acl-tokens.json{ops('agent')}",
             capabilities="CAP_DAC_OVERRIDE CAP_FOWNER CAP_CHOWN",
             extra_unit="After=network-online.target\nWants=network-online.target",
             extra_service=f"{environment}\n{state_protection}\n"
                           "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"),
         "berth-dns.service": _service(
             "Berth DNS: container and service names from the discovery view",
-            f"{berth} dns --store {store} --listen {dns_listen}",
+            f"{berth} dns --store {store} --listen {dns_listen}{ops('dns')}",
             capabilities="CAP_NET_BIND_SERVICE",
             extra_unit="After=network-online.target berth-agent.service\nWants=network-online.target",
             extra_service=f"{environment}\n{state_protection}\n"
                           "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"),
         "berth-overlay.service": _service(
             "Berth overlay: this host's subnet lease and VXLAN routes to every other host",
-            f"{berth} overlay --iface {iface}",
+            f"{berth} overlay --iface {iface}{ops('overlay')}",
             capabilities="CAP_NET_ADMIN CAP_NET_RAW",
             extra_unit="After=network-online.target\nWants=network-online.target",
             extra_service=f"{environment}\n{state_protection}\n"  # the subnet file: /run/berth/subnet.env
@@ -117,7 +130,8 @@ WantedBy=sockets.target
 def run(args: argparse.Namespace) -> int:
     target = Path(args.dir)
     target.mkdir(parents=True, exist_ok=True)
-    for name, text in render_units(berth_executable(), args.store, args.iface, args.dns_listen).items():
+    for name, text in render_units(berth_executable(), args.store, args.iface, args.dns_listen,
+                                   args.metrics).items():
         path = target / name
         temporary = path.with_name(f".{name}.tmp")
         temporary.write_text(text)

@@ -1,7 +1,7 @@
 """``berth status``: what the datastore says the cluster is — hosts, endpoints, address use — as tables, one JSON
 document, or a picture of the topology.
 
-One read of the store (``collect``), then pure views of the snapshot it returns (``render_tables``, ``as_document``,
+One read of the store (``collect``), the daemons' health endpoints asked once (``probe_daemons``), then pure views of the snapshot it returns (``render_tables``, ``as_document``,
 ``as_graph``), so every view shows the same revision and each is tested without a store.
 
 The JSON document (``--json``), version 1; keys are stable, new keys may be added:
@@ -9,8 +9,15 @@ The JSON document (``--json``), version 1; keys are stable, new keys may be adde
 - ``version`` (1), ``revision`` (the store revision read), ``overlay`` (``network``, ``subnetLen``, ``vni``,
   ``port``; null when no overlay network is configured)
 - ``agents``: one per running discovery agent: ``host``, ``address``, ``http`` (its Consul API, "" when it
-  serves none), ``acl`` (``allow``: any local user may write through the API; ``deny``; ``none``: no HTTP API)
-- ``hosts``: one per subnet lease: ``subnet``, ``underlay``, ``vtepMac``, ``vni``, ``reserved``
+  serves none), ``acl`` (``allow``: any local user may write through the API; ``deny``; ``none``: no HTTP API),
+  ``metrics`` (its ``--metrics`` address, "" when it serves none)
+- ``hosts``: one per subnet lease: ``subnet``, ``underlay``, ``vtepMac``, ``vni``, ``reserved``,
+  ``leaseSecondsLeft`` (seconds until the lease expires unless its daemon keeps it alive; null when reserved or
+  when the store no longer knows the lease)
+- ``daemons``: one per operations endpoint asked: the ``--metrics`` address each agent records, and every
+  ``--daemon NAME=ADDR:PORT``: ``name``, ``address``, ``healthy`` (``/health`` answered 200), ``ready``
+  (``/ready`` answered 200; null when the daemon did not answer at all), ``detail`` (what failed, or the checks
+  that did not pass)
 - ``endpoints``: ``id``, ``name``, ``aliases``, ``addresses``, ``host`` (the agent that wrote it), ``network``,
   ``containerId`` (empty for services registered over HTTP), ``ports`` (``"8080->80/tcp"`` or ``"80/tcp"``),
   ``health``
@@ -27,8 +34,10 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from berth.daemon_probe import DaemonStatus, daemon_targets, probe_daemons
 
 DEFAULT_STORE = "sqlite:////var/lib/berth/berth.db"
 
@@ -40,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--graph", metavar="FILE", default=None,
                         help="also draw the topology to FILE (.svg, .png or .dot; needs graphviz's dot)")
+    parser.add_argument("--daemon", metavar="NAME=ADDR:PORT", action="append", default=[],
+                        help="also ask this daemon's --metrics endpoint for /health and /ready (repeatable; "
+                             "agents' own addresses are found in the store)")
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ class HostStatus:
     vtep_mac: str
     vni: int
     reserved: bool
+    lease_left: float | None = None  # seconds; None when reserved or the store no longer knows the lease
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class ClusterStatus:
     endpoints: tuple[EndpointStatus, ...]
     problems: tuple[str, ...]
     agents: tuple = ()  # discovery.publish.AgentRecord, one per running agent
+    daemons: tuple[DaemonStatus, ...] = ()
 
     @property
     def usage(self) -> tuple[SubnetUsage, ...]:
@@ -137,7 +151,9 @@ def collect(store, overlay_prefix: str | None = None) -> ClusterStatus:
         except LeaseFormatError as exc:
             problems.append(str(exc))
             continue
-        hosts.append(HostStatus(lease.subnet, str(lease.public_ip), lease.vtep_mac, lease.vni, lease.reserved))
+        left = None if lease.reserved or not kv.lease else store.lease_time_left(kv.lease)
+        hosts.append(HostStatus(lease.subnet, str(lease.public_ip), lease.vtep_mac, lease.vni, lease.reserved,
+                                left))
     records, revision = store.get_prefix(ENDPOINTS_PREFIX)
     endpoints = []
     for kv in records:
@@ -161,6 +177,12 @@ def collect(store, overlay_prefix: str | None = None) -> ClusterStatus:
     return ClusterStatus(revision, overlay, tuple(hosts), tuple(endpoints), tuple(problems), tuple(agents))
 
 
+def _lease_text(host: HostStatus) -> str:
+    if host.reserved:
+        return "reserved"
+    return "expired" if host.lease_left is None else f"{host.lease_left:.0f} s left"
+
+
 # -- views (pure) ---------------------------------------------------------------------------------------------------
 
 def as_document(status: ClusterStatus) -> dict[str, Any]:
@@ -168,9 +190,14 @@ def as_document(status: ClusterStatus) -> dict[str, Any]:
         "version": 1,
         "revision": status.revision,
         "overlay": status.overlay,
-        "agents": [{"host": a.host, "address": a.address, "http": a.http, "acl": a.acl} for a in status.agents],
+        "agents": [{"host": a.host, "address": a.address, "http": a.http, "acl": a.acl, "metrics": a.metrics}
+                   for a in status.agents],
         "hosts": [{"subnet": str(h.subnet), "underlay": h.underlay, "vtepMac": h.vtep_mac, "vni": h.vni,
-                   "reserved": h.reserved} for h in status.hosts],
+                   "reserved": h.reserved,
+                   "leaseSecondsLeft": None if h.lease_left is None else round(h.lease_left, 1)}
+                  for h in status.hosts],
+        "daemons": [{"name": d.name, "address": d.address, "healthy": d.healthy, "ready": d.ready,
+                     "detail": d.detail} for d in status.daemons],
         "endpoints": [{"id": e.id, "name": e.name, "aliases": list(e.aliases), "addresses": list(e.addresses),
                        "host": e.host, "network": e.network, "containerId": e.container_id, "ports": list(e.ports),
                        "health": e.health} for e in status.endpoints],
@@ -198,8 +225,8 @@ def render_tables(status: ClusterStatus) -> list[str]:
     out.append("")
     if status.hosts:
         out += table([("host (underlay)", "subnet", "VTEP MAC", "VNI", "lease"),
-                      *((h.underlay, str(h.subnet), h.vtep_mac or "-", str(h.vni), "reserved" if h.reserved
-                         else "held") for h in status.hosts)])
+                      *((h.underlay, str(h.subnet), h.vtep_mac or "-", str(h.vni), _lease_text(h))
+                        for h in status.hosts)])
     else:
         out.append("no hosts (no subnet leases)")
     out.append("")
@@ -212,6 +239,14 @@ def render_tables(status: ClusterStatus) -> list[str]:
                        "deregister services there (berth agent --acl-default-policy deny)")
     else:
         out.append("no discovery agents running")
+    out.append("")
+    if status.daemons:
+        out += table([("daemon", "metrics at", "health", "ready"),
+                      *((d.name, d.address, "ok" if d.healthy else "no answer" if d.ready is None else "failing",
+                         "yes" if d.ready else ("-" if d.ready is None else f"no: {d.detail}"))
+                        for d in status.daemons)])
+    else:
+        out.append("no daemon health endpoints known (berth agent --metrics, or berth status --daemon NAME=ADDR)")
     out.append("")
     if status.endpoints:
         rows = [("endpoint", "aliases", "addresses", "agent", "network", "ports", "health")]
@@ -299,6 +334,11 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, ValueError, OSError) as exc:
         print(f"berth status: cannot read {args.store}: {exc}", file=sys.stderr)
         return 1
+    try:
+        status = replace(status, daemons=probe_daemons(daemon_targets(status, args.daemon)))
+    except ValueError as exc:
+        print(f"berth status: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(as_document(status), indent=2, sort_keys=True))
     else:

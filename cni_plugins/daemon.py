@@ -34,6 +34,7 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Callable, Hashable, Iterator, Optional
 
+from cni_plugins import daemon_metrics as metrics
 from cni_plugins import invoke, launcher, skel
 
 log = logging.getLogger("berth.cni-daemon")
@@ -194,6 +195,7 @@ class CniDaemon:
                 raise
             if not self.connections.acquire(blocking=False):
                 self.connections_refused += 1
+                metrics.SENT_BACK.labels("connections").inc()
                 conn.close()  # at the cap: the launcher sees the close before any ``A`` and runs the call itself
                 continue
             threading.Thread(target=self._serve_counted, args=(conn,), daemon=True).start()
@@ -235,6 +237,7 @@ class CniDaemon:
                 peer_pid, peer_uid = self._peer(conn)
                 if peer_uid not in (0, os.geteuid()):
                     log.warning("refused a CNI call from uid %d", peer_uid)
+                    metrics.SENT_BACK.labels("uid").inc()
                     return
                 conn.settimeout(launcher.ACCEPT_TIMEOUT)
                 conn.sendall(launcher.encode_greeting(self.build_id))
@@ -242,14 +245,16 @@ class CniDaemon:
                 servable = build_id == self.build_id and same_namespaces(peer_pid)
                 handlers = self._handlers_for(plugin_type) if servable else None
                 if handlers is None:
+                    metrics.SENT_BACK.labels("skew").inc()
                     conn.sendall(launcher.STATUS_SKEW)
                     return
                 key = attachment_key(env, stdin)
                 with self._admission(key) as admitted:
                     if not admitted:
+                        metrics.SENT_BACK.labels("busy").inc()
                         conn.sendall(launcher.STATUS_BUSY)
                         return
-                    self._run_accepted(conn, handlers, env, stdin, key)
+                    self._run_accepted(conn, handlers, env, stdin, key, plugin_type)
             except (OSError, EOFError, ValueError) as exc:
                 log.debug("CNI call dropped: %s", exc)
 
@@ -292,14 +297,20 @@ class CniDaemon:
         return build_id, plugin_type, env, stdin
 
     def _run_accepted(self, conn: socket.socket, handlers: skel.Handlers, env: dict, stdin: bytes,
-                      key: Optional[Hashable] = None) -> None:
+                      key: Optional[Hashable] = None, plugin_type: str = "") -> None:
         if _peer_hung_up(conn):
             return  # the launcher gave up before we accepted: it runs the call itself
         conn.sendall(launcher.STATUS_ACCEPTED)
         # From here the call runs to its end whatever happens to the launcher: waiting for its turn, then the
         # plugin's own plan/apply/undo. Only sending the answer can fail.
-        with self.order.turn(key):
-            reply = skel.dispatch(handlers, env, stdin)
+        started = time.monotonic()
+        metrics.IN_FLIGHT.inc()
+        try:
+            with self.order.turn(key):
+                reply = skel.dispatch(handlers, env, stdin)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        metrics.record_call(plugin_type, env, reply.exit_code, reply.stdout, time.monotonic() - started)
         self.calls_served += 1
         conn.settimeout(REPLY_SEND_TIMEOUT)
         conn.sendall(launcher.pack_fields(reply.exit_code.to_bytes(4, "big"), reply.stdout, reply.stderr))
@@ -327,9 +338,10 @@ def _peer_hung_up(conn: socket.socket) -> bool:
         return True
 
 
-def run_daemon(socket_path: str, inherited: Optional[socket.socket] = None, idle_exit: float = 0.0) -> int:
+def run_daemon(socket_path: str, inherited: Optional[socket.socket] = None, idle_exit: float = 0.0,
+               on_listening: Optional[Callable[["CniDaemon"], None]] = None) -> int:
     """Run in the foreground until SIGTERM or SIGINT (or, socket-activated, an idle period); used by
-    ``berth cni-daemon``."""
+    ``berth cni-daemon``. ``on_listening`` is called once the socket is bound or adopted."""
     daemon = CniDaemon(socket_path)
     try:
         if inherited is not None:
@@ -344,6 +356,8 @@ def run_daemon(socket_path: str, inherited: Optional[socket.socket] = None, idle
         return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: daemon.stop())
+    if on_listening is not None:
+        on_listening(daemon)
     log.info("serving CNI calls on %s (build %s)", socket_path, daemon.build_id[:12])
     daemon.serve_forever()
     log.info("stopped after serving %d calls", daemon.calls_served)

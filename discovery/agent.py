@@ -35,6 +35,7 @@ from typing import Callable
 
 from cni_plugins import codes
 from discovery import health as hc
+from discovery import metrics
 from discovery import wire
 from discovery.local import LeaseFile, LocalEndpoint, LocalEndpoints
 from discovery.model import EndpointRecord, Health, InvalidRecord, endpoint_key
@@ -149,6 +150,7 @@ class Agent:
             self.files.save(endpoint)
             self._endpoints[endpoint.record.id] = endpoint
             self._add_checks(endpoint, time.monotonic())
+            metrics.REGISTRATIONS.inc()
             return self._publish(endpoint.record.id)
 
     def remove(self, endpoint_id: str) -> tuple[bool, int]:
@@ -163,6 +165,8 @@ class Agent:
                 self._written[endpoint_id] = keys
             self._drop_checks(endpoint_id)
             revision = self._publish(endpoint_id)
+            if endpoint is not None:
+                metrics.DEREGISTRATIONS.inc()
             return endpoint is not None, revision
 
     def gc(self, network: str, valid: set[tuple[str, str]]) -> list[str]:
@@ -247,6 +251,10 @@ class Agent:
 
     # -- anti-entropy ------------------------------------------------------------------------------------
     def reconcile(self) -> SyncPlan:
+        with metrics.anti_entropy_run():
+            return self._reconcile_once()
+
+    def _reconcile_once(self) -> SyncPlan:
         """Remove endpoints whose netns is gone, then make the store hold exactly this host's keys.
 
         The store is listed without holding the agent's lock (a slow or absent store must not stall

@@ -6,11 +6,12 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 
 from discovery import wire
 from store.config import default_store_url
+from store.logs import add_log_arguments, announce, setup_from_args
+from store.ops import add_metrics_argument
 
 log = logging.getLogger("berth.agent")
 
@@ -75,11 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HTTP connections served at once; more wait in the listen queue")
     parser.add_argument("--http-read-deadline", type=_positive, default=10.0,
                         help="seconds a request's head and body may take to arrive after its first line (then 408)")
-    parser.add_argument("--log-level", default="INFO")
+    add_log_arguments(parser)
+    add_metrics_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_from_args(args)
+    from discovery import metrics
     from discovery.agent import Agent
     from discovery.agent_socket import AgentSocket
     from discovery.acl import Acl
@@ -88,16 +91,21 @@ def run(args: argparse.Namespace) -> int:
     from discovery.publish import ACL_NONE, AgentRecord
     from discovery.view import DiscoveryView
     from store.api import StoreError, open_store
+    from store.ops import Readiness, listening_check, start_from_args, store_check
 
     skydns = args.skydns == "on" or (args.skydns == "auto" and args.store.startswith("etcd:"))
     cleanup: list = []  # undone in reverse, whatever happens
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
+    readiness = Readiness()
     try:
+        ops = start_from_args(args, readiness)  # first: a taken port is reported before anything starts
+        if ops is not None:
+            cleanup.append(ops.stop)
         store = open_store(store_url(args.store, args.ttl))
         cleanup.append(store.close)
-        agent = Agent(store, args.host, args.state_dir, args.ttl, spool_dir=args.spool_dir,
+        agent = Agent(metrics.TimedStore(store), args.host, args.state_dir, args.ttl, spool_dir=args.spool_dir,
                       skydns_zone=args.zone if skydns else None, node_address=args.address,
                       resync_interval=args.resync)
         view = DiscoveryView(store)
@@ -113,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
             http = StrictHttpServer(args.http, ConsulApi(agent, view, acl), limits)
             cleanup.append(http.server_close)
         agent.about = AgentRecord(args.host, args.address, f"{args.http[0]}:{http.port}" if http else "",
-                                  acl.policy if http else ACL_NONE).to_json()
+                                  acl.policy if http else ACL_NONE,
+                                  f"{ops.server_address[0]}:{ops.port}" if ops else "").to_json()
+        metrics.ENDPOINTS.set_function(lambda: len(agent.endpoints()))
         agent.start()
         cleanup.append(agent.stop)
         if args.curator == "on" or (args.curator == "auto" and args.store.startswith("zk:")):
@@ -125,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         listener = AgentSocket(args.socket, agent.handle)
         listener.start()
         cleanup.append(listener.stop)
+        readiness.add("store", store_check(store))
+        readiness.add("socket", listening_check(lambda: [listener.socket], args.socket))
+        readiness.add("agent", lambda: (agent.ready.is_set(), "this host's endpoints are in the store"
+                                        if agent.ready.is_set() else "writing this host's endpoints"))
         if http is not None:
             while True:  # the catalog needs one listing; an unreachable store is retried, not fatal
                 try:
@@ -137,18 +151,18 @@ def run(args: argparse.Namespace) -> int:
             cleanup.append(view.stop)
             http.start()
             cleanup.append(http.stop)
+            readiness.add("http", listening_check(lambda: [http.socket]))
             log.info("HTTP API on %s:%d", args.http[0], http.port)
         agent.drain_spool()  # anything spooled while the socket was coming up
         while not agent.ready.wait(1.0):  # ready means every endpoint this host holds is in the store
             if done.is_set():
                 return 0
             log.info("waiting for the store to take this host's endpoints before saying ready")
-        log.info("agent %s ready on %s", args.host, args.socket)
-        print(f"ready socket={args.socket} http={http.port if http else 0}", flush=True)
+        announce(f"ready socket={args.socket} http={http.port if http else 0}", log)
         done.wait()
         return 0
     except (OSError, ValueError) as exc:
-        print(f"berth agent: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 1
     finally:
         for undo in reversed(cleanup):

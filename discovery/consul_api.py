@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from discovery import consul_schema as cs
+from discovery import metrics
 from discovery.acl import (Acl, AclError, ContainerClaims, Identity, container_addresses, container_names,
                            presented_token, squatters)
 from discovery.agent import Agent, UnknownCheck
@@ -208,20 +209,25 @@ class ConsulApi:
         key = query_key(req.raw_path, req.query)
         deadline = time.monotonic() + params.wait
         waiting = False
-        while True:
-            generation = self.changes.generation
-            with self._answer_lock:
-                revision = self.view.snapshot()[0]
-                body = json.dumps(compute(), sort_keys=True).encode()
-                index = self.indexes.index_for(key, digest(body), revision)
-            left = deadline - time.monotonic()
-            if params.index == 0 or index != params.index or left <= 0:
-                return Response(200, body, _JSON, {"X-Consul-Index": str(index), "X-Consul-Knownleader": "true",
-                                                    "X-Consul-Lastcontact": "0"})
-            if not waiting:
-                waiting = True
-                log.debug("blocking query %s waits at index %d", req.raw_path[:200], index)
-            self.changes.wait_past(generation, min(left, RECHECK))
+        try:
+            while True:
+                generation = self.changes.generation
+                with self._answer_lock:
+                    revision = self.view.snapshot()[0]
+                    body = json.dumps(compute(), sort_keys=True).encode()
+                    index = self.indexes.index_for(key, digest(body), revision)
+                left = deadline - time.monotonic()
+                if params.index == 0 or index != params.index or left <= 0:
+                    return Response(200, body, _JSON, {"X-Consul-Index": str(index),
+                                                        "X-Consul-Knownleader": "true", "X-Consul-Lastcontact": "0"})
+                if not waiting:
+                    waiting = True
+                    metrics.BLOCKING_WAITING.inc()
+                    log.debug("blocking query %s waits at index %d", req.raw_path[:200], index)
+                self.changes.wait_past(generation, min(left, RECHECK))
+        finally:
+            if waiting:
+                metrics.BLOCKING_WAITING.dec()
 
     # -- writes ------------------------------------------------------------------------------------------
     def register(self, req: Request, who: Identity, _param: str) -> None:

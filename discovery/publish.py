@@ -105,22 +105,24 @@ def agent_key(host: str) -> str:
 
 @dataclass(frozen=True)
 class AgentRecord:
-    """What ``berth status`` shows of a running agent: where its HTTP API is and who may write through it
-    (``acl`` is the default policy, ``allow`` meaning any local user)."""
+    """What ``berth status`` shows of a running agent: where its HTTP API is, who may write through it (``acl``
+    is the default policy, ``allow`` meaning any local user), and where its operations endpoint answers."""
 
     host: str
     address: str
     http: str  # "ADDR:PORT", or "" without an HTTP API
     acl: str  # "allow", "deny" or ACL_NONE
+    metrics: str = ""  # "ADDR:PORT" of /metrics, /health and /ready (--metrics), or "" when not served
 
     def to_json(self) -> bytes:
-        return json.dumps({"host": self.host, "address": self.address, "http": self.http, "acl": self.acl},
-                          sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps({"host": self.host, "address": self.address, "http": self.http, "acl": self.acl,
+                           "metrics": self.metrics}, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "AgentRecord":
         try:
             doc = json.loads(raw)
-            return cls(str(doc["host"]), str(doc["address"]), str(doc.get("http", "")), str(doc["acl"]))
+            return cls(str(doc["host"]), str(doc["address"]), str(doc.get("http", "")), str(doc["acl"]),
+                       str(doc.get("metrics", "")))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"not an agent record ({exc})") from None

@@ -107,18 +107,23 @@ class UpstreamCache:
         self.bytes = 0
         self._entries: OrderedDict[tuple[str, int, int], tuple[float, float, DNSRecord, int]] = OrderedDict()
         self._lock = threading.Lock()  # forward threads store while the loops read
+        self.hits = self.misses = self.evictions = 0  # for the metrics (stats.py)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def handle(self, query: Query, ctx: Context) -> Result | None:
         key = (query.name, query.qtype, query.qclass)
         entry = self._entries.get(key)
-        if entry is None:
-            return None
-        stored, expires, message, _ = entry
-        if ctx.now >= expires:
+        if entry is not None and ctx.now < entry[1]:
             with self._lock:
-                self._drop(key)
-            return None
-        return UpstreamAnswer(message, int(ctx.now - stored))
+                self.hits += 1
+            return UpstreamAnswer(entry[2], int(ctx.now - entry[0]))
+        with self._lock:
+            self.misses += 1
+            if entry is not None:
+                self._drop(key)  # expired
+        return None
 
     def store(self, query: Query, message: DNSRecord, now: float, size: int = 512) -> None:
         rcode = message.header.rcode
@@ -136,6 +141,7 @@ class UpstreamCache:
             self._drop(key)
             while self._entries and (self.bytes + cost > self.max_bytes or len(self._entries) >= self.max_entries):
                 self._drop(next(iter(self._entries)))
+                self.evictions += 1
             if cost <= self.max_bytes:
                 self._entries[key] = (now, now + ttl, message, cost)
                 self.bytes += cost

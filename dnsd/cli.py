@@ -4,13 +4,20 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
+import os
 import subprocess
 import sys
 
 from .acl import LOOPBACK, RecursionPolicy
 from .names import DEFAULT_ZONE, ZoneConfig
 from .server import ServerOptions, bind_listener, run_workers
+from .stats import Hub
 from .upstream import Upstream, parse_resolv_conf
+from store.logs import add_log_arguments, announce, setup_from_args
+from store.ops import Readiness, add_metrics_argument, listening_check, start_from_args
+
+log = logging.getLogger("berth.dnsd")
 
 WILDCARDS = ("0.0.0.0", "::")
 DESCRIPTION = """Serve the discovery view over DNS and forward other names upstream.
@@ -65,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-batch", action="store_true", help="plain recvfrom/sendto instead of "
                         "recvmmsg/sendmmsg (for comparison)")
     parser.add_argument("--upstream-timeout", type=float, default=2.0, help="seconds per upstream try")
+    add_metrics_argument(parser)
+    add_log_arguments(parser)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -122,6 +131,7 @@ def make_policy(args: argparse.Namespace, static: list[str]) -> RecursionPolicy:
 
 
 def run(args: argparse.Namespace) -> int:
+    setup_from_args(args)
     listens = [parse_listen(text) for text in (args.listen or ["127.0.0.1:53"])]
     for name in ("cache_bytes", "max_tcp_connections", "max_tcp_per_source"):
         if getattr(args, name) < 1:
@@ -151,7 +161,15 @@ def run(args: argparse.Namespace) -> int:
                             tcp_idle_timeout=args.tcp_idle_timeout, max_tcp_connections=args.max_tcp_connections,
                             max_tcp_per_source=args.max_tcp_per_source, upstreams=tuple(upstreams),
                             upstream_timeout=args.upstream_timeout, batched_udp=not args.no_batch)
+    readiness = Readiness()
+    ops = start_from_args(args, readiness, serve=False)  # bound now, served once the workers run
     listeners = [bind_listener(host, port, options.workers) for host, port in listens]
+    hub = Hub()
+    if ops is not None:
+        from prometheus_client import REGISTRY
+        from .metrics import DnsCollector
+        REGISTRY.register(DnsCollector(hub))
+        add_readiness_checks(readiness, args, listeners, hub)
 
     def make_responder():
         from .responder import Responder
@@ -160,17 +178,43 @@ def run(args: argparse.Namespace) -> int:
                          cache_bytes=args.cache_bytes)
 
     def ready() -> None:
+        if ops is not None:
+            ops.start()
         for ln in listeners:
             host = f"[{ln.host}]" if ":" in ln.host else ln.host
-            print(f"dnsd: listening on {host}:{ln.port} (udp, tcp) zone {zone.zone}.", flush=True)
+            announce(f"dnsd: listening on {host}:{ln.port} (udp, tcp) zone {zone.zone}.", log)
         upstream_text = ", ".join(f"{u.host}:{u.port}" for u in upstreams) if forwarding else "off"
-        print(f"dnsd: forwarding: {upstream_text}", flush=True)
+        announce(f"dnsd: forwarding: {upstream_text}", log)
 
     try:
-        return run_workers(listeners, make_responder, options, ready)
+        return run_workers(listeners, make_responder, options, ready, hub)
     finally:
+        if ops is not None:
+            ops.stop()
         for ln in listeners:
             ln.close()
+
+
+def add_readiness_checks(readiness: Readiness, args: argparse.Namespace, listeners, hub: Hub) -> None:
+    """Ready while every socket is open, every worker answers, and the source of the records can be read."""
+    readiness.add("sockets", listening_check(lambda: [s for ln in listeners for s in (*ln.udp, ln.tcp)]))
+
+    def workers() -> tuple[bool, str]:
+        answering = len(hub.snapshots())
+        return answering == hub.expected, f"{answering} of {hub.expected} workers answering"
+    readiness.add("workers", workers)
+    if args.store:
+        opened: list = []
+
+        def store() -> tuple[bool, str]:
+            if not opened:
+                from store.api import open_store
+                opened.append(open_store(args.store))
+            opened[0].get("/berth/ready-probe")
+            return True, "store answered"
+        readiness.add("store", store)
+    else:
+        readiness.add("records", lambda: (os.access(args.records, os.R_OK), f"{args.records} readable"))
 
 
 def main(argv: list[str] | None = None) -> int:

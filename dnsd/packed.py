@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from .scan import CLASSIC_UDP_LIMIT, udp_size_of, with_udp_size
+from .stats import HitCounter, Kinds
 
 ENTRY_OVERHEAD = 240  # dict slot, the key and value objects' headers, the order record: measured order of size
 
@@ -21,6 +22,17 @@ class PackedCache(dict):
         self.bytes = 0
         self._order: OrderedDict[bytes, int] = OrderedDict()  # key -> its accounted size, oldest first
         self.full_lengths: dict[bytes, int] = {}  # EDNS key at size 0 -> length of its untruncated reply
+        # for the metrics (stats.py): each entry's (qtype, rcode) slot, the loops' hit counters, evictions
+        self.kinds: dict[bytes, int] = {}
+        self.kinds_table = Kinds()
+        self.hit_counters: list[HitCounter] = []
+        self.evictions = 0
+
+    def new_hit_counter(self) -> HitCounter:
+        """A counter for one serving thread: ``counter[kinds.get(key, 0)] += 1`` on each hit."""
+        counter = HitCounter()
+        self.hit_counters.append(counter)
+        return counter
 
     def size_class(self, key: bytes, server_udp_size: int) -> bytes:
         """For an EDNS key: the key of the reply class its size falls in once the full reply's length is known
@@ -36,8 +48,9 @@ class PackedCache(dict):
             self.full_lengths.clear()
         self.full_lengths[with_udp_size(key, 0)] = full
 
-    def put(self, key: bytes, entry: object, size: int) -> None:
-        """Store ``entry`` (``size``: its reply bytes), evicting the oldest entries until both bounds hold."""
+    def put(self, key: bytes, entry: object, size: int, kind: int = 0) -> None:
+        """Store ``entry`` (``size``: its reply bytes; ``kind``: its slot in ``kinds_table``), evicting the oldest
+        entries until both bounds hold."""
         cost = len(key) + size + ENTRY_OVERHEAD
         if cost > self.max_bytes:
             return
@@ -47,7 +60,10 @@ class PackedCache(dict):
         while self._order and (self.bytes + cost > self.max_bytes or len(self._order) >= self.max_entries):
             evicted, evicted_cost = self._order.popitem(last=False)
             dict.pop(self, evicted, None)
+            self.kinds.pop(evicted, None)
             self.bytes -= evicted_cost
+            self.evictions += 1
+        self.kinds[key] = kind
         dict.__setitem__(self, key, entry)
         self._order[key] = cost
         self.bytes += cost
@@ -55,5 +71,6 @@ class PackedCache(dict):
     def clear(self) -> None:
         dict.clear(self)
         self._order.clear()
+        self.kinds.clear()
         self.full_lengths.clear()
         self.bytes = 0

@@ -25,6 +25,7 @@ from .packed import PackedCache
 from .records import OPT, SERVFAIL
 from .view import RecordView
 from .scan import Scanned, has_opt, scan
+from .stats import ResponderStats
 from .wire import Query, owner_for, pack_reply, pack_reply_sized, parse_query, simple_reply, to_rr
 from .zonebuild import ZoneBuilder
 
@@ -45,6 +46,8 @@ class Responder:
         self.packed_udp = PackedCache(max_packed, cache_bytes)  # each transport its own bounds
         self.packed_tcp = PackedCache(max_packed, cache_bytes)
         self.upstream_cache = UpstreamCache(max_bytes=cache_bytes)
+        self.stats = ResponderStats()
+        self._hits = {False: self.packed_udp.new_hit_counter(), True: self.packed_tcp.new_hit_counter()}
         self.chain = [ZoneHandler(), RecursionGate(policy, forwarding), self.upstream_cache, ForwardHandler()]
         self.revision: int | None = None
         self.index: ZoneIndex
@@ -67,8 +70,10 @@ class Responder:
         if self.view.revision != self.revision:
             self.refresh()
         packed = self.packed_tcp if tcp else self.packed_udp
-        hit = packed.get(data[2:])
+        key = data[2:]
+        hit = packed.get(key)
         if hit is not None:
+            self._hits[tcp][packed.kinds.get(key, 0)] += 1  # one thread per transport calls this (the TCP loop)
             return data[:2] + (hit if hit.__class__ is bytes else next(hit))
         return self.respond_slowly(data, client, tcp)
 
@@ -83,12 +88,28 @@ class Responder:
             if key != data[2:]:
                 hit = packed.get(key)
                 if hit is not None:
+                    self._count_hit(packed, key, tcp)
                     reply = hit if hit.__class__ is bytes else next(hit)
                     end = scanned.name_end
                     return data[:2] + reply[:10] + data[12:end] + reply[end - 2:]
+        self.stats.packed_lookup("tcp" if tcp else "udp", False)
         query = parse_query(data, self.server_udp_size, scanned)
         if not isinstance(query, Query):
-            return query
+            return self._counted(None, query)
+        return self._counted(query.qtype, self._answer(query, scanned, key, packed, sized, tcp, client))
+
+    def _count_hit(self, packed: PackedCache, key: bytes, tcp: bool) -> None:
+        self.stats.packed_lookup("tcp" if tcp else "udp", True)
+        self.stats.reply(*packed.kinds_table.labels[packed.kinds.get(key, 0)])
+
+    def _counted(self, qtype: int | None, reply):
+        """Count a reply made off the fast path by its type and rcode (a Forward is counted when it completes)."""
+        if reply.__class__ is bytes and len(reply) >= 4:
+            self.stats.reply(qtype, reply[3] & 0xF)
+        return reply
+
+    def _answer(self, query: Query, scanned, key, packed: PackedCache, sized: bool, tcp: bool,
+                client: str) -> bytes | Forward | None:
         index = self.index
         result = run_chain(self.chain, query, Context(client, index, self.clock()))
         limit = 65535 if tcp else query.udp_limit(self.server_udp_size)
@@ -144,7 +165,7 @@ class Responder:
         with self._lock:
             if index.revision != self.revision:
                 return  # made from a view that has moved on
-            packed.put(key, entry, size)
+            packed.put(key, entry, size, packed.kinds_table.slot(query.qtype, reply[3] & 0xF))
 
     def _pack_upstream(self, query: Query, message: DNSRecord, age: int, limit: int) -> bytes:
         sections = (aged(message.rr, age), aged(message.auth, age),
@@ -157,9 +178,9 @@ class Responder:
         limit = 65535 if forward.tcp else query.udp_limit(self.server_udp_size)
         message = _matching_reply(reply, forward)
         if message is None:
-            return simple_reply(query, SERVFAIL, True, self.server_udp_size)
+            return self._counted(query.qtype, simple_reply(query, SERVFAIL, True, self.server_udp_size))
         self.upstream_cache.store(query, message, self.clock(), len(reply))
-        return self._pack_upstream(query, message, 0, limit)
+        return self._counted(query.qtype, self._pack_upstream(query, message, 0, limit))
 
 
 def _matching_reply(reply: bytes | None, forward: Forward) -> DNSRecord | None:

@@ -13,10 +13,12 @@ import os
 import signal
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import stats as dns_stats
 from . import udp_batch
 from . import upstream as upstream_io
 from .chain import Forward
@@ -153,13 +155,24 @@ class Worker:
     def start_forward(self, sock: socket.socket, forward: Forward, client) -> bytes | None:
         """Queue the upstream question; when too many are waiting already, SERVFAIL now (returned)."""
         if not self.forward_slots.acquire(blocking=False):
+            self.responder.stats.overflowed()
             return self.responder.complete(forward, None)
         self.forward_pool.submit(self._forward_udp, sock, forward, client)
         return None
 
-    def _forward_udp(self, sock: socket.socket, forward: Forward, client) -> None:
+    def ask_upstream(self, forward: Forward) -> bytes | None:
+        """The upstreams' reply (None when none answered), timed and counted for the metrics."""
+        started = time.monotonic()
+        reply = None
         try:
             reply = upstream_io.resolve(forward.packet, list(self.options.upstreams), self.options.upstream_timeout)
+            return reply
+        finally:
+            self.responder.stats.forwarded(time.monotonic() - started, reply is not None)
+
+    def _forward_udp(self, sock: socket.socket, forward: Forward, client) -> None:
+        try:
+            reply = self.ask_upstream(forward)
             sock.sendto(self.responder.complete(forward, reply), client)
         except Exception as exc:
             log.warning("forwarding for %s failed: %r", client, exc)
@@ -170,13 +183,13 @@ class Worker:
     def forward_tcp(self, forward: Forward, done: Callable[[bytes | None], None]) -> None:
         """Ask upstream on the pool; ``done`` gets the client's reply (SERVFAIL at once when the pool is full)."""
         if not self.forward_slots.acquire(blocking=False):
+            self.responder.stats.overflowed()
             done(self.responder.complete(forward, None))
             return
 
         def work() -> None:
             try:
-                reply = upstream_io.resolve(forward.packet, list(self.options.upstreams),
-                                            self.options.upstream_timeout)
+                reply = self.ask_upstream(forward)
                 done(self.responder.complete(forward, reply))
             except Exception as exc:
                 log.warning("forwarding over TCP for %s failed: %r", forward.client, exc)
@@ -187,10 +200,14 @@ class Worker:
 
 
 def run_workers(listeners: list[Listener], make_responder: Callable[[], Responder], options: ServerOptions,
-                ready: Callable[[], None] = lambda: None) -> int:
-    """Serve until SIGTERM/SIGINT. With one worker, in this process; with more, one forked process each."""
+                ready: Callable[[], None] = lambda: None, hub: dns_stats.Hub | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. With one worker, in this process; with more, one forked process each.
+    ``hub`` learns where every worker's counts are read (this process, or a socket pair to each child)."""
+    hub = hub if hub is not None else dns_stats.Hub()
+    hub.expected = max(1, options.workers)
     if options.workers <= 1:
         worker = Worker(make_responder(), options)
+        hub.local.append(lambda: dns_stats.snapshot(worker.responder, worker.responder.stats))
         worker.start([ln.udp[0] for ln in listeners], [ln.tcp for ln in listeners])
         ready()
         _wait_for_signal()
@@ -198,15 +215,23 @@ def run_workers(listeners: list[Listener], make_responder: Callable[[], Responde
         return 0
     children = []
     for index in range(options.workers):
+        ours, theirs = dns_stats.snapshot_channel()
         pid = os.fork()
         if pid == 0:
             _die_with_parent()
             try:
+                ours.close()
+                for earlier in hub.remote:
+                    earlier.close()
                 worker = Worker(make_responder(), options)
+                dns_stats.serve_snapshots(theirs, lambda: dns_stats.snapshot(worker.responder,
+                                                                             worker.responder.stats))
                 worker.start([ln.udp[index] for ln in listeners], [ln.tcp for ln in listeners])
                 _wait_for_signal()
             finally:
                 os._exit(0)
+        theirs.close()
+        hub.remote.append(ours)
         children.append(pid)
     ready()
     _wait_for_signal()

@@ -139,6 +139,9 @@ def serve(sock: socket.socket, packed: dict, refresh: Callable[[], None],
     io = BatchedUdp(sock) if batched and available() else None
     one_by_one = 0 if io is not None else -1  # queries to take singly before batching again; -1: always
     get = packed.get
+    # hits counted by the (type, rcode) slot of the cached reply, in a counter only this thread writes
+    hits = packed.new_hit_counter() if hasattr(packed, "new_hit_counter") else [0] * 64
+    kind_of = getattr(packed, "kinds", {}).get
     recvfrom, sendto = sock.recvfrom, sock.sendto
     while not stopping.is_set():
         if one_by_one:
@@ -152,8 +155,13 @@ def serve(sock: socket.socket, packed: dict, refresh: Callable[[], None],
             if not data and stopping.is_set():
                 return
             refresh()
-            hit = get(data[2:]) if len(data) > 12 else None
-            reply = data[:2] + (hit if hit.__class__ is bytes else next(hit)) if hit is not None else slow(data, client)
+            key = data[2:]
+            hit = get(key) if len(data) > 12 else None
+            if hit is not None:
+                hits[kind_of(key, 0)] += 1
+                reply = data[:2] + (hit if hit.__class__ is bytes else next(hit))
+            else:
+                reply = slow(data, client)
             if reply is not None:
                 try:
                     sendto(reply, client)
@@ -168,18 +176,20 @@ def serve(sock: socket.socket, packed: dict, refresh: Callable[[], None],
             continue
         if count == 1:
             one_by_one = ONE_BY_ONE_RUN
-        _answer_batch(io, count, get, refresh, slow, stopping)
+        _answer_batch(io, count, get, refresh, slow, stopping, hits, kind_of)
 
 
-def _answer_batch(io: BatchedUdp, count: int, get, refresh, slow, stopping) -> None:
+def _answer_batch(io: BatchedUdp, count: int, get, refresh, slow, stopping, hits, kind_of) -> None:
     view, lengths, length_at, send_lengths = io.view, io.lengths, io.length_at, io.send_lengths
     refresh()
     ready = []
     for i in range(count):
         offset = i * SLOT
         size = lengths[length_at[i]]
-        hit = get(bytes(view[offset + 2:offset + size])) if size > 12 else None
+        key = bytes(view[offset + 2:offset + size])
+        hit = get(key) if size > 12 else None
         if hit is not None:
+            hits[kind_of(key, 0)] += 1
             if hit.__class__ is not bytes:
                 hit = next(hit)
             view[offset + 2:offset + 2 + len(hit)] = hit

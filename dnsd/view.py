@@ -5,10 +5,13 @@ the discovery view that follows the datastore. The revision is how the wire laye
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Iterable, Mapping, Protocol
 
 from discovery.model import EndpointRecord
+
+log = logging.getLogger("berth.dnsd")
 
 
 class RecordView(Protocol):
@@ -80,8 +83,7 @@ class FileView(StaticView):
                     self._mtime = stamp
                     self.replace(self._load(self.path))
             except (OSError, ValueError) as exc:  # a half-written file: keep the old records, try again
-                import sys
-                print(f"dnsd: cannot read {self.path}: {exc}", file=sys.stderr)
+                log.warning("cannot read %s (keeping the records read before): %s", self.path, exc)
 
     def stop(self) -> None:
         self._stop.set()

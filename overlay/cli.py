@@ -15,8 +15,12 @@ import signal
 import sys
 
 from store.config import default_store_url
+from store.logs import add_log_arguments, setup_logging
+from store.ops import add_metrics_argument
 from overlay.config import DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_VNI
 from overlay.subnetfile import DEFAULT_SUBNET_FILE
+
+log = logging.getLogger("berth.overlay")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not masquerade traffic leaving the overlay")
     parser.add_argument("--release-on-exit", action="store_true",
                         help="on SIGTERM give the subnet back and remove the device (default: keep both)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the same as --log-level DEBUG")
+    add_log_arguments(parser)
+    add_metrics_argument(parser)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
 
     init = actions.add_parser("init", parents=[common], help="write the network config to the store")
@@ -64,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                        format="%(asctime)s berth-overlay %(levelname)s %(message)s", stream=sys.stderr)
+    setup_logging("DEBUG" if getattr(args, "verbose", False) else getattr(args, "log_level", "INFO"),
+                  getattr(args, "log_format", "text"))
     try:
         if args.action is None:
             return _run_daemon(args)
@@ -142,14 +148,18 @@ def _leases(args) -> int:
 
 def _run_daemon(args) -> int:
     from overlay.daemon import DaemonOptions, OverlayDaemon
+    from store.ops import Readiness, start_from_args
 
     if not args.iface:
-        print("berth overlay: --iface is required to run the daemon", file=sys.stderr)
+        log.error("--iface is required to run the daemon")
         return 2
+    readiness = Readiness()
+    ops = start_from_args(args, readiness)
     daemon = OverlayDaemon(DaemonOptions(
         store_url=args.store, iface=args.iface, public_ip=args.public_ip, prefix=args.prefix,
         subnet_file=args.subnet_file, device=args.device, lease_ttl=args.lease_ttl, ip_masq=args.ip_masq,
         release_on_exit=args.release_on_exit, resync_interval=args.resync_interval))
+    add_readiness_checks(readiness, daemon)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())
     try:
@@ -158,7 +168,35 @@ def _run_daemon(args) -> int:
             pass
     finally:
         daemon.stop()
+        if ops is not None:
+            ops.stop()
     if daemon.failed is not None:
-        logging.getLogger("berth.overlay").error("stopped: %s", daemon.failed)
+        log.error("stopped: %s", daemon.failed)
         return 1
     return 0
+
+
+def add_readiness_checks(readiness, daemon) -> None:
+    """Ready once the lease is held and the watch follows, while the store answers and the device exists."""
+    import os
+
+    def started() -> tuple[bool, str]:
+        if not daemon.ready.is_set():
+            return False, "claiming a subnet lease"
+        return True, f"subnet {daemon.held.lease.subnet}"
+
+    def store() -> tuple[bool, str]:
+        if daemon.store is None:
+            return False, "store not open yet"
+        daemon.store.get("/berth/ready-probe")
+        return True, "store answered"
+
+    def device() -> tuple[bool, str]:
+        name = getattr(daemon, "device", None)
+        if name is None or not os.path.exists(f"/sys/class/net/{name}"):
+            return False, f"VXLAN device {name or '(none yet)'} missing"
+        return True, f"{name} present"
+
+    readiness.add("lease", started)
+    readiness.add("store", store)
+    readiness.add("device", device)

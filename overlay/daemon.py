@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from overlay import claim, kernel, masq, subnetfile
+from overlay import claim, kernel, masq, metrics, subnetfile
 from overlay.config import DEFAULT_PREFIX, NetworkConfig
 from overlay.lease import subnet_key, subnets_prefix
 from overlay.reconcile import Delta, LeaseWatcher, desired_state, plan
@@ -116,7 +116,7 @@ class OverlayDaemon:
             self._devices = {self.device: self.vxlan_index, self.underlay.name: self.underlay.index}
             kernel.enable_forwarding()
             self.watcher = LeaseWatcher(None, public_ip, opts.prefix)
-            self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv, _lease in leases))
+            self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv, _lease in leases), "start")
             log.debug("t+%.1f ms: device and %d peers programmed", _ms(started), len(self.watcher.leases))
 
             self.held = claim.acquire(self.store, opts.prefix, self.config, public_ip, mac, opts.lease_ttl,
@@ -172,9 +172,13 @@ class OverlayDaemon:
             if change.relisted:
                 log.info("watch re-listed at revision %d", self._follower.revision if self._follower else 0)
                 self._programmed = None
-            self._reconcile(self._follower_ipr, change.delta)
+            self._reconcile(self._follower_ipr, change.delta, "watch")
 
-    def _reconcile(self, ipr, delta: Delta) -> None:
+    def _reconcile(self, ipr, delta: Delta, trigger: str) -> None:
+        with metrics.reconciling(trigger):
+            self._reconcile_now(ipr, delta)
+
+    def _reconcile_now(self, ipr, delta: Delta) -> None:
         if delta.own_lost and self.watcher.own_subnet is not None and self.held.store_lease:
             log.warning("this host's lease key disappeared")
             threading.Thread(target=self._restore_own_key, name="berth-overlay-restore", daemon=True).start()
@@ -191,6 +195,7 @@ class OverlayDaemon:
                 log.info("repairing kernel entries: %s", changes)
             kernel.apply_plan(ipr, changes, self.vxlan_index, self._devices)
         self._programmed = desired
+        metrics.programmed(len(self.watcher.leases), desired)
         for lease in delta.added:
             log.info("peer %s at %s (MAC %s) installed", lease.subnet, lease.public_ip, lease.vtep_mac)
         for lease in delta.removed:
@@ -206,7 +211,7 @@ class OverlayDaemon:
                 try:
                     with self._lock:
                         self._programmed = None
-                        self._reconcile(ipr, Delta())
+                        self._reconcile(ipr, Delta(), "repair")
                 except Exception:
                     log.exception("periodic kernel check failed")
 
@@ -227,6 +232,7 @@ class OverlayDaemon:
                 if self._keeper is not None:
                     self._keeper.stop()
                 return
+            metrics.LEASE_REWRITES.inc()
             log.info("lease %s restored under store lease %x", self.held.lease.subnet, lease_id)
 
     def _restore_own_key(self) -> None:

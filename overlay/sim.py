@@ -96,7 +96,7 @@ class SimHost:
         while "ready:" not in self.log_since_start():
             if self.process is None or self.process.poll() is not None:
                 if (self.process is not None and self.process.returncode == 255 and retries
-                        and "berth-overlay" not in self.log_since_start()):
+                        and "berth.overlay" not in self.log_since_start()):
                     # `ip netns exec` itself failed (its mount set-up, on a machine busy making namespaces)
                     retries -= 1
                     self.process = None

@@ -133,6 +133,8 @@ class Store(Protocol):
     def keep_alive(self, lease_id: int) -> float:
         """Refresh once; returns the TTL granted. Raises :class:`LeaseNotFound` when it already expired."""
     def revoke_lease(self, lease_id: int) -> None: ...
+    def lease_time_left(self, lease_id: int) -> float | None:
+        """Seconds until the lease expires unless kept alive; None when it has expired or never existed."""
     def watch_prefix(self, prefix: str, start_revision: int | None = None) -> Watch:
         """Changes under ``prefix`` after ``start_revision`` (default: from now). For snapshot-then-deltas,
         call :meth:`get_prefix` and watch from its revision + 1. Raises :class:`Compacted` when the state

@@ -219,6 +219,12 @@ class EtcdStore(DerivedCalls):
             raise LeaseNotFound(f"etcd: lease {lease_id:x} not found (expired or revoked)")
         return float(response.TTL)
 
+    def lease_time_left(self, lease_id: int) -> float | None:
+        """etcd answers whole seconds (TTL -1 for a lease it does not know)."""
+        check_lease_id(lease_id)
+        response = self._lease("read lease", "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=lease_id))
+        return float(response.TTL) if response.TTL > 0 else None
+
     def revoke_lease(self, lease_id: int) -> None:
         """A retry that finds the lease gone counts as done: the attempt whose answer was lost revoked it."""
         check_lease_id(lease_id)

@@ -8,9 +8,12 @@ GET only, a small request head, a read deadline, a cap on connections served at 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import socket
+import stat
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +70,60 @@ def store_check(store) -> ReadinessCheck:
         store.get("/berth/ready-probe")
         return True, "store answered"
     return check
+
+
+def listening_check(sockets: Callable[[], list], path: str | None = None) -> ReadinessCheck:
+    """Ready when each of the daemon's own sockets is open (a stream socket still listening), and its Unix
+    socket file, when it has one, is still in place: a file someone removed answers no launcher or runtime."""
+    def check() -> tuple[bool, str]:
+        held = [s for s in sockets() if s is not None]
+        if not held:
+            return False, "no socket open"
+        for sock in held:
+            if sock.fileno() < 0:
+                return False, "a socket was closed"
+            if sock.type == socket.SOCK_STREAM and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                return False, f"{_name(sock)} is not listening"
+        if path is not None:
+            try:
+                if not stat.S_ISSOCK(os.stat(path).st_mode):
+                    return False, f"{path} is not a socket"
+            except OSError as exc:
+                return False, f"{path}: {exc.strerror}"
+        return True, f"{len(held)} listening: " + ", ".join(_name(s) for s in held)
+    return check
+
+
+def _name(sock: socket.socket) -> str:
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return "?"
+    kind = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}.get(sock.type, "")
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    return f"{kind}:{name[0]}:{name[1]}"
+
+
+def add_metrics_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics", metavar="ADDR:PORT", default=None,
+                        help="serve /metrics (Prometheus), /health and /ready here, e.g. 127.0.0.1:9153 "
+                             "(default: not served)")
+
+
+def start_from_args(args: argparse.Namespace, readiness: Readiness | None = None,
+                    serve: bool = True) -> "OpsServer | None":
+    """The operations endpoint when ``--metrics`` was given; a bad address or a port in use is a SystemExit
+    naming it, before the daemon has changed anything. ``serve`` False: bound only, ``start()`` it later (a
+    daemon that forks workers starts its threads after the forks)."""
+    address = getattr(args, "metrics", None)
+    if not address:
+        return None
+    try:
+        server = OpsServer(parse_address(address), readiness)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"--metrics {address}: {exc}") from None
+    return server.start() if serve else server
 
 
 class _Handler(BaseHTTPRequestHandler):

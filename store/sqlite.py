@@ -210,6 +210,13 @@ class SqliteStore(DerivedCalls):
 
         return self._write("keep lease alive", body)
 
+    def lease_time_left(self, lease_id: int) -> float | None:
+        check_lease_id(lease_id)
+        with sqlite_errors("read lease"), self.connection() as conn:
+            row = conn.execute("SELECT expires_at FROM leases WHERE id = ?", (lease_id,)).fetchone()
+        left = None if row is None else row[0] - lease_clock()
+        return left if left is not None and left > 0 else None
+
     def revoke_lease(self, lease_id: int) -> None:
         check_lease_id(lease_id)
 

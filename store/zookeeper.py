@@ -371,6 +371,9 @@ class ZkStore(DerivedCalls):
     def revoke_lease(self, lease_id: int) -> None:
         self.leases.revoke(check_lease_id(lease_id))
 
+    def lease_time_left(self, lease_id: int) -> float | None:
+        return self.leases.time_left(check_lease_id(lease_id))
+
     def sweep_leases(self) -> None:
         self.leases.sweep()
 

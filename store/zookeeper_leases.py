@@ -79,6 +79,21 @@ class ZkLeases:
             raise LeaseNotFound(f"lease {lease_id:x} had expired before this keep-alive")
         return ttl
 
+    def time_left(self, lease_id: int) -> float | None:
+        """The lease's ``mtime`` + TTL against the leader's clock (estimated, one round trip behind at most)."""
+        try:
+            data, stat = self.calls.retrying("read lease", lambda: self.calls.get(self.paths.lease(lease_id)))
+        except NoNodeError:
+            return None
+        ttl = ttl_of(data)
+        if ttl is None:
+            return None
+        now = self._estimated_server_clock()
+        if now == math.inf:
+            now = self._read_server_clock()
+        left = (stat.mtime + ttl * 1000 - now) / 1000
+        return left if left > 0 else None
+
     def revoke(self, lease_id: int) -> None:
         if not self._end_lease(lease_id, -1, "revoke lease"):
             raise LeaseNotFound(f"lease {lease_id:x} not found (expired or revoked)")

@@ -96,6 +96,29 @@ def test_packed_cache_is_bounded_by_bytes_and_entries_oldest_first():
     assert not few
 
 
+def test_packed_cache_counts_evictions_and_forgets_the_kind_of_what_it_dropped():
+    few = PackedCache(max_entries=3, max_bytes=1 << 20)
+    a_noerror = few.kinds_table.slot(1, 0)
+    for i in range(5):
+        few.put(b"%d" % i, b"v", 1, a_noerror)
+    assert few.evictions == 2 and set(few.kinds) == {b"2", b"3", b"4"} and few.kinds[b"4"] == a_noerror
+    assert few.kinds_table.slot(1, 0) == a_noerror and few.kinds_table.slot(28, 3) != a_noerror
+    few.clear()
+    assert not few.kinds and few.evictions == 2  # a counter: clearing on a view change is not an eviction
+
+
+def test_responder_counts_hits_misses_and_replies_by_type_and_rcode():
+    from dnsd.stats import snapshot
+    responder = Responder(StaticView(sample_records()))
+    for _ in range(3):
+        responder.respond(wire_query(f"btweb1.{Z}"), "127.0.0.1")
+    responder.respond(wire_query(f"btnothing.{Z}"), "127.0.0.1")
+    snap = snapshot(responder, responder.stats)
+    assert snap["queries"] == {"A NOERROR": 3, "A NXDOMAIN": 1}
+    assert snap["caches"]["answers_udp"]["hits"] == 2 and snap["caches"]["answers_udp"]["misses"] == 2
+    assert snap["caches"]["answers_udp"]["entries"] == 2
+
+
 @pytest.fixture
 def responder():
     return Responder(StaticView(sample_records()))

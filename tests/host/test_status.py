@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from berth.daemon_probe import DaemonStatus
 from berth.status import ClusterStatus, EndpointStatus, HostStatus, as_document, as_graph, render_tables
 from discovery.model import ENDPOINTS_PREFIX, EndpointRecord, PortBinding, endpoint_key
 from overlay.lease import parse_lease, subnets_prefix
@@ -14,6 +15,7 @@ from store.api import open_store
 from tests.conftest import VENV_BIN
 from tests.discovery.conftest import LEASE_TTL, agents  # noqa: F401 - fixtures
 from tests.overlay.conftest import make_sim, sqlite_url  # noqa: F401 - fixtures
+from tests.ports import free_port, held_port
 from tests.waiting import wait_until
 
 BERTH = str(VENV_BIN / "berth")
@@ -97,6 +99,8 @@ def test_status_json_and_picture_match_what_the_store_holds(make_sim, sqlite_url
     assert {(h["subnet"], h["underlay"], h["vtepMac"]) for h in doc["hosts"]} == {
         (str(lease.subnet), str(lease.public_ip), lease.vtep_mac) for lease in leases}
     assert {(h["underlay"]) for h in doc["hosts"]} == {str(h.address.ip) for h in sim.hosts}
+    # every daemon keeps its lease alive: time is left on each, never more than the TTL
+    assert all(0 < h["leaseSecondsLeft"] <= sim.lease_ttl + 1 for h in doc["hosts"]), doc["hosts"]
     assert len(doc["endpoints"]) == len(held) == 4
     by_name = {e["name"]: e for e in doc["endpoints"]}
     for record in written:
@@ -116,6 +120,7 @@ def test_status_json_and_picture_match_what_the_store_holds(make_sim, sqlite_url
 
     tables = status("--store", sqlite_url)
     assert tables.returncode == 0 and all(r.name in tables.stdout for r in written)
+    assert tables.stdout.count(" s left") == len(sim.hosts)
 
 
 def test_status_of_an_unreadable_store_is_a_clear_error(tmp_path):
@@ -145,3 +150,38 @@ def test_status_names_each_running_agent_and_warns_of_one_without_acls(agents, t
     closed_agent.kill()  # a dead agent's record goes with its lease
     assert wait_until(lambda: "btclosed" not in status("--store", url, "--json").stdout,
                       timeout=LEASE_TTL * 6, what="the killed agent's record to expire with its lease")
+
+
+@pytest.mark.service
+def test_status_says_which_daemons_answer_their_health_endpoints(agents, tmp_path):  # noqa: F811
+    url = f"sqlite:///{tmp_path}/daemons.db"
+    metrics = f"127.0.0.1:{free_port()}"
+    agents(url, host="btwatched", extra=("--metrics", metrics))
+    agents(url, host="btunwatched")
+    with held_port() as dead:
+        done = status("--store", url, "--json", "--daemon", f"dns=127.0.0.1:{dead}")
+        tables = status("--store", url, "--daemon", f"dns=127.0.0.1:{dead}").stdout
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert {a["host"]: a["metrics"] for a in doc["agents"]} == {"btwatched": metrics, "btunwatched": ""}
+    shown = {d["name"]: d for d in doc["daemons"]}
+    assert set(shown) == {"agent btwatched", "dns"}
+    assert shown["agent btwatched"] == {"name": "agent btwatched", "address": metrics, "healthy": True,
+                                        "ready": True, "detail": ""}
+    assert shown["dns"]["healthy"] is False and shown["dns"]["ready"] is None and "no answer" in shown["dns"]["detail"]
+    assert "agent btwatched" in tables and "no answer" in tables
+    refused = status("--store", url, "--daemon", "nonsense")
+    assert refused.returncode == 2 and "NAME=ADDR:PORT" in refused.stderr
+
+
+def test_tables_show_lease_time_left_and_the_daemons():
+    snapshot = ClusterStatus(1, None, (HostStatus(ipaddress.IPv4Network("10.5.1.0/24"), "10.0.0.1", "", 1, False,
+                                                  12.4),
+                                       HostStatus(ipaddress.IPv4Network("10.5.2.0/24"), "10.0.0.2", "", 1, True)),
+                             (), (), daemons=(DaemonStatus("dns", "127.0.0.1:9153", True, False, "store: down"),))
+    text = "\n".join(render_tables(snapshot))
+    assert "12 s left" in text and "reserved" in text and "no: store: down" in text
+    doc = as_document(snapshot)
+    assert [h["leaseSecondsLeft"] for h in doc["hosts"]] == [12.4, None]
+    assert doc["daemons"] == [{"name": "dns", "address": "127.0.0.1:9153", "healthy": True, "ready": False,
+                               "detail": "store: down"}]

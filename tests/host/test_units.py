@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from berth.install_units import MOUNT_NAMESPACE_OPTIONS
+from berth.install_units import METRICS_PORTS, MOUNT_NAMESPACE_OPTIONS
 from tests.conftest import VENV_BIN
 
 UNITS = ("berth-cni-daemon.socket", "berth-cni-daemon.service", "berth-agent.service", "berth-dns.service",
@@ -18,7 +18,8 @@ UNITS = ("berth-cni-daemon.socket", "berth-cni-daemon.service", "berth-agent.ser
 def units(tmp_path_factory):
     target = tmp_path_factory.mktemp("units")
     done = subprocess.run([str(VENV_BIN / "berth"), "install-units", "--dir", str(target), "--store",
-                           "etcd://127.0.0.1:2379", "--iface", "bteth1"], capture_output=True, text=True, timeout=60)
+                           "etcd://127.0.0.1:2379", "--iface", "bteth1", "--metrics", "127.0.0.1"],
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return target
 
@@ -70,3 +71,12 @@ def test_the_units_carry_the_chosen_store_and_interface(units):
     assert agent.startswith(str(VENV_BIN / "berth"))
     # on a host the catalogue is closed to callers without a token (the management token is in a root-only file)
     assert "--acl-default-policy deny" in agent and "--acl-token-file /var/lib/berth/agent/acl-tokens.json" in agent
+
+
+def test_each_daemon_serves_its_metrics_on_a_port_of_its_own(units):
+    ports = {}
+    for unit, daemon in (("berth-cni-daemon.service", "cni-daemon"), ("berth-agent.service", "agent"),
+                         ("berth-dns.service", "dns"), ("berth-overlay.service", "overlay")):
+        words = parsed(units / unit)["Service"]["ExecStart"].split()
+        ports[daemon] = words[words.index("--metrics") + 1]
+    assert ports == {daemon: f"127.0.0.1:{port}" for daemon, port in METRICS_PORTS.items()}

@@ -233,6 +233,15 @@ def test_lease_keys_vanish_on_expiry(store, prefix):
         store.keep_alive(lease.id)
 
 
+def test_lease_time_left_counts_down_and_ends_with_the_lease(store, prefix):
+    lease = store.grant_lease(30)
+    left = store.lease_time_left(lease.id)
+    assert left is not None and 20 <= left <= 30
+    store.revoke_lease(lease.id)
+    assert store.lease_time_left(lease.id) is None
+    assert store.lease_time_left(123456789) is None  # never granted
+
+
 def test_lease_keys_vanish_on_revoke(store, prefix):
     lease = store.grant_lease(30)
     other = store.grant_lease(30)
