@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables iptables etcd-server etcd-client podman runc busybox-static \
 	containernetworking-plugins dnsperf dnsutils dnsmasq-base aardvark-dns tcpdump iperf3 \
 	kmod procps psmisc gcc libc6-dev graphviz python3-consul curl util-linux passwd haproxy prometheus \
-	zookeeper
+	zookeeper docker.io
 PYTEST_ARGS ?=
 
 .PHONY: all deps apt venv node-clients test test-pure demo bench clean

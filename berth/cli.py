@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cni-daemon": ("berth.cni_daemon_cmd", "serve CNI calls from the plugin launchers over a Unix socket"),
     "overlay": ("overlay.cli", "the VXLAN overlay host daemon, and its records in the store"),
     "dns": ("dnsd.cli", "serve the discovery view over DNS (and forward other names upstream)"),
+    "docker-plugin": ("docker_plugin.cli", "serve Docker's network and IPAM driver APIs (docker network create -d berth)"),
     "status": ("berth.status", "show the cluster as the datastore holds it: hosts, endpoints, address use, a picture"),
 }
 
