@@ -1,0 +1,232 @@
+"""A real, private Docker engine with Berth's plugin, in a simulated host of its own.
+
+One holder process owns a fresh network namespace and a private mount namespace (``unshare -m -n``); in that mount
+namespace a tmpfs covers ``/run``, so ``/run/docker/plugins`` (where Docker looks for v1 plugins) is the test's
+alone. dockerd (private data root, exec root and socket, no iptables, no default bridge) and ``berth
+docker-plugin`` (a ``bt-berth-<random>`` name) run inside both namespaces through ``nsenter``; every bridge, veth
+and nftables rule they make lives in the test's network namespace, never on the host. Teardown removes the
+containers, stops dockerd and the plugin by their pids, ends every other process left in the mount namespace,
+then the holder: the namespaces go with it.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from tests.conftest import VENV_BIN
+from tests.podman.harness import BUSYBOX, build_rootfs
+from tests.waiting import stop_process, wait_until
+
+DOCKERD = shutil.which("dockerd") or "/usr/bin/dockerd"
+DOCKER_CLI = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else (shutil.which("docker") or "docker")
+DOCKER_API_VERSION = "1.41"  # dockerd 20.10's: a newer CLI on PATH speaks it too
+IMAGE = "bt-busybox:1"
+HOLDER_LIFETIME = 3600  # seconds: a holder orphaned by a killed test run ends on its own
+COMMAND_TIMEOUT = 120
+
+
+def available() -> Optional[str]:
+    if os.geteuid() != 0:
+        return "docker tests need root"
+    if not Path(DOCKERD).exists():
+        return "dockerd is not installed (make apt: docker.io)"
+    if not Path(BUSYBOX).exists():
+        return "busybox-static is not installed"
+    return None
+
+
+class DockerHost:
+    """dockerd + berth docker-plugin in private namespaces; ``docker(...)`` runs the CLI against it."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.plugin_name = f"bt-berth-{secrets.token_hex(3)}"
+        self.state_dir = work / "plugin-state"
+        self.socket = work / "docker.sock"
+        self.holder: Optional[subprocess.Popen] = None
+        self.dockerd: Optional[subprocess.Popen] = None
+        self.plugin: Optional[subprocess.Popen] = None
+        self.plugin_log = work / "plugin.log"
+
+    # --- life cycle ----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls) -> "DockerHost":
+        host = cls(Path(tempfile.mkdtemp(prefix="bt-docker-")))
+        try:
+            host._start_holder()
+            host.start_plugin()
+            host._start_dockerd()
+            host._import_image()
+        except BaseException:
+            host.stop()
+            raise
+        return host
+
+    def _start_holder(self) -> None:
+        ready = self.work / "ready"
+        script = (f"mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/docker/plugins && ip link set lo up"
+                  f" && touch {ready} && exec sleep {HOLDER_LIFETIME}")
+        self.holder = subprocess.Popen(["unshare", "-m", "-n", "--propagation", "private", "sh", "-c", script])
+        wait_until(lambda: ready.exists() or self.holder.poll() is not None, what="the namespace holder")
+        if self.holder.poll() is not None:
+            raise RuntimeError("could not set up the private namespaces")
+
+    def inside(self, *argv: str) -> list[str]:
+        """``argv`` run inside the simulated host (its network and mount namespaces)."""
+        assert self.holder is not None
+        return ["nsenter", "-t", str(self.holder.pid), "-m", "-n", *argv]
+
+    @property
+    def netns_path(self) -> str:
+        assert self.holder is not None
+        return f"/proc/{self.holder.pid}/ns/net"
+
+    def start_plugin(self) -> None:
+        log = open(self.plugin_log, "a")
+        try:
+            self.plugin = subprocess.Popen(self.inside(
+                str(VENV_BIN / "berth"), "docker-plugin", "--name", self.plugin_name, "--state-dir",
+                str(self.state_dir), "--bridge-prefix", "bt-", "--log-level", "INFO"), stdout=log, stderr=log)
+        finally:
+            log.close()
+        sock = self.plugin_socket
+        wait_until(lambda: sock.exists() or self.plugin.poll() is not None, what="the plugin socket")
+        if self.plugin.poll() is not None:
+            raise RuntimeError(f"berth docker-plugin exited: {self.plugin_log.read_text()[-2000:]}")
+
+    def stop_plugin(self) -> None:
+        if self.plugin is not None:
+            stop_process(self.plugin)
+            self.plugin = None
+
+    @property
+    def plugin_socket(self) -> Path:
+        """The plugin's socket as seen from outside the mount namespace."""
+        assert self.holder is not None
+        return Path(f"/proc/{self.holder.pid}/root/run/docker/plugins/{self.plugin_name}.sock")
+
+    def _start_dockerd(self) -> None:
+        log = open(self.work / "dockerd.log", "w")
+        try:
+            self.dockerd = subprocess.Popen(self.inside(
+                DOCKERD, "--data-root", str(self.work / "root"), "--exec-root", str(self.work / "exec"),
+                "-H", f"unix://{self.socket}", "--pidfile", str(self.work / "dockerd.pid"),
+                "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--bridge=none",
+                "--userland-proxy=false"), stdout=log, stderr=log)
+        finally:
+            log.close()
+        wait_until(lambda: self.dockerd.poll() is not None or self.docker("version", check=False).returncode == 0,
+                   timeout=60, interval=0.2, what="dockerd")
+        if self.dockerd.poll() is not None:
+            raise RuntimeError("dockerd exited: " + (self.work / "dockerd.log").read_text()[-2000:])
+
+    def _import_image(self) -> None:
+        rootfs = build_rootfs(self.work / "rootfs")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        try:
+            subprocess.run([DOCKER_CLI, "import", "-", IMAGE], stdin=tar.stdout, env=self.env, check=True,
+                           capture_output=True, timeout=COMMAND_TIMEOUT)
+        finally:
+            tar.stdout.close()
+            tar.wait()
+
+    def stop(self) -> None:
+        try:
+            if self.dockerd is not None and self.dockerd.poll() is None:
+                ids = self.docker("ps", "-aq", check=False).stdout.split()
+                if ids:
+                    self.docker("rm", "-f", *ids, check=False)
+                for name in self.docker("network", "ls", "-q", "--filter", f"driver={self.plugin_name}",
+                                        check=False).stdout.split():
+                    self.docker("network", "rm", name, check=False)
+            if self.dockerd is not None:
+                stop_process(self.dockerd, grace=20)
+            self.stop_plugin()
+            self._end_leftovers()
+        finally:
+            if self.holder is not None:
+                stop_process(self.holder)
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def _end_leftovers(self) -> None:
+        """containerd and its shims, if any outlived dockerd: every process in our mount namespace but the holder."""
+        if self.holder is None or self.holder.poll() is not None:
+            return
+        ours = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+        for _ in range(2):
+            left = []
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or int(entry) == self.holder.pid:
+                    continue
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/mnt") == ours:
+                        left.append(int(entry))
+                except OSError:
+                    continue
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not left:
+                return
+            time.sleep(0.5)
+
+    # --- commands ------------------------------------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_API_VERSION": DOCKER_API_VERSION}
+
+    def docker(self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
+        proc = subprocess.run([DOCKER_CLI, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def run_here(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """A command in the simulated host's namespaces (a client of its published ports)."""
+        return subprocess.run(self.inside(*argv), capture_output=True, text=True, timeout=timeout)
+
+    def create_network(self, name: str, subnet: str, *options: str) -> str:
+        return self.docker("network", "create", "-d", self.plugin_name, "--ipam-driver", self.plugin_name,
+                           "--subnet", subnet, *options, name).stdout.strip()
+
+    def run_httpd(self, name: str, network: str, *options: str) -> str:
+        return self.docker("run", "-d", "--name", name, "--network", network, *options, IMAGE,
+                           "httpd", "-f", "-p", "80", "-h", "/www").stdout.strip()
+
+    def address_of(self, container: str) -> str:
+        return self.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                           container).stdout.strip()
+
+    def fetch_from(self, container: str, url: str) -> str:
+        """A page fetched inside ``container`` (busybox wget; its -T crashes, so the bound is from outside)."""
+        try:
+            proc = self.docker("exec", container, "wget", "-q", "-O", "-", url, check=False, timeout=15)
+        except subprocess.TimeoutExpired:
+            return ""
+        return proc.stdout if proc.returncode == 0 else ""
+
+    def fetch_here(self, url: str) -> str:
+        try:
+            proc = self.run_here(BUSYBOX, "wget", "-q", "-O", "-", url, timeout=15)
+        except subprocess.TimeoutExpired:
+            return ""
+        return proc.stdout if proc.returncode == 0 else ""
+
+    def links(self) -> list[str]:
+        out = self.run_here("ip", "-o", "link", "show").stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
+
+    def rule_comments(self) -> list[str]:
+        out = self.run_here("nft", "list", "ruleset").stdout
+        return [line.split('comment "', 1)[1].rstrip('"') for line in out.splitlines() if 'comment "' in line]

@@ -1,0 +1,186 @@
+"""Berth as Docker's network and IPAM driver, through a real dockerd (20.10) and the real docker CLI.
+
+Each test builds its own network on the module's private engine and removes it; what must be gone afterwards
+(veths, address reservations, firewall rules, records) is looked for where it would be.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+
+import pytest
+
+from tests.podman.harness import random_test_subnet
+from tests.ports import free_port
+from tests.waiting import wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.service, pytest.mark.docker]
+PAGE = "berth"  # build_rootfs's /www/index.html
+
+
+def _reserved(host, subnet: str) -> list[str]:
+    folder = host.state_dir / "ipam" / subnet.replace("/", "_")
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name[0].isdigit())
+
+
+def _endpoint_records(host) -> list[str]:
+    return sorted(p.stem for p in (host.state_dir / "endpoints").glob("*.json"))
+
+
+def _veths(host) -> list[str]:
+    return [name for name in host.links() if name.startswith(("vb", "vc"))]
+
+
+@pytest.fixture
+def network(docker_host):
+    """A fresh Berth network ``(name, subnet)``; its containers and the network are removed afterwards."""
+    made = []
+
+    def create(*options: str):
+        name, subnet = f"btnet{len(made)}", random_test_subnet()
+        docker_host.create_network(name, subnet, *options)
+        made.append(name)
+        return name, subnet
+
+    yield create
+    for name in made:
+        ids = docker_host.docker("ps", "-aq", "--filter", f"network={name}", check=False).stdout.split()
+        if ids:
+            docker_host.docker("rm", "-f", *ids, check=False)
+        docker_host.docker("network", "rm", name, check=False)
+
+
+def test_two_containers_reach_each_other_by_address(docker_host, network):
+    name, subnet = network()
+    docker_host.run_httpd("bt-web-a", name)
+    docker_host.run_httpd("bt-web-b", name)
+    a, b = docker_host.address_of("bt-web-a"), docker_host.address_of("bt-web-b")
+    assert a != b and {ipaddress.ip_address(a), ipaddress.ip_address(b)} <= set(ipaddress.ip_network(subnet))
+    assert _reserved(docker_host, subnet) == sorted([a, b])  # Berth's IPAM gave them out
+    assert wait_until(lambda: docker_host.fetch_from("bt-web-b", f"http://{a}/"), timeout=20,
+                      what="b fetching a's page").strip() == PAGE
+    assert docker_host.fetch_from("bt-web-a", f"http://{b}/").strip() == PAGE
+    gateway = str(ipaddress.ip_network(subnet).network_address + 1)
+    routes = docker_host.docker("exec", "bt-web-a", "ip", "route").stdout
+    assert f"default via {gateway} dev eth0" in routes
+
+
+def test_published_port_reaches_container_and_a_taken_port_is_refused(docker_host, network):
+    name, subnet = network()
+    port = free_port()
+    docker_host.run_httpd("bt-pub-a", name, "-p", f"{port}:80")
+    page = wait_until(lambda: docker_host.fetch_here(f"http://127.0.0.1:{port}/"), timeout=20,
+                      what="the published port from the host")
+    assert page.strip() == PAGE
+    address = docker_host.address_of("bt-pub-a")
+    outside = str(ipaddress.ip_network(subnet).network_address + 1)  # the host's own address on the bridge
+    assert docker_host.fetch_here(f"http://{outside}:{port}/").strip() == PAGE
+    before = (_reserved(docker_host, subnet), sorted(docker_host.rule_comments()), _veths(docker_host))
+
+    refused = docker_host.docker("run", "-d", "--name", "bt-pub-b", "--network", name, "-p", f"{port}:80",
+                                 "bt-busybox:1", "httpd", "-f", "-p", "80", "-h", "/www", check=False)
+    assert refused.returncode != 0
+    assert f"tcp host port {port} is already mapped" in refused.stderr
+    # the refused container holds nothing: no address, rule or link beyond the first container's
+    assert (_reserved(docker_host, subnet), sorted(docker_host.rule_comments()), _veths(docker_host)) == before
+    assert _reserved(docker_host, subnet) == [address]
+    docker_host.docker("rm", "-f", "bt-pub-b")
+
+
+def test_unpublished_and_ranged_ports_are_refused_clearly(docker_host, network):
+    name, _ = network()
+    refused = docker_host.docker("run", "-d", "--name", "bt-pub-c", "--network", name, "-p", "80",
+                                 "bt-busybox:1", "true", check=False)
+    assert refused.returncode != 0 and "Berth publishes only explicit host ports" in refused.stderr
+    docker_host.docker("rm", "-f", "bt-pub-c")
+
+
+def test_rm_f_leaves_no_link_reservation_rule_or_record(docker_host, network):
+    name, subnet = network()
+    port = free_port()
+    docker_host.run_httpd("bt-gone", name, "-p", f"{port}:80")
+    address = docker_host.address_of("bt-gone")
+    assert _veths(docker_host) and _endpoint_records(docker_host)
+    tags = {" ".join(c.split(" ")[:4]) for c in docker_host.rule_comments()}
+    assert len(tags) == 1
+
+    docker_host.docker("rm", "-f", "bt-gone")
+    assert _veths(docker_host) == []
+    assert address not in _reserved(docker_host, subnet)
+    assert docker_host.rule_comments() == []
+    assert _endpoint_records(docker_host) == []
+    assert docker_host.fetch_here(f"http://127.0.0.1:{port}/") == ""
+
+    bridge = json.loads(next((docker_host.state_dir / "networks").glob("*.json")).read_text())["bridge"]
+    docker_host.docker("network", "rm", name)
+    assert bridge not in docker_host.links()
+    assert list((docker_host.state_dir / "networks").glob("*.json")) == []
+    assert list((docker_host.state_dir / "pools").glob("*.json")) == []
+
+
+def test_plugin_restart_keeps_a_working_network(docker_host, network):
+    name, subnet = network()
+    docker_host.run_httpd("bt-keep-a", name)
+    a = docker_host.address_of("bt-keep-a")
+    docker_host.stop_plugin()
+    docker_host.start_plugin()
+    docker_host.run_httpd("bt-keep-b", name)  # Docker replays nothing: the plugin knows the network from its records
+    b = docker_host.address_of("bt-keep-b")
+    assert b != a and _reserved(docker_host, subnet) == sorted([a, b])
+    assert wait_until(lambda: docker_host.fetch_from("bt-keep-b", f"http://{a}/"), timeout=20,
+                      what="the new container reaching the old one").strip() == PAGE
+    docker_host.docker("rm", "-f", "bt-keep-a", "bt-keep-b")
+    assert _veths(docker_host) == [] and _reserved(docker_host, subnet) == []
+
+
+def test_overlapping_subnet_and_unknown_option_are_refused(docker_host, network):
+    _, subnet = network()
+    clash = docker_host.docker("network", "create", "-d", docker_host.plugin_name, "--ipam-driver",
+                               docker_host.plugin_name, "--subnet", subnet, "btclash", check=False)
+    assert clash.returncode != 0 and "overlaps pool" in clash.stderr
+    odd = docker_host.docker("network", "create", "-d", docker_host.plugin_name, "--ipam-driver",
+                             docker_host.plugin_name, "--subnet", random_test_subnet(), "-o", "berth.colour=red",
+                             "btodd", check=False)
+    assert odd.returncode != 0 and "unknown option -o berth.colour" in odd.stderr
+    assert len(list((docker_host.state_dir / "pools").glob("*.json"))) == 1  # the refused ones kept no pool
+
+
+def _raw(host, request: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(host.plugin_socket))
+        sock.sendall(request)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+            if b"\r\n\r\n" in b"".join(chunks):
+                head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length")), 0)
+                if len(body) >= length:
+                    break
+        return b"".join(chunks)
+
+
+def _post(path: str, body: bytes) -> bytes:
+    return (f"POST /{path} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n").encode() + body
+
+
+def test_the_plugin_socket_is_root_only_and_refuses_bad_requests_clearly(docker_host):
+    assert docker_host.plugin_socket.stat().st_mode & 0o777 == 0o600
+    assert b'"Implements": ["NetworkDriver", "IpamDriver"]' in _raw(docker_host, _post("Plugin.Activate", b""))
+    unknown = _raw(docker_host, _post("NetworkDriver.Teleport", b"{}"))
+    assert unknown.startswith(b"HTTP/1.1 404") and b"not a method Berth implements" in unknown
+    garbled = _raw(docker_host, _post("IpamDriver.RequestPool", b"{not json"))
+    assert garbled.startswith(b"HTTP/1.1 400") and b"request body" in garbled
+    missing = _raw(docker_host, _post("NetworkDriver.Join", b'{"NetworkID": "../../etc"}'))
+    assert missing.startswith(b"HTTP/1.1 400") and b"is not a Docker id" in missing
+    huge = _raw(docker_host, b"POST /IpamDriver.RequestPool HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
+    assert huge.startswith(b"HTTP/1.1 413")
