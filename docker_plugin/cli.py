@@ -11,7 +11,10 @@ import os
 import signal
 import threading
 
+from discovery import wire
+from docker_plugin.docker_api import DockerAPI, DockerUnavailable
 from docker_plugin.ipam_driver import IpamDriver
+from docker_plugin.names import NameRegistrar
 from docker_plugin.network_driver import NetworkDriver
 from docker_plugin.server import PluginServer
 from docker_plugin.state import StateDir
@@ -56,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a network's bridge is this prefix and its id's start, unless -o berth.bridge= names it")
     parser.add_argument("--default-pool", default="10.213.0.0/16",
                         help="networks created without --subnet get a free /24 of this (default: 10.213.0.0/16)")
+    parser.add_argument("--docker-host", default="unix:///var/run/docker.sock",
+                        help="dockerd's API socket: read at start to drop what Docker forgot, and for names")
+    parser.add_argument("--agent-socket", default=wire.DEFAULT_SOCKET,
+                        help=f"the discovery agent's socket for container names (default {wire.DEFAULT_SOCKET})")
+    parser.add_argument("--spool-dir", default=wire.DEFAULT_SPOOL_DIR,
+                        help="where registrations wait while no agent listens (the agent's spool)")
+    parser.add_argument("--no-names", action="store_true", help="do not register container names with the agent")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -69,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     network = NetworkDriver(state, bridge_prefix=args.bridge_prefix)
     ipam = IpamDriver(state, default_pool=args.default_pool)
     network.restore()
+    snapshot = network.snapshot()
     path = args.socket or os.path.join(PLUGIN_DIR, f"{args.name}.sock")
     server = PluginServer(path, routes(network, ipam))
     stop = threading.Event()
@@ -77,10 +88,41 @@ def run(args: argparse.Namespace) -> int:
     thread = threading.Thread(target=server.serve_forever, name="docker-plugin", daemon=True)
     thread.start()
     log.info("Docker plugin %s listening on %s (state in %s)", args.name, path, args.state_dir)
+    api = DockerAPI(args.docker_host)
+    threading.Thread(target=forget_unknown, args=(network, ipam, api, args.name, snapshot), daemon=True,
+                     name="docker-forget").start()
+    names = None
+    if not args.no_names:
+        names = NameRegistrar(api, args.name, args.agent_socket, args.spool_dir)
+        names.start()
     try:
         while not stop.wait(1.0):
             pass
     finally:
+        if names is not None:
+            names.stop()
         server.shutdown()
         server.close()
     return 0
+
+
+def forget_unknown(network: NetworkDriver, ipam: IpamDriver, api: DockerAPI, driver: str, snapshot) -> None:
+    """Once, after start: drop networks and endpoints Docker no longer knows (it replays nothing, and a network
+    removed while the plugin was down was never deleted here). Asked from a thread of its own, after the socket
+    serves: dockerd may be waiting for this plugin while it starts."""
+    for attempt in range(30):
+        try:
+            known = api.networks(driver)
+            break
+        except DockerUnavailable as exc:
+            if attempt == 0:
+                log.info("cannot ask Docker which networks it knows yet (%s); retrying for a minute", exc)
+            threading.Event().wait(2.0)
+    else:
+        log.warning("Docker never answered: networks it forgot are kept until it deletes them")
+        return
+    try:
+        subnets, addresses = network.forget(snapshot, known)
+        ipam.release_forgotten(subnets, addresses)
+    except Exception:  # noqa: BLE001 - a daemon thread: log, keep serving
+        log.exception("dropping what Docker forgot failed")

@@ -121,6 +121,15 @@ class IpamDriver:
                         store.release(owner, [ip])
         return {}
 
+    def release_forgotten(self, subnets: list[str], addresses: list[str]) -> None:
+        """Release pools (with every address in them) and single addresses Docker forgot to release."""
+        for subnet in subnets:
+            self.release_pool({"PoolID": pool_id_for(_network(subnet, "pool"))})
+        for address in addresses:
+            network = ipaddress.ip_interface(address).network
+            if self.state.get("pools", pool_id_for(network)) is not None:
+                self.release_address({"PoolID": pool_id_for(network), "Address": address})
+
     # --- helpers -----------------------------------------------------------------------------------------------------
 
     def reserved(self, pool_id: str) -> dict:

@@ -150,6 +150,35 @@ class NetworkDriver:
                     log.info("network %s: removed stale rules %s", network_id[:12], removed)
         log.info("restored %d networks, %d endpoints", len(networks), len(endpoints))
 
+    def snapshot(self) -> tuple[set[str], dict[str, str]]:
+        """The networks and endpoints (id → network) held now: what a later :meth:`forget` may judge."""
+        with self._lock:
+            return ({i for i, _ in self.state.all("networks")},
+                    {i: e["network"] for i, e in self.state.all("endpoints")})
+
+    def forget(self, snapshot: tuple[set[str], dict[str, str]], docker_networks: list[dict]) -> tuple[list, list]:
+        """Remove what was held at ``snapshot`` time and Docker no longer knows: networks it does not list,
+        endpoints no container of a listed network has. Only records from before the snapshot are judged, so a
+        network or endpoint Docker is creating right now is never taken for stale. Returns the pool subnets of
+        the networks and the addresses of the endpoints removed: Docker would have released them, but it has
+        forgotten them."""
+        networks, endpoints = snapshot
+        known = {n["Id"]: {c.get("EndpointID") for c in (n.get("Containers") or {}).values()} for n in docker_networks}
+        freed, addresses = [], []
+        for network_id in sorted(networks - set(known)):
+            record = self.state.get("networks", network_id)
+            if record is not None:
+                log.info("network %s: Docker no longer knows it; removing", network_id[:12])
+                freed.extend(s["pool"] for s in record["subnets"])
+                self.delete_network({"NetworkID": network_id})
+        for endpoint_id, network_id in sorted(endpoints.items()):
+            if network_id in known and endpoint_id not in known[network_id]:
+                log.info("endpoint %s: Docker no longer knows it; removing", endpoint_id[:12])
+                record = self.state.get("endpoints", endpoint_id)
+                addresses.extend(record["addresses"] if record else ())
+                self.delete_endpoint({"EndpointID": endpoint_id})
+        return freed, addresses
+
     # --- helpers -----------------------------------------------------------------------------------------------------
 
     def _remove_endpoint(self, endpoint: dict) -> None:

@@ -54,6 +54,10 @@ class DockerHost:
         self.dockerd: Optional[subprocess.Popen] = None
         self.plugin: Optional[subprocess.Popen] = None
         self.plugin_log = work / "plugin.log"
+        self.agent_socket = work / "agent.sock"
+        self.spool_dir = work / "agent-state" / "spool"
+        self.store_url = f"sqlite:///{work / 'discovery.db'}"
+        self.services: list[subprocess.Popen] = []
 
     # --- life cycle ----------------------------------------------------------------------------------------------
 
@@ -94,7 +98,9 @@ class DockerHost:
         try:
             self.plugin = subprocess.Popen(self.inside(
                 str(VENV_BIN / "berth"), "docker-plugin", "--name", self.plugin_name, "--state-dir",
-                str(self.state_dir), "--bridge-prefix", "bt-", "--log-level", "INFO"), stdout=log, stderr=log)
+                str(self.state_dir), "--bridge-prefix", "bt-", "--docker-host", f"unix://{self.socket}",
+                "--agent-socket", str(self.agent_socket), "--spool-dir", str(self.spool_dir), "--log-level", "INFO"),
+                stdout=log, stderr=log)
         finally:
             log.close()
         sock = self.plugin_socket
@@ -150,6 +156,8 @@ class DockerHost:
             if self.dockerd is not None:
                 stop_process(self.dockerd, grace=20)
             self.stop_plugin()
+            for proc in reversed(self.services):
+                stop_process(proc)
             self._end_leftovers()
         finally:
             if self.holder is not None:
@@ -179,6 +187,38 @@ class DockerHost:
             if not left:
                 return
             time.sleep(0.5)
+
+    def start_agent(self) -> None:
+        """A discovery agent inside the simulated host, on a private SQLite store (its spool is the plugin's)."""
+        log = open(self.work / "agent.log", "ab")
+        try:
+            proc = subprocess.Popen(self.inside(
+                str(VENV_BIN / "berth"), "agent", "--store", self.store_url, "--socket", str(self.agent_socket),
+                "--no-http", "--host", "bt-dockerhost", "--state-dir", str(self.work / "agent-state"),
+                "--spool-dir", str(self.spool_dir), "--resync", "1"), stdout=subprocess.PIPE, stderr=log)
+        finally:
+            log.close()
+        self.services.append(proc)
+        line = proc.stdout.readline()
+        proc.stdout.close()
+        if not line.startswith(b"ready"):
+            raise RuntimeError("agent did not start: " + (self.work / "agent.log").read_text()[-2000:])
+
+    def start_dns(self, *listen: str) -> None:
+        """``berth dns`` inside the simulated host, answering from the agent's store on ``listen`` addresses."""
+        argv = [str(VENV_BIN / "berth"), "dns", "--store", self.store_url, "--no-forward"]
+        for address in listen:
+            argv += ["--listen", address]
+        log = open(self.work / "dns.log", "ab")
+        try:
+            self.services.append(subprocess.Popen(self.inside(*argv), stdout=log, stderr=log))
+        finally:
+            log.close()
+
+    def dig(self, name: str, server: str, port: int) -> list[str]:
+        """The A records ``berth dns`` gives for ``name`` (dig, bounded)."""
+        proc = self.run_here("dig", "+short", "+time=2", "+tries=1", "-p", str(port), f"@{server}", name, "A")
+        return sorted(line for line in proc.stdout.split() if line[0].isdigit())
 
     # --- commands ------------------------------------------------------------------------------------------------
 

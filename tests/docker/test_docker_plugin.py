@@ -184,3 +184,26 @@ def test_the_plugin_socket_is_root_only_and_refuses_bad_requests_clearly(docker_
     assert missing.startswith(b"HTTP/1.1 400") and b"is not a Docker id" in missing
     huge = _raw(docker_host, b"POST /IpamDriver.RequestPool HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
     assert huge.startswith(b"HTTP/1.1 413")
+
+
+def test_names_and_aliases_answer_in_berth_dns_and_go_with_the_container(docker_host, network):
+    name, subnet = network()
+    gateway = str(ipaddress.ip_network(subnet).network_address + 1)
+    port = free_port()
+    docker_host.start_agent()
+    docker_host.start_dns(f"127.0.0.1:{port}", f"{gateway}:53")
+    docker_host.run_httpd("bt-named", name, "--network-alias", "www")
+    address = docker_host.address_of("bt-named")
+    for wanted in ("bt-named.berth.internal", "www.berth.internal"):
+        assert wait_until(lambda: docker_host.dig(wanted, "127.0.0.1", port), timeout=30,
+                          what=f"berth dns answering {wanted}") == [address]
+    # a container that uses berth dns (through Docker's embedded resolver) reaches the other by Berth's name
+    docker_host.docker("run", "-d", "--name", "bt-asker", "--network", name, "--dns", gateway, "bt-busybox:1",
+                       "sleep", "600")
+    page = wait_until(lambda: docker_host.fetch_from("bt-asker", "http://www.berth.internal/"), timeout=30,
+                      what="the page by its Berth name")
+    assert page.strip() == PAGE
+    docker_host.docker("rm", "-f", "bt-named")
+    wait_until(lambda: docker_host.dig("www.berth.internal", "127.0.0.1", port) == [], timeout=30,
+               what="the name going with the container")
+    assert docker_host.dig("bt-named.berth.internal", "127.0.0.1", port) == []
