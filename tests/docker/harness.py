@@ -134,6 +134,15 @@ class DockerHost:
         if self.dockerd.poll() is not None:
             raise RuntimeError("dockerd exited: " + (self.work / "dockerd.log").read_text()[-2000:])
 
+    def restart_dockerd(self, forget_networks: bool = False) -> None:
+        """Stop dockerd (it stops its containers) and start it again on the same data root; with
+        ``forget_networks`` its network database is deleted in between, as a reset engine would have it."""
+        assert self.dockerd is not None
+        stop_process(self.dockerd, grace=30)
+        if forget_networks:
+            (self.work / "root" / "network" / "files" / "local-kv.db").unlink()
+        self._start_dockerd()
+
     def _import_image(self) -> None:
         rootfs = build_rootfs(self.work / "rootfs")
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)

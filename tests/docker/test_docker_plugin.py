@@ -207,3 +207,37 @@ def test_names_and_aliases_answer_in_berth_dns_and_go_with_the_container(docker_
     wait_until(lambda: docker_host.dig("www.berth.internal", "127.0.0.1", port) == [], timeout=30,
                what="the name going with the container")
     assert docker_host.dig("bt-named.berth.internal", "127.0.0.1", port) == []
+
+
+# These two restart dockerd: they stay last in the module.
+
+def test_a_dockerd_restart_keeps_the_network_and_its_containers_start_again(docker_host, network):
+    name, subnet = network()
+    docker_host.run_httpd("bt-again", name, "--stop-timeout", "1")  # busybox as PID 1 ignores SIGTERM
+    docker_host.restart_dockerd()
+    assert name in docker_host.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    docker_host.docker("start", "bt-again")
+    docker_host.run_httpd("bt-again-b", name)
+    a, b = docker_host.address_of("bt-again"), docker_host.address_of("bt-again-b")
+    assert a and b and a != b and _reserved(docker_host, subnet) == sorted([a, b])
+    assert wait_until(lambda: docker_host.fetch_from("bt-again-b", f"http://{a}/"), timeout=20,
+                      what="reaching the restarted container").strip() == PAGE
+    docker_host.docker("rm", "-f", "bt-again", "bt-again-b")
+    assert _veths(docker_host) == [] and _reserved(docker_host, subnet) == []
+
+
+def test_a_network_docker_forgot_is_removed_when_the_plugin_starts(docker_host, network):
+    name, subnet = network()
+    docker_host.run_httpd("bt-forgot", name, "--stop-timeout", "1")
+    bridge = json.loads(next((docker_host.state_dir / "networks").glob("*.json")).read_text())["bridge"]
+    docker_host.restart_dockerd(forget_networks=True)  # Docker's network database is gone; Berth is not told
+    docker_host.docker("rm", "-f", "bt-forgot", check=False)
+    assert list((docker_host.state_dir / "networks").glob("*.json"))  # the plugin still holds it...
+    docker_host.stop_plugin()
+    docker_host.start_plugin()
+    wait_until(lambda: not list((docker_host.state_dir / "networks").glob("*.json")), timeout=60,
+               what="the plugin dropping the network Docker forgot")  # ...until it asks Docker at start
+    assert bridge not in docker_host.links() and _veths(docker_host) == []
+    assert list((docker_host.state_dir / "pools").glob("*.json")) == [] and _reserved(docker_host, subnet) == []
+    assert list((docker_host.state_dir / "endpoints").glob("*.json")) == []
+    assert docker_host.rule_comments() == []
