@@ -18,6 +18,7 @@ from docker_plugin.names import NameRegistrar
 from docker_plugin.network_driver import NetworkDriver
 from docker_plugin.server import PluginServer
 from docker_plugin.state import StateDir
+from overlay import subnetfile
 
 PLUGIN_DIR = "/run/docker/plugins"
 DEFAULT_STATE_DIR = "/var/lib/berth/docker"
@@ -57,8 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {DEFAULT_STATE_DIR})")
     parser.add_argument("--bridge-prefix", default="berth-",
                         help="a network's bridge is this prefix and its id's start, unless -o berth.bridge= names it")
-    parser.add_argument("--default-pool", default="10.213.0.0/16",
-                        help="networks created without --subnet get a free /24 of this (default: 10.213.0.0/16)")
+    parser.add_argument("--default-pool", default="10.212.0.0/16",
+                        help="networks created without --subnet get a free /24 of this (default: 10.212.0.0/16)")
+    parser.add_argument("--subnet-file", default=subnetfile.DEFAULT_SUBNET_FILE,
+                        help="berth overlay's subnet file: the pool of --ipam-opt berth.overlay=true networks")
     parser.add_argument("--docker-host", default="unix:///var/run/docker.sock",
                         help="dockerd's API socket: read at start to drop what Docker forgot, and for names")
     parser.add_argument("--agent-socket", default=wire.DEFAULT_SOCKET,
@@ -76,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("the Docker plugin creates bridges and veths: run it as root")
         return 1
     state = StateDir(args.state_dir)
-    network = NetworkDriver(state, bridge_prefix=args.bridge_prefix)
-    ipam = IpamDriver(state, default_pool=args.default_pool)
+    network = NetworkDriver(state, bridge_prefix=args.bridge_prefix, subnet_file=args.subnet_file)
+    ipam = IpamDriver(state, default_pool=args.default_pool, subnet_file=args.subnet_file)
     network.restore()
     snapshot = network.snapshot()
     path = args.socket or os.path.join(PLUGIN_DIR, f"{args.name}.sock")

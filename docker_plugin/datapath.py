@@ -82,8 +82,11 @@ def _backend(role: str) -> firewall.Backend:
     return firewall.backend_for(FIREWALL_BACKEND, role)
 
 
-def add_masquerade(tag: str, addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> None:
-    rules = [firewall.Masquerade(source=a.ip, subnet=a.network) for a in addresses]
+def add_masquerade(tag: str, addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+                   scope: str = "") -> None:
+    """Masquerade what leaves ``scope`` (the whole overlay network), or else the address's own subnet."""
+    rules = [firewall.Masquerade(source=a.ip, subnet=ipaddress.ip_network(scope) if scope and a.version == 4
+                                 else a.network) for a in addresses]
     if rules:
         backend = _backend("nat")
         backend.remove([tag])

@@ -19,11 +19,13 @@ from ipam.config import Range, RangeSet, parse_range
 from ipam.disk import DiskStore
 from ipam.errors import IpamError
 from ipam.store import Attachment
+from overlay import subnetfile
 
 LOCAL_SPACE, GLOBAL_SPACE = "berth-local", "berth-global"
 GATEWAY_REQUEST = "com.docker.network.gateway"
 OWNER_IFNAME = "docker"
 DEFAULT_POOL_PREFIX = 24
+OVERLAY_OPTION = "berth.overlay"  # --ipam-opt berth.overlay=true: the pool is this host's overlay subnet
 
 
 def pool_id_for(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
@@ -39,8 +41,10 @@ def _network(value: str, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Ne
 
 
 class IpamDriver:
-    def __init__(self, state: StateDir, default_pool: str = "10.213.0.0/16") -> None:
+    def __init__(self, state: StateDir, default_pool: str = "10.212.0.0/16",
+                 subnet_file: str = subnetfile.DEFAULT_SUBNET_FILE) -> None:
         self.state = state
+        self.subnet_file = subnet_file
         self.data_dir = f"{state.root}/ipam"
         self.default_pool = _network(default_pool, "default pool")
         self._lock = threading.Lock()
@@ -56,9 +60,12 @@ class IpamDriver:
     def request_pool(self, request: dict) -> dict:
         wanted, sub_pool = text(request, "Pool", required=False), text(request, "SubPool", required=False)
         v6 = request.get("V6") is True
+        overlay = overlay_requested(mapping(request, "Options"), OVERLAY_OPTION, "--ipam-opt")
         with self._lock:
             pools = [_network(p["pool"], "pool") for _, p in self.state.all("pools")]
-            if wanted:
+            if overlay:
+                subnet = self._overlay_subnet(wanted, v6)
+            elif wanted:
                 subnet = _network(wanted, "Pool")
                 if (subnet.version == 6) != v6:
                     raise DriverError(f"Pool {subnet}: V6 is {v6}")
@@ -69,7 +76,7 @@ class IpamDriver:
             clash = next((p for p in pools if p.overlaps(subnet)), None)
             if clash is not None:
                 raise DriverError(f"pool {subnet} overlaps pool {clash} of another Berth network", 409)
-            record: dict[str, Any] = {"pool": str(subnet), "sub_pool": sub_pool, "gateway": ""}
+            record: dict[str, Any] = {"pool": str(subnet), "sub_pool": sub_pool, "gateway": "", "overlay": overlay}
             self._range(record)  # validates the sub-pool before anything is kept
             pool_id = pool_id_for(subnet)
             self.state.put("pools", pool_id, record)
@@ -140,6 +147,21 @@ class IpamDriver:
         with store.lock():
             return store.reservations()
 
+    def _overlay_subnet(self, wanted: str, v6: bool):
+        """The subnet ``berth overlay`` leased this host (its subnet file), so containers here are reachable from
+        every host of the overlay."""
+        if v6:
+            raise DriverError("the overlay is IPv4 only")
+        try:
+            lease = subnetfile.read(self.subnet_file)
+        except (OSError, subnetfile.SubnetFileError) as exc:
+            raise DriverError(f"--ipam-opt {OVERLAY_OPTION}=true: cannot read the overlay's subnet file "
+                              f"{self.subnet_file} ({exc}); is berth overlay running on this host?", 409) from None
+        subnet = lease.subnet.network
+        if wanted and _network(wanted, "Pool") != subnet:
+            raise DriverError(f"--subnet {wanted}: this host's overlay subnet is {subnet}; leave --subnet out")
+        return subnet
+
     def _pool(self, pool_id: str) -> dict:
         record = self.state.get("pools", _checked(pool_id))
         if record is None:
@@ -165,6 +187,15 @@ class IpamDriver:
             return parse_range(raw, "pool")
         except IpamError as exc:
             raise DriverError(str(exc)) from None
+
+
+def overlay_requested(options: dict, key: str, flag: str) -> bool:
+    value = options.get(key, "false")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    raise DriverError(f"{flag} {key}: expected true or false, got {value!r}")
 
 
 def _checked(pool_id: str) -> str:

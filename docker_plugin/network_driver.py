@@ -16,14 +16,17 @@ from cni_plugins.firewall import FirewallError
 from docker_plugin import datapath, network_plan
 from docker_plugin.errors import DriverError, mapping
 from docker_plugin.state import StateDir
+from overlay import subnetfile
 
 log = logging.getLogger(__name__)
 DST_PREFIX = "eth"
 
 
 class NetworkDriver:
-    def __init__(self, state: StateDir, bridge_prefix: str = "berth-") -> None:
+    def __init__(self, state: StateDir, bridge_prefix: str = "berth-",
+                 subnet_file: str = subnetfile.DEFAULT_SUBNET_FILE) -> None:
         self.state = state
+        self.subnet_file = subnet_file
         self.bridge_prefix = bridge_prefix
         self._lock = threading.Lock()
 
@@ -33,6 +36,12 @@ class NetworkDriver:
     def create_network(self, request: dict) -> dict:
         network = network_plan.plan_network(request, self.bridge_prefix)
         with self._lock:
+            pools = [p for _, p in self.state.all("pools") if any(p["pool"] == s["pool"] for s in network["subnets"])]
+            try:
+                lease = subnetfile.read_if_present(self.subnet_file)
+            except (OSError, subnetfile.SubnetFileError) as exc:
+                raise DriverError(f"the overlay's subnet file {self.subnet_file}: {exc}", 409) from None
+            network = network_plan.join_overlay(network, pools, lease)
             for other_id, other in self.state.all("networks"):
                 if other_id != network["id"] and other["bridge"] == network["bridge"]:
                     raise DriverError(f"bridge {network['bridge']} already serves network {other_id[:12]}", 409)
@@ -88,7 +97,8 @@ class NetworkDriver:
                                                  network["mtu"], endpoint["mac"] or None))
             if network["masquerade"]:
                 try:
-                    _kernel(lambda: datapath.add_masquerade(network_plan.tag(endpoint), _addresses(endpoint)))
+                    _kernel(lambda: datapath.add_masquerade(network_plan.tag(endpoint), _addresses(endpoint),
+                                                              network["masquerade_scope"]))
                 except DriverError:
                     datapath.delete_port(endpoint["host"], endpoint["peer"])
                     raise

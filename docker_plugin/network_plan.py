@@ -19,7 +19,8 @@ from docker_plugin.errors import DriverError, mapping, text
 GENERIC = "com.docker.network.generic"
 PORTMAP = "com.docker.network.portmap"
 OPTION_BRIDGE, OPTION_MTU, OPTION_MASQUERADE = "berth.bridge", "berth.mtu", "berth.masquerade"
-KNOWN_OPTIONS = (OPTION_BRIDGE, OPTION_MTU, OPTION_MASQUERADE)
+OPTION_OVERLAY = "berth.overlay"
+KNOWN_OPTIONS = (OPTION_BRIDGE, OPTION_MTU, OPTION_MASQUERADE, OPTION_OVERLAY)
 PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 CONTAINER_IFNAME = "eth0"  # only for the rule tag: Docker picks the name in the sandbox
 _DOCKER_ID = re.compile(r"[0-9a-f]{12,64}\Z")
@@ -84,8 +85,28 @@ def plan_network(request: dict, bridge_prefix: str) -> dict:
     except (TypeError, ValueError):
         raise DriverError(f"-o {OPTION_MTU}: expected a number between 68 and 65535, got {mtu_text!r}") from None
     subnets = _ip_data(request.get("IPv4Data"), "IPv4Data") + _ip_data(request.get("IPv6Data"), "IPv6Data")
+    masquerade = generic.get(OPTION_MASQUERADE)
     return {"id": network_id, "bridge": bridge, "mtu": mtu, "subnets": subnets,
-            "masquerade": _flag(generic.get(OPTION_MASQUERADE, True), OPTION_MASQUERADE)}
+            "masquerade": True if masquerade is None else _flag(masquerade, OPTION_MASQUERADE),
+            "masquerade_set": masquerade is not None,
+            "overlay": _flag(generic.get(OPTION_OVERLAY, False), OPTION_OVERLAY), "masquerade_scope": ""}
+
+
+def join_overlay(network: dict, pools: list[dict], lease) -> dict:
+    """A network on this host's overlay subnet (its pool came from ``--ipam-opt berth.overlay=true``): the
+    overlay's MTU, and masquerading only of traffic that leaves the whole overlay network, by the bridge only when
+    the overlay daemon does not masquerade itself (``FLANNEL_IPMASQ``), as berth-overlay's CNI config does."""
+    on_overlay = [p for p in pools if p.get("overlay")]
+    if network["overlay"] and not on_overlay:
+        raise DriverError(f"-o {OPTION_OVERLAY}=true needs the pool of this host's overlay subnet: "
+                          f"add --ipam-opt {OPTION_OVERLAY}=true (and no --subnet)")
+    if not on_overlay:
+        return network
+    if lease is None:
+        raise DriverError("the overlay's subnet file is gone: is berth overlay running on this host?", 409)
+    return {**network, "overlay": True, "mtu": network["mtu"] or lease.mtu,
+            "masquerade": network["masquerade"] if network["masquerade_set"] else not lease.ipmasq,
+            "masquerade_scope": str(lease.network)}
 
 
 def gateways(network: dict) -> list:

@@ -45,8 +45,10 @@ def available() -> Optional[str]:
 class DockerHost:
     """dockerd + berth docker-plugin in private namespaces; ``docker(...)`` runs the CLI against it."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, netns: Optional[str] = None, subnet_file: Optional[str] = None,
+                 store_url: Optional[str] = None, label: str = "bt-dockerhost") -> None:
         self.work = work
+        self.netns, self.subnet_file, self.label = netns, subnet_file, label
         self.plugin_name = f"bt-berth-{secrets.token_hex(3)}"
         self.state_dir = work / "plugin-state"
         self.socket = work / "docker.sock"
@@ -56,14 +58,16 @@ class DockerHost:
         self.plugin_log = work / "plugin.log"
         self.agent_socket = work / "agent.sock"
         self.spool_dir = work / "agent-state" / "spool"
-        self.store_url = f"sqlite:///{work / 'discovery.db'}"
+        self.store_url = store_url or f"sqlite:///{work / 'discovery.db'}"
         self.services: list[subprocess.Popen] = []
 
     # --- life cycle ----------------------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls) -> "DockerHost":
-        host = cls(Path(tempfile.mkdtemp(prefix="bt-docker-")))
+    def start(cls, **kwargs) -> "DockerHost":
+        """A new simulated host; ``netns`` (a path) puts it in an existing network namespace instead of a new one
+        (a host of an overlay simulation), ``subnet_file`` is that host's overlay subnet file."""
+        host = cls(Path(tempfile.mkdtemp(prefix="bt-docker-")), **kwargs)
         try:
             host._start_holder()
             host.start_plugin()
@@ -78,7 +82,11 @@ class DockerHost:
         ready = self.work / "ready"
         script = (f"mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/docker/plugins && ip link set lo up"
                   f" && touch {ready} && exec sleep {HOLDER_LIFETIME}")
-        self.holder = subprocess.Popen(["unshare", "-m", "-n", "--propagation", "private", "sh", "-c", script])
+        if self.netns:
+            argv = ["nsenter", f"--net={self.netns}", "unshare", "-m", "--propagation", "private", "sh", "-c", script]
+        else:
+            argv = ["unshare", "-m", "-n", "--propagation", "private", "sh", "-c", script]
+        self.holder = subprocess.Popen(argv)
         wait_until(lambda: ready.exists() or self.holder.poll() is not None, what="the namespace holder")
         if self.holder.poll() is not None:
             raise RuntimeError("could not set up the private namespaces")
@@ -99,7 +107,8 @@ class DockerHost:
             self.plugin = subprocess.Popen(self.inside(
                 str(VENV_BIN / "berth"), "docker-plugin", "--name", self.plugin_name, "--state-dir",
                 str(self.state_dir), "--bridge-prefix", "bt-", "--docker-host", f"unix://{self.socket}",
-                "--agent-socket", str(self.agent_socket), "--spool-dir", str(self.spool_dir), "--log-level", "INFO"),
+                "--agent-socket", str(self.agent_socket), "--spool-dir", str(self.spool_dir), "--log-level", "INFO",
+                *(["--subnet-file", self.subnet_file] if self.subnet_file else [])),
                 stdout=log, stderr=log)
         finally:
             log.close()
@@ -203,7 +212,7 @@ class DockerHost:
         try:
             proc = subprocess.Popen(self.inside(
                 str(VENV_BIN / "berth"), "agent", "--store", self.store_url, "--socket", str(self.agent_socket),
-                "--no-http", "--host", "bt-dockerhost", "--state-dir", str(self.work / "agent-state"),
+                "--no-http", "--host", self.label, "--state-dir", str(self.work / "agent-state"),
                 "--spool-dir", str(self.spool_dir), "--resync", "1"), stdout=subprocess.PIPE, stderr=log)
         finally:
             log.close()

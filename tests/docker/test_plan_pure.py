@@ -129,3 +129,32 @@ def test_state_records_refuse_ids_that_escape_the_directory(tmp_path):
         state.put("networks", "../x", {})
     state.put("networks", NID, {"a": 1})
     assert dict(state.all("networks")) == {NID: {"a": 1}}
+
+
+def test_an_overlay_network_takes_the_overlay_mtu_and_masquerades_only_out_of_the_overlay():
+    from overlay import subnetfile
+    import ipaddress
+    lease = subnetfile.for_lease(ipaddress.ip_network("10.214.0.0/16"), ipaddress.ip_network("10.214.3.0/24"),
+                                 1450, ipmasq=False)
+    request = _network_request(**{"berth.overlay": "true"})
+    network = network_plan.plan_network(request, "bt-")
+    joined = network_plan.join_overlay(network, [{"pool": "10.231.9.0/24", "overlay": True}], lease)
+    assert joined["mtu"] == 1450 and joined["masquerade"] is True and joined["masquerade_scope"] == "10.214.0.0/16"
+    daemon_masq = subnetfile.for_lease(lease.network, ipaddress.ip_network("10.214.3.0/24"), 1450, ipmasq=True)
+    assert network_plan.join_overlay(network, [{"pool": "x", "overlay": True}], daemon_masq)["masquerade"] is False
+    with pytest.raises(DriverError, match="--ipam-opt berth.overlay=true"):
+        network_plan.join_overlay(network, [{"pool": "10.231.9.0/24", "overlay": False}], lease)
+
+
+def test_ipam_overlay_pool_is_the_hosts_subnet(tmp_path):
+    from overlay import subnetfile
+    import ipaddress
+    path = tmp_path / "subnet.env"
+    driver = IpamDriver(StateDir(str(tmp_path / "state")), subnet_file=str(path))
+    with pytest.raises(DriverError, match="is berth overlay running"):
+        driver.request_pool({"Options": {"berth.overlay": "true"}})
+    subnetfile.write(path, subnetfile.for_lease(ipaddress.ip_network("10.214.0.0/16"),
+                                                ipaddress.ip_network("10.214.3.0/24"), 1450, ipmasq=False))
+    with pytest.raises(DriverError, match="leave --subnet out"):
+        driver.request_pool({"Pool": "10.214.9.0/24", "Options": {"berth.overlay": "true"}})
+    assert driver.request_pool({"Options": {"berth.overlay": "true"}})["Pool"] == "10.214.3.0/24"
