@@ -73,7 +73,9 @@ class NetworkDriver:
             network = self._network(request)
             endpoint = network_plan.plan_endpoint(request, network)
             self.state.put("endpoints", endpoint["id"], endpoint)
-        return {}  # Docker's IPAM call gave the addresses; the MAC is the veth's own
+        if endpoint["mac_given"] or not endpoint["mac"]:
+            return {}  # Docker's IPAM call gave the addresses, and the MAC when the user chose one
+        return {"Interface": {"MacAddress": endpoint["mac"]}}
 
     def endpoint_info(self, request: dict) -> dict:
         with self._lock:

@@ -128,9 +128,18 @@ def plan_endpoint(request: dict, network: dict) -> dict:
             if not any(address.ip in ipaddress.ip_network(s["pool"]) for s in network["subnets"]):
                 raise DriverError(f"Interface.{key}: {address} is in none of network {network['id'][:12]}'s subnets")
             addresses.append(str(address))
-    return {"id": endpoint_id, "network": network["id"], "addresses": addresses,
-            "mac": text(interface, "MacAddress", required=False),
+    mac = text(interface, "MacAddress", required=False)
+    return {"id": endpoint_id, "network": network["id"], "addresses": addresses, "mac_given": bool(mac),
+            "mac": mac or mac_for(addresses),
             "host": "vb" + endpoint_id[:11], "peer": "vc" + endpoint_id[:11]}
+
+
+def mac_for(addresses: list[str]) -> str:
+    """A MAC that follows the IPv4 address (``02:be:`` and its four bytes, locally administered), as Docker's own
+    bridge does with ``02:42:``: a new container on an address the host's ARP cache still maps to an old one's MAC
+    would otherwise be unreachable until that entry goes stale. Empty (the veth's random MAC) without IPv4."""
+    v4 = next((ipaddress.ip_interface(a).ip for a in addresses if ipaddress.ip_interface(a).version == 4), None)
+    return "" if v4 is None else "02:be:" + ":".join(f"{b:02x}" for b in v4.packed)
 
 
 def tag(endpoint: dict) -> str:

@@ -66,6 +66,8 @@ def test_two_containers_reach_each_other_by_address(docker_host, network):
     gateway = str(ipaddress.ip_network(subnet).network_address + 1)
     routes = docker_host.docker("exec", "bt-web-a", "ip", "route").stdout
     assert f"default via {gateway} dev eth0" in routes
+    mac = docker_host.docker("exec", "bt-web-a", "cat", "/sys/class/net/eth0/address").stdout.strip()
+    assert mac == "02:be:" + ":".join(f"{b:02x}" for b in ipaddress.ip_address(a).packed)  # follows the address
 
 
 def test_published_port_reaches_container_and_a_taken_port_is_refused(docker_host, network):

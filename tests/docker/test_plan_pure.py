@@ -158,3 +158,12 @@ def test_ipam_overlay_pool_is_the_hosts_subnet(tmp_path):
     with pytest.raises(DriverError, match="leave --subnet out"):
         driver.request_pool({"Pool": "10.214.9.0/24", "Options": {"berth.overlay": "true"}})
     assert driver.request_pool({"Options": {"berth.overlay": "true"}})["Pool"] == "10.214.3.0/24"
+
+
+def test_an_endpoint_mac_follows_its_ipv4_address_unless_docker_gives_one():
+    network = network_plan.plan_network(_network_request(), "bt-")
+    endpoint = network_plan.plan_endpoint({"EndpointID": EID, "Interface": {"Address": "10.231.9.7/24"}}, network)
+    assert endpoint["mac"] == "02:be:0a:e7:09:07" and not endpoint["mac_given"]
+    chosen = network_plan.plan_endpoint({"EndpointID": EID, "Interface": {"Address": "10.231.9.7/24",
+                                                                          "MacAddress": "02:00:00:00:00:01"}}, network)
+    assert chosen["mac"] == "02:00:00:00:00:01" and chosen["mac_given"]
