@@ -45,11 +45,6 @@ def delete_link(name: str) -> bool:
         return nl.delete_link(name=name)
 
 
-def link_exists(name: str) -> bool:
-    with rtnl.Rtnl() as nl:
-        return nl.link(name) is not None
-
-
 def create_port(bridge: str, host_name: str, peer_name: str, mtu: int, mac: Optional[str]) -> None:
     """A veth pair: ``host_name`` a port of ``bridge`` and up, ``peer_name`` left here for Docker to move."""
     undo = link_ops.Undo()

@@ -46,8 +46,14 @@ class NetworkDriver:
                 if other_id != network["id"] and other["bridge"] == network["bridge"]:
                     raise DriverError(f"bridge {network['bridge']} already serves network {other_id[:12]}", 409)
             network["created_bridge"] = not datapath.bridge_exists(network["bridge"])
-            _kernel(lambda: datapath.ensure_bridge(network["bridge"], network["mtu"], network_plan.gateways(network)))
-            self.state.put("networks", network["id"], network)
+            try:
+                _kernel(lambda: datapath.ensure_bridge(network["bridge"], network["mtu"],
+                                                       network_plan.gateways(network)))
+                self.state.put("networks", network["id"], network)
+            except BaseException:
+                if network["created_bridge"]:  # refused or failed: leave no bridge behind
+                    datapath.delete_link(network["bridge"])
+                raise
         log.info("network %s: bridge %s, subnets %s", network["id"][:12], network["bridge"],
                  [s["pool"] for s in network["subnets"]])
         return {}
@@ -149,8 +155,11 @@ class NetworkDriver:
         with self._lock:
             networks = dict(self.state.all("networks"))
             for network in networks.values():
-                _kernel(lambda: datapath.ensure_bridge(network["bridge"], network["mtu"],
-                                                       network_plan.gateways(network)))
+                try:
+                    _kernel(lambda: datapath.ensure_bridge(network["bridge"], network["mtu"],
+                                                           network_plan.gateways(network)))
+                except DriverError as exc:  # one broken network must not keep the others from being served
+                    log.error("network %s: cannot restore bridge %s: %s", network["id"][:12], network["bridge"], exc)
             endpoints = dict(self.state.all("endpoints"))
             for endpoint in endpoints.values():
                 if endpoint["network"] not in networks:

@@ -135,7 +135,11 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 def _claim_socket_path(path: str) -> None:
     """Remove a dead plugin's socket; refuse when a live one answers there."""
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    info = os.stat(folder)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:  # another user could swap our socket for theirs
+        raise OSError(f"{folder}: must belong to uid {os.geteuid()} and be writable by it alone")
     if not os.path.lexists(path):
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
