@@ -5,6 +5,7 @@ Each test builds its own network on the module's private engine and removes it; 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import json
 import socket
@@ -209,6 +210,49 @@ def test_names_and_aliases_answer_in_berth_dns_and_go_with_the_container(docker_
     wait_until(lambda: docker_host.dig("www.berth.internal", "127.0.0.1", port) == [], timeout=30,
                what="the name going with the container")
     assert docker_host.dig("bt-named.berth.internal", "127.0.0.1", port) == []
+
+
+def test_containers_started_at_once_get_distinct_addresses_and_leave_nothing(docker_host, network):
+    name, subnet = network()
+    names = [f"bt-par-{i}" for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda n: docker_host.docker("run", "-d", "--name", n, "--network", name, "bt-busybox:1",
+                                                   "sleep", "600"), names))
+    addresses = [docker_host.address_of(n) for n in names]
+    assert len(set(addresses)) == len(names) and _reserved(docker_host, subnet) == sorted(addresses)
+    assert len(_veths(docker_host)) == len(names)
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda n: docker_host.docker("rm", "-f", n), names))
+    assert _veths(docker_host) == [] and _reserved(docker_host, subnet) == [] and _endpoint_records(docker_host) == []
+
+
+def test_the_plugin_refuses_connections_beyond_its_cap_and_serves_again_after(docker_host):
+    from docker_plugin.server import MAX_CONNECTIONS
+    held = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(docker_host.plugin_socket))
+            held.append(sock)
+        sock = held[-1]
+        # the last admitted one is served (and kept open: a keep-alive request, as Docker's client sends)
+        sock.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n\r\n")
+        sock.settimeout(10)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as extra:
+            extra.settimeout(10)
+            extra.connect(str(docker_host.plugin_socket))
+            try:
+                extra.sendall(_post("Plugin.Activate", b""))
+                answer = extra.recv(65536)
+            except (BrokenPipeError, ConnectionResetError):  # closed before or while we wrote
+                answer = b""
+            assert answer == b""  # closed at once, not queued without bound
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_until(lambda: _raw(docker_host, _post("Plugin.Activate", b"")).startswith(b"HTTP/1.1 200"),
+                      timeout=20, what="the plugin serving again")
 
 
 # These two restart dockerd: they stay last in the module.
