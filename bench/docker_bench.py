@@ -6,7 +6,7 @@ one run, on one private dockerd (20.10).
 Each round starts ``docker run -d … httpd`` on each network in turn (the order alternates) with a fixed address,
 and times from the moment the CLI is started to the first TCP connection the container's httpd accepts, dialled
 from the host side every millisecond; ``docker run`` returning is timed too. The engine runs in a simulated host of
-its own (network and mount namespaces, tests/docker/harness.py), ``--iptables=false``: Docker's bridge network
+its own (network and mount namespaces, berth/private_docker.py), ``--iptables=false``: Docker's bridge network
 works for host-to-container traffic without its iptables rules, so both sides do the same work but for the driver.
 Prints median and 90th percentile per network.
 """
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cni_plugins import netns  # noqa: E402
-from tests.docker.harness import DOCKER_CLI, IMAGE, DockerHost, available  # noqa: E402
+from berth.private_docker import DOCKER_CLI, IMAGE, PrivateDocker as DockerHost, missing as available  # noqa: E402
 
 DEADLINE = 30.0
 

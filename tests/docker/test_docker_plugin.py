@@ -228,29 +228,29 @@ def test_containers_started_at_once_get_distinct_addresses_and_leave_nothing(doc
 
 def test_the_plugin_refuses_connections_beyond_its_cap_and_serves_again_after(docker_host):
     from docker_plugin.server import MAX_CONNECTIONS
-    held = []
+    keep_alive = b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n\r\n"
+    held, served, refused = [], 0, 0
     try:
-        for _ in range(MAX_CONNECTIONS):
+        for _ in range(MAX_CONNECTIONS + 4):  # each kept open after its answer, as Docker's client keeps them
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
             sock.connect(str(docker_host.plugin_socket))
             held.append(sock)
-        sock = held[-1]
-        # the last admitted one is served (and kept open: a keep-alive request, as Docker's client sends)
-        sock.sendall(b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n\r\n")
-        sock.settimeout(10)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as extra:
-            extra.settimeout(10)
-            extra.connect(str(docker_host.plugin_socket))
             try:
-                extra.sendall(_post("Plugin.Activate", b""))
-                answer = extra.recv(65536)
+                sock.sendall(keep_alive)
+                answer = sock.recv(65536)
             except (BrokenPipeError, ConnectionResetError):  # closed before or while we wrote
                 answer = b""
-            assert answer == b""  # closed at once, not queued without bound
+            if answer.startswith(b"HTTP/1.1 200"):
+                served += 1
+            else:
+                assert answer == b""  # closed at once, not queued without bound
+                refused += 1
     finally:
         for sock in held:
             sock.close()
+    # dockerd may hold an idle connection or two of its own
+    assert MAX_CONNECTIONS - 4 <= served <= MAX_CONNECTIONS and refused >= 4
     assert wait_until(lambda: _raw(docker_host, _post("Plugin.Activate", b"")).startswith(b"HTTP/1.1 200"),
                       timeout=20, what="the plugin serving again")
 
