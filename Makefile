@@ -10,7 +10,7 @@ APT_PACKAGES := iproute2 nftables iptables etcd-server etcd-client podman runc b
 	zookeeper docker.io
 PYTEST_ARGS ?=
 
-.PHONY: all deps apt venv node-clients test test-pure demo bench clean
+.PHONY: all deps apt venv node-clients test test-pure demo demo-docker bench clean
 
 all: test
 
@@ -64,6 +64,9 @@ test-pure: venv
 
 demo: deps
 	$(VENV)/bin/berth demo
+
+demo-docker: deps
+	$(VENV)/bin/berth demo --docker
 
 bench: deps
 	$(PY) bench/run_all.py $(BENCH_ARGS)
