@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import ipaddress
 import json
+import secrets
 import socket
 
 import pytest
@@ -253,6 +254,19 @@ def test_the_plugin_refuses_connections_beyond_its_cap_and_serves_again_after(do
     assert MAX_CONNECTIONS - 4 <= served <= MAX_CONNECTIONS and refused >= 4
     assert wait_until(lambda: _raw(docker_host, _post("Plugin.Activate", b"")).startswith(b"HTTP/1.1 200"),
                       timeout=20, what="the plugin serving again")
+
+
+def test_a_dual_stack_network_reaches_containers_over_ipv6(docker_host, network):
+    v6 = f"fd00:b7:{secrets.randbelow(1 << 16):x}::/64"
+    name, _ = network("--ipv6", "--subnet", v6)
+    docker_host.run_httpd("bt-six-a", name)
+    docker_host.run_httpd("bt-six-b", name)
+    fmt = "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}} {{.IPv6Gateway}}{{end}}"
+    address, gateway = docker_host.docker("inspect", "-f", fmt, "bt-six-a").stdout.split()
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(v6)
+    assert gateway == str(ipaddress.ip_network(v6).network_address + 1)
+    assert wait_until(lambda: docker_host.fetch_from("bt-six-b", f"http://[{address}]/"), timeout=20,
+                      what="b fetching a's page over IPv6").strip() == PAGE
 
 
 # These two restart dockerd: they stay last in the module.
