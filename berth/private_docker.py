@@ -174,7 +174,7 @@ class PrivateDocker:
             DOCKERD, "--data-root", str(self.work / "root"), "--exec-root", str(self.work / "exec"),
             "-H", f"unix://{self.socket}", "--pidfile", str(self.work / "dockerd.pid"),
             "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--bridge=none",
-            "--userland-proxy=false"], "dockerd.log")
+            "--userland-proxy=false", "--shutdown-timeout=2"], "dockerd.log")  # busybox PID 1 ignores SIGTERM
         poll(lambda: self.dockerd.poll() is not None or self.docker("version", check=False).returncode == 0,
              60, "dockerd", interval=0.2)
         if self.dockerd.poll() is not None:

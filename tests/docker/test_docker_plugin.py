@@ -269,6 +269,58 @@ def test_a_dual_stack_network_reaches_containers_over_ipv6(docker_host, network)
                       what="b fetching a's page over IPv6").strip() == PAGE
 
 
+ID = "ab" * 32
+WRONG_TYPES = (b'{"NetworkID": 5, "EndpointID": 5, "PoolID": 5, "Pool": 5, "SubPool": 5, "Address": 5,'
+               b' "Options": 5, "Interface": 5, "IPv4Data": 5}')
+BAD_FOR_ALL = [b"[]", b"7", b'"text"', b"{not json", WRONG_TYPES,
+               b'{"NetworkID": "../../etc", "EndpointID": "../x", "PoolID": "../x", "Pool": "../x"}']
+BAD_FOR = {  # bodies that are wrong for one method in particular
+    "NetworkDriver.CreateNetwork": [
+        b'{"NetworkID": "%s", "Options": []}' % ID.encode(),
+        b'{"NetworkID": "%s", "IPv4Data": "10.0.0.0/8"}' % ID.encode(),
+        b'{"NetworkID": "%s", "IPv4Data": [{"Pool": "10.0.0.1/8", "Gateway": "x"}]}' % ID.encode(),
+        b'{"NetworkID": "%s", "IPv4Data": [{"Pool": "10.0.0.0/16", "Gateway": "10.1.0.1/16"}]}' % ID.encode(),
+        b'{"NetworkID": "%s", "Options": {"com.docker.network.generic": {"berth.mtu": []}}}' % ID.encode(),
+        b'{"NetworkID": "%s", "Options": {"com.docker.network.generic": {"berth.bridge": 5}}}' % ID.encode()],
+    "NetworkDriver.CreateEndpoint": [b'{"NetworkID": "%s", "EndpointID": "%s"}' % (ID.encode(), ID.encode())],
+    "NetworkDriver.Join": [b'{"NetworkID": "%s", "EndpointID": "%s"}' % (ID.encode(), ID.encode())],
+    "NetworkDriver.ProgramExternalConnectivity": [
+        b'{"NetworkID": "%s", "EndpointID": "%s", "Options": {"com.docker.network.portmap": [{"Proto": 1}]}}'
+        % (ID.encode(), ID.encode())],
+    "IpamDriver.RequestPool": [b'{"Pool": "10.0.0.1/8"}', b'{"Pool": "10.231.250.0/24", "SubPool": "10.9.0.0/25"}',
+                               b'{"Options": {"berth.overlay": "maybe"}}', b'{"Pool": "fd00::/64"}'],
+    "IpamDriver.RequestAddress": [b'{"PoolID": "10.0.0.0_8"}'],
+    "IpamDriver.ReleaseAddress": [b'{"PoolID": "10.0.0.0_8", "Address": "garbage"}'],
+}
+
+
+def test_bad_requests_to_every_method_get_a_clear_4xx_and_change_nothing(docker_host):
+    from docker_plugin.cli import routes
+
+    def snapshot():
+        return (sorted(str(p) for p in docker_host.state_dir.rglob("*")), docker_host.links(),
+                docker_host.rule_comments())
+
+    before = snapshot()
+    for method in sorted(routes(_Names(), _Names())):
+        for body in BAD_FOR_ALL + BAD_FOR.get(method, []):
+            answer = _raw(docker_host, _post(method, body))
+            status = int(answer.split(b" ", 2)[1])
+            assert status < 500, (method, body, answer)
+            if status != 200:
+                assert b'"Err": "' in answer, (method, body, answer)
+            elif method in BAD_FOR or (body in BAD_FOR_ALL[:4]):
+                raise AssertionError(f"{method} accepted {body!r}: {answer!r}")
+    assert snapshot() == before
+
+
+class _Names:
+    """Stands in for the drivers when only the route names are wanted."""
+
+    def __getattr__(self, name):
+        return name
+
+
 # These two restart dockerd: they stay last in the module.
 
 def test_a_dockerd_restart_keeps_the_network_and_its_containers_start_again(docker_host, network):
