@@ -45,7 +45,9 @@ class NetworkDriver:
             for other_id, other in self.state.all("networks"):
                 if other_id != network["id"] and other["bridge"] == network["bridge"]:
                     raise DriverError(f"bridge {network['bridge']} already serves network {other_id[:12]}", 409)
-            network["created_bridge"] = not datapath.bridge_exists(network["bridge"])
+            earlier = self.state.get("networks", network["id"])  # Docker repeating a create it saw fail
+            network["created_bridge"] = (earlier or {}).get("created_bridge") or \
+                not datapath.bridge_exists(network["bridge"])
             try:
                 _kernel(lambda: datapath.ensure_bridge(network["bridge"], network["mtu"],
                                                        network_plan.gateways(network)))
