@@ -11,6 +11,7 @@ the holder: the namespaces go with it.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import shutil
@@ -66,6 +67,14 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
             proc.wait()
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
 def busybox_rootfs(path: Path) -> Path:
     """A root filesystem of busybox-static with every applet linked in /bin and a page in /www for httpd."""
     bin_dir = path / "bin"
@@ -99,6 +108,7 @@ class PrivateDocker:
         self.dockerd: Optional[subprocess.Popen] = None
         self.plugin: Optional[subprocess.Popen] = None
         self.services: list[subprocess.Popen] = []
+        self.agent: Optional[subprocess.Popen] = None
 
     # --- life cycle ----------------------------------------------------------------------------------------------
 
@@ -200,11 +210,14 @@ class PrivateDocker:
             tar.wait()
 
     def start_agent(self) -> None:
-        """A discovery agent inside the simulated host on ``store_url`` (its spool is the plugin's)."""
+        """A discovery agent inside the simulated host on ``store_url`` (its spool is the plugin's); one at most."""
+        if self.agent is not None and self.agent.poll() is None:
+            return
         proc = self._spawn([*BERTH, "agent", "--store", self.store_url, "--socket", str(self.agent_socket),
                             "--no-http", "--host", self.label, "--state-dir", str(self.work / "agent-state"),
                             "--spool-dir", str(self.spool_dir), "--resync", "1"], "agent.log", stdout=subprocess.PIPE)
         self.services.append(proc)
+        self.agent = proc
         line = proc.stdout.readline()
         proc.stdout.close()
         if not line.startswith(b"ready"):
@@ -304,10 +317,12 @@ class PrivateDocker:
             return ""
         return proc.stdout if proc.returncode == 0 else ""
 
-    def dig(self, name: str, server: str, port: int) -> list[str]:
-        """The A records ``berth dns`` gives for ``name`` (dig, bounded)."""
+    def dig(self, name: str, server: str, port: int) -> Optional[list[str]]:
+        """The A records ``berth dns`` gives for ``name`` (dig, bounded); None when no answer came at all."""
         proc = self.run_here("dig", "+short", "+time=2", "+tries=1", "-p", str(port), f"@{server}", name, "A")
-        return sorted(line for line in proc.stdout.split() if line[0].isdigit())
+        if proc.returncode != 0:
+            return None
+        return sorted(line for line in proc.stdout.splitlines() if _is_address(line))
 
     def links(self) -> list[str]:
         out = self.run_here("ip", "-o", "link", "show").stdout

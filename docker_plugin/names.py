@@ -3,9 +3,11 @@ answer in ``berth dns``, as ``berth-register`` does for CNI runtimes.
 
 Docker tells a network driver neither names nor aliases, so a watcher thread follows dockerd's network
 connect/disconnect events for this driver's networks and reads each container's settings from the engine API.
-At every (re)start of the event stream it resyncs: every attached container is registered again and the agent
-drops what is no longer attached (its ``gc``). Registrations go through the agent's socket, spooled on disk when
-no agent listens (the agent applies the spool when it starts), so none is lost.
+At every (re)start of the event stream it resyncs: every attached container is registered again. A disconnect
+missed while the plugin was down needs no event: each registration carries the container's sandbox (its network
+namespace), and the agent drops an endpoint whose namespace is gone. (The agent's ``gc`` is not used: it works by
+network name, and a CNI network of the same name would lose its endpoints.) Registrations go through the agent's
+socket, spooled on disk when no agent listens (the agent applies the spool when it starts), so none is lost.
 """
 from __future__ import annotations
 
@@ -66,7 +68,6 @@ class NameRegistrar:
         self.agent_socket, self.spool_dir, self.timeout = agent_socket, spool_dir, timeout
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self.synced = threading.Event()  # set after each completed resync (tests and logs wait on it)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="docker-names", daemon=True)
@@ -93,12 +94,8 @@ class NameRegistrar:
 
     def resync(self) -> None:
         for network in self.api.networks(self.driver):
-            valid = []
             for container_id in (network.get("Containers") or {}):
-                if self.register(container_id, network["Id"], network["Name"]):
-                    valid.append([container_id, network["Id"][:12]])
-            self._send({"op": "gc", "network": dns_label_for(network["Name"]) or "docker", "valid": valid})
-        self.synced.set()
+                self.register(container_id, network["Id"], network["Name"])
 
     def on_event(self, event: dict) -> None:
         actor = event.get("Actor") or {}

@@ -190,6 +190,21 @@ def test_the_plugin_socket_is_root_only_and_refuses_bad_requests_clearly(docker_
     assert huge.startswith(b"HTTP/1.1 413")
 
 
+def test_a_name_waits_in_the_spool_until_the_agent_starts(docker_host, network):
+    if docker_host.agent is not None:
+        pytest.skip("the module's agent already runs")
+    name, _ = network()
+    docker_host.run_httpd("bt-early", name, "--network-alias", "early")
+    address = docker_host.address_of("bt-early")
+    wait_until(lambda: list(docker_host.spool_dir.glob("*")), timeout=30, what="the registration in the spool")
+    port = free_port()
+    docker_host.start_agent()
+    docker_host.start_dns(f"127.0.0.1:{port}")
+    assert wait_until(lambda: docker_host.dig("early.berth.internal", "127.0.0.1", port), timeout=30,
+                      what="the spooled name answering") == [address]
+    assert not [p for p in docker_host.spool_dir.glob("*") if p.is_file()]  # the agent took it
+
+
 def test_names_and_aliases_answer_in_berth_dns_and_go_with_the_container(docker_host, network):
     name, subnet = network()
     gateway = str(ipaddress.ip_network(subnet).network_address + 1)
