@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     thread.start()
     log.info("Docker plugin %s listening on %s (state in %s)", args.name, path, args.state_dir)
     api = DockerAPI(args.docker_host)
-    threading.Thread(target=forget_unknown, args=(network, ipam, api, args.name, snapshot), daemon=True,
+    threading.Thread(target=agree_with_docker, args=(network, ipam, api, args.name, snapshot), daemon=True,
                      name="docker-forget").start()
     names = None
     if not args.no_names:
@@ -109,10 +109,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def forget_unknown(network: NetworkDriver, ipam: IpamDriver, api: DockerAPI, driver: str, snapshot) -> None:
-    """Once, after start: drop networks and endpoints Docker no longer knows (it replays nothing, and a network
-    removed while the plugin was down was never deleted here). Asked from a thread of its own, after the socket
-    serves: dockerd may be waiting for this plugin while it starts."""
+def agree_with_docker(network: NetworkDriver, ipam: IpamDriver, api: DockerAPI, driver: str, snapshot) -> None:
+    """Once, after start, make the records agree with Docker: drop networks and endpoints Docker no longer knows
+    (it replays nothing, and a network removed while the plugin was down was never deleted here), and take back
+    networks Docker has that the records lack (a lost state directory). Asked from a thread of its own, after the
+    socket serves: dockerd may be waiting for this plugin while it starts."""
     for attempt in range(30):
         try:
             known = api.networks(driver)
@@ -129,3 +130,24 @@ def forget_unknown(network: NetworkDriver, ipam: IpamDriver, api: DockerAPI, dri
         ipam.release_forgotten(subnets, addresses)
     except Exception:  # noqa: BLE001 - a daemon thread: log, keep serving
         log.exception("dropping what Docker forgot failed")
+    held = network.snapshot()[0]
+    for docker_network in known:
+        if docker_network["Id"] in held or docker_network["Id"] in snapshot[0]:
+            continue
+        try:
+            adopt(network, ipam, driver, docker_network)
+        except Exception:  # noqa: BLE001 - one network's failure must not stop the others
+            log.exception("network %s: taking it back from Docker failed", docker_network["Id"][:12])
+
+
+def adopt(network: NetworkDriver, ipam: IpamDriver, driver: str, docker_network: dict) -> None:
+    """A network Docker has and this plugin has no record of (its state directory was lost): take it back."""
+    settings = docker_network.get("IPAM") or {}
+    attached = (docker_network.get("Containers") or {}).values()
+    addresses = [a for c in attached for a in (c.get("IPv4Address"), c.get("IPv6Address")) if a]
+    configs = settings.get("Config") or []
+    if settings.get("Driver") == driver:
+        gateways = ipam.adopt(configs, settings.get("Options") or {}, addresses)
+    else:  # another IPAM driver: its gateways are in Docker's config
+        gateways = {c["Subnet"]: f"{c['Gateway']}/{c['Subnet'].split('/')[1]}" for c in configs if c.get("Gateway")}
+    network.adopt(docker_network, gateways)

@@ -137,6 +137,33 @@ class IpamDriver:
             if self.state.get("pools", pool_id_for(network)) is not None:
                 self.release_address({"PoolID": pool_id_for(network), "Address": address})
 
+    def adopt(self, configs: list[dict], options: dict, addresses: list[str]) -> dict[str, str]:
+        """Take back a pool Docker still uses but this plugin lost the record of (its state directory was
+        lost): the pool from Docker's IPAM config, every address Docker's containers hold reserved again.
+        Returns the gateway (``a.b.c.d/len``) of each subnet."""
+        gateways = {}
+        overlay = overlay_requested(options or {}, OVERLAY_OPTION, "--ipam-opt")
+        with self._lock:
+            for config in configs:
+                subnet = _network(text(config, "Subnet"), "Subnet")
+                pool_id = pool_id_for(subnet)
+                record = self.state.get("pools", pool_id)
+                if record is None:
+                    gateway = config.get("Gateway") or str(subnet.network_address + 1)
+                    record = {"pool": str(subnet), "sub_pool": config.get("IPRange") or "", "gateway": gateway,
+                              "overlay": overlay}
+                    self._range(record)
+                    self.state.put("pools", pool_id, record)
+                gateways[str(subnet)] = f"{record['gateway'] or subnet.network_address + 1}/{subnet.prefixlen}"
+                store = DiskStore(pool_id, self.data_dir)
+                with store.lock():
+                    held = store.reservations()
+                    for address in addresses:
+                        ip = ipaddress.ip_interface(address).ip
+                        if ip in subnet and ip not in held:
+                            store.reserve(Attachment(secrets.token_hex(8), OWNER_IFNAME), ip, 0)
+        return gateways
+
     # --- helpers -----------------------------------------------------------------------------------------------------
 
     def reserved(self, pool_id: str) -> dict:

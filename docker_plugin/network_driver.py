@@ -202,6 +202,33 @@ class NetworkDriver:
                 self.delete_endpoint({"EndpointID": endpoint_id})
         return freed, addresses
 
+    def adopt(self, docker_network: dict, gateways: dict[str, str]) -> None:
+        """Take back a network Docker still has but this plugin lost the records of: the network from Docker's
+        inspect (its options, subnets and the gateways IPAM kept), and an endpoint per attached container, so
+        its veth, rules and address are removed with it again (veth names follow from the endpoint id)."""
+        network_id = docker_network["Id"]
+        options = docker_network.get("Options") or {}
+        data: dict[str, list] = {"IPv4Data": [], "IPv6Data": []}
+        for subnet, gateway in gateways.items():
+            data["IPv6Data" if ":" in subnet else "IPv4Data"].append({"Pool": subnet, "Gateway": gateway})
+        self.create_network({"NetworkID": network_id, "Options": {network_plan.GENERIC: options}, **data})
+        if network_plan.OPTION_BRIDGE not in options:
+            with self._lock:  # the bridge carries this plugin's name scheme: it is ours to remove
+                record = self.state.get("networks", network_id)
+                self.state.put("networks", network_id, {**record, "created_bridge": True})
+        for attached in (docker_network.get("Containers") or {}).values():
+            interface = {"Address": attached.get("IPv4Address") or "", "AddressIPv6": attached.get("IPv6Address") or "",
+                         "MacAddress": attached.get("MacAddress") or ""}
+            request = {"NetworkID": network_id, "EndpointID": attached.get("EndpointID") or "", "Interface": interface}
+            self.create_endpoint(request)
+            with self._lock:
+                network, endpoint = self._network(request), self._endpoint(request)
+                if network["masquerade"]:
+                    _kernel(lambda: datapath.add_masquerade(network_plan.tag(endpoint), _addresses(endpoint),
+                                                              network["masquerade_scope"]))
+        log.info("network %s: taken back from Docker with %d endpoints", network_id[:12],
+                 len(docker_network.get("Containers") or {}))
+
     # --- helpers -----------------------------------------------------------------------------------------------------
 
     def _remove_endpoint(self, endpoint: dict) -> None:

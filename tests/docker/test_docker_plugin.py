@@ -9,6 +9,7 @@ import concurrent.futures
 import ipaddress
 import json
 import secrets
+import shutil
 import socket
 
 import pytest
@@ -334,6 +335,33 @@ class _Names:
 
     def __getattr__(self, name):
         return name
+
+
+def test_a_lost_state_directory_is_rebuilt_from_docker(docker_host, network):
+    name, subnet = network()
+    port = free_port()
+    docker_host.run_httpd("bt-kept", name, "-p", f"{port}:80")
+    kept = docker_host.address_of("bt-kept")
+    docker_host.stop_plugin()
+    lost = docker_host.state_dir.with_name("lost-state")
+    docker_host.state_dir.rename(lost)
+    try:
+        docker_host.start_plugin()
+        wait_until(lambda: _reserved(docker_host, subnet) == [kept] and _endpoint_records(docker_host), timeout=60,
+                   what="the plugin taking the network back from Docker")
+        docker_host.run_httpd("bt-new", name)
+        new = docker_host.address_of("bt-new")
+        assert new != kept and _reserved(docker_host, subnet) == sorted([kept, new])
+        assert wait_until(lambda: docker_host.fetch_from("bt-new", f"http://{kept}/"), timeout=20,
+                          what="the new container reaching the kept one").strip() == PAGE
+        assert docker_host.fetch_here(f"http://127.0.0.1:{port}/").strip() == PAGE
+        docker_host.docker("rm", "-f", "bt-kept", "bt-new")
+        assert _veths(docker_host) == [] and _reserved(docker_host, subnet) == [] and docker_host.rule_comments() == []
+        bridge = json.loads(next((docker_host.state_dir / "networks").glob("*.json")).read_text())["bridge"]
+        docker_host.docker("network", "rm", name)
+        assert bridge not in docker_host.links() and list((docker_host.state_dir / "pools").glob("*.json")) == []
+    finally:
+        shutil.rmtree(lost, ignore_errors=True)
 
 
 # These two restart dockerd: they stay last in the module.
