@@ -23,6 +23,7 @@ OPTION_OVERLAY = "berth.overlay"
 KNOWN_OPTIONS = (OPTION_BRIDGE, OPTION_MTU, OPTION_MASQUERADE, OPTION_OVERLAY)
 PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 CONTAINER_IFNAME = "eth0"  # only for the rule tag: Docker picks the name in the sandbox
+ENDPOINT_MARK = "docker-"  # a rule tag's container field for an endpoint of this face
 _DOCKER_ID = re.compile(r"[0-9a-f]{12,64}\Z")
 
 
@@ -144,7 +145,13 @@ def mac_for(addresses: list[str]) -> str:
 
 def tag(endpoint: dict) -> str:
     """The firewall tag of an endpoint's rules: the CNI face's format, endpoint id for container id."""
-    return firewall.attachment_tag(endpoint["network"], endpoint["id"][:24], CONTAINER_IFNAME)
+    return firewall.attachment_tag(endpoint["network"], ENDPOINT_MARK + endpoint["id"][:24], CONTAINER_IFNAME)
+
+
+def readable_conflicts(messages: list[str]) -> list[str]:
+    """The portmap plan names a rule's owner as a container; for an owner from this face, say which endpoint
+    (``docker network inspect`` lists endpoint ids)."""
+    return [m.replace(f"by container {ENDPOINT_MARK}", "by the container of Docker endpoint ") for m in messages]
 
 
 def port_mappings(options: dict) -> list[dict]:
@@ -178,4 +185,4 @@ def plan_ports(endpoint: dict, mappings: Iterable[dict]):
         raise DriverError(exc.msg) from None
     addresses = [ipaddress.ip_interface(a).ip for a in endpoint["addresses"]]
     endpoint_tag = tag(endpoint)
-    return plan_rules(cfg, addresses), (lambda existing: conflicts(cfg, endpoint_tag, existing))
+    return plan_rules(cfg, addresses), (lambda existing: readable_conflicts(conflicts(cfg, endpoint_tag, existing)))

@@ -167,3 +167,12 @@ def test_an_endpoint_mac_follows_its_ipv4_address_unless_docker_gives_one():
     chosen = network_plan.plan_endpoint({"EndpointID": EID, "Interface": {"Address": "10.231.9.7/24",
                                                                           "MacAddress": "02:00:00:00:00:01"}}, network)
     assert chosen["mac"] == "02:00:00:00:00:01" and chosen["mac_given"]
+
+
+def test_a_port_held_by_another_docker_endpoint_names_that_endpoint():
+    endpoint = {"id": EID, "network": NID, "addresses": ["10.231.9.7/24"]}
+    _, claims = network_plan.plan_ports(endpoint, [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp",
+                                                    "hostIP": ""}])
+    other = network_plan.tag({"id": "ef" * 32, "network": NID}) + " dnat tcp/8080/*"
+    assert claims([other]) == ["tcp host port 8080 is already mapped by the container of Docker endpoint "
+                               + "ef" * 12]
