@@ -8,10 +8,10 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables iptables etcd-server etcd-client podman runc busybox-static \
 	containernetworking-plugins dnsperf dnsutils dnsmasq-base aardvark-dns tcpdump iperf3 \
 	kmod procps psmisc gcc libc6-dev graphviz python3-consul curl util-linux passwd haproxy prometheus \
-	zookeeper default-jdk-headless libcurator-discovery-java libcurator-recipes-java
+	zookeeper default-jdk-headless libcurator-discovery-java libcurator-recipes-java docker.io
 PYTEST_ARGS ?=
 
-.PHONY: all deps apt venv node-clients test test-pure demo bench clean
+.PHONY: all deps apt venv node-clients test test-pure demo demo-docker bench clean
 
 all: test
 
@@ -69,6 +69,9 @@ test-pure: venv
 
 demo: deps
 	$(VENV)/bin/berth demo
+
+demo-docker: deps
+	$(VENV)/bin/berth demo --docker
 
 bench: deps
 	$(PY) bench/run_all.py $(BENCH_ARGS)

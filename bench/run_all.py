@@ -22,6 +22,7 @@ BENCHES = [  # (script, quick arguments)
     ("discovery_durability_bench.py", ["--count", "200", "--stall", "5", "--scale", "1000"]),
     ("dns_bench.py", ["--duration", "5"]),
     ("overlay_bench.py", ["--joins", "10", "--iperf-seconds", "3"]),
+    ("docker_bench.py", ["--count", "5"]),
 ]
 
 

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "overlay": ("overlay.cli", "the VXLAN overlay host daemon, and its records in the store"),
     "dns": ("dnsd.cli", "serve the discovery view over DNS (and forward other names upstream)"),
     "ipam": ("berth.ipam_check", "cluster IPAM: `berth ipam check` reports pool use, leaks, duplicates; frees leaks"),
+    "docker-plugin": ("docker_plugin.cli", "Docker's network and IPAM driver (docker network create -d berth)"),
     "status": ("berth.status", "show the cluster as the datastore holds it: hosts, endpoints, address use, a picture"),
 }
 

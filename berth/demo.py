@@ -32,6 +32,8 @@ VXLAN_PORT = 8472  # the overlay's default UDP port
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-going", action="store_true",
                         help="play every step even after a failed check (default: stop at the first failure)")
+    parser.add_argument("--docker", action="store_true",
+                        help="the Docker variant: a private dockerd with Berth as its network and IPAM driver")
     parser.add_argument("--picture", default="berth-topology.svg",
                         help="where `berth status --graph` draws the two hosts (default ./berth-topology.svg; "
                              "it is kept after the teardown)")
@@ -79,6 +81,9 @@ class Story:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "docker", False):
+        from berth.demo_docker import run_docker
+        return run_docker(args)
     if os.geteuid() != 0:
         print("berth demo creates network namespaces: run it as root (e.g. `sudo make demo`)", file=sys.stderr)
         return 1
