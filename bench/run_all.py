@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [  # (script, quick arguments)
     ("ipam_bench.py", ["--count", "50"]),
     ("bridge_bench.py", ["--sequential", "30", "--parallel", "100"]),
-    ("fastpath_bench.py", ["--sequential", "50", "--parallel", "100", "--fallback", "5"]),
+    ("fastpath_bench.py", ["--sequential", "50", "--cold", "30", "--ipam", "50", "--parallel", "100"]),
     ("store_bench.py", ["--ops", "200", "--watch", "100"]),
     ("discovery_bench.py", ["--count", "200"]),
     ("discovery_durability_bench.py", ["--count", "200", "--stall", "5", "--scale", "1000"]),
