@@ -8,14 +8,13 @@ Lives below ``cni_plugins`` so the IPAM library and every plugin use the same ru
 from __future__ import annotations
 
 import os
-from typing import Any
 
 PATH_MAX = 4095        # bytes, without the final NUL
 NAME_MAX = 255         # bytes per component
 MAX_COMPONENTS = 64
 
 
-def absolute_path(value: Any, field: str) -> str:
+def absolute_path(value: object, field: str) -> str:
     """``value`` if it is a usable absolute path, else ValueError naming ``field`` (falsy values included)."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{field}: must be a non-empty absolute path, not {value!r}")
@@ -40,7 +39,7 @@ def absolute_path(value: Any, field: str) -> str:
     return value
 
 
-def optional_path(config: Any, key: str, default: str | None, field: str) -> str | None:
+def optional_path(config: object, key: str, default: str | None, field: str) -> str | None:
     """``config[key]`` checked by :func:`absolute_path`; absent or null means ``default`` (other falsy values
     such as ``""``, ``0`` or ``false`` are errors, not a silent default)."""
     value = config.get(key) if hasattr(config, "get") else None
