@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import statistics
@@ -58,13 +59,18 @@ class Flavour:
         return dict(self.env, CNI_COMMAND=command, CNI_CONTAINERID=container, CNI_NETNS=f"/run/netns/{netns}")
 
     def call(self, command, container, netns):
+        """(wall ms, CPU ms, result): CPU is the exec'd process's and its children's, read from this process's
+        reaped-children usage, so it is exact only while one call runs at a time (the sequential tables)."""
         env = self.environment(command, container, netns)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.run([self.executable], input=self.conf, env=env, capture_output=True)
         elapsed = (time.perf_counter() - started) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
         if proc.returncode != 0:
             raise RuntimeError(f"{self.label} {command} {container}: {proc.stdout[:300]!r} {proc.stderr[-300:]!r}")
-        return elapsed, (json.loads(proc.stdout) if command == "ADD" else None)
+        return elapsed, cpu, (json.loads(proc.stdout) if command == "ADD" else None)
 
 
 def make_netns(count, tag):
@@ -80,8 +86,8 @@ def drop_netns(names):
 
 
 def sequential(runs, commands=("ADD", "DEL")):
-    """``runs`` = [(flavour, count)]: every ADD, then every DEL, the flavours taking turns; median ms of each
-    command per flavour."""
+    """``runs`` = [(flavour, count)]: every ADD, then every DEL, the flavours taking turns; per flavour and
+    command, the median wall ms and median CPU ms."""
     spaces = [make_netns(count, secrets.token_hex(2)) for _, count in runs]
     timings = [{command: [] for command in commands} for _ in runs]
     try:
@@ -89,21 +95,21 @@ def sequential(runs, commands=("ADD", "DEL")):
             for i in range(max(count for _, count in runs)):
                 for (flavour, count), names, times in zip(runs, spaces, timings):
                     if i < count:
-                        times[command].append(flavour.call(command, f"seq{i}", names[i])[0])
+                        times[command].append(flavour.call(command, f"seq{i}", names[i])[:2])
     finally:
         for names in spaces:
             drop_netns(names)
-    return [{command: statistics.median(times[command]) for command in commands} for times in timings]
+    return [{command: (statistics.median(w for w, _ in times[command]), statistics.median(c for _, c in times[command]))
+             for command in commands} for times in timings]
 
 
 def print_table(title, runs, results, commands=("ADD", "DEL")):
-    print(f"\n{title} (median ms per operation; ratio to the first row)")
-    print(f"{'':36} {'n':>5}" + "".join(f" {c + ' ms':>9}" for c in commands)
-          + "".join(f" {c + ' ratio':>10}" for c in commands))
+    print(f"\n{title}: median wall ms per operation and its ratio to the first row; CPU ms of the exec'd process")
+    print(f"{'':36} {'n':>5}" + "".join(f" {c + ' ms':>9} {'ratio':>7} {'CPU ms':>7}" for c in commands))
     reference = results[0]
     for (flavour, count), result in zip(runs, results):
-        print(f"{flavour.label:36} {count:5d}" + "".join(f" {result[c]:9.2f}" for c in commands)
-              + "".join(f" {result[c] / reference[c]:9.2f}x" for c in commands))
+        print(f"{flavour.label:36} {count:5d}" + "".join(
+            f" {result[c][0]:9.2f} {result[c][0] / reference[c][0]:6.2f}x {result[c][1]:7.1f}" for c in commands))
 
 
 def parallel(flavour, count, workers=8):
@@ -111,7 +117,7 @@ def parallel(flavour, count, workers=8):
     try:
         started = time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(lambda i: flavour.call("ADD", f"par{i}", names[i])[1], range(count)))
+            results = list(pool.map(lambda i: flavour.call("ADD", f"par{i}", names[i])[2], range(count)))
         add_seconds = time.perf_counter() - started
         addresses = [ip["address"].split("/")[0] for r in results for ip in r.get("ips", [])]
         duplicates = len(addresses) - len(set(addresses))
@@ -226,8 +232,9 @@ def main() -> int:
             for label, fl, command in (("bridge ADD", cold, "ADD"), ("bridge DEL", cold, "DEL"),
                                        ("ipam ADD", cold_ipam, "ADD"), ("ipam DEL", cold_ipam, "DEL")):
                 count, total, top, pyroute2 = import_profile(fl, command, "imports", names[0])
-                print(f"  {label:11} {count:4d} modules, {total:6.1f} ms, pyroute2 {'imported' if pyroute2 else 'not imported'};"
-                      f" dearest: " + ", ".join(f"{name} {ms:.1f}" for ms, name in top))
+                print(f"  {label:11} {count:4d} modules, {total:6.1f} ms, pyroute2 "
+                      f"{'imported' if pyroute2 else 'not imported'}; dearest: "
+                      + ", ".join(f"{name} {ms:.1f}" for ms, name in top))
         finally:
             drop_netns(names)
     finally:

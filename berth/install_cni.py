@@ -71,8 +71,8 @@ def render_launcher_stub(plugin_type: str, module: str, directory: Path) -> str:
             f"# {plugin_type}: Berth's CNI launcher (cni_plugins/launcher.py, installed as {LAUNCHER_MODULE}.py here)\n"
             "import sys\n"
             f"sys.path.insert(0, {str(directory)!r})\n"
-            f"from {LAUNCHER_MODULE} import launch\n"
-            f"raise SystemExit(launch({plugin_type!r}, {module!r}))\n")
+            f"from {LAUNCHER_MODULE} import main\n"
+            f"main({plugin_type!r}, {module!r})\n")
 
 
 def write_python_launchers(stub_dir: Path, plugins: dict[str, str], module_dir: Path | None = None,

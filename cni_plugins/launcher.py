@@ -220,9 +220,11 @@ def lost_in_flight(env):
 
 
 def run_in_process(plugin: str, module: str, stdin: bytes) -> int:
+    import gc
     import io
     import sys
 
+    gc.disable()  # one call, then exit frees everything: collecting cycles on the way is only cost (~1-2 ms)
     sys.path.extend(p for p in IMPORT_PATHS if p not in sys.path)
     try:
         skel = __import__("cni_plugins.skel", fromlist=["main"])
@@ -256,3 +258,22 @@ def launch(plugin: str, module: str) -> int:
                 sys.stderr.buffer.write(err)
             return code
     return run_in_process(plugin, module, stdin)
+
+
+def main(plugin: str, module: str) -> None:
+    """A plugin executable's whole life: :func:`launch`, then end the process at once, its output flushed.
+
+    The interpreter's orderly shutdown would free every object of every module imported (~5 ms of a cold call
+    here) for a process that is gone right after. Nothing on the CNI path registers exit handlers; the threads a
+    plugin starts are joined before its handler returns, but for a link deletion's wait in the kernel, which
+    finishes there on its own either way."""
+    import os
+    import sys
+
+    code = launch(plugin, module)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a runtime that stopped reading: nothing left to tell it
+            pass
+    os._exit(code)

@@ -16,10 +16,10 @@ shaped like pyroute2's, so a common ADD or DEL never imports pyroute2 (not even 
 """
 from __future__ import annotations
 
+import _socket  # socket.py's C core: the wrapper's enum conversions and selectors cost a cold call ~2 ms
 import errno
 import ipaddress
 import os
-import socket
 import struct
 import sys
 
@@ -150,8 +150,8 @@ class Rtnl:
         self._ipr = None
 
     @staticmethod
-    def _open(groups: int) -> socket.socket:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    def _open(groups: int) -> _socket.socket:
+        sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without a copy of our request
             sock.bind((0, groups))
@@ -301,7 +301,7 @@ def set_up_request(index: int):
 
 def address_request(index: int, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface, flags: int = 0):
     """``RTM_NEWADDR`` as pyroute2's ``addr("add")`` sends it (no broadcast, scope global)."""
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    family = _socket.AF_INET if address.version == 4 else _socket.AF_INET6
     packed = address.ip.packed
     attrs = [_nla(IFA_ADDRESS, packed)]
     if address.version == 4:
@@ -315,7 +315,7 @@ def address_request(index: int, address: ipaddress.IPv4Interface | ipaddress.IPv
 def route_request(index: int, dst: ipaddress.IPv4Network | ipaddress.IPv6Network,
                   gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None):
     """``RTM_NEWROUTE`` in the main table, as pyroute2's ``route("add")`` sends it (proto static, scope global)."""
-    family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+    family = _socket.AF_INET if dst.version == 4 else _socket.AF_INET6
     attrs = [_nla_u32(RTA_TABLE, RT_TABLE_MAIN)]
     if dst.prefixlen:
         attrs.append(_nla(RTA_DST, dst.network_address.packed))
