@@ -1,4 +1,4 @@
-"""The bridge plugin's network config, parsed once into a frozen dataclass before any side effect.
+"""The bridge plugin's network config, parsed once into a frozen record before any side effect.
 
 Keys, meanings and defaults follow the reference ``bridge`` plugin so an existing conflist works unchanged;
 every error names the key that is wrong.

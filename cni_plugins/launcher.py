@@ -2,7 +2,7 @@
 
 ``berth install-cni`` copies this file once into the install's Python directory as ``berth_launcher.py``, with the
 constants below filled in, and compiles it there; each plugin's executable is a stub of a few lines run as
-``#!<python> -IS`` (isolated, no site) that imports it and calls :func:`launch` with the plugin's type and module.
+``#!<python> -IS`` (isolated, no site) that imports it and calls :func:`main` with the plugin's type and module.
 No site import, no third-party import, only built-in modules until a fallback — so a runtime pays the
 interpreter's bare start-up plus one Unix-socket round trip instead of importing pyroute2, and no call compiles
 this file's source again. When it runs the plugin itself, it puts the installation's import roots on

@@ -5,7 +5,7 @@ defines ``HANDLERS = skel.Handlers(add=..., delete=..., check=..., gc=..., statu
 ``def main(): return skel.main(HANDLERS, about="berth-x")`` — :mod:`cni_plugins.invoke` and the local CNI daemon
 find ``HANDLERS`` to run the same plugin in process. The order is fixed here, for every plugin: decode stdin once
 (:func:`decode_config`: size, nesting, UTF-8), validate the environment and the fields every plugin shares, then
-the plugin's own parser (``Handlers.config``: its frozen dataclass, each field checked, before any side effect),
+the plugin's own parser (``Handlers.config``: its frozen record, each field checked, before any side effect),
 then the handler. Bad input therefore always ends as code 4, 6 or 7 naming the field, never 999. :func:`dispatch`
 takes the environment and stdin as values and returns the exit code and output, so a handler can serve a
 runtime's exec, a test, or a daemon's socket alike.
@@ -89,7 +89,7 @@ class Handlers(Record):
     check: Handler | None = None
     gc: Handler | None = None
     status: Handler | None = None
-    # The plugin's parser: config → its frozen dataclass, every field checked. Run once, at the edge, before the
+    # The plugin's parser: config → its frozen record, every field checked. Run once, at the edge, before the
     # handler (and before any side effect); the handler finds the result in ``Request.plugin_config``.
     config: Handler | None = None
 
