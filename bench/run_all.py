@@ -16,7 +16,7 @@ BENCHES = [  # (script, quick arguments)
     ("ipam_bench.py", ["--count", "50"]),
     ("ipam_cluster_bench.py", ["--count", "30", "--per-host", "20"]),
     ("bridge_bench.py", ["--sequential", "30", "--parallel", "100"]),
-    ("fastpath_bench.py", ["--sequential", "50", "--parallel", "100", "--fallback", "5"]),
+    ("fastpath_bench.py", ["--sequential", "50", "--cold", "30", "--ipam", "50", "--parallel", "100"]),
     ("store_bench.py", ["--ops", "200", "--watch", "100"]),
     ("discovery_bench.py", ["--count", "200"]),
     ("discovery_durability_bench.py", ["--count", "200", "--stall", "5", "--scale", "1000"]),

@@ -7,13 +7,12 @@ terms. Handlers touch no process-wide state, so a long-lived daemon can run them
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
-from typing import Optional
 
 from cni_plugins import codes, errors, firewall, invoke, link_ops, netns, rtnl, skel
 from cni_plugins.bridge_config import BridgeConfig, parse, parse_mac
 from cni_plugins.bridge_plan import AddPlan, build_result, check_problems, plan_add
 from cni_plugins.types import Result
+from ipam.record import replace
 
 STATE_DIFFERS = codes.STATE_DIFFERS  # CHECK: the attachment is not what prevResult says
 
@@ -26,7 +25,7 @@ def _config(req: skel.Request) -> BridgeConfig:
     return skel.plugin_config(req, _parse)
 
 
-def _ipam(cfg: BridgeConfig, command: str, req: skel.Request) -> Optional[Result]:
+def _ipam(cfg: BridgeConfig, command: str, req: skel.Request) -> Result | None:
     """Run IPAM (in process when it is Berth's own, else exec'd from CNI_PATH) with the whole network config."""
     return invoke.delegate(cfg.ipam["type"], command, req.config, req)
 
@@ -86,7 +85,7 @@ def _apply(cfg: BridgeConfig, req: skel.Request, plan: AddPlan, undo: link_ops.U
     container_mac = link_ops.configure_container(req.netns, host.peer_index, plan.port, plan.container,
                                                  wait_dad=cfg.enable_dad)
     link_ops.write_host_sysctls(plan.host_sysctls)
-    tag = _tag(cfg, req)
+    tag = _tag(cfg, req) if plan.masquerade or cfg.macspoofchk else ""
     if plan.masquerade:
         backend = firewall.backend_for(cfg.ip_masq_backend, "nat")
         backend.add(tag, _masquerade_rules(plan))
@@ -110,9 +109,9 @@ def cmd_del(req: skel.Request) -> None:
     cfg = _config(req)
     if cfg.ipam is not None:
         _ipam(cfg, "DEL", req)
-    tag = _tag(cfg, req)
     rules = None
     if cfg.ip_masq or cfg.macspoofchk:
+        tag = _tag(cfg, req)
         rules = _Background(lambda: _remove_rules(cfg, tag))
     try:
         link_ops.delete_container_link(req.netns, req.ifname)
@@ -132,7 +131,7 @@ class _Background:
     """A call on its own thread; :meth:`result` waits for it and raises what it raised."""
 
     def __init__(self, call) -> None:
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self._call = call
         self._thread = threading.Thread(target=self._run, name="berth-del-rules", daemon=True)
         self._thread.start()

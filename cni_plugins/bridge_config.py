@@ -1,4 +1,4 @@
-"""The bridge plugin's network config, parsed once into a frozen dataclass before any side effect.
+"""The bridge plugin's network config, parsed once into a frozen record before any side effect.
 
 Keys, meanings and defaults follow the reference ``bridge`` plugin so an existing conflist works unchanged;
 every error names the key that is wrong.
@@ -6,12 +6,12 @@ every error names the key that is wrong.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
 
 from cni_plugins.config_fields import bool_field, int_field, link_name
 from cni_plugins import errors
 from cni_plugins.types import DNS, ResultError
+from ipam.record import Record
 
 MAX_LINK_NAME = 15
 MAX_VLAN = 4094
@@ -19,8 +19,7 @@ MASQ_BACKENDS = ("nftables", "iptables")
 _MAC = re.compile(r"([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}")
 
 
-@dataclass(frozen=True)
-class BridgeConfig:
+class BridgeConfig(Record):
     name: str
     cni_version: str
     bridge: str = "cni0"
@@ -39,7 +38,7 @@ class BridgeConfig:
     enable_dad: bool = False
     port_isolation: bool = False
     disable_container_interface: bool = False
-    ipam: Optional[Mapping[str, Any]] = None
+    ipam: Mapping[str, object] | None = None
     dns: DNS = DNS()
 
     @property
@@ -51,7 +50,7 @@ class BridgeConfig:
 NOT_IPAM = ("berth-bridge", "berth-overlay", "berth-portmap", "berth-register")
 
 
-def _vlan_trunk(raw: Any) -> tuple[int, ...]:
+def _vlan_trunk(raw: object) -> tuple[int, ...]:
     """``[{"id": 5}, {"minID": 10, "maxID": 12}]`` → ``(5, 10, 11, 12)``, each checked as the reference does."""
     if raw is None:
         return ()
@@ -77,17 +76,17 @@ def _vlan_trunk(raw: Any) -> tuple[int, ...]:
     return tuple(sorted(set(ids)))
 
 
-def parse_link_name(value: Any, key: str) -> str:
+def parse_link_name(value: object, key: str) -> str:
     return link_name(value, key)
 
 
-def parse_mac(value: Any, source: str) -> str:
+def parse_mac(value: object, source: str) -> str:
     if not isinstance(value, str) or not _MAC.fullmatch(value):
         raise errors.InvalidConfig(f"{source}: {value!r} is not a MAC address")
     return value.lower().replace("-", ":")
 
 
-def parse(config: Mapping[str, Any], cni_version: str) -> BridgeConfig:
+def parse(config: Mapping[str, object], cni_version: str) -> BridgeConfig:
     """Validate a bridge network config (the parsed stdin) and fill the reference's defaults."""
     bridge = parse_link_name("cni0" if config.get("bridge") in (None, "") else config.get("bridge"), "bridge")
     hairpin, promisc = bool_field(config, "hairpinMode"), bool_field(config, "promiscMode")

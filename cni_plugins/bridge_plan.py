@@ -7,19 +7,17 @@ sysctls, masquerade networks) and the result to print; CHECK compares the same e
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
-from typing import Optional
 
 from cni_plugins.bridge_config import BridgeConfig
 from cni_plugins.types import IPAddress, IPConfig, IPInterface, IPNetwork, Interface, Result, Route
+from ipam.record import Record, replace
 
 # Index of each interface in the result, as the reference bridge orders them.
 BRIDGE_IDX, HOST_VETH_IDX, CONTAINER_IDX = 0, 1, 2
 DEFAULT_ROUTES = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
-@dataclass(frozen=True)
-class BridgeSpec:
+class BridgeSpec(Record):
     name: str
     mtu: int
     promisc: bool
@@ -28,14 +26,13 @@ class BridgeSpec:
     force_address: bool
 
 
-@dataclass(frozen=True)
-class PortSpec:
+class PortSpec(Record):
     """The veth pair: its host end is a bridge port, its peer is the container's interface."""
 
     host_name: str
     ifname: str
     mtu: int
-    mac: Optional[str]
+    mac: str | None
     hairpin: bool
     isolated: bool
     pvid: int
@@ -43,8 +40,7 @@ class PortSpec:
     preserve_default_vlan: bool
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
+class ContainerSpec(Record):
     up: bool
     addresses: tuple[IPInterface, ...]
     routes: tuple[Route, ...]           # gateway filled in: what the kernel should hold
@@ -52,8 +48,7 @@ class ContainerSpec:
     nodad: bool                          # IPv6 addresses skip duplicate address detection
 
 
-@dataclass(frozen=True)
-class AddPlan:
+class AddPlan(Record):
     bridge: BridgeSpec
     port: PortSpec
     container: ContainerSpec
@@ -63,20 +58,20 @@ class AddPlan:
     routes: tuple[Route, ...]
 
 
-def gateway_for(ip: IPConfig, cfg: BridgeConfig) -> Optional[IPAddress]:
+def gateway_for(ip: IPConfig, cfg: BridgeConfig) -> IPAddress | None:
     """IPAM's gateway, or, for a gateway bridge without one, the subnet's first address (as the reference)."""
     if ip.gateway is not None or not cfg.is_gateway:
         return ip.gateway
     return ip.address.network.network_address + 1
 
 
-def _complete_ips(ipam: Optional[Result], cfg: BridgeConfig) -> tuple[IPConfig, ...]:
+def _complete_ips(ipam: Result | None, cfg: BridgeConfig) -> tuple[IPConfig, ...]:
     if ipam is None:
         return ()
     return tuple(replace(ip, gateway=gateway_for(ip, cfg), interface=CONTAINER_IDX) for ip in ipam.ips)
 
 
-def _result_routes(ipam: Optional[Result], ips: tuple[IPConfig, ...], cfg: BridgeConfig) -> tuple[Route, ...]:
+def _result_routes(ipam: Result | None, ips: tuple[IPConfig, ...], cfg: BridgeConfig) -> tuple[Route, ...]:
     routes = list(ipam.routes) if ipam else []
     if cfg.is_default_gateway:
         for ip in ips:
@@ -120,8 +115,8 @@ def host_sysctls(cfg: BridgeConfig, ips: tuple[IPConfig, ...]) -> tuple[tuple[st
     return tuple(out)
 
 
-def plan_add(cfg: BridgeConfig, ifname: str, host_name: str, mac: Optional[str],
-             ipam: Optional[Result]) -> AddPlan:
+def plan_add(cfg: BridgeConfig, ifname: str, host_name: str, mac: str | None,
+             ipam: Result | None) -> AddPlan:
     """The whole desired state of one attachment."""
     ips = _complete_ips(ipam, cfg)
     routes = _result_routes(ipam, ips, cfg)
@@ -159,24 +154,22 @@ def build_result(cfg: BridgeConfig, plan: AddPlan, bridge_mac: str, host_mac: st
 
 # --- CHECK -------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ObservedLink:
+class ObservedLink(Record):
     name: str
     kind: str
     mac: str
-    master: Optional[str] = None   # name of the master (host side)
-    peer_index: Optional[int] = None
+    master: str | None = None   # name of the master (host side)
+    peer_index: int | None = None
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(Record):
     """What CHECK found in the kernel: the host's links by name, and the container's interface with its state."""
 
     host_links: dict[str, ObservedLink]
     host_indexes: dict[str, int]
-    container: Optional[ObservedLink]
+    container: ObservedLink | None
     container_addresses: frozenset[IPInterface]
-    container_routes: frozenset[tuple[IPNetwork, Optional[IPAddress]]]
+    container_routes: frozenset[tuple[IPNetwork, IPAddress | None]]
 
 
 def check_problems(cfg: BridgeConfig, prev: Result, ifname: str, netns: str, observed: Observed) -> list[str]:

@@ -3,7 +3,7 @@ of value (identifiers, interface names, paths, numbers), so the plugins cannot d
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
 
 from cni_plugins import errors
 from ipam import paths
@@ -16,7 +16,7 @@ IFNAMSIZ = 16              # the kernel's buffer, NUL included: a name has at mo
 _IFNAME_FORBIDDEN_BYTES = frozenset(b"/: \t\n\v\f\r\xa0\0")
 
 
-def identifier(value: Any, what: str) -> str:
+def identifier(value: object, what: str) -> str:
     """A container ID or network name as libcni validates it, matched in full; ValueError names ``what``."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what}: must be a non-empty string")
@@ -28,7 +28,7 @@ def identifier(value: Any, what: str) -> str:
     return value
 
 
-def interface_name(value: Any, what: str) -> str:
+def interface_name(value: object, what: str) -> str:
     """A Linux interface name: at most 15 bytes (not characters), not ``.``/``..``, no ``/``, ``:`` or space."""
     encoded = paths.utf8_text(value, what, "interface name")
     if len(encoded) >= IFNAMSIZ:
@@ -40,7 +40,7 @@ def interface_name(value: Any, what: str) -> str:
     return value
 
 
-def bool_field(config: Mapping[str, Any], key: str, default: bool = False) -> bool:
+def bool_field(config: Mapping[str, object], key: str, default: bool = False) -> bool:
     """A true/false config key; anything else is an error naming the key (shared by the plugins' parsers)."""
     value = config.get(key, default)
     if value is None:
@@ -50,8 +50,8 @@ def bool_field(config: Mapping[str, Any], key: str, default: bool = False) -> bo
     return value
 
 
-def int_field(config: Mapping[str, Any], key: str, low: int, high: int, default: int = 0,
-              field: Optional[str] = None) -> int:
+def int_field(config: Mapping[str, object], key: str, low: int, high: int, default: int = 0,
+              field: str | None = None) -> int:
     """An integer config key within ``[low, high]`` (true/false and 1.5 are not integers)."""
     value = config.get(key)
     if value is None:
@@ -61,8 +61,8 @@ def int_field(config: Mapping[str, Any], key: str, low: int, high: int, default:
     return value
 
 
-def path_field(config: Mapping[str, Any], key: str, default: Optional[str], field: Optional[str] = None
-               ) -> Optional[str]:
+def path_field(config: Mapping[str, object], key: str, default: str | None, field: str | None = None
+               ) -> str | None:
     """An absolute, normalised path; absent or null means ``default``; ``""``, ``0``, ``false`` are errors."""
     try:
         return paths.optional_path(config, key, default, field or key)
@@ -70,7 +70,7 @@ def path_field(config: Mapping[str, Any], key: str, default: Optional[str], fiel
         raise errors.InvalidConfig(str(exc)) from None
 
 
-def link_name(value: Any, key: str) -> str:
+def link_name(value: object, key: str) -> str:
     """An interface name taken from the config (e.g. ``bridge``): code 7 when the kernel would refuse it."""
     try:
         return interface_name(value, key)

@@ -6,12 +6,11 @@ Rules of one attachment are added in one batch, so a failure leaves none of them
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-from dataclasses import dataclass
-from typing import Iterable, Optional, Protocol
+from collections.abc import Iterable
 
 from cni_plugins.types import IPAddress, IPNetwork
+from ipam.record import Record
 
 TAG_PREFIX = "berth"
 _MAX_ID = 80  # keep comments under the 128-byte limit of both backends
@@ -23,14 +22,20 @@ class FirewallError(Exception):
     cni_code = 5
 
 
+def _sha256(text: str) -> str:
+    import hashlib  # only when there are rules to name: OpenSSL's library is a cost on every other call
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def network_key(network: str) -> str:
-    return hashlib.sha256(network.encode()).hexdigest()[:8]
+    return _sha256(network)[:8]
 
 
 def attachment_tag(network: str, container_id: str, ifname: str) -> str:
     """``berth <net8> <container id> <ifname>``: readable, unique per attachment, fits a rule comment."""
     if len(container_id) > _MAX_ID:
-        container_id = "h" + hashlib.sha256(container_id.encode()).hexdigest()[:40]
+        container_id = "h" + _sha256(container_id)[:40]
     return f"{TAG_PREFIX} {network_key(network)} {container_id} {ifname}"
 
 
@@ -45,21 +50,19 @@ def tag_of(comment: str) -> str:
 
 # --- abstract rules ------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Masquerade:
+class Masquerade(Record):
     """Traffic from a container leaving its own subnet (not multicast) is masqueraded: the bridge's ipMasq."""
 
     source: IPAddress
     subnet: IPNetwork
 
 
-@dataclass(frozen=True)
-class Dnat:
+class Dnat(Record):
     """A host port forwarded to a container port: portmap."""
 
     protocol: str
     host_port: int
-    host_ip: Optional[IPAddress]
+    host_ip: IPAddress | None
     container_ip: IPAddress
     container_port: int
 
@@ -67,8 +70,7 @@ class Dnat:
         return f"dnat {self.protocol}/{self.host_port}/{self.host_ip or '*'}"
 
 
-@dataclass(frozen=True)
-class SnatToContainer:
+class SnatToContainer(Record):
     """Masquerade DNATed traffic to a container: from localhost, from the container itself (hairpin) or all."""
 
     source: str  # "localhost", "hairpin" or "all"
@@ -77,8 +79,7 @@ class SnatToContainer:
     container_port: int
 
 
-@dataclass(frozen=True)
-class MacSpoofCheck:
+class MacSpoofCheck(Record):
     """Frames entering the bridge from a container's host veth must carry the container's MAC (macspoofchk)."""
 
     host_ifname: str
@@ -88,17 +89,22 @@ class MacSpoofCheck:
 Rule = Masquerade | Dnat | SnatToContainer | MacSpoofCheck
 
 
-@dataclass(frozen=True)
-class TaggedRule:
+class TaggedRule(Record):
     comment: str
 
 
-class Backend(Protocol):
-    def add(self, tag: str, rules: Iterable[Rule]) -> None: ...
+class Backend:
+    """A firewall backend (nftables, iptables). A plain base class, not a ``typing.Protocol``: importing
+    ``typing`` is a cost on every cold CNI call."""
 
-    def rules(self, prefix: str) -> list[TaggedRule]: ...
+    def add(self, tag: str, rules: Iterable[Rule]) -> None:
+        raise NotImplementedError
 
-    def remove(self, tags: Iterable[str]) -> None: ...
+    def rules(self, prefix: str) -> list[TaggedRule]:
+        raise NotImplementedError
+
+    def remove(self, tags: Iterable[str]) -> None:
+        raise NotImplementedError
 
 
 def comment_for(tag: str, rule: Rule) -> str:

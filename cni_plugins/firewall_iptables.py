@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from typing import Iterable
+from collections.abc import Iterable
 
 from cni_plugins import filelock
-from cni_plugins.firewall import (Dnat, FirewallError, Masquerade, Rule, SnatToContainer, TaggedRule, comment_for,
-                                  family_of, tag_of)
+from cni_plugins.firewall import (Backend, Dnat, FirewallError, Masquerade, Rule, SnatToContainer, TaggedRule,
+                                  comment_for, family_of, tag_of)
 
 LOCK_PATH = "/run/berth/iptables.lock"
 CHAINS = {
@@ -67,7 +67,7 @@ def render(rule: Rule) -> tuple[str, list[str]]:
     return "BERTH-HOSTPORT-MASQ", ["-m", "conntrack", "--ctstate", "DNAT"] + target
 
 
-class IptablesBackend:
+class IptablesBackend(Backend):
     def __init__(self, role: str) -> None:
         self.chains = CHAINS[role]
 

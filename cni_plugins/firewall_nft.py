@@ -10,9 +10,9 @@ from __future__ import annotations
 import ctypes
 import json
 import subprocess
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
-from cni_plugins.firewall import (Dnat, FirewallError, MacSpoofCheck, Masquerade, Rule, SnatToContainer,
+from cni_plugins.firewall import (Backend, Dnat, FirewallError, MacSpoofCheck, Masquerade, Rule, SnatToContainer,
                                   TaggedRule, comment_for, family_of, tag_of)
 
 # role → (family, table)
@@ -22,11 +22,11 @@ TABLES = {
     "macspoof": ("bridge", "berth-macspoof"),
 }
 _OUTPUT_HANDLE, _OUTPUT_JSON = 1 << 3, 1 << 4
-_lib: Optional[ctypes.CDLL] = None
+_lib: ctypes.CDLL | None = None
 _lib_missing = False
 
 
-def _library() -> Optional[ctypes.CDLL]:
+def _library() -> ctypes.CDLL | None:
     global _lib, _lib_missing
     if _lib is None and not _lib_missing:
         try:
@@ -104,7 +104,7 @@ def render(rule: Rule) -> tuple[str, str]:
     return "postrouting", f"ct status dnat {target} masquerade"
 
 
-class NftBackend:
+class NftBackend(Backend):
     def __init__(self, role: str) -> None:
         self.family, self.table = TABLES[role]
         self.role = role

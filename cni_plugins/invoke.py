@@ -8,11 +8,9 @@ delegate's code.
 from __future__ import annotations
 
 import contextvars
-import importlib
 import json
 import os
-import subprocess
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
 
 from cni_plugins import codes, errors, skel
 from cni_plugins.types import Result, ResultError
@@ -31,12 +29,12 @@ MAX_DELEGATION_DEPTH = 4
 _chain: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("berth_delegation_chain", default=())
 
 
-def in_process_handlers(plugin_type: str) -> Optional[skel.Handlers]:
+def in_process_handlers(plugin_type: str) -> skel.Handlers | None:
     """Berth's own plugin's handlers, or None when ``plugin_type`` is not ours (or not installed here)."""
     module_name = IN_PROCESS.get(plugin_type)
     if module_name is None:
         return None
-    module = importlib.import_module(module_name)
+    module = __import__(module_name, fromlist=("HANDLERS",))
     return getattr(module, "HANDLERS", None)
 
 
@@ -50,7 +48,7 @@ def find_plugin(plugin_type: str, path: tuple[str, ...]) -> str:
     raise errors.InvalidConfig(f"failed to find plugin {plugin_type!r} in path {list(path)}")
 
 
-def delegate(plugin_type: str, command: str, config: Mapping[str, Any], req: skel.Request) -> Optional[Result]:
+def delegate(plugin_type: str, command: str, config: Mapping[str, object], req: skel.Request) -> Result | None:
     """Run ``command`` of plugin ``plugin_type`` with ``config`` as its stdin and ``req``'s environment.
 
     Returns the delegate's result for ADD, None otherwise; raises its error as a CniError.
@@ -72,7 +70,7 @@ def delegate(plugin_type: str, command: str, config: Mapping[str, Any], req: ske
         _chain.reset(token)
 
 
-def _run_in_process(handlers: skel.Handlers, command: str, env: dict[str, str], stdin: bytes) -> Optional[Result]:
+def _run_in_process(handlers: skel.Handlers, command: str, env: dict[str, str], stdin: bytes) -> Result | None:
     request = skel.parse_request(env, stdin)
     outcome = skel.run_handler(handlers, request)
     if command != "ADD":
@@ -83,7 +81,9 @@ def _run_in_process(handlers: skel.Handlers, command: str, env: dict[str, str], 
     return outcome
 
 
-def _run_executable(executable: str, command: str, env: dict[str, str], stdin: bytes) -> Optional[Result]:
+def _run_executable(executable: str, command: str, env: dict[str, str], stdin: bytes) -> Result | None:
+    import subprocess  # only to exec a plugin that is not Berth's own
+
     try:
         proc = subprocess.run([executable], input=stdin, env=env, capture_output=True,
                               timeout=DELEGATE_TIMEOUT_SECONDS, check=False)
@@ -101,7 +101,8 @@ def _run_executable(executable: str, command: str, env: dict[str, str], stdin: b
         raise errors.DecodeFailure(f"delegate {os.path.basename(executable)} printed an unreadable result: {exc}")
 
 
-def _delegate_error(executable: str, proc: subprocess.CompletedProcess) -> errors.CniError:
+def _delegate_error(executable: str, proc) -> errors.CniError:
+    """``proc`` is the delegate's ``subprocess.CompletedProcess``."""
     try:
         data = json.loads(proc.stdout)
         if isinstance(data, dict) and "code" in data:

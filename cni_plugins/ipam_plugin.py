@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from cni_plugins import codes, errors, skel, types
 from ipam.allocator import allocate, exhausted

@@ -12,12 +12,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import secrets
 import select
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from cni_plugins import codes, errors, netns, rtnl
 from cni_plugins.bridge_plan import BridgeSpec, ContainerSpec, Observed, ObservedLink, PortSpec
@@ -46,10 +44,6 @@ class Undo:
                 pass
 
 
-def _netlink_error():
-    return rtnl.netlink_error_class()
-
-
 def _code(exc: Exception) -> int:
     return getattr(exc, "code", 0) or 0
 
@@ -65,10 +59,9 @@ def kind_of(link) -> str:
 
 def lookup(ipr, name: str):
     """The link called ``name``, or None: a kernel-side lookup (a dump would decode every link on the host)."""
-    NetlinkError = _netlink_error()
     try:
         links = ipr.link("get", ifname=name)
-    except NetlinkError as exc:
+    except rtnl.netlink_errors() as exc:
         if _code(exc) == errno.ENODEV:
             return None
         raise
@@ -79,7 +72,6 @@ def lookup(ipr, name: str):
 
 def ensure_bridge(nl: rtnl.Rtnl, spec: BridgeSpec) -> rtnl.Link:
     """Create the bridge or reuse it. A non-bridge of that name is an error."""
-    NetlinkError = _netlink_error()
     link = nl.link(spec.name)
     if link is None:
         attrs = {"ifname": spec.name, "kind": "bridge"}
@@ -89,7 +81,7 @@ def ensure_bridge(nl: rtnl.Rtnl, spec: BridgeSpec) -> rtnl.Link:
             attrs["br_vlan_filtering"] = 1
         try:
             nl.ipr.link("add", **attrs)
-        except NetlinkError as exc:
+        except rtnl.netlink_errors() as exc:
             if _code(exc) != errno.EEXIST:  # another ADD created it first: fine
                 raise fail(f"could not create bridge {spec.name}", exc) from None
         link = nl.link(spec.name)
@@ -104,7 +96,7 @@ def ensure_bridge(nl: rtnl.Rtnl, spec: BridgeSpec) -> rtnl.Link:
             nl.ipr.link("set", index=link.index, flags=IFF_PROMISC, change=IFF_PROMISC)
         if not link.up:
             nl.call(*rtnl.set_up_request(link.index))
-    except NetlinkError as exc:
+    except rtnl.netlink_errors() as exc:
         raise fail(f"could not configure bridge {spec.name}", exc) from None
     return link
 
@@ -115,7 +107,6 @@ def ensure_gateway_addresses(nl: rtnl.Rtnl, index: int, spec: BridgeSpec) -> Non
     The add comes first: on every ADD but a network's first it fails with EEXIST and nothing is listed, because
     listing a link's addresses means dumping every address on the host (one per container veth).
     """
-    NetlinkError = _netlink_error()
     for wanted in spec.gateway_addresses:
         flags = IFA_F_NODAD if wanted.version == 6 else 0
         code = nl.batch([rtnl.address_request(index, wanted, flags)])[0]
@@ -138,13 +129,13 @@ def ensure_gateway_addresses(nl: rtnl.Rtnl, index: int, spec: BridgeSpec) -> Non
             try:
                 ipr.addr("add", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen,
                          flags=flags)
-            except NetlinkError as exc:
+            except rtnl.netlink_errors() as exc:
                 if _code(exc) != errno.EEXIST:
                     raise fail(f"could not add {wanted} to bridge {spec.name}", exc) from None
 
 
 def new_host_veth_name() -> str:
-    return "veth" + secrets.token_hex(4)
+    return "veth" + os.urandom(4).hex()
 
 
 def _plain_port(port: PortSpec) -> bool:
@@ -192,7 +183,6 @@ def attach_port(nl: rtnl.Rtnl, host_index: int, port: PortSpec) -> None:
     """Port flags and VLANs, then up; a plain port is already up (see :func:`create_veth`)."""
     if _plain_port(port):
         return
-    NetlinkError = _netlink_error()
     try:
         ipr = nl.ipr
         if port.hairpin or port.isolated:
@@ -210,7 +200,7 @@ def attach_port(nl: rtnl.Rtnl, host_index: int, port: PortSpec) -> None:
         if (port.pvid or port.trunk) and not port.preserve_default_vlan:
             ipr.vlan_filter("del", index=host_index, vlan_info={"vid": 1})
         nl.call(*rtnl.set_up_request(host_index))
-    except NetlinkError as exc:
+    except rtnl.netlink_errors() as exc:
         raise fail(f"could not attach {port.host_name} to the bridge", exc) from None
 
 
@@ -246,7 +236,7 @@ def configure_container(netns_path: str, index: int, port: PortSpec, spec: Conta
             else:
                 _run_steps(nl, where, steps + routes)
             link = nl.link(index=index)
-        except (_netlink_error(), OSError) as exc:
+        except (*rtnl.netlink_errors(), OSError) as exc:
             raise fail(where, exc) from None
         if link is None:
             raise errors.IOFailure(f"interface {where} did not appear")
@@ -306,7 +296,7 @@ class _LinkDeletion:
     def __init__(self, netns_path: str, ifname: str) -> None:
         self.done, self._write_end = os.pipe2(os.O_CLOEXEC)
         self._deleted = False
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self._where = f"could not delete {ifname} in {netns_path}"
         self._thread = threading.Thread(target=self._run, args=(netns_path, ifname), daemon=True,
                                         name="berth-dellink")
@@ -323,7 +313,7 @@ class _LinkDeletion:
 
     def result(self) -> bool:
         self._thread.join()
-        if isinstance(self._error, _netlink_error()):
+        if isinstance(self._error, rtnl.netlink_errors()):
             raise fail(self._where, self._error) from None
         if self._error is not None:
             raise self._error

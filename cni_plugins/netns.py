@@ -11,17 +11,16 @@ so :func:`write_sysctl` inside :func:`entered` sets a container's sysctls withou
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
 
 CLONE_NEWNET = 0x40000000
 _OWN_NETNS = "/proc/thread-self/ns/net"
-_libc: Optional[ctypes.CDLL] = None
+_libc = None  # ctypes.CDLL of libc, loaded on first use
 # Held while Berth imports anything from pyroute2, and while the lazy package runs its real __init__: two threads
 # importing overlapping parts of pyroute2 at once can get a half-initialised module (Python's answer to an import
 # cycle across threads), and a plain ``import pyroute2`` racing the lazy registration replaces the lazy package
@@ -42,6 +41,8 @@ def _setns(fd: int) -> None:
     if setns is not None:
         setns(fd, CLONE_NEWNET)
         return
+    import ctypes
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
@@ -148,7 +149,7 @@ def _register_lazy_package() -> None:
             sys.modules["pyroute2"] = package
 
 
-def iproute(path: Optional[str] = None):
+def iproute(path: str | None = None):
     """An ``IPRoute`` socket bound to the namespace at ``path`` (the thread's own when None); caller closes it."""
     IPRoute = _iproute_class()  # heavy: imported only when a handler really talks netlink
     if path is None:

@@ -13,20 +13,19 @@ daemon does not (``FLANNEL_IPMASQ``).
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import os
 import socket
 import stat
 import tempfile
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
 
 from cni_plugins import codes, errors, invoke, skel
 from cni_plugins.config_fields import path_field
 from cni_plugins.types import Result
 from overlay import subnetfile
+from ipam.record import Record, replace
 
 DEFAULT_DATA_DIR = "/var/lib/cni/berth-overlay"
 DEFAULT_DELEGATE = "berth-bridge"
@@ -36,21 +35,20 @@ NOT_IPAM = ("berth-bridge", "berth-overlay", "berth-portmap", "berth-register")
 STATE_DIFFERS = codes.STATE_DIFFERS  # CHECK: the attachment no longer matches the host
 
 
-@dataclass(frozen=True)
-class OverlayConfig:
+class OverlayConfig(Record):
     subnet_file: str
     data_dir: str
-    delegate: Mapping[str, Any]
-    ipam: Mapping[str, Any]
+    delegate: Mapping[str, object]
+    ipam: Mapping[str, object]
 
 
-def parse(config: Mapping[str, Any]) -> OverlayConfig:
+def parse(config: Mapping[str, object]) -> OverlayConfig:
     """Every key this plugin reads, checked before anything is read or written; the bridge and IPAM check the
     rest of what is delegated to them."""
     def path(key: str, default: str) -> str:
         return path_field(config, key, default)
 
-    def mapping(key: str) -> Mapping[str, Any]:
+    def mapping(key: str) -> Mapping[str, object]:
         value = config.get(key)
         if value is None:
             return {}
@@ -80,9 +78,9 @@ def _config(req: skel.Request) -> OverlayConfig:
     return skel.plugin_config(req, _parse)
 
 
-def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: skel.Request) -> dict[str, Any]:
+def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: skel.Request) -> dict[str, object]:
     """The bridge's network config for this host's subnet (pure)."""
-    conf: dict[str, Any] = {k: v for k, v in cfg.delegate.items()}
+    conf: dict[str, object] = {k: v for k, v in cfg.delegate.items()}
     conf.setdefault("type", DEFAULT_DELEGATE)
     conf["name"] = req.name
     conf["cniVersion"] = req.cni_version
@@ -90,7 +88,7 @@ def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: sk
     conf.setdefault("isGateway", True)
     conf.setdefault("isDefaultGateway", True)  # traffic leaving the overlay goes via the host, masqueraded there
     conf.setdefault("ipMasq", not settings.ipmasq)  # the daemon masquerades already when FLANNEL_IPMASQ is true
-    ipam: dict[str, Any] = {k: v for k, v in cfg.ipam.items() if k not in ("subnet", "rangeStart", "rangeEnd")}
+    ipam: dict[str, object] = {k: v for k, v in cfg.ipam.items() if k not in ("subnet", "rangeStart", "rangeEnd")}
     ipam.setdefault("type", DEFAULT_IPAM)
     ipam["ranges"] = [[{"subnet": str(settings.subnet.network)}]]
     routes = list(ipam.get("routes") or [])
@@ -110,7 +108,7 @@ def _saved_path(cfg: OverlayConfig, container_id: str, ifname: str) -> str:
     return os.path.join(cfg.data_dir, f"{container_id}-{ifname}.json")
 
 
-def _save(cfg: OverlayConfig, req: skel.Request, conf: Mapping[str, Any]) -> None:
+def _save(cfg: OverlayConfig, req: skel.Request, conf: Mapping[str, object]) -> None:
     try:
         os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cfg.data_dir, prefix=".tmp-")
@@ -121,7 +119,7 @@ def _save(cfg: OverlayConfig, req: skel.Request, conf: Mapping[str, Any]) -> Non
         raise errors.IOFailure(f"saving the delegated config under {cfg.data_dir}: {exc}") from None
 
 
-def _load(cfg: OverlayConfig, container_id: str, ifname: str) -> Optional[dict[str, Any]]:
+def _load(cfg: OverlayConfig, container_id: str, ifname: str) -> dict[str, object] | None:
     try:
         with open(_saved_path(cfg, container_id, ifname)) as handle:
             return json.load(handle)["delegate"]
@@ -138,7 +136,7 @@ def _forget(cfg: OverlayConfig, container_id: str, ifname: str) -> None:
         pass
 
 
-def _saved_attachments(cfg: OverlayConfig) -> list[tuple[str, str, dict[str, Any]]]:
+def _saved_attachments(cfg: OverlayConfig) -> list[tuple[str, str, dict[str, object]]]:
     found = []
     try:
         names = sorted(os.listdir(cfg.data_dir))
@@ -186,7 +184,7 @@ def _settings(cfg: OverlayConfig) -> subnetfile.SubnetFile:
                                    "the overlay daemon writes it once it holds this host's subnet lease") from None
 
 
-def _settings_if_present(cfg: OverlayConfig) -> Optional[subnetfile.SubnetFile]:
+def _settings_if_present(cfg: OverlayConfig) -> subnetfile.SubnetFile | None:
     """The subnet file for DEL, GC and STATUS, which go on without one (an unreadable file counts as none)."""
     try:
         return _read_subnet_file(cfg.subnet_file)
@@ -194,7 +192,7 @@ def _settings_if_present(cfg: OverlayConfig) -> Optional[subnetfile.SubnetFile]:
         return None
 
 
-def _with_prev_result(conf: dict[str, Any], req: skel.Request) -> dict[str, Any]:
+def _with_prev_result(conf: dict[str, object], req: skel.Request) -> dict[str, object]:
     if req.config.get("prevResult") is not None:
         conf = {**conf, "prevResult": req.config["prevResult"]}
     return conf
@@ -202,7 +200,7 @@ def _with_prev_result(conf: dict[str, Any], req: skel.Request) -> dict[str, Any]
 
 # -- handlers ---------------------------------------------------------------------------------------------------
 
-def _check_delegated(conf: Mapping[str, Any], req: skel.Request) -> None:
+def _check_delegated(conf: Mapping[str, object], req: skel.Request) -> None:
     """Parse what is about to be delegated when the delegates are Berth's own, so a bad field deep in it is
     refused before this plugin saves anything (the delegates parse it again; parsing is pure)."""
     from cni_plugins import bridge_config
@@ -279,7 +277,7 @@ def cmd_gc(req: skel.Request) -> None:
             env = {k: v for k, v in req.env.items() if k != "CNI_NETNS"}
             env.update(CNI_COMMAND="DEL", CNI_CONTAINERID=container_id, CNI_IFNAME=ifname)
             try:
-                invoke.delegate(conf["type"], "DEL", conf, dataclasses.replace(req, env=env))
+                invoke.delegate(conf["type"], "DEL", conf, replace(req, env=env))
                 _forget(cfg, container_id, ifname)
             except errors.CniError as exc:
                 failures.append(f"{container_id}/{ifname}: {exc}")

@@ -7,29 +7,27 @@ rule is written.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 from cni_plugins.config_fields import bool_field
 from cni_plugins import codes, errors
 from cni_plugins.firewall import Dnat, Rule, SnatToContainer, tag_of
 from cni_plugins.types import IPAddress, Result
+from ipam.record import Record
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 BACKENDS = ("nftables", "iptables")
 PORT_TAKEN = codes.PORT_TAKEN  # a host port is already mapped by another container
 
 
-@dataclass(frozen=True)
-class PortMapping:
+class PortMapping(Record):
     host_port: int
     container_port: int
     protocol: str
-    host_ip: Optional[IPAddress]
+    host_ip: IPAddress | None
 
 
-@dataclass(frozen=True)
-class PortmapConfig:
+class PortmapConfig(Record):
     name: str
     cni_version: str
     snat: bool
@@ -38,13 +36,13 @@ class PortmapConfig:
     mappings: tuple[PortMapping, ...]
 
 
-def _port(value: Any, field: str) -> int:
+def _port(value: object, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
         raise errors.InvalidConfig(f"{field}: must be a port between 1 and 65535, not {value!r}")
     return value
 
 
-def parse_mapping(raw: Mapping[str, Any], index: int) -> PortMapping:
+def parse_mapping(raw: Mapping[str, object], index: int) -> PortMapping:
     field = f"runtimeConfig.portMappings[{index}]"
     protocol = raw.get("protocol")
     protocol = "tcp" if protocol is None or protocol == "" else protocol
@@ -66,11 +64,11 @@ def parse_mapping(raw: Mapping[str, Any], index: int) -> PortMapping:
                        protocol=protocol, host_ip=host_ip)
 
 
-def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+def _flag(config: Mapping[str, object], key: str, default: bool) -> bool:
     return bool_field(config, key, default)
 
 
-def parse(config: Mapping[str, Any], cni_version: str, mappings: Iterable[Mapping[str, Any]]) -> PortmapConfig:
+def parse(config: Mapping[str, object], cni_version: str, mappings: Iterable[Mapping[str, object]]) -> PortmapConfig:
     backend = config.get("backend")
     backend = "nftables" if backend is None or backend == "" else backend
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -109,7 +107,7 @@ def plan_rules(cfg: PortmapConfig, addresses: Iterable[IPAddress]) -> list[Rule]
     return list(dict.fromkeys(rules))
 
 
-def _claim(comment: str) -> Optional[tuple[str, int, str]]:
+def _claim(comment: str) -> tuple[str, int, str] | None:
     """``... dnat tcp/8080/*`` → ("tcp", 8080, "*"); None for other rules."""
     words = comment.split(" ")
     if len(words) < 6 or words[4] != "dnat":

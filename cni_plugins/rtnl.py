@@ -10,19 +10,21 @@ error code only, a link reply for the handful of attributes the plugins use; sev
 
 pyroute2 stays the netlink library for everything else: operations that are rare on the ADD path (creating a
 bridge, VLANs, port flags, listing addresses) go through its full ``IPRoute`` (:attr:`Rtnl.ipr`, opened on first
-use in the same namespace), CHECK reads links with it, and failures are its ``NetlinkError``.
+use in the same namespace) and CHECK reads links with it. Failures on the lean path are :class:`NetlinkError`,
+shaped like pyroute2's, so a common ADD or DEL never imports pyroute2 (not even its error class, which brought
+``logging`` and ``typing`` along).
 """
 from __future__ import annotations
 
+import _socket  # socket.py's C core: the wrapper's enum conversions and selectors cost a cold call ~2 ms
 import errno
 import ipaddress
 import os
-import socket
 import struct
-from dataclasses import dataclass
-from typing import Optional
+import sys
 
 from cni_plugins import netns
+from ipam.record import Record
 
 NETLINK_ROUTE, SOL_NETLINK, NETLINK_CAP_ACK = 0, 270, 10
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -44,33 +46,36 @@ _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, ta
 _NLA = struct.Struct("=HH")
 _NLA_TYPE_MASK = 0x3FFF
 
-_error_class = None
+class NetlinkError(Exception):
+    """The kernel refused a request: ``code`` is its errno. The shape of pyroute2's ``NetlinkError``, which the
+    rare requests made through pyroute2 raise instead; ``except rtnl.netlink_errors()`` catches both."""
+
+    def __init__(self, code: int, msg: str | None = None) -> None:
+        super().__init__(code, msg or os.strerror(code))
+        self.code = code
 
 
-def netlink_error(code: int):
-    """pyroute2's ``NetlinkError`` for ``code`` (what IPRoute raises, so callers handle one kind of failure)."""
-    return netlink_error_class()(code)
+def netlink_error(code: int) -> NetlinkError:
+    return NetlinkError(code)
 
 
-def netlink_error_class():
-    """pyroute2's ``NetlinkError`` class, imported the one safe way (:func:`netns.from_pyroute2`)."""
-    global _error_class
-    if _error_class is None:
-        _error_class = netns.from_pyroute2("pyroute2.netlink.exceptions", "NetlinkError")
-    return _error_class
+def netlink_errors() -> tuple[type[Exception], ...]:
+    """What a failed netlink request raises: ours, and pyroute2's once something has imported it (it cannot be
+    raised before). Called where the exception is caught, so the common path never imports pyroute2 for it."""
+    pyroute2_errors = sys.modules.get("pyroute2.netlink.exceptions")
+    theirs = getattr(pyroute2_errors, "NetlinkError", None)
+    return (NetlinkError,) if theirs is None else (NetlinkError, theirs)
 
 
 def warm() -> None:
-    """For a long-lived daemon: import pyroute2's ``IPRoute`` (a new bridge needs it) and ``NetlinkError``, and
-    open one socket, so the first container costs what every other one does."""
+    """For a long-lived daemon: import pyroute2's ``IPRoute`` (a new bridge needs it) and open one socket, so the
+    first container costs what every other one does."""
     netns._iproute_class()
-    netlink_error(0)
     with Rtnl() as nl:
         nl.link("lo")
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(Record):
     """The part of a link the plugins use."""
 
     index: int
@@ -100,11 +105,11 @@ def _attributes(data: bytes, offset: int, end: int) -> dict[int, bytes]:
     return found
 
 
-def _u32(payload: Optional[bytes]) -> int:
+def _u32(payload: bytes | None) -> int:
     return struct.unpack_from("=I", payload)[0] if payload and len(payload) >= 4 else 0
 
 
-def _text(payload: Optional[bytes]) -> str:
+def _text(payload: bytes | None) -> str:
     return payload.split(b"\0", 1)[0].decode() if payload else ""
 
 
@@ -132,7 +137,7 @@ class Rtnl:
 
     Not shared between threads: a handler opens its own (tens of microseconds) and closes it."""
 
-    def __init__(self, netns_path: Optional[str] = None, groups: int = 0) -> None:
+    def __init__(self, netns_path: str | None = None, groups: int = 0) -> None:
         """In the thread's own namespace, or (``netns_path``) in that one: the socket keeps it after we return.
         ``groups`` subscribes to notifications (a bit mask, e.g. :data:`GROUP_LINK`)."""
         if netns_path is None:
@@ -145,8 +150,8 @@ class Rtnl:
         self._ipr = None
 
     @staticmethod
-    def _open(groups: int) -> socket.socket:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    def _open(groups: int) -> _socket.socket:
+        sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without a copy of our request
             sock.bind((0, groups))
@@ -196,7 +201,7 @@ class Rtnl:
         return [codes[seq] for seq, _ in encoded]
 
     def call(self, body: bytes, msg_type: int, flags: int = 0) -> None:
-        """One request; raises pyroute2's ``NetlinkError`` with the kernel's errno when it fails."""
+        """One request; raises :class:`NetlinkError` with the kernel's errno when it fails."""
         code = self.batch([(body, msg_type, flags)])[0]
         if code:
             raise netlink_error(code)
@@ -213,15 +218,15 @@ class Rtnl:
 
     # --- links -------------------------------------------------------------------------------------------------
 
-    def link(self, name: Optional[str] = None, index: int = 0) -> Optional[Link]:
+    def link(self, name: str | None = None, index: int = 0) -> Link | None:
         """The link by name or index, or None when there is none (a kernel-side lookup: no dump)."""
         return self.links([(name, index)])[0]
 
-    def links(self, queries: list[tuple[Optional[str], int]]) -> list[Optional[Link]]:
+    def links(self, queries: list[tuple[str | None, int]]) -> list[Link | None]:
         """Several ``(name, index)`` lookups in one write; None for each link that does not exist."""
         encoded = [self._encode(_link_body(index, name), RTM_GETLINK, 0) for name, index in queries]
         self.sock.send(b"".join(data for _, data in encoded))
-        found: dict[int, Optional[Link]] = {}
+        found: dict[int, Link | None] = {}
         failure = 0
         while len(found) < len(encoded):
             for msg_type, seq, reply, offset in self._replies():
@@ -239,7 +244,7 @@ class Rtnl:
             raise netlink_error(failure)
         return [found[seq] for seq, _ in encoded]
 
-    def delete_link(self, name: Optional[str] = None, index: int = 0) -> bool:
+    def delete_link(self, name: str | None = None, index: int = 0) -> bool:
         """Remove a link by name or index; False when it was not there."""
         code = self.batch([(_link_body(index, name), RTM_DELLINK, 0)])[0]
         if code in (errno.ENODEV, errno.ENOENT):
@@ -270,7 +275,7 @@ def rtnl_barrier_request():
 
 # --- request builders (messages for Rtnl.batch / Rtnl.call) -----------------------------------------------------
 
-def veth_request(name: str, peer_name: str, peer_netns_fd: int, mtu: int, peer_mac: Optional[str],
+def veth_request(name: str, peer_name: str, peer_netns_fd: int, mtu: int, peer_mac: str | None,
                  master: int, up: bool):
     """``RTM_NEWLINK`` for a veth pair whose peer is created directly in another namespace, the host end already
     a port of ``master`` (0: none) and up when ``up`` — one request instead of create, set master, set up."""
@@ -296,7 +301,7 @@ def set_up_request(index: int):
 
 def address_request(index: int, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface, flags: int = 0):
     """``RTM_NEWADDR`` as pyroute2's ``addr("add")`` sends it (no broadcast, scope global)."""
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    family = _socket.AF_INET if address.version == 4 else _socket.AF_INET6
     packed = address.ip.packed
     attrs = [_nla(IFA_ADDRESS, packed)]
     if address.version == 4:
@@ -308,9 +313,9 @@ def address_request(index: int, address: ipaddress.IPv4Interface | ipaddress.IPv
 
 
 def route_request(index: int, dst: ipaddress.IPv4Network | ipaddress.IPv6Network,
-                  gateway: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]):
+                  gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None):
     """``RTM_NEWROUTE`` in the main table, as pyroute2's ``route("add")`` sends it (proto static, scope global)."""
-    family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+    family = _socket.AF_INET if dst.version == 4 else _socket.AF_INET6
     attrs = [_nla_u32(RTA_TABLE, RT_TABLE_MAIN)]
     if dst.prefixlen:
         attrs.append(_nla(RTA_DST, dst.network_address.packed))
@@ -321,7 +326,7 @@ def route_request(index: int, dst: ipaddress.IPv4Network | ipaddress.IPv6Network
     return body, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL
 
 
-def _link_body(index: int, name: Optional[str]) -> bytes:
+def _link_body(index: int, name: str | None) -> bytes:
     return _IFINFO.pack(0, 0, index, 0, 0) + (_nla_text(IFLA_IFNAME, name) if name is not None else b"")
 
 

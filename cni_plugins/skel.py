@@ -5,7 +5,7 @@ defines ``HANDLERS = skel.Handlers(add=..., delete=..., check=..., gc=..., statu
 ``def main(): return skel.main(HANDLERS, about="berth-x")`` — :mod:`cni_plugins.invoke` and the local CNI daemon
 find ``HANDLERS`` to run the same plugin in process. The order is fixed here, for every plugin: decode stdin once
 (:func:`decode_config`: size, nesting, UTF-8), validate the environment and the fields every plugin shares, then
-the plugin's own parser (``Handlers.config``: its frozen dataclass, each field checked, before any side effect),
+the plugin's own parser (``Handlers.config``: its frozen record, each field checked, before any side effect),
 then the handler. Bad input therefore always ends as code 4, 6 or 7 naming the field, never 999. :func:`dispatch`
 takes the environment and stdin as values and returns the exit code and output, so a handler can serve a
 runtime's exec, a test, or a daemon's socket alike.
@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 from cni_plugins import codes, config_fields, errors
 from cni_plugins.types import LATEST_VERSION, SUPPORTED_VERSIONS, Result, ResultError, at_least, version_tuple
+from ipam.record import Record, field, replace
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 # Which environment variables each command requires (as libcni's skel).
@@ -43,27 +42,24 @@ KNOWN_ARGS = frozenset({"IgnoreUnknown", "IP", "MAC", "K8S_POD_NAME", "K8S_POD_N
                         "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"})
 
 
-@dataclass(frozen=True)
-class Attachment:
+class Attachment(Record):
     """One (container, interface) pair a runtime still uses; GC frees everything not in its list."""
 
     container_id: str
     ifname: str
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
+class RuntimeConfig(Record):
     """Capability arguments, merged from ``runtimeConfig``, ``args.cni`` and ``CNI_ARGS`` in one place."""
 
     ips: tuple[str, ...] = ()
-    mac: Optional[str] = None
-    port_mappings: tuple[Mapping[str, Any], ...] = ()
+    mac: str | None = None
+    port_mappings: tuple[Mapping[str, object], ...] = ()
     aliases: tuple[str, ...] = ()
-    raw: Mapping[str, Any] = field(default_factory=dict)  # the whole runtimeConfig, for rarer capabilities
+    raw: Mapping[str, object] = field(default_factory=dict)  # the whole runtimeConfig, for rarer capabilities
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(Record):
     """Everything a handler may use, parsed and validated before any handler runs."""
 
     command: str
@@ -72,39 +68,37 @@ class Request:
     ifname: str
     args: Mapping[str, str]
     path: tuple[str, ...]
-    config: Mapping[str, Any]
+    config: Mapping[str, object]
     raw_config: bytes
     cni_version: str
     name: str
     type: str
-    prev_result: Optional[Result]
+    prev_result: Result | None
     runtime: RuntimeConfig
-    valid_attachments: Optional[tuple[Attachment, ...]]
+    valid_attachments: tuple[Attachment, ...] | None
     env: Mapping[str, str]
-    plugin_config: Any = None  # what the plugin's own parser (``Handlers.config``) made of ``config``
+    plugin_config: object = None  # what the plugin's own parser (``Handlers.config``) made of ``config``
 
 
-Handler = Callable[[Request], Any]
+Handler = Callable[[Request], object]
 
 
-@dataclass(frozen=True)
-class Handlers:
+class Handlers(Record):
     add: Handler
     delete: Handler
-    check: Optional[Handler] = None
-    gc: Optional[Handler] = None
-    status: Optional[Handler] = None
-    # The plugin's parser: config → its frozen dataclass, every field checked. Run once, at the edge, before the
+    check: Handler | None = None
+    gc: Handler | None = None
+    status: Handler | None = None
+    # The plugin's parser: config → its frozen record, every field checked. Run once, at the edge, before the
     # handler (and before any side effect); the handler finds the result in ``Request.plugin_config``.
-    config: Optional[Handler] = None
+    config: Handler | None = None
 
-    def for_command(self, command: str) -> Optional[Handler]:
+    def for_command(self, command: str) -> Handler | None:
         return {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
                 "STATUS": self.status}.get(command)
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(Record):
     """What a plugin process would do: its exit code and what it writes to stdout and stderr."""
 
     exit_code: int
@@ -142,7 +136,7 @@ def validate_container_id(container_id: str) -> None:
         raise errors.InvalidEnvironment(str(exc)) from None
 
 
-def validate_network_name(name: Any) -> None:
+def validate_network_name(name: object) -> None:
     if name is None or name == "":
         raise errors.InvalidConfig("missing network name")
     try:
@@ -158,7 +152,7 @@ def validate_ifname(ifname: str) -> None:
         raise errors.InvalidEnvironment(str(exc)) from None
 
 
-def decode_config(stdin: bytes) -> dict[str, Any]:
+def decode_config(stdin: bytes) -> dict[str, object]:
     """stdin → the network config object, or code 6: not JSON, not an object, too big, too deep, not UTF-8.
 
     The one place a config is decoded; everything after it sees only well-formed, bounded JSON values."""
@@ -176,14 +170,14 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
     return config
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def check_json_value(value: Any, what: str, max_depth: int = MAX_DEPTH) -> None:
+def check_json_value(value: object, what: str, max_depth: int = MAX_DEPTH) -> None:
     """Code 6 when ``value`` nests deeper than ``max_depth`` or holds a string that is not valid UTF-8 (a lone
     surrogate from a ``\\ud800`` escape). Iterative: no recursion to run out of."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, (dict, list)):
@@ -215,7 +209,7 @@ def _check_env_text(value: str, var: str) -> None:
         raise errors.InvalidEnvironment(f"{var}: contains a NUL character")
 
 
-def negotiate_version(config: Mapping[str, Any]) -> str:
+def negotiate_version(config: Mapping[str, object]) -> str:
     """The spec version to speak: ``cniVersion``, else the highest of ``cniVersions`` that Berth supports."""
     version = config.get("cniVersion")
     if version is None and isinstance(config.get("cniVersions"), list):
@@ -233,7 +227,7 @@ def negotiate_version(config: Mapping[str, Any]) -> str:
     return version
 
 
-def _object(value: Any, field: str) -> Mapping[str, Any]:
+def _object(value: object, field: str) -> Mapping[str, object]:
     """An optional JSON object: absent or null is empty; anything else but an object is code 7."""
     if value is None:
         return {}
@@ -242,7 +236,7 @@ def _object(value: Any, field: str) -> Mapping[str, Any]:
     return value
 
 
-def _strings(value: Any, field: str) -> tuple[str, ...]:
+def _strings(value: object, field: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -250,7 +244,7 @@ def _strings(value: Any, field: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _runtime_config(config: Mapping[str, Any], cni_args: Mapping[str, str], network: str) -> RuntimeConfig:
+def _runtime_config(config: Mapping[str, object], cni_args: Mapping[str, str], network: str) -> RuntimeConfig:
     runtime = _object(config.get("runtimeConfig"), "runtimeConfig")
     cni_section = _object(_object(config.get("args"), "args").get("cni"), "args.cni")
 
@@ -278,7 +272,7 @@ def _runtime_config(config: Mapping[str, Any], cni_args: Mapping[str, str], netw
                          aliases=aliases, raw=dict(runtime))
 
 
-def _valid_attachments(config: Mapping[str, Any]) -> Optional[tuple[Attachment, ...]]:
+def _valid_attachments(config: Mapping[str, object]) -> tuple[Attachment, ...] | None:
     for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
         if key in config:
             entries = config[key]
@@ -375,7 +369,7 @@ def as_cni_error(exc: BaseException) -> errors.CniError:
     return errors.CniError(f"internal error: {type(exc).__name__}: {exc}", code=codes.INTERNAL)
 
 
-def run_handler(handlers: Handlers, request: Request) -> Any:
+def run_handler(handlers: Handlers, request: Request) -> object:
     """Call the handler for ``request.command``; a command a plugin does not implement is a no-op, except ADD."""
     handler = handlers.for_command(request.command)
     if handler is None:
@@ -385,7 +379,7 @@ def run_handler(handlers: Handlers, request: Request) -> Any:
     return handler(request)
 
 
-def plugin_config(req: Request, parse: Handler) -> Any:
+def plugin_config(req: Request, parse: Handler) -> object:
     """The config the edge parsed for this request; a handler called directly (a test) gets it parsed now."""
     return req.plugin_config if req.plugin_config is not None else parse(req)
 
@@ -406,14 +400,20 @@ def dispatch(handlers: Handlers, env: Mapping[str, str], stdin: bytes) -> Reply:
         return Reply(0, b"")
     except Exception as exc:  # noqa: BLE001 - the one edge where everything becomes the spec's error
         error = as_cni_error(exc)
-        trace = b"" if isinstance(exc, errors.CniError) else traceback.format_exc().encode()
+        trace = b"" if isinstance(exc, errors.CniError) else _traceback()
         return Reply(1, json.dumps(error.to_dict(_error_version(stdin))).encode(), trace)
 
 
-def main(handlers: Optional[Handlers] = None, *, add: Optional[Handler] = None, delete: Optional[Handler] = None,
-         check: Optional[Handler] = None, gc: Optional[Handler] = None, status: Optional[Handler] = None,
-         about: str = "", env: Optional[Mapping[str, str]] = None, stdin=None, stdout=None, stderr=None,
-         argv: Optional[list[str]] = None) -> int:
+def _traceback() -> bytes:
+    import traceback  # only for a failure that is not the spec's: a cost no other call pays
+
+    return traceback.format_exc().encode()
+
+
+def main(handlers: Handlers | None = None, *, add: Handler | None = None, delete: Handler | None = None,
+         check: Handler | None = None, gc: Handler | None = None, status: Handler | None = None,
+         about: str = "", env: Mapping[str, str] | None = None, stdin=None, stdout=None, stderr=None,
+         argv: list[str] | None = None) -> int:
     """A plugin executable's whole ``main``: read env and stdin, dispatch, print, return the exit code."""
     if handlers is None:
         if add is None or delete is None:

@@ -7,8 +7,9 @@ the runtime asked for (``ips[].version`` for 0.3.x/0.4.0, the 1.1.0-only fields 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+
+from ipam.record import Record, field
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
@@ -38,7 +39,7 @@ class ResultError(ValueError):
     """A result (or prevResult) that does not parse; the message names the field."""
 
 
-def _text(data: Mapping[str, Any], key: str, field: str) -> str:
+def _text(data: Mapping[str, object], key: str, field: str) -> str:
     value = data.get(key)
     if value is None:
         return ""
@@ -47,7 +48,7 @@ def _text(data: Mapping[str, Any], key: str, field: str) -> str:
     return value
 
 
-def _int(data: Mapping[str, Any], key: str, field: str, high: int) -> int | None:
+def _int(data: Mapping[str, object], key: str, field: str, high: int) -> int | None:
     value = data.get(key)
     if value is None:
         return None
@@ -56,15 +57,14 @@ def _int(data: Mapping[str, Any], key: str, field: str, high: int) -> int | None
     return value
 
 
-def _address_text(data: Mapping[str, Any], key: str, field: str) -> str:
+def _address_text(data: Mapping[str, object], key: str, field: str) -> str:
     value = data.get(key)
     if not isinstance(value, str):
         raise ResultError(f"{field}: {value!r} is not an address string")
     return value
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(Record):
     name: str
     mac: str = ""
     sandbox: str = ""
@@ -72,8 +72,8 @@ class Interface:
     socket_path: str = ""           # 1.1.0
     pci_id: str = ""                # 1.1.0
 
-    def to_dict(self, version: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name}
+    def to_dict(self, version: str) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name}
         if self.mac:
             out["mac"] = self.mac
         if at_least(version, "1.1.0") and self.mtu:
@@ -88,7 +88,7 @@ class Interface:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Interface":
+    def from_dict(cls, data: Mapping[str, object]) -> "Interface":
         if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
             raise ResultError("interfaces: each interface needs a string 'name'")
         return cls(name=data["name"], mac=_text(data, "mac", "interfaces.mac"),
@@ -98,8 +98,7 @@ class Interface:
                    pci_id=_text(data, "pciID", "interfaces.pciID"))
 
 
-@dataclass(frozen=True)
-class IPConfig:
+class IPConfig(Record):
     address: IPInterface
     gateway: IPAddress | None = None
     interface: int | None = None  # index into Result.interfaces
@@ -108,8 +107,8 @@ class IPConfig:
     def family(self) -> str:
         return str(self.address.version)
 
-    def to_dict(self, version: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def to_dict(self, version: str) -> dict[str, object]:
+        out: dict[str, object] = {}
         if not _is_1x(version):
             out["version"] = self.family
         if self.interface is not None:
@@ -120,7 +119,7 @@ class IPConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "IPConfig":
+    def from_dict(cls, data: Mapping[str, object]) -> "IPConfig":
         if not isinstance(data, Mapping):
             raise ResultError("ips: each entry must be an object")
         text = _address_text(data, "address", "ips.address")
@@ -146,8 +145,7 @@ class IPConfig:
         return cls(address=address, gateway=gateway, interface=interface)
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(Record):
     dst: IPNetwork
     gw: IPAddress | None = None
     mtu: int | None = None        # the rest: 1.1.0
@@ -156,8 +154,8 @@ class Route:
     table: int | None = None
     scope: int | None = None
 
-    def to_dict(self, version: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"dst": self.dst.with_prefixlen}
+    def to_dict(self, version: str) -> dict[str, object]:
+        out: dict[str, object] = {"dst": self.dst.with_prefixlen}
         if self.gw is not None:
             out["gw"] = str(self.gw)
         if at_least(version, "1.1.0"):
@@ -170,7 +168,7 @@ class Route:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Route":
+    def from_dict(cls, data: Mapping[str, object]) -> "Route":
         if not isinstance(data, Mapping):
             raise ResultError("routes: each entry must be an object")
         dst_text = _address_text(data, "dst", "routes.dst")
@@ -189,15 +187,14 @@ class Route:
         return cls(dst=dst, gw=gw, **ints)
 
 
-@dataclass(frozen=True)
-class DNS:
+class DNS(Record):
     nameservers: tuple[str, ...] = ()
     domain: str = ""
     search: tuple[str, ...] = ()
     options: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
         if self.nameservers:
             out["nameservers"] = list(self.nameservers)
         if self.domain:
@@ -212,7 +209,7 @@ class DNS:
         return bool(self.nameservers or self.domain or self.search or self.options)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "DNS":
+    def from_dict(cls, data: Mapping[str, object] | None) -> "DNS":
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
@@ -229,8 +226,7 @@ class DNS:
                    search=strings("search"), options=strings("options"))
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(Record):
     """A CNI result, independent of spec version."""
 
     cni_version: str = LATEST_VERSION
@@ -243,12 +239,12 @@ class Result:
         for name in ("interfaces", "ips", "routes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
-    def to_dict(self, version: str | None = None) -> dict[str, Any]:
+    def to_dict(self, version: str | None = None) -> dict[str, object]:
         """The result as the spec's JSON object for ``version`` (default: the result's own)."""
         version = version or self.cni_version
         if version not in SUPPORTED_VERSIONS:
             raise ResultError(f"cannot convert a result to version {version!r}")
-        out: dict[str, Any] = {"cniVersion": version}
+        out: dict[str, object] = {"cniVersion": version}
         if self.interfaces:
             out["interfaces"] = [i.to_dict(version) for i in self.interfaces]
         if self.ips:
@@ -259,7 +255,7 @@ class Result:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Result":
+    def from_dict(cls, data: Mapping[str, object]) -> "Result":
         """Parse a result of any supported version (as found in ``prevResult`` or a delegate's stdout)."""
         if not isinstance(data, Mapping):
             raise ResultError("result: must be a JSON object")

@@ -8,16 +8,15 @@ handed out even when ``rangeStart``/``rangeEnd`` include them.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from .config import IPAddress, Range, RangeSet
 from .errors import AddressUnavailable, DuplicateAllocation, RangeExhausted
+from .record import Record
 from .store import Attachment, Store
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(Record):
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface
     gateway: IPAddress
     range_set: int

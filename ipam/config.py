@@ -8,11 +8,11 @@ a set and overlapping ranges are refused. Messages keep host-local's wording and
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from . import paths
 from .errors import ConfigError
+from .record import Record
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -20,8 +20,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(Record):
     """One contiguous pool inside a subnet; ``range_start`` and ``range_end`` are inclusive."""
 
     subnet: IPNetwork
@@ -47,8 +46,7 @@ class Range:
         return f"{self.range_start}-{self.range_end}"
 
 
-@dataclass(frozen=True)
-class RangeSet:
+class RangeSet(Record):
     """Ranges of one family; an attachment gets one address per range set (so two sets give dual stack)."""
 
     ranges: tuple[Range, ...]
@@ -70,14 +68,12 @@ class RangeSet:
         return ",".join(str(r) for r in self.ranges)
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(Record):
     dst: IPNetwork
     gw: IPAddress | None = None
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(Record):
     """Cluster mode (``"store"`` set): blocks claimed per host over the datastore instead of files on disk."""
 
     store_url: str
@@ -91,8 +87,7 @@ class ClusterConfig:
         return self.block_size_v4 if version == 4 else self.block_size_v6
 
 
-@dataclass(frozen=True)
-class IpamConfig:
+class IpamConfig(Record):
     network: str
     range_sets: tuple[RangeSet, ...]
     routes: tuple[Route, ...] = ()
@@ -101,7 +96,7 @@ class IpamConfig:
     cluster: ClusterConfig | None = None
 
 
-def parse_ip(value: Any, field: str) -> IPAddress:
+def parse_ip(value: object, field: str) -> IPAddress:
     """An address as Go's ``net.ParseIP`` takes it (no zone); an IPv4-mapped IPv6 address counts as IPv4."""
     if not isinstance(value, str):
         raise ConfigError(f"{field}: expected an IP address string, got {value!r}")
@@ -127,7 +122,7 @@ def parse_requested(values: Iterable[str], field: str = "ips") -> tuple[IPAddres
     return tuple(out)
 
 
-def _parse_subnet(value: Any, field: str) -> IPNetwork:
+def _parse_subnet(value: object, field: str) -> IPNetwork:
     if value is None or value == "":
         raise ConfigError(f"{field}: IP <nil> not v4 nor v6")
     if not isinstance(value, str) or "/" not in value:
@@ -139,7 +134,7 @@ def _parse_subnet(value: Any, field: str) -> IPNetwork:
     return iface  # type: ignore[return-value]  # an interface: the caller checks the host bits
 
 
-def parse_range(raw: Any, field: str) -> Range:
+def parse_range(raw: object, field: str) -> Range:
     """One range, canonicalized as host-local does (defaults filled, every address inside the subnet)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{field}: expected an object with 'subnet', got {raw!r}")
@@ -173,7 +168,7 @@ def parse_range(raw: Any, field: str) -> Range:
     return Range(subnet=subnet, range_start=start, range_end=end, gateway=gateway)
 
 
-def parse_range_set(raw: Any, field: str, single: bool = False) -> RangeSet:
+def parse_range_set(raw: object, field: str, single: bool = False) -> RangeSet:
     """A list of ranges; ``single`` for host-local's old form, whose one range sits in the ipam object itself."""
     if not isinstance(raw, list):
         raise ConfigError(f"{field}: expected a list of ranges, got {raw!r}")
@@ -189,7 +184,7 @@ def parse_range_set(raw: Any, field: str, single: bool = False) -> RangeSet:
     return RangeSet(ranges)
 
 
-def _parse_route(raw: Any, field: str) -> Route:
+def _parse_route(raw: object, field: str) -> Route:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("dst"), str):
         raise ConfigError(f"{field}: expected an object with 'dst' (a string), got {raw!r}")
     try:
@@ -200,11 +195,11 @@ def _parse_route(raw: Any, field: str) -> Route:
     return Route(dst=dst, gw=None if gw in (None, "") else parse_ip(gw, f"{field}.gw"))
 
 
-def parse_ipam_config(ipam: Any, network: str, ip_ranges: Any = None) -> IpamConfig:
+def parse_ipam_config(ipam: object, network: str, ip_ranges: object = None) -> IpamConfig:
     """Parse the ``ipam`` object of a network config (and the ``ipRanges`` capability, prepended as host-local does)."""
     if not isinstance(ipam, Mapping):
         raise ConfigError("ipam: IPAM config missing 'ipam' key")
-    raw_sets: list[tuple[Any, str, bool]] = []
+    raw_sets: list[tuple[object, str, bool]] = []
     if ip_ranges:
         if not isinstance(ip_ranges, list):
             raise ConfigError(f"runtimeConfig.ipRanges: expected a list of range sets, got {ip_ranges!r}")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
 
 from .config import DEFAULT_DATA_DIR, IPAddress
 from .errors import StoreFailure
-from .store import Attachment
+from .store import Attachment, Store
 
 LOCK_FILE = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
@@ -60,7 +60,7 @@ def parse_address_name(name: str) -> IPAddress | None:
         return None
 
 
-class DiskStore:
+class DiskStore(Store):
     """host-local's disk store with an attachment index. One instance per operation (it holds per-lock state)."""
 
     def __init__(self, network: str, data_dir: str | None = None) -> None:

@@ -8,14 +8,13 @@ Lives below ``cni_plugins`` so the IPAM library and every plugin use the same ru
 from __future__ import annotations
 
 import os
-from typing import Any
 
 PATH_MAX = 4095        # bytes, without the final NUL
 NAME_MAX = 255         # bytes per component
 MAX_COMPONENTS = 64
 
 
-def utf8_text(value: Any, field: str, kind: str) -> bytes:
+def utf8_text(value: object, field: str, kind: str) -> bytes:
     """A non-empty string that encodes as UTF-8 (names the kernel sees as bytes), encoded; else ValueError
     naming ``field`` and what it should have been (``kind``)."""
     if not isinstance(value, str) or not value:
@@ -26,7 +25,7 @@ def utf8_text(value: Any, field: str, kind: str) -> bytes:
         raise ValueError(f"{field}: is not valid UTF-8") from None
 
 
-def absolute_path(value: Any, field: str) -> str:
+def absolute_path(value: object, field: str) -> str:
     """``value`` if it is a usable absolute path, else ValueError naming ``field`` (falsy values included)."""
     encoded = utf8_text(value, field, "absolute path")
     if b"\0" in encoded:
@@ -46,7 +45,7 @@ def absolute_path(value: Any, field: str) -> str:
     return value
 
 
-def optional_path(config: Any, key: str, default: str | None, field: str) -> str | None:
+def optional_path(config: object, key: str, default: str | None, field: str) -> str | None:
     """``config[key]`` checked by :func:`absolute_path`; absent or null means ``default`` (other falsy values
     such as ``""``, ``0`` or ``false`` are errors, not a silent default)."""
     value = config.get(key) if hasattr(config, "get") else None

@@ -1,11 +1,10 @@
 """resolv.conf → the DNS settings a CNI result carries (host-local's ``resolvConf`` option)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .record import Record
 
 
-@dataclass(frozen=True)
-class DnsSettings:
+class DnsSettings(Record):
     nameservers: tuple[str, ...] = ()
     domain: str = ""
     search: tuple[str, ...] = ()

@@ -6,16 +6,14 @@ only needs to answer "is this one free? take it" atomically. ``disk.DiskStore`` 
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import ContextManager, Iterable, Iterator, Protocol
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from .config import IPAddress
+from .record import Record
 
 
-@dataclass(frozen=True, order=True)
-class Attachment:
+class Attachment(Record, order=True):
     """Who holds an address: a container's interface. ``ifname == ""`` is an old-format reservation (id only)."""
 
     container_id: str
@@ -26,36 +24,46 @@ class Attachment:
         return self.container_id == other.container_id and other.ifname in ("", self.ifname)
 
 
-class Store(Protocol):
-    """Reservation store. Every method except ``lock`` expects the caller to hold ``lock()``."""
+class Store:
+    """Reservation store. Every method except ``lock`` expects the caller to hold ``lock()``.
 
-    def lock(self) -> ContextManager[None]:
+    A plain base class rather than a ``typing.Protocol``: importing ``typing`` is a cost on every cold CNI call."""
+
+    def lock(self) -> AbstractContextManager[None]:
         """Hold the store's lock (across processes and threads) for one operation."""
+        raise NotImplementedError
 
     def reserve(self, attachment: Attachment, ip: IPAddress, range_set: int) -> bool:
         """Take ``ip`` for ``attachment``; False when it is already taken. Records it as the set's last reserved."""
+        raise NotImplementedError
 
     def last_reserved(self, range_set: int) -> IPAddress | None:
         """The address most recently reserved in range set ``range_set`` (round robin continues after it)."""
+        raise NotImplementedError
 
     def release(self, attachment: Attachment, ips: Iterable[IPAddress] | None = None) -> list[IPAddress]:
         """Free the attachment's reservations (only ``ips`` when given); returns what was freed. Idempotent."""
+        raise NotImplementedError
 
     def get(self, attachment: Attachment) -> list[IPAddress]:
         """The addresses ``attachment`` holds."""
+        raise NotImplementedError
 
     def reservations(self) -> dict[IPAddress, Attachment]:
         """Every reservation: address → owner."""
+        raise NotImplementedError
 
     # A store with a placement policy of its own (cluster mode's blocks) also provides
     # ``candidates(range_set, idx) -> Iterator[(Range, ip)]``; the allocator then asks it instead of going round
     # robin after ``last_reserved``.
 
 
-class MemoryStore:
+class MemoryStore(Store):
     """A store in a dict, for the allocator's tests and for callers that need no persistence."""
 
     def __init__(self) -> None:
+        import threading  # not at the top: the disk store on a cold CNI call needs none
+
         self._mutex = threading.Lock()
         self._owner: dict[IPAddress, Attachment] = {}
         self._last: dict[int, IPAddress] = {}

@@ -12,7 +12,6 @@ Prints one JSON line: {"leftovers": {kind: count}, "kills": {target: n}, ...}; e
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -27,6 +26,7 @@ sys.path.insert(0, REPO)
 
 from cni_plugins import invoke, skel  # noqa: E402
 from discovery import wire  # noqa: E402
+from ipam.record import replace  # noqa: E402
 
 NETWORK = "btrace"
 PREV_RESULT = {"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
@@ -114,7 +114,7 @@ class HeldAdds:
             self.entered.set()
             self.release.wait(120)
             return handlers.add(req)
-        return dataclasses.replace(handlers, add=held_add)
+        return replace(handlers, add=held_add)
 
 
 def race(plugin: str, launchers: str, work: str, netns_name: str) -> dict:

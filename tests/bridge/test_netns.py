@@ -94,8 +94,8 @@ print(len(failures), failures[:1])
 
 
 def test_first_pyroute2_imports_from_two_handlers_at_once_are_safe():
-    """One handler's first netlink error class and another's first IPRoute, at the same moment, in a process that
-    has not imported pyroute2: both must get what they asked for. (Berth imported the error class with a plain
+    """One handler's first import from pyroute2 (its netlink error class) and another's first IPRoute, at the same
+    moment, in a process that has not imported pyroute2: both must get what they asked for. (Berth imported the error class with a plain
     ``import`` while the other thread registered the lazy package: the two imports crossed, and one got a
     half-initialised ``pyroute2.iproute`` — ImportError on AsyncIPRoute, seen under load in the bridge tests.)
     A slow import hook, as pytest's assertion rewriter can be on a busy machine, opens the window every time."""
@@ -113,7 +113,7 @@ class SlowFinder:
         return None
 
 sys.meta_path.insert(0, SlowFinder)
-from cni_plugins import link_ops, netns
+from cni_plugins import netns
 failures = []
 
 def run(call, delay):
@@ -123,7 +123,8 @@ def run(call, delay):
     except Exception as exc:
         failures.append(repr(exc))
 
-threads = [threading.Thread(target=run, args=(link_ops._netlink_error, 0)),
+error_class = lambda: netns.from_pyroute2("pyroute2.netlink.exceptions", "NetlinkError")
+threads = [threading.Thread(target=run, args=(error_class, 0)),
            threading.Thread(target=run, args=(netns._iproute_class, 0.05))]
 for t in threads: t.start()
 for t in threads: t.join()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from berth.install_cni import build_native_launcher, find_compiler, render_launcher
+from berth.install_cni import LAUNCHER_MODULE, build_native_launcher, find_compiler, write_python_launchers
 from tests.conftest import REPO_ROOT, VENV_BIN
 
 PLUGIN = "bt-echo"
@@ -44,11 +44,11 @@ def workdir():
 def launcher(request, workdir):
     """The plugin executable as `berth install-cni` lays it out: the Python launcher, or the native one with the
     Python launcher beside it as its fallback."""
-    python_dir = workdir / ".berth-python" if request.param == "native" else workdir
-    python_dir.mkdir(exist_ok=True)
-    python_launcher = python_dir / PLUGIN
-    python_launcher.write_text(render_launcher(PLUGIN, MODULE, extra_paths=(str(REPO_ROOT),)))
-    python_launcher.chmod(0o755)
+    module_dir = workdir / ".berth-python"
+    module_dir.mkdir()
+    python_dir = module_dir if request.param == "native" else workdir
+    [python_launcher] = write_python_launchers(python_dir, {PLUGIN: MODULE}, module_dir,
+                                               extra_paths=(str(REPO_ROOT),))
     if request.param == "python":
         return python_launcher
     compiler = find_compiler()
@@ -164,11 +164,14 @@ def test_stale_socket_file_from_dead_daemon_falls_back_without_hanging(launcher,
     assert code == 0 and body["ips"]
 
 
-def test_launcher_of_another_build_falls_back_instead_of_mixing_code(launcher, daemon):
-    data = launcher.read_bytes()
-    build_id = daemon_build_id = __import__("cni_plugins.buildinfo").buildinfo.build_id().encode()
-    assert build_id in data
-    launcher.write_bytes(data.replace(daemon_build_id, b"0" * len(daemon_build_id)))
+def test_launcher_of_another_build_falls_back_instead_of_mixing_code(launcher, daemon, workdir):
+    # the native launcher carries the build id itself; the Python one in the module its stub imports
+    native = not launcher.read_bytes().startswith(b"#!")
+    carrier = launcher if native else workdir / ".berth-python" / f"{LAUNCHER_MODULE}.py"
+    data = carrier.read_bytes()
+    daemon_build_id = __import__("cni_plugins.buildinfo").buildinfo.build_id().encode()
+    assert daemon_build_id in data
+    carrier.write_bytes(data.replace(daemon_build_id, b"0" * len(daemon_build_id)))
     code, body = call(launcher, cni_env(BERTH_CNI_SOCKET=str(daemon.socket_path)))
     assert code == 0 and served_by(body) != daemon.proc.pid
 
