@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from dnslib import DNSRecord
 
-from berth.install_cni import render_launcher
+from berth.install_cni import write_python_launchers
 from discovery.model import EndpointRecord
 from tests.conftest import REPO_ROOT, VENV_BIN
 from tests.discovery.conftest import AgentProcess
@@ -247,9 +247,8 @@ def cni_call(world, launcher: Path, command: str, config: bytes) -> subprocess.C
 
 def test_cni_daemon_counts_calls_by_plugin_command_and_code(world):
     workdir, metrics = world["workdir"], world["cni"].metrics
-    launcher = workdir / "berth-ipam"
-    launcher.write_text(render_launcher("berth-ipam", "cni_plugins.ipam_plugin", extra_paths=(str(REPO_ROOT),)))
-    launcher.chmod(0o755)
+    [launcher] = write_python_launchers(workdir, {"berth-ipam": "cni_plugins.ipam_plugin"},
+                                        extra_paths=(str(REPO_ROOT),))
     config = json.dumps({"cniVersion": "1.0.0", "name": "btnet", "type": "bridge",
                          "ipam": {"type": "berth-ipam", "subnet": "10.94.0.0/24",
                                   "dataDir": str(workdir / "ipam")}}).encode()
