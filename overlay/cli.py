@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not masquerade traffic leaving the overlay")
     parser.add_argument("--release-on-exit", action="store_true",
                         help="on SIGTERM give the subnet back and remove the device (default: keep both)")
+    parser.add_argument("--ipam-host", default="",
+                        help="this host's cluster IPAM name (the ipam config's \"host\"; default the hostname): "
+                             "peers route the blocks it owns to it")
+    parser.add_argument("--no-block-routes", dest="route_blocks", action="store_false",
+                        help="do not route the cluster IPAM blocks of other hosts")
     parser.add_argument("-v", "--verbose", action="store_true")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
 
@@ -149,7 +154,8 @@ def _run_daemon(args) -> int:
     daemon = OverlayDaemon(DaemonOptions(
         store_url=args.store, iface=args.iface, public_ip=args.public_ip, prefix=args.prefix,
         subnet_file=args.subnet_file, device=args.device, lease_ttl=args.lease_ttl, ip_masq=args.ip_masq,
-        release_on_exit=args.release_on_exit, resync_interval=args.resync_interval))
+        release_on_exit=args.release_on_exit, resync_interval=args.resync_interval,
+        ipam_host=args.ipam_host, route_blocks=args.route_blocks))
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())
     try:

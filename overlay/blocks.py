@@ -1,0 +1,156 @@
+"""Routes for cluster IPAM's blocks, pure: which host owns which block, and the routes that follow from it.
+
+Cluster IPAM (:mod:`ipam.cluster`) names a block's owner by its IPAM host name; the overlay knows peers by their
+subnet lease, which carries the same name (``SubnetLease.ipam_host``, the daemon's ``--ipam-host``). That name is
+the join: every IPv4 block owned by a peer gets a route via that peer's VTEP, on the VXLAN device (or, with direct
+routing, via its underlay address), beside the peer's own subnet route, so the neighbour and FDB entry the peer
+already has carry the block's traffic too. An address borrowed from another host's block (its record names the
+host that took it, not the block's owner) gets a /32 route to the host holding it.
+
+``BlockView`` follows ``/berth/ipam/networks/`` (through :class:`store.follower.Follower`) and keeps only what
+routing needs: claims and the holders of borrowed addresses. ``block_routes`` turns it and the peers into routes
+that :func:`overlay.reconcile.plan` diffs with the kernel together with the peers' own.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from ipam.blocks import parse_block_name, read_claim, read_record
+from overlay.lease import SubnetLease
+from overlay.reconcile import Route
+
+log = logging.getLogger("berth.overlay")
+
+IPAM_NETWORKS_PREFIX = "/berth/ipam/networks/"  # ipam.cluster.network_prefix() without the network
+
+BlockId = tuple[str, ipaddress.IPv4Network]  # (IPAM network name, block)
+
+
+def parse_key(key: str, prefix: str = IPAM_NETWORKS_PREFIX):
+    """``("block", network, block, None)``, ``("ip", network, block, ip)`` or None for other keys (pool
+    definitions, attachment index entries, foreign keys, IPv6 blocks: the overlay routes IPv4 only)."""
+    if not key.startswith(prefix):
+        return None
+    parts = key[len(prefix):].split("/")
+    try:
+        if len(parts) == 3 and parts[1] == "blocks":
+            block = parse_block_name(parts[2])
+            return ("block", parts[0], block, None) if block.version == 4 else None
+        if len(parts) == 4 and parts[1] == "ips":
+            block, ip = parse_block_name(parts[2]), ipaddress.ip_address(parts[3])
+            return ("ip", parts[0], block, ip) if ip.version == 4 and ip in block else None
+    except ValueError:
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class BlockSnapshot:
+    """What routing needs, copied out of the view (the follower's thread keeps changing the view itself)."""
+
+    owners: dict[BlockId, str] = field(default_factory=dict)
+    borrowed: dict[ipaddress.IPv4Address, str] = field(default_factory=dict)  # address -> the host holding it
+
+
+@dataclass
+class BlockView:
+    """Block owners and holders of addresses, as the store says (a pure reducer for the follower).
+
+    ``holders`` keeps every held address (not only borrowed ones): whether an address is borrowed depends on its
+    block's owner, which may be written after the address's record in another batch. ``reset`` always returns a
+    snapshot; ``apply`` returns one only when owners or borrowed addresses changed (most batches are ADDs and
+    DELs inside a host's own blocks, which change no route)."""
+
+    prefix: str = IPAM_NETWORKS_PREFIX
+    owners: dict[BlockId, str] = field(default_factory=dict)
+    holders: dict[tuple[str, ipaddress.IPv4Address], tuple[ipaddress.IPv4Network, str]] = field(default_factory=dict)
+
+    def reset(self, items: Sequence, revision: int = 0) -> BlockSnapshot:
+        self.owners, self.holders = {}, {}
+        for kv in items:
+            self._put(kv.key, kv.value)
+        return self.snapshot()
+
+    def apply(self, batch) -> BlockSnapshot | None:
+        before = self.snapshot()
+        for event in batch.events:
+            if event.kind == "delete":
+                self._drop(event.key)
+            else:
+                self._put(event.key, event.value)
+        after = self.snapshot()
+        return None if after == before else after
+
+    def snapshot(self) -> BlockSnapshot:
+        return BlockSnapshot(dict(self.owners), self.borrowed())
+
+    def _put(self, key: str, value: bytes) -> None:
+        parsed = parse_key(key, self.prefix)
+        if parsed is None:
+            return
+        kind, network, block, ip = parsed
+        if kind == "block":
+            self.owners[(network, block)] = read_claim(value).host
+            return
+        record = read_record(value, network)
+        if record.held and record.host != "?":
+            self.holders[(network, ip)] = (block, record.host)
+        else:  # released (quarantined) or unreadable: nobody to route it to
+            self.holders.pop((network, ip), None)
+
+    def _drop(self, key: str) -> None:
+        parsed = parse_key(key, self.prefix)
+        if parsed is None:
+            return
+        kind, network, block, ip = parsed
+        if kind == "block":
+            self.owners.pop((network, block), None)
+        else:
+            self.holders.pop((network, ip), None)
+
+    def borrowed(self) -> dict[ipaddress.IPv4Address, str]:
+        """Addresses held by a host other than their block's owner -> that host."""
+        out = {}
+        for (network, ip), (block, holder) in self.holders.items():
+            owner = self.owners.get((network, block))
+            if owner is not None and owner != holder:
+                out[ip] = holder
+        return out
+
+
+def block_routes(view: BlockSnapshot, peers: Iterable[SubnetLease], own_host: str, vxlan_device: str,
+                 underlay_device: str = "", direct_networks: Iterable[ipaddress.IPv4Network] = ()) -> frozenset[Route]:
+    """A route per block a peer owns and per address a peer borrowed, each via that peer as its subnet route goes.
+
+    Blocks of this host and of hosts without a lease (gone, or not running the overlay) get none; so a departed
+    host's blocks lose their routes on every peer as soon as its lease ends, claimed or not. One destination
+    claimed by two hosts (two networks cut over the same range) goes to the first owner by name, never both."""
+    direct_networks = tuple(direct_networks)
+    by_host: dict[str, SubnetLease] = {}
+    for lease in sorted(peers, key=lambda lease: str(lease.subnet)):
+        if lease.ipam_host and lease.ipam_host != own_host:
+            by_host.setdefault(lease.ipam_host, lease)
+
+    def via(dst: ipaddress.IPv4Network, host: str) -> Route | None:
+        lease = by_host.get(host)
+        if lease is None or host == own_host:
+            return None
+        if any(lease.public_ip in net for net in direct_networks):
+            return Route(dst, lease.public_ip, underlay_device)
+        if not lease.vtep_mac:
+            return None
+        return Route(dst, lease.vtep_ip, vxlan_device)
+
+    chosen: dict[ipaddress.IPv4Network, Route] = {}
+    wanted = [(block, owner) for (_net, block), owner in view.owners.items()]
+    wanted += [(ipaddress.IPv4Network((ip, 32)), holder) for ip, holder in view.borrowed.items()]
+    for dst, host in sorted(wanted, key=lambda pair: (pair[0], pair[1])):
+        if dst in chosen:
+            continue
+        route = via(dst, host)
+        if route is not None:
+            chosen[dst] = route
+    return frozenset(chosen.values())
