@@ -5,7 +5,8 @@ subnet lease, which carries the same name (``SubnetLease.ipam_host``, the daemon
 the join: every IPv4 block owned by a peer gets a route via that peer's VTEP, on the VXLAN device (or, with direct
 routing, via its underlay address), beside the peer's own subnet route, so the neighbour and FDB entry the peer
 already has carry the block's traffic too. An address borrowed from another host's block (its record names the
-host that took it, not the block's owner) gets a /32 route to the host holding it.
+host that took it, not the block's owner) gets a /32 route to the host holding it, and on that host a /32 onto the
+bridge that carries the pool's gateway (else the owner's block route would send its traffic back to the owner).
 
 ``BlockView`` follows ``/berth/ipam/networks/`` (through :class:`store.follower.Follower`) and keeps only what
 routing needs: claims and the holders of borrowed addresses. ``block_routes`` turns it and the peers into routes
@@ -18,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from ipam.blocks import parse_block_name, read_claim, read_record
+from ipam.blocks import parse_block_name, parse_pool_definition, read_claim, read_record
 from overlay.lease import SubnetLease
 from overlay.reconcile import Route
 
@@ -30,11 +31,13 @@ BlockId = tuple[str, ipaddress.IPv4Network]  # (IPAM network name, block)
 
 
 def parse_key(key: str, prefix: str = IPAM_NETWORKS_PREFIX):
-    """``("block", network, block, None)``, ``("ip", network, block, ip)`` or None for other keys (pool
-    definitions, attachment index entries, foreign keys, IPv6 blocks: the overlay routes IPv4 only)."""
+    """``("block", network, block, None)``, ``("ip", network, block, ip)``, ``("pool", network, None, None)`` or
+    None for other keys (attachment index entries, foreign keys, IPv6 blocks: the overlay routes IPv4 only)."""
     if not key.startswith(prefix):
         return None
     parts = key[len(prefix):].split("/")
+    if len(parts) == 2 and parts[1] == "pool":
+        return ("pool", parts[0], None, None)
     try:
         if len(parts) == 3 and parts[1] == "blocks":
             block = parse_block_name(parts[2])
@@ -52,7 +55,8 @@ class BlockSnapshot:
     """What routing needs, copied out of the view (the follower's thread keeps changing the view itself)."""
 
     owners: dict[BlockId, str] = field(default_factory=dict)
-    borrowed: dict[ipaddress.IPv4Address, str] = field(default_factory=dict)  # address -> the host holding it
+    borrowed: dict[ipaddress.IPv4Address, tuple[str, str]] = field(default_factory=dict)  # -> (network, holder)
+    gateways: dict[str, tuple[ipaddress.IPv4Address, ...]] = field(default_factory=dict)  # network -> its pool's
 
 
 @dataclass
@@ -66,10 +70,11 @@ class BlockView:
 
     prefix: str = IPAM_NETWORKS_PREFIX
     owners: dict[BlockId, str] = field(default_factory=dict)
+    gateways: dict[str, tuple[ipaddress.IPv4Address, ...]] = field(default_factory=dict)
     holders: dict[tuple[str, ipaddress.IPv4Address], tuple[ipaddress.IPv4Network, str]] = field(default_factory=dict)
 
     def reset(self, items: Sequence, revision: int = 0) -> BlockSnapshot:
-        self.owners, self.holders = {}, {}
+        self.owners, self.holders, self.gateways = {}, {}, {}
         for kv in items:
             self._put(kv.key, kv.value)
         return self.snapshot()
@@ -85,13 +90,21 @@ class BlockView:
         return None if after == before else after
 
     def snapshot(self) -> BlockSnapshot:
-        return BlockSnapshot(dict(self.owners), self.borrowed())
+        return BlockSnapshot(dict(self.owners), self.borrowed(), dict(self.gateways))
 
     def _put(self, key: str, value: bytes) -> None:
         parsed = parse_key(key, self.prefix)
         if parsed is None:
             return
         kind, network, block, ip = parsed
+        if kind == "pool":
+            try:
+                pools = parse_pool_definition(value)
+                self.gateways[network] = tuple(r.gateway for p in pools for r in p.range_set.ranges
+                                               if r.version == 4)
+            except (ValueError, KeyError, TypeError):
+                self.gateways.pop(network, None)
+            return
         if kind == "block":
             self.owners[(network, block)] = read_claim(value).host
             return
@@ -106,24 +119,35 @@ class BlockView:
         if parsed is None:
             return
         kind, network, block, ip = parsed
-        if kind == "block":
+        if kind == "pool":
+            self.gateways.pop(network, None)
+        elif kind == "block":
             self.owners.pop((network, block), None)
         else:
             self.holders.pop((network, ip), None)
 
-    def borrowed(self) -> dict[ipaddress.IPv4Address, str]:
-        """Addresses held by a host other than their block's owner -> that host."""
+    def borrowed(self) -> dict[ipaddress.IPv4Address, tuple[str, str]]:
+        """Addresses held by a host other than their block's owner (or in a block nobody claims now) ->
+        (network, the host holding it)."""
         out = {}
         for (network, ip), (block, holder) in self.holders.items():
-            owner = self.owners.get((network, block))
-            if owner is not None and owner != holder:
-                out[ip] = holder
+            if self.owners.get((network, block)) != holder:
+                out[ip] = (network, holder)
         return out
 
 
+def gateways_for_borrowed(view: BlockSnapshot, own_host: str) -> set[ipaddress.IPv4Address]:
+    """The pool gateways whose devices this host needs: those of networks where it holds a borrowed address."""
+    networks = {network for network, holder in view.borrowed.values() if holder == own_host}
+    return {gw for network in networks for gw in view.gateways.get(network, ())}
+
+
 def block_routes(view: BlockSnapshot, peers: Iterable[SubnetLease], own_host: str, vxlan_device: str,
-                 underlay_device: str = "", direct_networks: Iterable[ipaddress.IPv4Network] = ()) -> frozenset[Route]:
-    """A route per block a peer owns and per address a peer borrowed, each via that peer as its subnet route goes.
+                 underlay_device: str = "", direct_networks: Iterable[ipaddress.IPv4Network] = (),
+                 bridges: dict[ipaddress.IPv4Address, str] | None = None) -> frozenset[Route]:
+    """A route per block a peer owns and per address a peer borrowed, each via that peer as its subnet route goes;
+    and per address this host borrowed, one onto the device carrying its pool's gateway (``bridges``: gateway ->
+    device, from :func:`overlay.kernel.devices_holding`; none yet before the first container made the bridge).
 
     Blocks of this host and of hosts without a lease (gone, or not running the overlay) get none; so a departed
     host's blocks lose their routes on every peer as soon as its lease ends, claimed or not. One destination
@@ -146,11 +170,18 @@ def block_routes(view: BlockSnapshot, peers: Iterable[SubnetLease], own_host: st
 
     chosen: dict[ipaddress.IPv4Network, Route] = {}
     wanted = [(block, owner) for (_net, block), owner in view.owners.items()]
-    wanted += [(ipaddress.IPv4Network((ip, 32)), holder) for ip, holder in view.borrowed.items()]
+    wanted += [(ipaddress.IPv4Network((ip, 32)), holder) for ip, (_net, holder) in view.borrowed.items()]
     for dst, host in sorted(wanted, key=lambda pair: (pair[0], pair[1])):
         if dst in chosen:
             continue
         route = via(dst, host)
         if route is not None:
             chosen[dst] = route
+    bridges = bridges or {}
+    for ip, (network, holder) in sorted(view.borrowed.items()):
+        if holder != own_host:
+            continue
+        device = next((bridges[gw] for gw in view.gateways.get(network, ()) if gw in bridges), None)
+        if device is not None:
+            chosen[ipaddress.IPv4Network((ip, 32))] = Route(ipaddress.IPv4Network((ip, 32)), None, device)
     return frozenset(chosen.values())

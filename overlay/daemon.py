@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, replace
 
 from overlay import claim, kernel, masq, subnetfile
-from overlay.blocks import IPAM_NETWORKS_PREFIX, BlockView, block_routes
+from overlay.blocks import IPAM_NETWORKS_PREFIX, BlockView, block_routes, gateways_for_borrowed
 from overlay.config import DEFAULT_PREFIX, NetworkConfig
 from overlay.lease import subnet_key, subnets_prefix
 from overlay.reconcile import Delta, LeaseWatcher, desired_state, plan
@@ -210,9 +210,10 @@ class OverlayDaemon:
         desired = desired_state(self.watcher.leases.values(), self.device, self.underlay.name,
                                 self.underlay.networks if use_direct else ())
         if self._blocks is not None:
+            bridges = kernel.devices_holding(ipr, gateways_for_borrowed(self._blocks, self.ipam_host))
             desired = replace(desired, routes=desired.routes | block_routes(
                 self._blocks, self.watcher.leases.values(), self.ipam_host, self.device, self.underlay.name,
-                self.underlay.networks if use_direct else ()))
+                self.underlay.networks if use_direct else (), bridges))
         # the kernel is read after a listing (that read also finds entries of hosts gone while this daemon was
         # down); between listings the daemon's own record of what it programmed is enough, and cheaper
         actual = self._programmed if self._programmed is not None else kernel.read_state(ipr, self.vxlan_index)

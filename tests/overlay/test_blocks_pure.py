@@ -5,7 +5,7 @@ import ipaddress
 from types import SimpleNamespace
 
 from ipam.blocks import AddressRecord, BlockClaim
-from overlay.blocks import BlockView, block_routes, parse_key
+from overlay.blocks import BlockView, block_routes, gateways_for_borrowed, parse_key
 from overlay.lease import SubnetLease, parse_lease, subnet_key
 from overlay.reconcile import KernelState, Route, desired_state, plan
 
@@ -48,7 +48,8 @@ PEERS = [peer("10.5.1.0/24", "192.168.9.1", "a"), peer("10.5.2.0/24", "192.168.9
 def test_keys_parsed_and_others_ignored():
     assert parse_key(f"{NET}blocks/10.9.0.64_26") == ("block", "pods", N("10.9.0.64/26"), None)
     assert parse_key(f"{NET}ips/10.9.0.64_26/10.9.0.70") == ("ip", "pods", N("10.9.0.64/26"), A("10.9.0.70"))
-    for key in (f"{NET}pool", f"{NET}attachments/cid/eth0/10.9.0.70", f"{NET}blocks/fd00::_122",
+    assert parse_key(f"{NET}pool") == ("pool", "pods", None, None)
+    for key in (f"{NET}attachments/cid/eth0/10.9.0.70", f"{NET}blocks/fd00::_122",
                 f"{NET}ips/10.9.0.64_26/10.9.1.1", f"{NET}blocks/garbage", "/other/key"):
         assert parse_key(key) is None, key
 
@@ -75,7 +76,7 @@ def test_borrowed_address_routes_to_its_holder_and_stops_when_released():
     view = BlockView()
     view.reset([claim("10.9.0.0_26", "a"), record("10.9.0.0_26", "10.9.0.5", "a")])
     snap = view.apply(batch(put(record("10.9.0.0_26", "10.9.0.9", "b"))))  # b borrowed from a's block
-    assert snap is not None and snap.borrowed == {A("10.9.0.9"): "b"}
+    assert snap is not None and snap.borrowed == {A("10.9.0.9"): ("pods", "b")}
     assert Route(N("10.9.0.9/32"), A("10.5.2.0"), "berth.1") in block_routes(snap, PEERS, "me", "berth.1")
     # on a itself: its block is local, the borrowed address goes to b
     assert block_routes(snap, PEERS, "a", "berth.1") == {Route(N("10.9.0.9/32"), A("10.5.2.0"), "berth.1")}
@@ -90,11 +91,29 @@ def test_address_changes_inside_own_blocks_change_nothing():
     assert view.apply(batch(delete(f"{NET}attachments/c/eth0/10.9.0.5"))) is None
 
 
-def test_record_before_its_claim_counts_once_the_claim_arrives():
+def test_an_address_follows_its_holder_whatever_its_block_claim_says():
     view = BlockView()
-    view.reset([record("10.9.0.0_26", "10.9.0.9", "b")])
-    snap = view.apply(batch(put(claim("10.9.0.0_26", "a"))))
-    assert snap.borrowed == {A("10.9.0.9"): "b"}
+    snap = view.reset([record("10.9.0.0_26", "10.9.0.9", "b")])  # a block nobody claims (now)
+    assert snap.borrowed == {A("10.9.0.9"): ("pods", "b")}
+    assert view.apply(batch(put(claim("10.9.0.0_26", "a")))).borrowed == {A("10.9.0.9"): ("pods", "b")}
+    assert view.apply(batch(put(claim("10.9.0.0_26", "b")))).borrowed == {}  # b's own block after all
+
+
+def test_an_address_this_host_borrowed_goes_onto_the_bridge_holding_the_pool_gateway():
+    from ipam.blocks import pool_definition
+    from ipam.config import parse_range_set
+
+    ranges = parse_range_set([{"subnet": "10.9.0.0/24"}], "ranges")
+    view = BlockView()
+    snap = view.reset([kv(f"{NET}pool", pool_definition([ranges], [26])), claim("10.9.0.0_26", "a"),
+                       record("10.9.0.0_26", "10.9.0.9", "me")])
+    assert gateways_for_borrowed(snap, "me") == {A("10.9.0.1")}
+    assert gateways_for_borrowed(snap, "a") == set()
+    local = Route(N("10.9.0.9/32"), None, "cni0")
+    assert local in block_routes(snap, PEERS, "me", "berth.1", bridges={A("10.9.0.1"): "cni0"})
+    # the owner's block still routes to it; without the bridge yet, no local route (the next check adds it)
+    assert block_routes(snap, PEERS, "me", "berth.1") == {Route(N("10.9.0.0/26"), A("10.5.1.0"), "berth.1")}
+    assert plan(KernelState(), KernelState(routes=frozenset({local}))).remove_routes == (local,)
 
 
 def test_released_block_and_departed_host_remove_their_routes():

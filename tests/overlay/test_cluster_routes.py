@@ -78,6 +78,15 @@ def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns
     assert ping(ns["c3"], ip2) and ping(ns["c1b"], ip3), "h3 <-> h2 and h1"
     assert ping(ns["c1"], ip1b), "two blocks of one host, same bridge"
 
+    # a borrowed address (h3 takes one in h1's second block, as it does when the pool is full): a /32 to h3 on the
+    # peers, and on h3 a /32 onto its bridge, which beats the /29 that points back at h1
+    ip3b = add(h3, "c3b", ips=["10.215.0.201"])
+    wait_until(lambda: routes_on(h1).get("10.215.0.201") == vtep[h3.label]
+               and routes_on(h2).get("10.215.0.201") == vtep[h3.label]
+               and "10.215.0.201" in routes_on(h3), what="the borrowed address routed to its holder")
+    assert routes_on(h3)["10.215.0.201"] is None  # on the bridge, no gateway
+    assert ping(ns["c2"], ip3b) and ping(ns["c1"], ip3b), "the borrowed address reached from the owner and a peer"
+
     # a released block (its claim deleted, as `berth ipam check --release` does for an ownerless one): peers drop
     # its route, the host's other block stays routed
     rc, out = cni("DEL", host_config(tmp_path, h1, sqlite_url), host=h1.netns, container_id="btc1b",
@@ -91,10 +100,14 @@ def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns
     wait_until(lambda: blocks["c1b"] not in routes_on(h2) and blocks["c1b"] not in routes_on(h3),
                what="the released block's route gone from peers")
     assert routes_on(h2).get(blocks["c1"]) == vtep[h1.label]
+    assert routes_on(h2).get("10.215.0.201") == vtep[h3.label]  # still held: it follows its holder, not the claim
+    # the DEL took a port off h1's bridge: its MAC (the gateway's, in every container's ARP cache) must not change
+    assert ping(ns["c1"], ip2) and ping(ns["c2"], ip1)
 
     # a host gone (its daemon killed, its lease expired): its blocks' routes go on every peer, claims or not
     h3.kill()
-    wait_until(lambda: blocks["c3"] not in routes_on(h1) and blocks["c3"] not in routes_on(h2),
+    wait_until(lambda: all(dst not in routes_on(peer) for dst in (blocks["c3"], "10.215.0.201")
+                           for peer in (h1, h2)),
                what="the departed host's block routes removed", timeout=30)
     assert routes_on(h1).get(blocks["c2"]) == vtep[h2.label]
-    assert ping(ns["c1"], ip2)
+    assert ping(ns["c1"], ip2) and ping(ns["c2"], ip1)
