@@ -46,6 +46,7 @@ class DaemonOptions:
     resync_interval: float = 30.0  # re-read the kernel this often and repair drift (0: never)
     ipam_host: str = ""  # this host's cluster IPAM name (ipam config "host"); "": the machine's hostname
     route_blocks: bool = True  # route cluster IPAM blocks of peers (overlay.blocks)
+    ipam_host_ttl: float = 3600.0  # keep cluster IPAM's liveness key of this host alive (overlay.ipam_host; 0: no)
 
 
 class DaemonError(RuntimeError):
@@ -91,6 +92,7 @@ class OverlayDaemon:
         self._blocks = None  # overlay.blocks.BlockSnapshot once listed (None: route no blocks)
         self._block_follower: Follower | None = None
         self._block_ipr = None
+        self._ipam_host_keeper = None
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -161,6 +163,9 @@ class OverlayDaemon:
             if self._keeper.acquire(reuse=self.held.store_lease) != self.held.store_lease:
                 self._rewrite_lease(self._keeper.lease_id)  # expired in the moments since the claim
             self._keeper.start()
+        if opts.ipam_host_ttl > 0:
+            from overlay.ipam_host import IpamHostKeeper
+            self._ipam_host_keeper = IpamHostKeeper(self.store, self.ipam_host, opts.ipam_host_ttl).start()
         log.info("ready: subnet %s on %s, %d peers", lease.subnet, self.device, len(self.watcher.leases))
 
     def _wait_for_config(self) -> NetworkConfig:
@@ -289,6 +294,8 @@ class OverlayDaemon:
             self._follower.stop()
         if self._follower_ipr is not None:
             self._follower_ipr.close()
+        if self._ipam_host_keeper is not None:
+            self._ipam_host_keeper.stop()
         if self._block_follower is not None:
             self._block_follower.stop()
         if self._block_ipr is not None:

@@ -1,7 +1,8 @@
 """Cluster IPAM routed by the overlay, for real: three simulated hosts running ``berth overlay``, containers added
 with the real plugins (berth-overlay -> berth-bridge -> berth-ipam in cluster mode) on one shared SQLite store,
-blocks of /29 so hosts own blocks of different prefixes; cross-host ping over the VXLAN, and block routes removed
-on peers when a block's claim goes and when its host goes."""
+blocks of /29 so hosts own blocks of different prefixes; cross-host ping over the VXLAN (a borrowed address too),
+block routes removed on peers when a block's claim goes and when its host goes, and each daemon keeping its
+host's IPAM liveness key alive."""
 from __future__ import annotations
 
 import ipaddress
@@ -32,6 +33,15 @@ def block_of(ip) -> str:
     return str(ipaddress.ip_network(f"{ip}/29", strict=False))
 
 
+def host_leases(store_url: str, hosts) -> dict[str, int]:
+    """Each host's cluster IPAM liveness key -> the store lease it lives under (0: absent)."""
+    store = open_store(store_url)
+    try:
+        return {h.label: (kv.lease if (kv := store.get(f"/berth/ipam/hosts/{h.label}")) else 0) for h in hosts}
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def cluster(make_sim, sqlite_url):
     return make_sim(sqlite_url, hosts=3)
@@ -40,6 +50,8 @@ def cluster(make_sim, sqlite_url):
 def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns, tmp_path, sqlite_url):
     h1, h2, h3 = cluster.hosts
     added = {}
+    liveness = host_leases(sqlite_url, cluster.hosts)
+    assert all(liveness.values()), liveness  # each daemon keeps its IPAM host alive before any CNI call
 
     def add(host, name, **args):
         ns = netns("ctr")
@@ -57,6 +69,7 @@ def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns
     ip2 = add(h2, "c2")
     ip3 = add(h3, "c3")
     assert ip1b == ipaddress.ip_address("10.215.0.200")
+    assert host_leases(sqlite_url, cluster.hosts) == liveness  # the CNI calls renewed the daemons' leases
     blocks = {name: block_of(ip) for name, (_h, _ns, ip, _r) in added.items()}
     assert len({blocks["c1"], blocks["c1b"], blocks["c2"], blocks["c3"]}) == 4, blocks
 
