@@ -1,15 +1,17 @@
 """Cluster IPAM routed by the overlay, for real: three simulated hosts running ``berth overlay``, containers added
-with the real plugins (berth-overlay -> berth-bridge -> berth-ipam in cluster mode) on one shared SQLite store,
+with the real plugins (berth-overlay -> berth-bridge -> berth-ipam in cluster mode) on one shared store (the SQLite
+file, or a real etcd inside the simulation's underlay),
 blocks of /29 so hosts own blocks of different prefixes; cross-host ping over the VXLAN (a borrowed address too),
 block routes removed on peers when a block's claim goes and when its host goes, and each daemon keeping its
 host's IPAM liveness key alive."""
 from __future__ import annotations
 
 import ipaddress
+import json
+import sys
 
 import pytest
 
-from store.api import open_store
 from tests.overlay.helpers import cni, overlay_entries, ping, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.service]
@@ -33,29 +35,56 @@ def block_of(ip) -> str:
     return str(ipaddress.ip_network(f"{ip}/29", strict=False))
 
 
-def host_leases(store_url: str, hosts) -> dict[str, int]:
+STORE_OP = """
+import json, sys
+from store.api import open_store
+store = open_store(sys.argv[1])
+op, keys = sys.argv[2], sys.argv[3:]
+if op == "leases":
+    print(json.dumps({key: (kv.lease if (kv := store.get(key)) else 0) for key in keys}))
+else:
+    print(json.dumps({key: store.delete(key) for key in keys}))
+store.close()
+"""
+
+
+def store_op(sim, op: str, *keys: str) -> dict:
+    """``leases`` (key -> its store lease, 0: absent) or ``delete`` keys, from inside a host's namespace, where the
+    store is reachable (an etcd in the underlay is reachable from nowhere else)."""
+    done = sim.hosts[0].exec(sys.executable, "-c", STORE_OP, sim.store_url, op, *keys)
+    return json.loads(done.stdout)
+
+
+def host_leases(sim) -> dict[str, int]:
     """Each host's cluster IPAM liveness key -> the store lease it lives under (0: absent)."""
-    store = open_store(store_url)
-    try:
-        return {h.label: (kv.lease if (kv := store.get(f"/berth/ipam/hosts/{h.label}")) else 0) for h in hosts}
-    finally:
-        store.close()
+    found = store_op(sim, "leases", *(f"/berth/ipam/hosts/{h.label}" for h in sim.hosts))
+    return {key.rsplit("/", 1)[1]: lease for key, lease in found.items()}
 
 
-@pytest.fixture
-def cluster(make_sim, sqlite_url):
-    return make_sim(sqlite_url, hosts=3)
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+def cluster(request, make_sim, sqlite_url):
+    if request.param == "sqlite":
+        return make_sim(sqlite_url, hosts=3)
+
+    def start_etcd(sim):
+        from tests.etcd_harness import start_etcd
+        etcd = start_etcd(1, host=str(sim.underlay_gateway), netns=sim.underlay_ns)
+        request.addfinalizer(etcd.close)
+        return etcd.url
+
+    return make_sim(start_etcd, hosts=3)
 
 
-def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns, tmp_path, sqlite_url):
+def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns, tmp_path):
     h1, h2, h3 = cluster.hosts
     added = {}
-    liveness = host_leases(sqlite_url, cluster.hosts)
+    store_url = cluster.store_url
+    liveness = host_leases(cluster)
     assert all(liveness.values()), liveness  # each daemon keeps its IPAM host alive before any CNI call
 
     def add(host, name, **args):
         ns = netns("ctr")
-        rc, res = cni("ADD", host_config(tmp_path, host, sqlite_url, **args), host=host.netns,
+        rc, res = cni("ADD", host_config(tmp_path, host, store_url, **args), host=host.netns,
                       container_id=f"bt{name}", netns=netns.path(ns))
         assert rc == 0, res
         ip = ipaddress.ip_interface(res["ips"][0]["address"])
@@ -69,7 +98,7 @@ def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns
     ip2 = add(h2, "c2")
     ip3 = add(h3, "c3")
     assert ip1b == ipaddress.ip_address("10.215.0.200")
-    assert host_leases(sqlite_url, cluster.hosts) == liveness  # the CNI calls renewed the daemons' leases
+    assert host_leases(cluster) == liveness  # the CNI calls renewed the daemons' leases
     blocks = {name: block_of(ip) for name, (_h, _ns, ip, _r) in added.items()}
     assert len({blocks["c1"], blocks["c1b"], blocks["c2"], blocks["c3"]}) == 4, blocks
 
@@ -102,14 +131,10 @@ def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns
 
     # a released block (its claim deleted, as `berth ipam check --release` does for an ownerless one): peers drop
     # its route, the host's other block stays routed
-    rc, out = cni("DEL", host_config(tmp_path, h1, sqlite_url), host=h1.netns, container_id="btc1b",
+    rc, out = cni("DEL", host_config(tmp_path, h1, store_url), host=h1.netns, container_id="btc1b",
                   netns=netns.path(ns["c1b"]))
     assert rc == 0, out
-    store = open_store(sqlite_url)
-    try:
-        assert store.delete(BLOCKS + blocks["c1b"].replace("/", "_"))
-    finally:
-        store.close()
+    assert list(store_op(cluster, "delete", BLOCKS + blocks["c1b"].replace("/", "_")).values()) == [1]
     wait_until(lambda: blocks["c1b"] not in routes_on(h2) and blocks["c1b"] not in routes_on(h3),
                what="the released block's route gone from peers")
     assert routes_on(h2).get(blocks["c1"]) == vtep[h1.label]
