@@ -64,33 +64,37 @@ class BlockView:
     """Block owners and holders of addresses, as the store says (a pure reducer for the follower).
 
     ``holders`` keeps every held address (not only borrowed ones): whether an address is borrowed depends on its
-    block's owner, which may be written after the address's record in another batch. ``reset`` always returns a
-    snapshot; ``apply`` returns one only when owners or borrowed addresses changed (most batches are ADDs and
-    DELs inside a host's own blocks, which change no route)."""
+    block's owner, which may be written after the address's record in another batch. Borrowed addresses are kept
+    up to date per event (``_by_block`` finds a block's holders when its claim changes), so a batch costs what it
+    touches, not the size of the pool. ``reset`` always returns a snapshot; ``apply`` returns one only when owners,
+    borrowed addresses or gateways changed (most batches are ADDs and DELs inside a host's own blocks)."""
 
     prefix: str = IPAM_NETWORKS_PREFIX
     owners: dict[BlockId, str] = field(default_factory=dict)
     gateways: dict[str, tuple[ipaddress.IPv4Address, ...]] = field(default_factory=dict)
     holders: dict[tuple[str, ipaddress.IPv4Address], tuple[ipaddress.IPv4Network, str]] = field(default_factory=dict)
+    borrowed: dict[ipaddress.IPv4Address, tuple[str, str]] = field(default_factory=dict)
+    _by_block: dict[BlockId, set[ipaddress.IPv4Address]] = field(default_factory=dict)
+    _changed: bool = False
 
     def reset(self, items: Sequence, revision: int = 0) -> BlockSnapshot:
-        self.owners, self.holders, self.gateways = {}, {}, {}
+        self.owners, self.holders, self.gateways, self.borrowed, self._by_block = {}, {}, {}, {}, {}
         for kv in items:
             self._put(kv.key, kv.value)
+        self._changed = False
         return self.snapshot()
 
     def apply(self, batch) -> BlockSnapshot | None:
-        before = self.snapshot()
+        self._changed = False
         for event in batch.events:
             if event.kind == "delete":
                 self._drop(event.key)
             else:
                 self._put(event.key, event.value)
-        after = self.snapshot()
-        return None if after == before else after
+        return self.snapshot() if self._changed else None
 
     def snapshot(self) -> BlockSnapshot:
-        return BlockSnapshot(dict(self.owners), self.borrowed(), dict(self.gateways))
+        return BlockSnapshot(dict(self.owners), dict(self.borrowed), dict(self.gateways))
 
     def _put(self, key: str, value: bytes) -> None:
         parsed = parse_key(key, self.prefix)
@@ -100,19 +104,16 @@ class BlockView:
         if kind == "pool":
             try:
                 pools = parse_pool_definition(value)
-                self.gateways[network] = tuple(r.gateway for p in pools for r in p.range_set.ranges
-                                               if r.version == 4)
+                gateways = tuple(r.gateway for p in pools for r in p.range_set.ranges if r.version == 4)
             except (ValueError, KeyError, TypeError):
-                self.gateways.pop(network, None)
-            return
-        if kind == "block":
-            self.owners[(network, block)] = read_claim(value).host
-            return
-        record = read_record(value, network)
-        if record.held and record.host != "?":
-            self.holders[(network, ip)] = (block, record.host)
-        else:  # released (quarantined) or unreadable: nobody to route it to
-            self.holders.pop((network, ip), None)
+                gateways = None
+            self._set_gateways(network, gateways)
+        elif kind == "block":
+            self._set_owner((network, block), read_claim(value).host)
+        else:
+            record = read_record(value, network)
+            # released (quarantined) or unreadable: nobody to route it to
+            self._set_holder(network, block, ip, record.host if record.held and record.host != "?" else None)
 
     def _drop(self, key: str) -> None:
         parsed = parse_key(key, self.prefix)
@@ -120,20 +121,55 @@ class BlockView:
             return
         kind, network, block, ip = parsed
         if kind == "pool":
-            self.gateways.pop(network, None)
+            self._set_gateways(network, None)
         elif kind == "block":
-            self.owners.pop((network, block), None)
+            self._set_owner((network, block), None)
         else:
-            self.holders.pop((network, ip), None)
+            self._set_holder(network, block, ip, None)
 
-    def borrowed(self) -> dict[ipaddress.IPv4Address, tuple[str, str]]:
-        """Addresses held by a host other than their block's owner (or in a block nobody claims now) ->
-        (network, the host holding it)."""
-        out = {}
-        for (network, ip), (block, holder) in self.holders.items():
-            if self.owners.get((network, block)) != holder:
-                out[ip] = (network, holder)
-        return out
+    def _set_gateways(self, network: str, gateways) -> None:
+        if self.gateways.get(network) != gateways:
+            self._changed = True
+            if gateways is None:
+                self.gateways.pop(network, None)
+            else:
+                self.gateways[network] = gateways
+
+    def _set_owner(self, block_id: BlockId, host: str | None) -> None:
+        if self.owners.get(block_id) == host:
+            return
+        if host is None:
+            self.owners.pop(block_id, None)
+        else:
+            self.owners[block_id] = host
+        self._changed = True
+        for ip in self._by_block.get(block_id, ()):
+            self._judge(block_id[0], ip)
+
+    def _set_holder(self, network: str, block: ipaddress.IPv4Network, ip: ipaddress.IPv4Address,
+                    host: str | None) -> None:
+        members = self._by_block.setdefault((network, block), set())
+        if host is None:
+            self.holders.pop((network, ip), None)
+            members.discard(ip)
+        else:
+            self.holders[(network, ip)] = (block, host)
+            members.add(ip)
+        self._judge(network, ip)
+
+    def _judge(self, network: str, ip: ipaddress.IPv4Address) -> None:
+        """Whether ``ip`` is borrowed now: held by a host other than its block's owner (or in a block nobody
+        claims now)."""
+        held = self.holders.get((network, ip))
+        wanted = None
+        if held is not None and self.owners.get((network, held[0])) != held[1]:
+            wanted = (network, held[1])
+        if self.borrowed.get(ip) != wanted:
+            self._changed = True
+            if wanted is None:
+                self.borrowed.pop(ip, None)
+            else:
+                self.borrowed[ip] = wanted
 
 
 def gateways_for_borrowed(view: BlockSnapshot, own_host: str) -> set[ipaddress.IPv4Address]:
