@@ -15,15 +15,12 @@ that :func:`overlay.reconcile.plan` diffs with the kernel together with the peer
 from __future__ import annotations
 
 import ipaddress
-import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from ipam.blocks import parse_block_name, parse_pool_definition, read_claim, read_record
 from overlay.lease import SubnetLease
 from overlay.reconcile import Route
-
-log = logging.getLogger("berth.overlay")
 
 IPAM_NETWORKS_PREFIX = "/berth/ipam/networks/"  # ipam.cluster.network_prefix() without the network
 
