@@ -1,6 +1,6 @@
 """Cluster IPAM routed by the overlay, for real: three simulated hosts running ``berth overlay``, containers added
 with the real plugins (berth-overlay -> berth-bridge -> berth-ipam in cluster mode) on one shared store (the SQLite
-file, or a real etcd inside the simulation's underlay),
+file, or a real three-member etcd inside the simulation's underlay),
 blocks of /29 so hosts own blocks of different prefixes; cross-host ping over the VXLAN (a borrowed address too),
 block routes removed on peers when a block's claim goes and when its host goes, and each daemon keeping its
 host's IPAM liveness key alive."""
@@ -68,7 +68,7 @@ def cluster(request, make_sim, sqlite_url):
 
     def start_etcd(sim):
         from tests.etcd_harness import start_etcd
-        etcd = start_etcd(1, host=str(sim.underlay_gateway), netns=sim.underlay_ns)
+        etcd = start_etcd(3, host=str(sim.underlay_gateway), netns=sim.underlay_ns)  # as in production
         request.addfinalizer(etcd.close)
         return etcd.url
 
