@@ -87,6 +87,11 @@ def ensure_bridge(nl: rtnl.Rtnl, spec: BridgeSpec) -> rtnl.Link:
         link = nl.link(spec.name)
         if link is None:
             raise errors.IOFailure(f"bridge {spec.name} vanished right after creation")
+        try:  # its MAC set explicitly, or it takes its lowest port's and changes when that port goes, leaving
+            # every container's ARP entry for the gateway pointing at a MAC nobody answers (the reference does this)
+            nl.ipr.link("set", index=link.index, address=link.mac)
+        except NetlinkError as exc:
+            raise fail(f"could not fix the MAC of bridge {spec.name}", exc) from None
     if link.kind != "bridge":
         raise errors.CniError(f"{spec.name} already exists but is not a bridge", link.kind, code=codes.HOST_CONFLICT)
     try:

@@ -10,6 +10,16 @@ Config keys (flannel's): ``subnetFile``, ``dataDir``, ``delegate`` (base of the 
 berth-bridge), ``ipam`` (base of the delegated IPAM config, ``type`` defaults to berth-ipam). Unless ``delegate`` says
 otherwise the bridge is the containers' (default) gateway, uses the overlay's MTU, and masquerades only when the
 daemon does not (``FLANNEL_IPMASQ``).
+
+Cluster mode: when ``ipam`` has ``store``, addresses come from cluster IPAM's pool (``ipam.ranges``, kept as given)
+instead of the host's subnet, and the daemon routes every host's blocks (``overlay.blocks``). The gateway is the
+pool's gateway (its first address unless ``ipam.ranges`` says otherwise), the same address on every host's bridge:
+it never leaves a host, because the overlay routes at layer 3 and peers' neighbour entries name VTEPs only. A
+container's address carries the pool's prefix, so it ARPs for containers on other hosts; the bridge answers for
+them (``proxy_arp`` on the bridge, set here after ADD: the kernel answers only for addresses routed out of another
+device, so local containers still answer for themselves). The pool must not overlap the overlay's own network,
+and the bridge masquerades traffic leaving the pool (``ipMasq`` defaults to true; the daemon's rules cover the
+overlay network only).
 """
 from __future__ import annotations
 
@@ -78,8 +88,13 @@ def _config(req: skel.Request) -> OverlayConfig:
     return skel.plugin_config(req, _parse)
 
 
+def cluster_mode(cfg: OverlayConfig) -> bool:
+    """Addresses from cluster IPAM's pool (``ipam.store`` set) rather than this host's subnet."""
+    return cfg.ipam.get("store") is not None
+
+
 def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: skel.Request) -> dict[str, object]:
-    """The bridge's network config for this host's subnet (pure)."""
+    """The bridge's network config for this host's subnet, or for the cluster pool in cluster mode (pure)."""
     conf: dict[str, object] = {k: v for k, v in cfg.delegate.items()}
     conf.setdefault("type", DEFAULT_DELEGATE)
     conf["name"] = req.name
@@ -87,6 +102,15 @@ def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: sk
     conf.setdefault("mtu", settings.mtu)
     conf.setdefault("isGateway", True)
     conf.setdefault("isDefaultGateway", True)  # traffic leaving the overlay goes via the host, masqueraded there
+    if cluster_mode(cfg):
+        conf.setdefault("ipMasq", True)  # the daemon's rules know the overlay network, not the pool
+        ipam = {k: v for k, v in cfg.ipam.items()}
+        ipam.setdefault("type", DEFAULT_IPAM)
+        conf["ipam"] = ipam
+        for key in ("runtimeConfig", "args"):
+            if key in req.config:
+                conf[key] = req.config[key]
+        return conf
     conf.setdefault("ipMasq", not settings.ipmasq)  # the daemon masquerades already when FLANNEL_IPMASQ is true
     ipam: dict[str, object] = {k: v for k, v in cfg.ipam.items() if k not in ("subnet", "rangeStart", "rangeEnd")}
     ipam.setdefault("type", DEFAULT_IPAM)
@@ -222,10 +246,26 @@ def cmd_add(req: skel.Request) -> Result:
     _check_delegated(conf, req)
     _save(cfg, req, conf)
     try:
-        return invoke.delegate(conf["type"], "ADD", conf, req)
+        result = invoke.delegate(conf["type"], "ADD", conf, req)
+        if cluster_mode(cfg):
+            answer_for_remote_blocks(conf.get("bridge") or "cni0")
+        return result
     except BaseException:
         _forget(cfg, req.container_id, req.ifname)
         raise
+
+
+def answer_for_remote_blocks(bridge: str) -> None:
+    """Cluster mode: the bridge answers containers' ARP for addresses routed elsewhere (other hosts' blocks), at
+    once (``proxy_delay`` 0; the default delays each answer up to 0.8 s). Both sysctls are per namespace."""
+    settings = {f"/proc/sys/net/ipv4/conf/{bridge}/proxy_arp": "1",
+                f"/proc/sys/net/ipv4/neigh/{bridge}/proxy_delay": "0"}
+    try:
+        for path, value in settings.items():
+            with open(path, "w") as handle:
+                handle.write(value + "\n")
+    except OSError as exc:
+        raise errors.IOFailure(f"bridge {bridge}: enabling proxy ARP for the cluster pool: {exc}") from None
 
 
 def cmd_del(req: skel.Request) -> None:
@@ -252,7 +292,7 @@ def cmd_check(req: skel.Request) -> None:
                               code=STATE_DIFFERS)
     settings = _settings(cfg)
     subnet = settings.subnet.network
-    for ip in req.prev_result.ips:
+    for ip in [] if cluster_mode(cfg) else req.prev_result.ips:  # cluster IPAM's CHECK judges pool addresses
         address = ipaddress.ip_interface(str(ip.address)).ip
         if address.version == 4 and address not in subnet:
             raise errors.CniError(f"address {address} is outside this host's subnet {subnet}",

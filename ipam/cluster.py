@@ -42,6 +42,11 @@ def host_key(host: str) -> str:
     return f"{PREFIX}hosts/{host}"
 
 
+def host_record(host: str, now: float) -> bytes:
+    """The value of a host's liveness key (written here on CNI calls and by ``berth overlay`` while it runs)."""
+    return json.dumps({"host": host, "since": now}).encode()
+
+
 def network_prefix(network: str) -> str:
     return f"{PREFIX}networks/{network}/"
 
@@ -136,7 +141,7 @@ class ClusterStore:
         keeper = LeaseKeeper(store, self.cluster.host_ttl, name=f"ipam-host-{self.host}")
         lease = keeper.acquire(reuse=kv.lease if kv is not None else 0)
         if kv is None or kv.lease != lease:
-            value = json.dumps({"host": self.host, "since": self.clock()}).encode()
+            value = host_record(self.host, self.clock())
             try:
                 store.put(key, value, lease=lease)
             except LeaseNotFound:  # it ran out between the grant and the write: once more with a fresh one

@@ -80,8 +80,9 @@ def find_own(leases: list[tuple[KeyValue, SubnetLease]], public_ip: ipaddress.IP
 
 def acquire(store: Store, prefix: str, config: NetworkConfig, public_ip: ipaddress.IPv4Address, mac: str,
             ttl: float, preferred: ipaddress.IPv4Network | None = None,
-            rng: random.Random | None = None) -> HeldLease:
-    """Reuse this host's lease (keeping its MAC) or claim a free subnet. ``mac`` is used only for a new lease."""
+            rng: random.Random | None = None, ipam_host: str = "") -> HeldLease:
+    """Reuse this host's lease (keeping its MAC) or claim a free subnet. ``mac`` is used only for a new lease;
+    ``ipam_host`` (the cluster IPAM host name) is written into either."""
     rng = rng or random.Random()
     store_lease = store.grant_lease(ttl)
     try:
@@ -89,7 +90,7 @@ def acquire(store: Store, prefix: str, config: NetworkConfig, public_ip: ipaddre
             leases, _revision = list_leases(store, prefix)
             own = find_own(leases, public_ip)
             if own is not None:
-                held = _reuse(store, prefix, own, mac, store_lease.id, store_lease.ttl)
+                held = _reuse(store, prefix, own, mac, store_lease.id, store_lease.ttl, ipam_host)
                 if held is not None:
                     if held.store_lease == 0:
                         store.revoke_lease(store_lease.id)
@@ -101,7 +102,7 @@ def acquire(store: Store, prefix: str, config: NetworkConfig, public_ip: ipaddre
                 raise ClaimError(f"no free subnet left in {config.network} "
                                  f"({config.subnet_min.network_address}..{config.subnet_max.network_address})")
             for subnet in candidates[:4]:
-                lease = SubnetLease(subnet, public_ip, mac, config.vni)
+                lease = SubnetLease(subnet, public_ip, mac, config.vni, ipam_host=ipam_host)
                 started = time.time()
                 if store.create(subnet_key(subnet, prefix), lease.to_json(), lease=store_lease.id):
                     return HeldLease(lease, store_lease.id, store_lease.ttl, started)
@@ -113,9 +114,9 @@ def acquire(store: Store, prefix: str, config: NetworkConfig, public_ip: ipaddre
 
 
 def _reuse(store: Store, prefix: str, own: tuple[KeyValue, SubnetLease], mac: str, lease_id: int,
-           ttl: float) -> HeldLease | None:
+           ttl: float, ipam_host: str = "") -> HeldLease | None:
     kv, lease = own
-    lease = replace(lease, vtep_mac=lease.vtep_mac or mac)
+    lease = replace(lease, vtep_mac=lease.vtep_mac or mac, ipam_host=ipam_host or lease.ipam_host)
     started = time.time()
     if kv.lease == 0:  # a reservation: it stays without a store lease
         if store.compare_and_swap(kv.key, lease.to_json(), kv.mod_revision, lease=0):

@@ -44,6 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not masquerade traffic leaving the overlay")
     parser.add_argument("--release-on-exit", action="store_true",
                         help="on SIGTERM give the subnet back and remove the device (default: keep both)")
+    parser.add_argument("--ipam-host", default="",
+                        help="this host's cluster IPAM name (the ipam config's \"host\"; default the hostname): "
+                             "peers route the blocks it owns to it")
+    parser.add_argument("--ipam-host-ttl", type=float, default=3600.0, metavar="SECONDS",
+                        help="keep cluster IPAM's liveness key of --ipam-host alive under a lease this long, as its "
+                             "hostTTL (default 3600; 0: leave it to CNI calls)")
+    parser.add_argument("--no-block-routes", dest="route_blocks", action="store_false",
+                        help="do not route the cluster IPAM blocks of other hosts")
     parser.add_argument("-v", "--verbose", action="store_true", help="the same as --log-level DEBUG")
     add_log_arguments(parser)
     add_metrics_argument(parser)
@@ -158,7 +166,8 @@ def _run_daemon(args) -> int:
     daemon = OverlayDaemon(DaemonOptions(
         store_url=args.store, iface=args.iface, public_ip=args.public_ip, prefix=args.prefix,
         subnet_file=args.subnet_file, device=args.device, lease_ttl=args.lease_ttl, ip_masq=args.ip_masq,
-        release_on_exit=args.release_on_exit, resync_interval=args.resync_interval))
+        release_on_exit=args.release_on_exit, resync_interval=args.resync_interval,
+        ipam_host=args.ipam_host, route_blocks=args.route_blocks, ipam_host_ttl=args.ipam_host_ttl))
     add_readiness_checks(readiness, daemon)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, replace
 
 from overlay import claim, kernel, masq, metrics, subnetfile
+from overlay.blocks import IPAM_NETWORKS_PREFIX, BlockView, block_routes, gateways_for_borrowed
 from overlay.config import DEFAULT_PREFIX, NetworkConfig
-from overlay.lease import subnet_key, subnets_prefix
+from overlay.lease import subnets_prefix
 from overlay.reconcile import Delta, LeaseWatcher, desired_state, plan
 from store.api import KeyValue, LeaseNotFound, StoreError, WatchBatch
 from store.follower import Follower
@@ -42,6 +44,9 @@ class DaemonOptions:
     release_on_exit: bool = False
     config_wait: float = 60.0  # how long to wait for `berth overlay init` before giving up
     resync_interval: float = 30.0  # re-read the kernel this often and repair drift (0: never)
+    ipam_host: str = ""  # this host's cluster IPAM name (ipam config "host"); "": the machine's hostname
+    route_blocks: bool = True  # route cluster IPAM blocks of peers (overlay.blocks)
+    ipam_host_ttl: float = 3600.0  # keep cluster IPAM's liveness key of this host alive (overlay.ipam_host; 0: no)
 
 
 class DaemonError(RuntimeError):
@@ -83,6 +88,11 @@ class OverlayDaemon:
         self._keeper: LeaseKeeper | None = None
         self._programmed = None  # the kernel entries as last programmed (None: read the kernel)
         self._lock = threading.Lock()  # one reconciliation at a time: the watch's or the periodic repair's
+        self.ipam_host = options.ipam_host or socket.gethostname()
+        self._blocks = None  # overlay.blocks.BlockSnapshot once listed (None: route no blocks)
+        self._block_follower: Follower | None = None
+        self._block_ipr = None
+        self._ipam_host_keeper = None
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -115,12 +125,16 @@ class OverlayDaemon:
             self.vxlan_index = kernel.ensure_vxlan(ipr, spec)
             self._devices = {self.device: self.vxlan_index, self.underlay.name: self.underlay.index}
             kernel.enable_forwarding()
+            if opts.route_blocks:  # listed before the first reconciliation, so a restart keeps block routes
+                self._block_follower = Follower(self.store, IPAM_NETWORKS_PREFIX, BlockView(), self._on_blocks,
+                                                name="berth-overlay-blocks")
+                self._block_follower.list_now()
             self.watcher = LeaseWatcher(None, public_ip, opts.prefix)
             self._reconcile(ipr, self.watcher.reset((kv.key, kv.value) for kv, _lease in leases), "start")
             log.debug("t+%.1f ms: device and %d peers programmed", _ms(started), len(self.watcher.leases))
 
             self.held = claim.acquire(self.store, opts.prefix, self.config, public_ip, mac, opts.lease_ttl,
-                                      preferred=preferred)
+                                      preferred=preferred, ipam_host=self.ipam_host)
             lease = self.held.lease
             log.info("lease %s for %s (VTEP MAC %s, %s) written at %.6f", lease.subnet, public_ip, lease.vtep_mac,
                      "reserved" if not self.held.store_lease else f"store lease {self.held.store_lease:x}",
@@ -131,6 +145,8 @@ class OverlayDaemon:
             kernel.ensure_vxlan(ipr, replace(spec, vtep_ip=lease.vtep_ip))
         self._follower = Follower(self.store, subnets_prefix(opts.prefix), PeersReducer(self.watcher),
                                   self._on_peers, name="berth-overlay-watch").start(revision)
+        if self._block_follower is not None:
+            self._block_follower.start()
         while not self._follower.following.wait(0.2):
             if self.failed is not None or self.stopping.is_set():
                 raise DaemonError(f"the watch did not start: {self.failed}")
@@ -147,6 +163,9 @@ class OverlayDaemon:
             if self._keeper.acquire(reuse=self.held.store_lease) != self.held.store_lease:
                 self._rewrite_lease(self._keeper.lease_id)  # expired in the moments since the claim
             self._keeper.start()
+        if opts.ipam_host_ttl > 0:
+            from overlay.ipam_host import IpamHostKeeper
+            self._ipam_host_keeper = IpamHostKeeper(self.store, self.ipam_host, opts.ipam_host_ttl).start()
         log.info("ready: subnet %s on %s, %d peers", lease.subnet, self.device, len(self.watcher.leases))
 
     def _wait_for_config(self) -> NetworkConfig:
@@ -174,24 +193,45 @@ class OverlayDaemon:
                 self._programmed = None
             self._reconcile(self._follower_ipr, change.delta, "watch")
 
+    def _on_blocks(self, snapshot) -> None:
+        """The block follower's step: new block owners or borrowed addresses (None: nothing routing needs)."""
+        if snapshot is None:
+            return
+        if not hasattr(self, "watcher"):  # the listing at start-up: the first reconciliation uses it
+            self._blocks = snapshot
+            return
+        if self._block_ipr is None:
+            from pyroute2 import IPRoute
+            self._block_ipr = IPRoute()
+        with self._lock:
+            self._blocks = snapshot
+            self._reconcile(self._block_ipr, Delta(), "blocks")
+
     def _reconcile(self, ipr, delta: Delta, trigger: str) -> None:
         with metrics.reconciling(trigger):
-            self._reconcile_now(ipr, delta)
+            self._reconcile_now(ipr, delta, trigger)
 
-    def _reconcile_now(self, ipr, delta: Delta) -> None:
+    def _reconcile_now(self, ipr, delta: Delta, trigger: str) -> None:
         if delta.own_lost and self.watcher.own_subnet is not None and self.held.store_lease:
             log.warning("this host's lease key disappeared")
             threading.Thread(target=self._restore_own_key, name="berth-overlay-restore", daemon=True).start()
         use_direct = self.config.direct_routing
         desired = desired_state(self.watcher.leases.values(), self.device, self.underlay.name,
                                 self.underlay.networks if use_direct else ())
+        if self._blocks is not None:
+            bridges = kernel.devices_holding(ipr, gateways_for_borrowed(self._blocks, self.ipam_host))
+            desired = replace(desired, routes=desired.routes | block_routes(
+                self._blocks, self.watcher.leases.values(), self.ipam_host, self.device, self.underlay.name,
+                self.underlay.networks if use_direct else (), bridges))
         # the kernel is read after a listing (that read also finds entries of hosts gone while this daemon was
         # down); between listings the daemon's own record of what it programmed is enough, and cheaper
         actual = self._programmed if self._programmed is not None else kernel.read_state(ipr, self.vxlan_index)
         changes = plan(desired, actual)
         self._programmed = None  # unknown until the changes are made: a failure re-reads the kernel
         if not changes.empty():
-            if not delta.added and not delta.removed:
+            if trigger == "blocks":
+                log.info("cluster IPAM blocks moved: %s", changes)
+            elif not delta.added and not delta.removed:
                 log.info("repairing kernel entries: %s", changes)
             kernel.apply_plan(ipr, changes, self.vxlan_index, self._devices)
         self._programmed = desired
@@ -262,6 +302,12 @@ class OverlayDaemon:
             self._follower.stop()
         if self._follower_ipr is not None:
             self._follower_ipr.close()
+        if self._ipam_host_keeper is not None:
+            self._ipam_host_keeper.stop()
+        if self._block_follower is not None:
+            self._block_follower.stop()
+        if self._block_ipr is not None:
+            self._block_ipr.close()
         if self.options.release_on_exit and getattr(self, "held", None) is not None:
             claim.release(self.store, self.options.prefix, self.held)
             _remove_quietly(self.options.subnet_file)

@@ -23,6 +23,7 @@ ROUTE_PROTO = 77  # "berth" in /etc/iproute2/rt_protos terms: not one of the wel
 RT_TABLE_MAIN = 254
 NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 4
+RT_SCOPE_LINK = 253
 AF_INET = 2
 
 
@@ -131,10 +132,11 @@ def read_state(ipr, vxlan_index: int) -> KernelState:
     names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
     routes = set()
     for r in ipr.get_routes(family=AF_INET, table=RT_TABLE_MAIN, proto=ROUTE_PROTO):
-        if r["proto"] != ROUTE_PROTO or r.get("gateway") is None:
+        if r["proto"] != ROUTE_PROTO:
             continue
         dst = ipaddress.IPv4Network((r.get("dst") or "0.0.0.0", r["dst_len"]))
-        routes.add(Route(dst, ipaddress.IPv4Address(r.get("gateway")), names.get(r.get("oif"), "")))
+        gateway = r.get("gateway")
+        routes.add(Route(dst, ipaddress.IPv4Address(gateway) if gateway else None, names.get(r.get("oif"), "")))
     neighbours = set()
     for n in ipr.get_neighbours(family=AF_INET, ifindex=vxlan_index):
         if n["state"] & NUD_PERMANENT and n.get("lladdr") and n["ifindex"] == vxlan_index:
@@ -152,8 +154,8 @@ def apply_plan(ipr, plan: Plan, vxlan_index: int, devices: dict[str, int] | None
     ``devices`` maps route device names to indexes (looked up when missing: one netlink dump each)."""
     devices = dict(devices or {})
     for route in plan.remove_routes:
-        _tolerate(ipr.route, "del", dst=str(route.dst), gateway=str(route.gateway), proto=ROUTE_PROTO,
-                  table=RT_TABLE_MAIN)
+        via = {"gateway": str(route.gateway)} if route.gateway is not None else {}
+        _tolerate(ipr.route, "del", dst=str(route.dst), proto=ROUTE_PROTO, table=RT_TABLE_MAIN, **via)
     for n in plan.remove_neighbours:
         _tolerate(ipr.neigh, "del", dst=str(n.ip), lladdr=n.mac, ifindex=vxlan_index)
     for f in plan.remove_fdb:
@@ -168,6 +170,10 @@ def apply_plan(ipr, plan: Plan, vxlan_index: int, devices: dict[str, int] | None
             if not found:
                 raise KernelError(f"route {route.dst}: device {route.device!r} does not exist")
             devices[route.device] = found[0]
+        if route.gateway is None:
+            ipr.route("replace", dst=str(route.dst), oif=devices[route.device], scope=RT_SCOPE_LINK,
+                      proto=ROUTE_PROTO, table=RT_TABLE_MAIN)
+            continue
         ipr.route("replace", dst=str(route.dst), gateway=str(route.gateway), oif=devices[route.device],
                   flags=RTNH_F_ONLINK, proto=ROUTE_PROTO, table=RT_TABLE_MAIN)
 
@@ -178,6 +184,21 @@ def _tolerate(call, *args, **kwargs) -> None:
     except NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.ESRCH, errno.EEXIST):
             raise
+
+
+def devices_holding(ipr, addresses) -> dict:
+    """Which local device carries each of ``addresses`` (IPv4; one address dump): the bridge that is a cluster
+    pool's gateway on this host. Addresses no device carries are left out."""
+    wanted = {str(a) for a in addresses}
+    if not wanted:
+        return {}
+    names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
+    found = {}
+    for addr in ipr.get_addr(family=AF_INET):
+        ip = addr.get("IFA_ADDRESS")
+        if ip in wanted and addr["index"] in names:
+            found[ipaddress.IPv4Address(ip)] = names[addr["index"]]
+    return found
 
 
 def enable_forwarding() -> None:

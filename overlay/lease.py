@@ -52,13 +52,16 @@ def valid_mac(mac: str) -> bool:
 class SubnetLease:
     """``subnet`` belongs to the host whose underlay address is ``public_ip``; its VTEP answers with ``vtep_mac``.
 
-    ``reserved`` marks a reservation (a key without a store lease): it never expires."""
+    ``reserved`` marks a reservation (a key without a store lease): it never expires. ``ipam_host`` is the name
+    the host's cluster IPAM claims blocks under (ipam config ``host``): the join from a block's owner to the VTEP
+    that routes it (``IpamHost`` in the JSON; absent in flannel's records and older Berth ones)."""
 
     subnet: ipaddress.IPv4Network
     public_ip: ipaddress.IPv4Address
     vtep_mac: str
     vni: int
     reserved: bool = False
+    ipam_host: str = ""
 
     @property
     def vtep_ip(self) -> ipaddress.IPv4Address:
@@ -70,6 +73,8 @@ class SubnetLease:
                "BackendData": {"VNI": self.vni, "VtepMAC": self.vtep_mac}}
         if self.reserved:
             doc["Reserved"] = True
+        if self.ipam_host:
+            doc["IpamHost"] = self.ipam_host
         return json.dumps(doc, sort_keys=True).encode()
 
 
@@ -81,8 +86,9 @@ def parse_lease(key: str, value: bytes, prefix: str = DEFAULT_PREFIX) -> SubnetL
         data = doc.get("BackendData") or {}
         mac = str(data.get("VtepMAC", "")).lower()
         vni = int(data.get("VNI", 0))
+        ipam_host = str(doc.get("IpamHost") or "")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise LeaseFormatError(f"{key}: not a subnet lease ({exc})") from None
     if mac and not valid_mac(mac):
         raise LeaseFormatError(f"{key}: VtepMAC {mac!r} is not a MAC address")
-    return SubnetLease(subnet, public_ip, mac, vni, bool(doc.get("Reserved", False)))
+    return SubnetLease(subnet, public_ip, mac, vni, bool(doc.get("Reserved", False)), ipam_host)

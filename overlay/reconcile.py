@@ -21,10 +21,11 @@ log = logging.getLogger("berth.overlay")
 @dataclass(frozen=True)
 class Route:
     """``dst`` via ``gateway`` on ``device`` (onlink): the peer's VTEP on the VXLAN device, or with direct
-    routing the peer's underlay address on the underlay interface."""
+    routing the peer's underlay address on the underlay interface. Without a gateway, ``dst`` is on ``device``
+    itself (scope link): an address this host borrowed from a peer's block, on this host's bridge."""
 
     dst: ipaddress.IPv4Network
-    gateway: ipaddress.IPv4Address
+    gateway: ipaddress.IPv4Address | None
     device: str
 
 

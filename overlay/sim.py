@@ -77,6 +77,7 @@ class SimHost:
         return ["ip", "netns", "exec", self.netns, sys.executable, "-m", "berth.cli", "overlay",
                 "--store", self.sim.store_url, "--prefix", self.sim.prefix, "--iface", UNDERLAY_IFACE,
                 "--subnet-file", str(self.subnet_file), "--lease-ttl", str(self.sim.lease_ttl),
+                "--ipam-host", self.label,  # simulated hosts share one hostname: the label names each for IPAM
                 *self.sim.daemon_args]
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> None:

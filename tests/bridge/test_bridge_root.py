@@ -81,6 +81,23 @@ def test_second_container_reuses_the_bridge_and_reaches_the_first(host, containe
     assert ping(ns_name(second), "10.231.1.2")
 
 
+def test_the_bridge_keeps_its_mac_when_ports_come_and_go(host, container, make_conf):
+    """A bridge whose MAC was never set takes its lowest port's and changes when that port goes: containers'
+    ARP entries for the gateway would then name a MAC nobody answers. Set once at creation (sysfs says "3")."""
+    conf = make_conf(isGateway=True)
+    ns = [container() for _ in range(3)]
+    for i, path in enumerate(ns):
+        assert add(conf, host, path, f"c{i}").rc == 0
+    mac = link(host, conf["bridge"])["address"]
+    kind = subprocess.run(["ip", "netns", "exec", host, "cat", f"/sys/class/net/{conf['bridge']}/addr_assign_type"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert kind == "3"  # NET_ADDR_SET
+    for i, path in enumerate(ns[:2]):
+        assert delete(conf, host, path, f"c{i}").rc == 0
+        assert link(host, conf["bridge"])["address"] == mac
+    assert ping(ns_name(ns[2]), "10.231.1.1")
+
+
 def test_v6_and_dual_stack(host, container, make_conf):
     conf = make_conf(subnets=["10.231.2.0/24", "fd00:231:2::/64"], isDefaultGateway=True)
     ns = container()

@@ -6,10 +6,13 @@ import threading
 
 import pytest
 
+from ipam.cluster import host_key, host_record
 from overlay import claim
+from overlay.ipam_host import IpamHostKeeper
 from overlay.config import make_config
 from overlay.lease import SubnetLease, parse_lease, subnet_key
 from store.api import open_store
+from tests.waiting import wait_until
 
 PREFIX = "/berth/overlay"
 A = ipaddress.IPv4Address
@@ -57,6 +60,18 @@ def test_restart_reuses_the_lease_and_its_mac(store):
     assert again.lease == first.lease  # same subnet, and the MAC peers already know
     kv = store.get(subnet_key(first.lease.subnet, PREFIX))
     assert kv.lease == again.store_lease != first.store_lease  # moved under the new run's store lease
+
+
+def test_the_ipam_host_name_is_published_and_a_restart_may_change_it(store):
+    config = make_config("10.214.0.0/16")
+    first = claim.acquire(store, PREFIX, config, A("10.213.0.1"), "02:00:00:00:00:01", 30, ipam_host="node-a")
+    kv = store.get(subnet_key(first.lease.subnet, PREFIX))
+    assert parse_lease(kv.key, kv.value, PREFIX).ipam_host == "node-a"
+    kept = claim.acquire(store, PREFIX, config, A("10.213.0.1"), "02:00:00:00:00:01", 30)
+    assert kept.lease.ipam_host == "node-a"  # a daemon that names none keeps what peers know
+    renamed = claim.acquire(store, PREFIX, config, A("10.213.0.1"), "02:00:00:00:00:01", 30, ipam_host="node-b")
+    kv = store.get(subnet_key(first.lease.subnet, PREFIX))
+    assert renamed.lease.subnet == first.lease.subnet and parse_lease(kv.key, kv.value, PREFIX).ipam_host == "node-b"
 
 
 def test_preferred_subnet_is_taken_again_after_expiry(store):
@@ -115,3 +130,23 @@ def test_reclaim_under_the_keepers_new_lease_is_idempotent(store):
     kv = store.get(subnet_key(held.lease.subnet, PREFIX))
     assert back == again and back.store_lease == new_lease and kv.lease == new_lease
     store.revoke_lease(new_lease)
+
+
+def test_the_daemon_keeps_the_ipam_hosts_liveness_key_under_one_shared_lease(store):
+    cni_lease = store.grant_lease(60).id  # a CNI call came first
+    store.put(host_key("node-a"), host_record("node-a", 0), lease=cni_lease)
+    keeper = IpamHostKeeper(store, "node-a", 60).start()
+    try:
+        assert store.get(host_key("node-a")).lease == cni_lease == keeper.keeper.lease_id  # taken over, not doubled
+        store.revoke_lease(cni_lease)  # lost (revoked, or expired while the store was away)
+        assert store.get(host_key("node-a")) is None
+        keeper.keeper.lost(cni_lease)
+        kv = wait_until(lambda: store.get(host_key("node-a")), what="the key written again under a new lease")
+        assert kv.lease not in (0, cni_lease)
+    finally:
+        keeper.stop()
+    fresh = IpamHostKeeper(store, "node-b", 60).start()  # no CNI call yet: the daemon writes the key itself
+    try:
+        assert store.get(host_key("node-b")).lease == fresh.keeper.lease_id != 0
+    finally:
+        fresh.stop()

@@ -151,3 +151,14 @@ def test_gc_releases_attachments_the_runtime_forgot(overlay_hosts, netns, tmp_pa
     remaining = reserved(tmp_path, a)
     assert len(remaining) == 1 and remaining[0] != ipaddress.ip_interface(res["ips"][0]["address"]).ip.compressed
     assert sorted(os.listdir(tmp_path / a.label / "saved")) == ["btkeep-eth0.json"]
+
+
+def test_cluster_mode_delegates_the_pool_not_the_hosts_subnet(tmp_path):
+    ipam = {"store": "sqlite:////tmp/x.db", "host": "n1", "ranges": [[{"subnet": "10.215.0.0/24"}]],
+            "blockSize": 28}
+    config = net_config(tmp_path, ipam=ipam, args={"cni": {"ips": ["10.215.0.9"]}})
+    conf = delegate_config(parse(config), SETTINGS, fake_request(config))
+    assert conf["ipam"] == {"type": "berth-ipam", **ipam}  # ranges as given: no host subnet, no overlay route
+    assert conf["isGateway"] is True and conf["isDefaultGateway"] is True
+    assert conf["ipMasq"] is True  # the daemon's masquerade rules know the overlay network, not the pool
+    assert conf["args"] == {"cni": {"ips": ["10.215.0.9"]}} and conf["mtu"] == 1450
