@@ -17,11 +17,20 @@ all: test
 
 deps: apt venv node-clients
 
+# Installing etcd-server, zookeeper, prometheus, haproxy or docker.io must not start the system's own copies (on a
+# systemd machine they would take ports 2379, 2181, 9090 and add docker0 and iptables rules): while apt runs, a
+# policy-rc.d that refuses every service start (Debian's documented switch, honoured by invoke-rc.d and
+# deb-systemd-invoke) is in place, and removed again however apt ends. Tests start private daemons of their own.
+POLICY_RC := /usr/sbin/policy-rc.d
+
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
+		if [ ! -e $(POLICY_RC) ]; then \
+			trap 'rm -f $(POLICY_RC)' EXIT INT TERM; printf '#!/bin/sh\nexit 101\n' > $(POLICY_RC); chmod 755 $(POLICY_RC); \
+		fi; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
