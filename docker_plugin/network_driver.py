@@ -11,10 +11,9 @@ import ipaddress
 import logging
 import threading
 
-from cni_plugins.errors import CniError
-from cni_plugins.firewall import FirewallError
+from datapath.errors import DatapathError
 from docker_plugin import datapath, network_plan
-from docker_plugin.errors import DriverError, mapping
+from docker_plugin.errors import DriverError, from_datapath, mapping
 from docker_plugin.state import StateDir
 from overlay import subnetfile
 
@@ -133,9 +132,7 @@ class NetworkDriver:
         with self._lock:
             endpoint = self._endpoint(request)
             rules, claims = network_plan.plan_ports(endpoint, network_plan.port_mappings(options))
-            taken = _kernel(lambda: datapath.add_port_rules(network_plan.tag(endpoint), claims, rules))
-        if taken:
-            raise DriverError("; ".join(taken) + " (each host port can be published by one container)", 409)
+            _kernel(lambda: datapath.add_port_rules(network_plan.tag(endpoint), claims, rules))
         return {}
 
     def revoke_external_connectivity(self, request: dict) -> dict:
@@ -257,10 +254,10 @@ def _addresses(endpoint: dict) -> list:
 
 
 def _kernel(call):
-    """A CNI-core failure (netlink, firewall) as the driver's error, its message intact."""
+    """A datapath failure (netlink, firewall, a host port taken) as the driver's error, its message intact."""
     try:
         return call()
-    except CniError as exc:
-        raise DriverError(exc.msg + (f": {exc.details}" if exc.details else ""), 500) from None
-    except (FirewallError, OSError) as exc:
+    except DatapathError as exc:
+        raise from_datapath(exc) from None
+    except OSError as exc:
         raise DriverError(str(exc), 500) from None
