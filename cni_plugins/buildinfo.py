@@ -5,8 +5,8 @@ itself, so code from two builds never mixes in one answer (version skew during a
 the kernel datapath they drive, the IPAM library, the launcher's C source and the three modules of other rooms the
 plugins import (the overlay's subnet file format, the discovery model and wire format) — and nothing else, so
 editing the demo, the DNS server, the Docker face or the datastore leaves every installed launcher on the fast
-path. tests/core/test_buildinfo.py checks that every module a plugin loads is listed here. Standard library only: ``python3 -m cni_plugins.buildinfo --sources`` lists
-the files for the Makefile's reinstall rule.
+path. tests/core/test_buildinfo.py checks that every module a plugin loads is listed here. Standard library only:
+``python3 -m cni_plugins.buildinfo --sources`` lists the files for the Makefile's reinstall rule.
 """
 from __future__ import annotations
 

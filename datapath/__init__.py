@@ -8,7 +8,7 @@ they write the same links and rules and see each other's host ports. Errors are 
 (:mod:`~datapath.errors`); each face maps them once to its own replies (CNI codes, Docker's error answers).
 
 Imports run one way: ``cni_plugins`` → ``datapath`` → ``ipam`` → ``store``, and ``docker_plugin`` → ``datapath``,
-``ipam``, ``discovery``. ``datapath`` never imports ``cni_plugins`` or ``docker_plugin``
-(tests/core/test_rooms.py checks it). It is on the CNI cold path: standard library only at import (pyroute2,
-``hashlib`` and ``subprocess`` are imported where first needed).
+``ipam``, ``discovery``. ``datapath`` never imports ``cni_plugins`` or ``docker_plugin`` (tests/core/test_rooms.py
+checks it). It is on the CNI cold path: the standard library and ipam's ``record`` and ``paths`` only at import
+(pyroute2, ``hashlib`` and ``subprocess`` are imported where first needed).
 """

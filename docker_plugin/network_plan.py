@@ -185,4 +185,5 @@ def plan_ports(endpoint: dict, mappings: Iterable[dict]):
         raise from_datapath(exc) from None
     addresses = [ipaddress.ip_interface(a).ip for a in endpoint["addresses"]]
     endpoint_tag = tag(endpoint)
-    return plan_rules(parsed, addresses), (lambda existing: readable_conflicts(conflicts(parsed, endpoint_tag, existing)))
+    return plan_rules(parsed, addresses), (
+        lambda existing: readable_conflicts(conflicts(parsed, endpoint_tag, existing)))

@@ -17,8 +17,8 @@ def cfg(mappings, **keys):
     return parse({"name": "n1", "type": "berth-portmap", **keys}, "1.0.0", mappings)
 
 
-def cfg_mappings(mappings):
-    return cfg(mappings).mappings
+def held_by(mappings):
+    return parse_mappings(mappings)
 
 
 @pytest.mark.parametrize("mapping, field", [
@@ -79,12 +79,12 @@ def _held(container_id, host_port, protocol="tcp", host_ip=None):
 def test_conflicts_same_port_and_overlapping_host_ip_only():
     mine = attachment_tag("n1", "me", "eth0")
     existing = [_held("other", 8080), _held("other2", 9090, host_ip="127.0.0.1"), _held("other3", 7070, "udp")]
-    assert conflicts(cfg_mappings([{"hostPort": 8080, "containerPort": 80}]), mine, existing) == [
+    assert conflicts(held_by([{"hostPort": 8080, "containerPort": 80}]), mine, existing) == [
         "tcp host port 8080 is already mapped by container other"]
-    assert conflicts(cfg_mappings([{"hostPort": 9090, "containerPort": 80, "hostIP": "127.0.0.2"}]), mine, existing) == []
-    assert conflicts(cfg_mappings([{"hostPort": 9090, "containerPort": 80}]), mine, existing) != []
-    assert conflicts(cfg_mappings([{"hostPort": 7070, "containerPort": 80}]), mine, existing) == []  # udp vs tcp
-    assert conflicts(cfg_mappings([{"hostPort": 8080, "containerPort": 80}]), mine, [_held("me", 8080)]) == []
+    assert conflicts(held_by([{"hostPort": 9090, "containerPort": 80, "hostIP": "127.0.0.2"}]), mine, existing) == []
+    assert conflicts(held_by([{"hostPort": 9090, "containerPort": 80}]), mine, existing) != []
+    assert conflicts(held_by([{"hostPort": 7070, "containerPort": 80}]), mine, existing) == []  # udp vs tcp
+    assert conflicts(held_by([{"hostPort": 8080, "containerPort": 80}]), mine, [_held("me", 8080)]) == []
 
 
 def test_the_datapath_plan_is_the_cni_plan():
