@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 
 from cni_plugins.bridge_config import BridgeConfig
-from cni_plugins.types import IPAddress, IPConfig, IPInterface, Interface, Result, Route
+from cni_plugins.types import IPConfig, Interface, Result, Route
 from datapath.specs import BridgeSpec, ContainerSpec, Observed, PortSpec
+from ipam.addresses import IPAddress, IPInterface
 from ipam.record import Record, replace
 
 # Index of each interface in the result, as the reference bridge orders them.

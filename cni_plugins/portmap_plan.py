@@ -10,10 +10,11 @@ from collections.abc import Iterable, Mapping
 
 from cni_plugins import errors
 from cni_plugins.config_fields import bool_field
-from cni_plugins.types import IPAddress, Result
+from cni_plugins.types import Result
 from datapath.errors import InvalidInput
 from datapath.firewall import Rule
 from datapath.ports import PortMapping, parse_mappings, plan_rules
+from ipam.addresses import IPAddress
 from ipam.record import Record
 
 BACKENDS = ("nftables", "iptables")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from datapath.addresses import IPAddress, IPInterface, IPNetwork
+from ipam.addresses import IPAddress, IPInterface, IPNetwork
 from ipam.record import Record, field
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")

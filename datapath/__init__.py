@@ -1,7 +1,7 @@
 """The kernel datapath both container-network faces drive: netlink (:mod:`~datapath.rtnl`), network namespaces
 (:mod:`~datapath.netns`), bridges, veth pairs and addresses (:mod:`~datapath.link_ops`, :mod:`~datapath.specs`),
 firewall rules and their backends (:mod:`~datapath.firewall`), and host-port mapping rules with their lock
-(:mod:`~datapath.ports`).
+(:mod:`~datapath.ports`). Address type aliases are ipam's (:mod:`ipam.addresses`), the lowest room that needs them.
 
 The CNI plugins (``cni_plugins``) and the Docker driver (``docker_plugin``) are two faces over this one room, so
 they write the same links and rules and see each other's host ports. Errors are this room's own

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from datapath.addresses import IPAddress, IPNetwork
+from ipam.addresses import IPAddress, IPNetwork
 from ipam.record import Record
 
 TAG_PREFIX = "berth"

@@ -8,7 +8,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 
 from datapath import filelock, firewall
-from datapath.addresses import IPAddress
+from ipam.addresses import IPAddress
 from datapath.errors import InvalidInput, PortConflict
 from datapath.firewall import Dnat, Rule, SnatToContainer, tag_of
 from ipam.record import Record

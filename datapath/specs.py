@@ -3,7 +3,7 @@ snapshot): plain records, so each face plans them without touching the kernel an
 carries them out."""
 from __future__ import annotations
 
-from datapath.addresses import IPAddress, IPInterface, IPNetwork
+from ipam.addresses import IPAddress, IPInterface, IPNetwork
 from ipam.record import Record
 
 

@@ -1,4 +1,5 @@
-"""The address type aliases the datapath and both faces annotate with (either IP family)."""
+"""The address type aliases every room annotates with (either IP family): ipam is the lowest room that needs them,
+so the datapath and both faces import them from here."""
 import ipaddress
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
