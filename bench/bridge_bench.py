@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cni_plugins import netns, skel  # noqa: E402
+from cni_plugins import skel
+from datapath import netns  # noqa: E402
 
 VENV_BIN = REPO / ".venv" / "bin"
 REFERENCE_DIR = "/usr/lib/cni"

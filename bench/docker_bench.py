@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cni_plugins import netns  # noqa: E402
+from datapath import netns  # noqa: E402
 from berth.private_docker import DOCKER_CLI, IMAGE, PrivateDocker as DockerHost, missing as available  # noqa: E402
 
 DEADLINE = 30.0

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 
-from cni_plugins import codes, errors, firewall, invoke, link_ops, netns, rtnl, skel
+from cni_plugins import codes, errors, invoke, skel
+from datapath import firewall, link_ops, netns, rtnl
 from cni_plugins.bridge_config import BridgeConfig, parse, parse_mac
 from cni_plugins.bridge_plan import AddPlan, build_result, check_problems, plan_add
 from cni_plugins.types import Result

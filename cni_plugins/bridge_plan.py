@@ -9,43 +9,14 @@ from __future__ import annotations
 import ipaddress
 
 from cni_plugins.bridge_config import BridgeConfig
-from cni_plugins.types import IPAddress, IPConfig, IPInterface, IPNetwork, Interface, Result, Route
+from cni_plugins.types import IPConfig, Interface, Result, Route
+from datapath.specs import BridgeSpec, ContainerSpec, Observed, PortSpec
+from ipam.addresses import IPAddress, IPInterface
 from ipam.record import Record, replace
 
 # Index of each interface in the result, as the reference bridge orders them.
 BRIDGE_IDX, HOST_VETH_IDX, CONTAINER_IDX = 0, 1, 2
 DEFAULT_ROUTES = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
-
-
-class BridgeSpec(Record):
-    name: str
-    mtu: int
-    promisc: bool
-    vlan_filtering: bool
-    gateway_addresses: tuple[IPInterface, ...]  # put on the bridge when isGateway
-    force_address: bool
-
-
-class PortSpec(Record):
-    """The veth pair: its host end is a bridge port, its peer is the container's interface."""
-
-    host_name: str
-    ifname: str
-    mtu: int
-    mac: str | None
-    hairpin: bool
-    isolated: bool
-    pvid: int
-    trunk: tuple[int, ...]
-    preserve_default_vlan: bool
-
-
-class ContainerSpec(Record):
-    up: bool
-    addresses: tuple[IPInterface, ...]
-    routes: tuple[Route, ...]           # gateway filled in: what the kernel should hold
-    sysctls: tuple[tuple[str, str], ...]
-    nodad: bool                          # IPv6 addresses skip duplicate address detection
 
 
 class AddPlan(Record):
@@ -153,24 +124,6 @@ def build_result(cfg: BridgeConfig, plan: AddPlan, bridge_mac: str, host_mac: st
 
 
 # --- CHECK -------------------------------------------------------------------------------------------------------
-
-class ObservedLink(Record):
-    name: str
-    kind: str
-    mac: str
-    master: str | None = None   # name of the master (host side)
-    peer_index: int | None = None
-
-
-class Observed(Record):
-    """What CHECK found in the kernel: the host's links by name, and the container's interface with its state."""
-
-    host_links: dict[str, ObservedLink]
-    host_indexes: dict[str, int]
-    container: ObservedLink | None
-    container_addresses: frozenset[IPInterface]
-    container_routes: frozenset[tuple[IPNetwork, IPAddress | None]]
-
 
 def check_problems(cfg: BridgeConfig, prev: Result, ifname: str, netns: str, observed: Observed) -> list[str]:
     """Every way the namespace and host differ from ``prevResult``; empty when the attachment is intact."""

@@ -2,11 +2,11 @@
 
 The CNI daemon and each installed launcher carry it; a launcher whose digest differs from the daemon's runs the call
 itself, so code from two builds never mixes in one answer (version skew during an upgrade). It covers the plugins,
-the IPAM library, the launcher's C source and the three modules of other rooms the plugins import (the overlay's
-subnet file format, the discovery model and wire format) — and nothing else, so editing the demo, the DNS server or
-the datastore leaves every installed launcher on the fast path. tests/core/test_buildinfo.py checks that every
-module a plugin loads is listed here. Standard library only: ``python3 -m cni_plugins.buildinfo --sources`` lists
-the files for the Makefile's reinstall rule.
+the kernel datapath they drive, the IPAM library, the launcher's C source and the three modules of other rooms the
+plugins import (the overlay's subnet file format, the discovery model and wire format) — and nothing else, so
+editing the demo, the DNS server, the Docker face or the datastore leaves every installed launcher on the fast
+path. tests/core/test_buildinfo.py checks that every module a plugin loads is listed here. Standard library only:
+``python3 -m cni_plugins.buildinfo --sources`` lists the files for the Makefile's reinstall rule.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Whole packages, and single files of rooms the plugins reach into.
-PACKAGES = ("cni_plugins", "ipam")
+PACKAGES = ("cni_plugins", "datapath", "ipam")
 FILES = ("overlay/__init__.py", "overlay/subnetfile.py",
          "discovery/__init__.py", "discovery/model.py", "discovery/wire.py")
 

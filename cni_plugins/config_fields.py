@@ -1,19 +1,18 @@
 """Field rules shared by the protocol core and every plugin's edge parser: one rule and one wording for one kind
-of value (identifiers, interface names, paths, numbers), so the plugins cannot drift apart."""
+of value (identifiers, interface names, paths, numbers), so the plugins cannot drift apart. The interface-name
+rule itself is the datapath's (:func:`datapath.ifname.interface_name`, which the Docker face uses too)."""
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 
 from cni_plugins import errors
+from datapath.ifname import interface_name
 from ipam import paths
 
 # libcni's pattern for container IDs and network names, matched over the whole string (no final newline).
 IDENTIFIER = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 MAX_IDENTIFIER = 200       # bytes: leaves room for "<id>-<ifname>.json" under NAME_MAX
-IFNAMSIZ = 16              # the kernel's buffer, NUL included: a name has at most 15 bytes
-# What the kernel's dev_valid_name refuses, byte by byte (its isspace() covers 0xa0 too), plus NUL.
-_IFNAME_FORBIDDEN_BYTES = frozenset(b"/: \t\n\v\f\r\xa0\0")
 
 
 def identifier(value: object, what: str) -> str:
@@ -25,18 +24,6 @@ def identifier(value: object, what: str) -> str:
                          "the first a letter or digit)")
     if len(value) > MAX_IDENTIFIER:
         raise ValueError(f"{what}: longer than {MAX_IDENTIFIER} characters")
-    return value
-
-
-def interface_name(value: object, what: str) -> str:
-    """A Linux interface name: at most 15 bytes (not characters), not ``.``/``..``, no ``/``, ``:`` or space."""
-    encoded = paths.utf8_text(value, what, "interface name")
-    if len(encoded) >= IFNAMSIZ:
-        raise ValueError(f"{what}: {value!r} is too long: {len(encoded)} bytes, the kernel allows {IFNAMSIZ - 1}")
-    if value in (".", ".."):
-        raise ValueError(f"{what}: cannot be . or ..")
-    if any(b in _IFNAME_FORBIDDEN_BYTES for b in encoded) or any(c.isspace() for c in value):
-        raise ValueError(f"{what}: {value!r} contains / or : or whitespace characters")
     return value
 
 

@@ -135,7 +135,7 @@ class CniDaemon:
             except ImportError as exc:
                 log.warning("plugin %s not available: %s", plugin_type, exc)
         try:
-            from cni_plugins import rtnl
+            from datapath import rtnl
 
             rtnl.warm()
         except (ImportError, OSError) as exc:

@@ -1,8 +1,10 @@
 """Berth's CNI error hierarchy: each class carries the spec's code, so lower layers raise meaning, not numbers,
-and the one edge in :mod:`cni_plugins.skel` turns any of them into the spec's JSON error object."""
+and the one edge in :mod:`cni_plugins.skel` turns any of them into the spec's JSON error object. The datapath's
+own errors (:mod:`datapath.errors`) get their CNI codes here, in :data:`DATAPATH_CODES`, and nowhere else."""
 from __future__ import annotations
 
 from cni_plugins import codes
+from datapath import errors as datapath_errors
 
 
 class CniError(Exception):
@@ -84,3 +86,19 @@ def from_dict(data: dict) -> CniError:
     code = code if isinstance(code, int) and not isinstance(code, bool) else codes.DELEGATE_FAILED
     cls = BY_CODE.get(code, CniError)
     return cls(str(data.get("msg", "")), str(data.get("details", "")), code=code)
+
+
+# The datapath's failures as CNI codes: the one place the CNI face gives them meaning for the runtime.
+DATAPATH_CODES: dict[type[datapath_errors.DatapathError], int] = {
+    datapath_errors.LinkError: codes.IO_FAILURE,
+    datapath_errors.FirewallError: codes.IO_FAILURE,
+    datapath_errors.HostConflict: codes.HOST_CONFLICT,
+    datapath_errors.PortConflict: codes.PORT_TAKEN,
+    datapath_errors.InvalidInput: codes.INVALID_CONFIG,
+}
+
+
+def from_datapath(exc: datapath_errors.DatapathError) -> CniError:
+    """A datapath error as the CNI error of its kind (code 5, an I/O failure, for a kind not listed)."""
+    code = next((c for kind, c in DATAPATH_CODES.items() if isinstance(exc, kind)), codes.IO_FAILURE)
+    return BY_CODE.get(code, CniError)(exc.msg, exc.details, code=code)

@@ -72,7 +72,10 @@ def delegate(plugin_type: str, command: str, config: Mapping[str, object], req: 
 
 def _run_in_process(handlers: skel.Handlers, command: str, env: dict[str, str], stdin: bytes) -> Result | None:
     request = skel.parse_request(env, stdin)
-    outcome = skel.run_handler(handlers, request)
+    try:
+        outcome = skel.run_handler(handlers, request)
+    except errors.datapath_errors.DatapathError as exc:  # the delegate's edge: its error as an executable's would be
+        raise errors.from_datapath(exc) from None
     if command != "ADD":
         return None
     if not isinstance(outcome, Result):

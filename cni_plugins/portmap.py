@@ -7,11 +7,10 @@ reference, a host port another container already holds is refused with a clear e
 from __future__ import annotations
 
 
-from cni_plugins import codes, errors, filelock, firewall, netns, skel
-from cni_plugins.portmap_plan import PORT_TAKEN, PortmapConfig, conflicts, container_ips, parse, plan_rules
+from cni_plugins import codes, errors, skel
+from cni_plugins.portmap_plan import PortmapConfig, container_ips, parse, rules_for
 from cni_plugins.types import Result
-
-LOCK_PATH = "/run/berth/portmap.lock"
+from datapath import firewall, netns, ports
 
 
 def _parse(req: skel.Request) -> PortmapConfig:
@@ -26,11 +25,6 @@ def _config(req: skel.Request) -> PortmapConfig:
 
 def _tag(cfg: PortmapConfig, req: skel.Request) -> str:
     return firewall.attachment_tag(cfg.name, req.container_id, req.ifname)
-
-
-def _host_port_lock():
-    """Check-then-add of host ports is one critical section across processes and threads."""
-    return filelock.held(LOCK_PATH)
 
 
 def _enable_route_localnet(prev: Result) -> None:
@@ -60,18 +54,12 @@ def cmd_add(req: skel.Request) -> Result:
     if not cfg.mappings:
         return prev
     addresses = container_ips(prev, req.ifname)
-    rules = plan_rules(cfg, addresses)
+    rules = rules_for(cfg, addresses)
     if not rules:
         return prev
     tag = _tag(cfg, req)
     backend = firewall.backend_for(cfg.backend, "portmap")
-    with _host_port_lock():
-        taken = conflicts(cfg, tag, (r.comment for r in backend.rules(firewall.TAG_PREFIX + " ")))
-        if taken:
-            raise errors.CniError("; ".join(taken), "each host port can be published by one container",
-                                  code=PORT_TAKEN)
-        backend.remove([tag])  # a repeated ADD replaces its own rules
-        backend.add(tag, rules)
+    ports.publish(backend, tag, rules, lambda existing: ports.conflicts(cfg.mappings, tag, existing))
     if cfg.snat and any(a.version == 4 for a in addresses):
         try:
             _enable_route_localnet(prev)
@@ -90,7 +78,7 @@ def cmd_del(req: skel.Request) -> None:
 def cmd_check(req: skel.Request) -> None:
     cfg = _config(req)
     prev = _prev(req)
-    expected = {firewall.comment_for(_tag(cfg, req), r) for r in plan_rules(cfg, container_ips(prev, req.ifname))}
+    expected = {firewall.comment_for(_tag(cfg, req), r) for r in rules_for(cfg, container_ips(prev, req.ifname))}
     present = {r.comment for r in firewall.backend_for(cfg.backend, "portmap").rules(_tag(cfg, req) + " ")}
     missing = sorted(expected - present)
     if missing:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from cni_plugins import codes, errors, skel
 from cni_plugins.config_fields import path_field
 from discovery import wire
-from discovery.model import EndpointRecord, InvalidRecord, PortBinding
+from discovery.model import EndpointRecord, InvalidRecord, PortBinding, dns_label_for
 
 INPUT_ERRORS = codes.INPUT_ERRORS  # the agent rejected the request itself: retrying later cannot help
 MAX_TIMEOUT = 300.0
@@ -41,12 +41,6 @@ def _parse_options(req: skel.Request) -> tuple[str, str, float]:
     if len(sock.encode()) >= 108:
         raise errors.InvalidConfig(f"agentSocket: {sock!r} is longer than a Unix socket path can be (107 bytes)")
     return sock, spool_dir, float(timeout)
-
-
-def dns_label_for(name: str) -> str:
-    """A container name as a DNS label: lower case, any other character than a-z, 0-9 and ``-`` becomes ``-``."""
-    label = "".join(c if c.isascii() and (c.isalnum() or c == "-") else "-" for c in name.lower())
-    return label.strip("-")[:63].rstrip("-")
 
 
 def endpoint_id(container_id: str, ifname: str) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 
 from cni_plugins import codes, config_fields, errors
 from cni_plugins.types import LATEST_VERSION, SUPPORTED_VERSIONS, Result, ResultError, at_least, version_tuple
+from datapath.ifname import interface_name
 from ipam.record import Record, field, replace
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
@@ -147,7 +148,7 @@ def validate_network_name(name: object) -> None:
 
 def validate_ifname(ifname: str) -> None:
     try:
-        config_fields.interface_name(ifname, "CNI_IFNAME")
+        interface_name(ifname, "CNI_IFNAME")
     except ValueError as exc:
         raise errors.InvalidEnvironment(str(exc)) from None
 
@@ -361,9 +362,8 @@ def as_cni_error(exc: BaseException) -> errors.CniError:
     """Map any exception to the spec's error: our own keep their code; lower layers say what they are."""
     if isinstance(exc, errors.CniError):
         return exc
-    code = getattr(exc, "cni_code", None)
-    if isinstance(code, int):
-        return errors.CniError(str(exc) or type(exc).__name__, type(exc).__name__, code=code)
+    if isinstance(exc, errors.datapath_errors.DatapathError):
+        return errors.from_datapath(exc)
     if isinstance(exc, OSError):
         return errors.IOFailure(f"I/O failure: {exc}", type(exc).__name__)
     return errors.CniError(f"internal error: {type(exc).__name__}: {exc}", code=codes.INTERNAL)
@@ -400,7 +400,7 @@ def dispatch(handlers: Handlers, env: Mapping[str, str], stdin: bytes) -> Reply:
         return Reply(0, b"")
     except Exception as exc:  # noqa: BLE001 - the one edge where everything becomes the spec's error
         error = as_cni_error(exc)
-        trace = b"" if isinstance(exc, errors.CniError) else _traceback()
+        trace = b"" if isinstance(exc, (errors.CniError, errors.datapath_errors.DatapathError)) else _traceback()
         return Reply(1, json.dumps(error.to_dict(_error_version(stdin))).encode(), trace)
 
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
+from ipam.addresses import IPAddress, IPInterface, IPNetwork
 from ipam.record import Record, field
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
 
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:

@@ -50,6 +50,12 @@ class PortBinding:
             _check_address(self.host_ip, "ports.hostIP")
 
 
+def dns_label_for(name: str) -> str:
+    """A container name as a DNS label: lower case, any other character than a-z, 0-9 and ``-`` becomes ``-``."""
+    label = "".join(c if c.isascii() and (c.isalnum() or c == "-") else "-" for c in name.lower())
+    return label.strip("-")[:63].rstrip("-")
+
+
 def _check_address(value: Any, field_name: str) -> str:
     try:
         return str(ipaddress.ip_address(value))

@@ -16,9 +16,8 @@ import threading
 from typing import Optional
 
 from cni_plugins import codes
-from cni_plugins.register import dns_label_for
 from discovery import wire
-from discovery.model import EndpointRecord, InvalidRecord, PortBinding
+from discovery.model import EndpointRecord, InvalidRecord, PortBinding, dns_label_for
 from docker_plugin.docker_api import DockerAPI, DockerUnavailable
 
 log = logging.getLogger(__name__)

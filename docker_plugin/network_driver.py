@@ -1,5 +1,6 @@
 """Docker's remote network-driver API: each handler reads its records, asks :mod:`network_plan` what should exist,
-makes it so through :mod:`datapath`, and keeps the record in the state directory before it answers.
+makes it so through :mod:`kernel` (over :mod:`datapath`), and keeps the record in the state directory before it
+answers.
 
 Handlers run under one lock: Docker calls a driver from many goroutines, and the calls that touch one network's
 records must not interleave. Every removal is idempotent (Docker retries, and a restarted plugin may meet a
@@ -11,10 +12,9 @@ import ipaddress
 import logging
 import threading
 
-from cni_plugins.errors import CniError
-from cni_plugins.firewall import FirewallError
-from docker_plugin import datapath, network_plan
-from docker_plugin.errors import DriverError, mapping
+from datapath.errors import DatapathError
+from docker_plugin import kernel, network_plan
+from docker_plugin.errors import DriverError, from_datapath, mapping
 from docker_plugin.state import StateDir
 from overlay import subnetfile
 
@@ -47,14 +47,14 @@ class NetworkDriver:
                     raise DriverError(f"bridge {network['bridge']} already serves network {other_id[:12]}", 409)
             earlier = self.state.get("networks", network["id"])  # Docker repeating a create it saw fail
             network["created_bridge"] = (earlier or {}).get("created_bridge") or \
-                not datapath.bridge_exists(network["bridge"])
+                not kernel.bridge_exists(network["bridge"])
             try:
-                _kernel(lambda: datapath.ensure_bridge(network["bridge"], network["mtu"],
+                _kernel(lambda: kernel.ensure_bridge(network["bridge"], network["mtu"],
                                                        network_plan.gateways(network)))
                 self.state.put("networks", network["id"], network)
             except BaseException:
                 if network["created_bridge"]:  # refused or failed: leave no bridge behind
-                    datapath.delete_link(network["bridge"])
+                    kernel.delete_link(network["bridge"])
                 raise
         log.info("network %s: bridge %s, subnets %s", network["id"][:12], network["bridge"],
                  [s["pool"] for s in network["subnets"]])
@@ -69,9 +69,9 @@ class NetworkDriver:
             for endpoint_id, endpoint in list(self.state.all("endpoints")):
                 if endpoint["network"] == network_id:
                     self._remove_endpoint(endpoint)
-            _kernel(lambda: datapath.gc_rules(network_id, ()))
+            _kernel(lambda: kernel.gc_rules(network_id, ()))
             if network.get("created_bridge", True):
-                _kernel(lambda: datapath.delete_link(network["bridge"]))
+                _kernel(lambda: kernel.delete_link(network["bridge"]))
             self.state.delete("networks", network_id)
         log.info("network %s deleted", network_id[:12])
         return {}
@@ -102,15 +102,15 @@ class NetworkDriver:
         with self._lock:
             network = self._network(request)
             endpoint = self._endpoint(request)
-            _kernel(lambda: datapath.delete_port(endpoint["host"], endpoint["peer"]))  # a repeated Join starts clean
-            _kernel(lambda: datapath.create_port(network["bridge"], endpoint["host"], endpoint["peer"],
+            _kernel(lambda: kernel.delete_port(endpoint["host"], endpoint["peer"]))  # a repeated Join starts clean
+            _kernel(lambda: kernel.create_port(network["bridge"], endpoint["host"], endpoint["peer"],
                                                  network["mtu"], endpoint["mac"] or None))
             if network["masquerade"]:
                 try:
-                    _kernel(lambda: datapath.add_masquerade(network_plan.tag(endpoint), _addresses(endpoint),
+                    _kernel(lambda: kernel.add_masquerade(network_plan.tag(endpoint), _addresses(endpoint),
                                                               network["masquerade_scope"]))
                 except DriverError:
-                    datapath.delete_port(endpoint["host"], endpoint["peer"])
+                    kernel.delete_port(endpoint["host"], endpoint["peer"])
                     raise
         answer: dict = {"InterfaceName": {"SrcName": endpoint["peer"], "DstPrefix": DST_PREFIX},
                         "DisableGatewayService": False}
@@ -123,8 +123,8 @@ class NetworkDriver:
         with self._lock:
             endpoint = self.state.get("endpoints", endpoint_id)
             if endpoint is not None:
-                _kernel(lambda: datapath.remove_masquerade(network_plan.tag(endpoint)))
-                _kernel(lambda: datapath.delete_port(endpoint["host"], endpoint["peer"]))
+                _kernel(lambda: kernel.remove_masquerade(network_plan.tag(endpoint)))
+                _kernel(lambda: kernel.delete_port(endpoint["host"], endpoint["peer"]))
         return {}
 
     def program_external_connectivity(self, request: dict) -> dict:
@@ -133,9 +133,7 @@ class NetworkDriver:
         with self._lock:
             endpoint = self._endpoint(request)
             rules, claims = network_plan.plan_ports(endpoint, network_plan.port_mappings(options))
-            taken = _kernel(lambda: datapath.add_port_rules(network_plan.tag(endpoint), claims, rules))
-        if taken:
-            raise DriverError("; ".join(taken) + " (each host port can be published by one container)", 409)
+            _kernel(lambda: kernel.add_port_rules(network_plan.tag(endpoint), claims, rules))
         return {}
 
     def revoke_external_connectivity(self, request: dict) -> dict:
@@ -143,7 +141,7 @@ class NetworkDriver:
         with self._lock:
             endpoint = self.state.get("endpoints", endpoint_id)
             if endpoint is not None:
-                _kernel(lambda: datapath.remove_port_rules(network_plan.tag(endpoint)))
+                _kernel(lambda: kernel.remove_port_rules(network_plan.tag(endpoint)))
         return {}
 
     def discover(self, _request: dict) -> dict:
@@ -158,7 +156,7 @@ class NetworkDriver:
             networks = dict(self.state.all("networks"))
             for network in networks.values():
                 try:
-                    _kernel(lambda: datapath.ensure_bridge(network["bridge"], network["mtu"],
+                    _kernel(lambda: kernel.ensure_bridge(network["bridge"], network["mtu"],
                                                            network_plan.gateways(network)))
                 except DriverError as exc:  # one broken network must not keep the others from being served
                     log.error("network %s: cannot restore bridge %s: %s", network["id"][:12], network["bridge"], exc)
@@ -168,7 +166,7 @@ class NetworkDriver:
                     self._remove_endpoint(endpoint)
             for network_id in networks:
                 keep = [network_plan.tag(e) for e in endpoints.values() if e["network"] == network_id]
-                removed = _kernel(lambda: datapath.gc_rules(network_id, keep))
+                removed = _kernel(lambda: kernel.gc_rules(network_id, keep))
                 if removed:
                     log.info("network %s: removed stale rules %s", network_id[:12], removed)
         log.info("restored %d networks, %d endpoints", len(networks), len(endpoints))
@@ -224,7 +222,7 @@ class NetworkDriver:
             with self._lock:
                 network, endpoint = self._network(request), self._endpoint(request)
                 if network["masquerade"]:
-                    _kernel(lambda: datapath.add_masquerade(network_plan.tag(endpoint), _addresses(endpoint),
+                    _kernel(lambda: kernel.add_masquerade(network_plan.tag(endpoint), _addresses(endpoint),
                                                               network["masquerade_scope"]))
         log.info("network %s: taken back from Docker with %d endpoints", network_id[:12],
                  len(docker_network.get("Containers") or {}))
@@ -232,9 +230,9 @@ class NetworkDriver:
     # --- helpers -----------------------------------------------------------------------------------------------------
 
     def _remove_endpoint(self, endpoint: dict) -> None:
-        _kernel(lambda: datapath.remove_port_rules(network_plan.tag(endpoint)))
-        _kernel(lambda: datapath.remove_masquerade(network_plan.tag(endpoint)))
-        _kernel(lambda: datapath.delete_port(endpoint["host"], endpoint["peer"]))
+        _kernel(lambda: kernel.remove_port_rules(network_plan.tag(endpoint)))
+        _kernel(lambda: kernel.remove_masquerade(network_plan.tag(endpoint)))
+        _kernel(lambda: kernel.delete_port(endpoint["host"], endpoint["peer"]))
         self.state.delete("endpoints", endpoint["id"])
 
     def _network(self, request: dict) -> dict:
@@ -257,10 +255,10 @@ def _addresses(endpoint: dict) -> list:
 
 
 def _kernel(call):
-    """A CNI-core failure (netlink, firewall) as the driver's error, its message intact."""
+    """A datapath failure (netlink, firewall, a host port taken) as the driver's error, its message intact."""
     try:
         return call()
-    except CniError as exc:
-        raise DriverError(exc.msg + (f": {exc.details}" if exc.details else ""), 500) from None
-    except (FirewallError, OSError) as exc:
+    except DatapathError as exc:
+        raise from_datapath(exc) from None
+    except OSError as exc:
         raise DriverError(str(exc), 500) from None

@@ -1,8 +1,8 @@
 """Docker's network-driver requests turned into Berth's records and rule plans, without touching the kernel.
 
 Everything here is pure: what bridge a network gets, which interface names an endpoint's veth pair carries, which
-host ports ``-p`` asks for and which firewall rules publish them (planned by the CNI portmap's own
-``portmap_plan``, so both faces write the same rules and see each other's host ports).
+host ports ``-p`` asks for and which firewall rules publish them (planned by :mod:`datapath.ports`, as the CNI
+portmap's are, so both faces write the same rules and see each other's host ports).
 """
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import ipaddress
 import re
 from typing import Any, Iterable
 
-from cni_plugins import errors as cni_errors
-from cni_plugins import firewall
-from cni_plugins.config_fields import interface_name
-from cni_plugins.portmap_plan import conflicts, parse, plan_rules
-from docker_plugin.errors import DriverError, mapping, text
+from datapath import firewall
+from datapath.errors import InvalidInput
+from datapath.ifname import interface_name
+from datapath.ports import conflicts, parse_mappings, plan_rules
+from docker_plugin.errors import DriverError, from_datapath, mapping, text
 
 GENERIC = "com.docker.network.generic"
 PORTMAP = "com.docker.network.portmap"
@@ -180,9 +180,10 @@ def port_mappings(options: dict) -> list[dict]:
 def plan_ports(endpoint: dict, mappings: Iterable[dict]):
     """The DNAT rules for ``mappings`` and a function naming which of them another attachment already holds."""
     try:
-        cfg = parse({"name": endpoint["network"], "backend": "nftables"}, "1.0.0", list(mappings))
-    except cni_errors.CniError as exc:
-        raise DriverError(exc.msg) from None
+        parsed = parse_mappings(list(mappings))
+    except InvalidInput as exc:
+        raise from_datapath(exc) from None
     addresses = [ipaddress.ip_interface(a).ip for a in endpoint["addresses"]]
     endpoint_tag = tag(endpoint)
-    return plan_rules(cfg, addresses), (lambda existing: readable_conflicts(conflicts(cfg, endpoint_tag, existing)))
+    return plan_rules(parsed, addresses), (
+        lambda existing: readable_conflicts(conflicts(parsed, endpoint_tag, existing)))

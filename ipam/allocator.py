@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator, Sequence
 
-from .config import IPAddress, Range, RangeSet
+from .addresses import IPAddress
+from .config import Range, RangeSet
 from .errors import AddressUnavailable, DuplicateAllocation, RangeExhausted
 from .record import Record
 from .store import Attachment, Store

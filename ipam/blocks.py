@@ -15,8 +15,9 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
+from .addresses import IPAddress, IPNetwork
 from .allocator import usable
-from .config import IPAddress, IPNetwork, Range, RangeSet
+from .config import Range, RangeSet
 
 SMALL_POOL = 4096  # blocks: up to this many are listed and shuffled; more are sampled at random
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from .blocks import AddressRecord, BlockClaim, BlockPool, parse_block_name, parse_pool_definition
-from .config import IPAddress
+from .addresses import IPAddress
 
 IPAM_PREFIX = "/berth/ipam/"
 

@@ -29,7 +29,8 @@ from store.keeper import LeaseKeeper
 
 from .blocks import (AddressRecord, BlockClaim, BlockPool, block_name, free_in_block, order_blocks,
                      parse_block_name, pool_definition, read_claim, read_record, spread)
-from .config import ClusterConfig, IPAddress, IPNetwork, IpamConfig, Range, RangeSet
+from .addresses import IPAddress, IPNetwork
+from .config import ClusterConfig, IpamConfig, Range, RangeSet
 from .disk import DiskStore
 from .errors import ConfigError, StoreBusy, StoreFailure
 from .store import Attachment

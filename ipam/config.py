@@ -11,11 +11,10 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from . import paths
+from .addresses import IPAddress, IPNetwork
 from .errors import ConfigError
 from .record import Record
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 

@@ -21,7 +21,8 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from .config import DEFAULT_DATA_DIR, IPAddress
+from .addresses import IPAddress
+from .config import DEFAULT_DATA_DIR
 from .errors import StoreFailure
 from .store import Attachment, Store
 

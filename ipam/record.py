@@ -7,7 +7,8 @@ is a new process per container and its cold path declares ~30 such classes, so t
 A :class:`Record` subclass has the same body (annotated fields, defaults, :func:`field` with ``default_factory``,
 ``__post_init__``, ``order=True``) and the same behaviour, frozen and compared field by field; the class
 statement only records the field names, and a few generic methods serve every instance. It lives in ``ipam/``,
-the lowest room on the CNI path (``cni_plugins`` → ``ipam``), so the CNI face and IPAM share the one mechanism.
+the lowest room on the CNI path (``cni_plugins`` → ``datapath`` → ``ipam``), so every room above shares the one
+mechanism.
 """
 from __future__ import annotations
 

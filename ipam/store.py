@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from .config import IPAddress
+from .addresses import IPAddress
 from .record import Record
 
 

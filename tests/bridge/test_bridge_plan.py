@@ -5,9 +5,9 @@ import pytest
 
 from cni_plugins import errors
 from cni_plugins.bridge_config import parse, parse_mac
-from cni_plugins.bridge_plan import (ObservedLink, Observed, build_result, check_problems, kernel_routes,
-                                     plan_add)
+from cni_plugins.bridge_plan import build_result, check_problems, kernel_routes, plan_add
 from cni_plugins.types import IPConfig, Result, Route
+from datapath.specs import Observed, ObservedLink
 
 IP = ipaddress.ip_interface
 ADDR = ipaddress.ip_address

@@ -333,7 +333,8 @@ def test_in_process_handlers_in_threads_leave_every_thread_in_its_own_namespace(
     import concurrent.futures
     import os
 
-    from cni_plugins import bridge, netns, skel
+    from cni_plugins import bridge, skel
+    from datapath import netns
     from tests.bridge.cni_call import cni_env
 
     conf = make_conf(isGateway=True, ipam_type="berth-ipam")

@@ -19,7 +19,7 @@ from tests.conftest import CNI_BIN
 
 # Kept off the common path on purpose, each for what it cost a cold call here.
 HEAVY = {
-    "pyroute2": "netlink goes through cni_plugins.rtnl; pyroute2 only for a new bridge, VLANs, CHECK",
+    "pyroute2": "netlink goes through datapath.rtnl; pyroute2 only for a new bridge, VLANs, CHECK",
     "dataclasses": "value classes are ipam.record's (dataclasses compile code for every class at import)",
     "typing": "annotations need no typing import",
     "logging": "plugins do not log",

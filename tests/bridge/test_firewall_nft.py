@@ -5,8 +5,8 @@ import ipaddress
 
 import pytest
 
-from cni_plugins import firewall, netns as nsctx
-from cni_plugins.firewall_nft import NftBackend
+from datapath import firewall, netns as nsctx
+from datapath.firewall_nft import NftBackend
 from tests.bridge.cni_call import nft_ruleset
 
 pytestmark = pytest.mark.root

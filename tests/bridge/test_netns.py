@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from cni_plugins import netns as nsctx
+from datapath import netns as nsctx
 from tests.conftest import run
 
 pytestmark = pytest.mark.root
@@ -72,7 +72,7 @@ def test_lazy_pyroute2_import_is_safe_from_many_threads_at_once():
 
     script = """
 import threading
-from cni_plugins import netns
+from datapath import netns
 netns.register_lazy_pyroute2()
 failures = []
 start = threading.Barrier(16)
@@ -113,7 +113,7 @@ class SlowFinder:
         return None
 
 sys.meta_path.insert(0, SlowFinder)
-from cni_plugins import netns
+from datapath import netns
 failures = []
 
 def run(call, delay):

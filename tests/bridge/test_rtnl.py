@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from cni_plugins import rtnl
+from datapath import rtnl
 from tests.bridge.cni_call import ns_json
 from tests.conftest import run
 
@@ -82,7 +82,7 @@ def test_routes_and_addresses_are_what_pyroute2_would_have_made(netns):
 
 
 def test_delete_container_link_returns_with_both_ends_gone_and_the_name_free(netns):
-    from cni_plugins import link_ops
+    from datapath import link_ops
 
     host, ctr = netns("host"), netns("ctr")
     for _ in range(3):  # the same names again right away: nothing of the last pair is left in the way

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from cni_plugins import errors, invoke, skel
+from cni_plugins import codes, errors, invoke, skel
+from datapath import errors as datapath_errors
 
 REFERENCE_HOST_LOCAL = "/usr/lib/cni/host-local"
 pytestmark = pytest.mark.skipif(not os.path.exists(REFERENCE_HOST_LOCAL), reason="reference plugins not installed")
@@ -62,3 +63,19 @@ def test_in_process_delegate_to_fake_plugin_runs_full_validation(tmp_path, monke
     bad = dict(conf, name="../x")
     with pytest.raises(errors.InvalidConfig):
         invoke.delegate("bt-fake", "ADD", bad, req)
+
+
+def test_in_process_delegate_hands_back_a_datapath_error_as_the_cni_error_of_its_kind(tmp_path, monkeypatch):
+    """As an exec'd delegate would print it: a caller (the overlay's GC) that collects CniErrors sees it."""
+    def add(req):
+        raise datapath_errors.HostConflict("br0 already exists but is not a bridge", "vxlan")
+
+    module = type(sys)("bt_fake_datapath")
+    module.HANDLERS = skel.Handlers(add=add, delete=lambda r: None)
+    monkeypatch.setitem(sys.modules, "bt_fake_datapath", module)
+    monkeypatch.setitem(invoke.IN_PROCESS, "bt-fake-datapath", "bt_fake_datapath")
+    req, conf = request_for(tmp_path)
+    with pytest.raises(errors.CniError) as info:
+        invoke.delegate("bt-fake-datapath", "ADD", conf, req)
+    assert info.value.code == codes.HOST_CONFLICT
+    assert (info.value.msg, info.value.details) == ("br0 already exists but is not a bridge", "vxlan")

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from cni_plugins import errors, skel, types
+from cni_plugins import codes, errors, skel, types
+from datapath import errors as datapath_errors
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
        "CNI_PATH": "/usr/lib/cni"}
@@ -138,12 +139,16 @@ def test_handler_exceptions_become_the_spec_error_object(raised, expected_code):
     assert isinstance(body["msg"], str) and body["msg"]
 
 
-def test_exception_with_cni_code_attribute_keeps_its_code():
-    class StoreBusy(Exception):
-        cni_code = 11
-
-    code, body, _ = call(ENV, config(), Recorder(raise_on={"ADD": StoreBusy("etcd unavailable")}))
-    assert body["code"] == 11 and "etcd unavailable" in body["msg"]
+@pytest.mark.parametrize("error, expected_code", [
+    (datapath_errors.LinkError("add veth: File exists"), codes.IO_FAILURE),
+    (datapath_errors.FirewallError("nftables refused"), codes.IO_FAILURE),
+    (datapath_errors.HostConflict("br0 already exists but is not a bridge"), codes.HOST_CONFLICT),
+    (datapath_errors.PortConflict("tcp host port 8080 is already mapped"), codes.PORT_TAKEN),
+    (datapath_errors.InvalidInput("hostPort: must be a port"), codes.INVALID_CONFIG),
+])
+def test_datapath_errors_get_their_cni_code_at_the_edge(error, expected_code):
+    code, body, _ = call(ENV, config(), Recorder(raise_on={"ADD": error}))
+    assert code == 1 and body["code"] == expected_code and body["msg"] == error.msg
 
 
 def test_del_check_gc_status_print_nothing_on_success():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from datapath import errors as datapath_errors
 from docker_plugin import network_plan
-from docker_plugin.errors import DriverError
+from docker_plugin.errors import DriverError, from_datapath
 from docker_plugin.ipam_driver import GATEWAY_REQUEST, IpamDriver
 from docker_plugin.state import StateDir
 
@@ -176,3 +177,16 @@ def test_a_port_held_by_another_docker_endpoint_names_that_endpoint():
     other = network_plan.tag({"id": "ef" * 32, "network": NID}) + " dnat tcp/8080/*"
     assert claims([other]) == ["tcp host port 8080 is already mapped by the container of Docker endpoint "
                                + "ef" * 12]
+
+
+@pytest.mark.parametrize("error, status", [
+    (datapath_errors.InvalidInput("runtimeConfig.portMappings[0].hostPort: must be a port"), 400),
+    (datapath_errors.HostConflict("br-x already exists but is not a bridge", "vxlan"), 409),
+    (datapath_errors.PortConflict("tcp host port 8080 is already mapped", "each host port ..."), 409),
+    (datapath_errors.LinkError("add veth: File exists"), 500),
+    (datapath_errors.FirewallError("nftables refused the rules"), 500),
+])
+def test_datapath_errors_become_the_drivers_with_their_status_and_message(error, status):
+    answer = from_datapath(error)
+    assert answer.status == status and str(answer).startswith(error.msg)
+    assert (error.details in str(answer)) if error.details else str(answer) == error.msg

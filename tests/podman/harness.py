@@ -180,7 +180,7 @@ class PodmanHarness:
     def drop_idle_berth_tables() -> None:
         """Remove Berth's nftables tables from the host when no attachment's rule is left in them (another test
         may still be using a table that holds rules, so only idle ones go)."""
-        from cni_plugins.firewall_nft import TABLES, run as nft
+        from datapath.firewall_nft import TABLES, run as nft
 
         for family, table in TABLES.values():
             rc, out, _ = nft(f"list table {family} {table}", json_output=True)

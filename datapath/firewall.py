@@ -9,17 +9,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from cni_plugins.types import IPAddress, IPNetwork
+from ipam.addresses import IPAddress, IPNetwork
 from ipam.record import Record
 
 TAG_PREFIX = "berth"
 _MAX_ID = 80  # keep comments under the 128-byte limit of both backends
-
-
-class FirewallError(Exception):
-    """A firewall backend refused a change or could not be read; maps to CNI code 5 (I/O failure)."""
-
-    cni_code = 5
 
 
 def _sha256(text: str) -> str:
@@ -136,9 +130,9 @@ def gc(backend: Backend, network: str, keep: Iterable[str]) -> list[str]:
 def backend_for(name: str, table: str) -> Backend:
     """``nftables`` (default) or ``iptables``; ``table`` is the role (``nat`` for ipMasq, ``portmap``)."""
     if name == "iptables":
-        from cni_plugins.firewall_iptables import IptablesBackend
+        from datapath.firewall_iptables import IptablesBackend
 
         return IptablesBackend(table)
-    from cni_plugins.firewall_nft import NftBackend
+    from datapath.firewall_nft import NftBackend
 
     return NftBackend(table)

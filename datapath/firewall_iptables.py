@@ -11,9 +11,10 @@ import shlex
 import subprocess
 from collections.abc import Iterable
 
-from cni_plugins import filelock
-from cni_plugins.firewall import (Backend, Dnat, FirewallError, Masquerade, Rule, SnatToContainer, TaggedRule,
-                                  comment_for, family_of, tag_of)
+from datapath import filelock
+from datapath.errors import FirewallError
+from datapath.firewall import (Backend, Dnat, Masquerade, Rule, SnatToContainer, TaggedRule,
+                               comment_for, family_of, tag_of)
 
 LOCK_PATH = "/run/berth/iptables.lock"
 CHAINS = {

@@ -1,4 +1,5 @@
-"""The kernel side of the Docker face, made of the CNI bridge's own parts (``link_ops``, ``rtnl``, ``firewall``).
+"""The kernel side of the Docker face, made of the parts the CNI bridge uses (:mod:`datapath`: ``link_ops``,
+``rtnl``, ``firewall``, ``ports``). Failures are :mod:`datapath.errors`; the driver maps them to its answers.
 
 Docker's remote-driver contract differs from CNI in one place: the driver creates the veth pair in the host
 namespace and Docker moves the container end into the sandbox (and renames it ``eth<N>``) after ``Join``. So the
@@ -9,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Optional
 
-from cni_plugins import errors, filelock, firewall, link_ops, portmap, rtnl
-from cni_plugins.bridge_plan import BridgeSpec, PortSpec
+from datapath import firewall, link_ops, ports, rtnl
+from datapath.errors import LinkError
+from datapath.specs import BridgeSpec, PortSpec
 
 OWN_NETNS = "/proc/thread-self/ns/net"
 FIREWALL_BACKEND = "nftables"
@@ -54,11 +56,11 @@ def create_port(bridge: str, host_name: str, peer_name: str, mtu: int, mac: Opti
         with rtnl.Rtnl() as nl:
             bridge_link = nl.link(bridge)
             if bridge_link is None:
-                raise errors.IOFailure(f"bridge {bridge} is missing")
+                raise LinkError(f"bridge {bridge} is missing")
             host, _ = link_ops.create_veth(nl, OWN_NETNS, spec, bridge_link.index, undo)
         if host.name != host_name:  # create_veth draws another name when ours is taken: not ours to use
             undo.unwind()
-            raise errors.IOFailure(f"veth name {host_name} is taken")
+            raise LinkError(f"veth name {host_name} is taken")
     except BaseException:
         undo.unwind()
         raise
@@ -92,18 +94,10 @@ def remove_masquerade(tag: str) -> None:
     _backend("nat").remove([tag])
 
 
-def add_port_rules(tag: str, claims, rules: list[firewall.Rule]) -> list[str]:
-    """Check-then-add under the lock the CNI portmap holds, so a host port is one container's across both faces.
-    ``claims(existing_comments)`` names the conflicts; nothing is added when there are any."""
-    backend = _backend("portmap")
-    with filelock.held(portmap.LOCK_PATH):
-        taken = claims(r.comment for r in backend.rules(firewall.TAG_PREFIX + " "))
-        if taken:
-            return taken
-        backend.remove([tag])
-        if rules:
-            backend.add(tag, rules)
-    return []
+def add_port_rules(tag: str, claims, rules: list[firewall.Rule]) -> None:
+    """Check-then-add under the host-port lock the CNI portmap holds, so a host port is one container's across
+    both faces. ``claims(existing_comments)`` names the conflicts: PortConflict, and nothing added, when any."""
+    ports.publish(_backend("portmap"), tag, rules, claims)
 
 
 def remove_port_rules(tag: str) -> None:

@@ -12,8 +12,9 @@ import json
 import subprocess
 from collections.abc import Iterable
 
-from cni_plugins.firewall import (Backend, Dnat, FirewallError, MacSpoofCheck, Masquerade, Rule, SnatToContainer,
-                                  TaggedRule, comment_for, family_of, tag_of)
+from datapath.errors import FirewallError
+from datapath.firewall import (Backend, Dnat, MacSpoofCheck, Masquerade, Rule, SnatToContainer,
+                               TaggedRule, comment_for, family_of, tag_of)
 
 # role → (family, table)
 TABLES = {

@@ -4,7 +4,7 @@ Every function that creates something pushes its inverse on an :class:`Undo` sta
 when a later step fails. Creation tolerates ``EEXIST`` where another ADD may win a race (the bridge, its gateway
 address), which is what makes two parallel first ADDs safe without a lock.
 
-The ADD and DEL path talks netlink through :mod:`cni_plugins.rtnl` (few round trips, replies skimmed); CHECK's
+The ADD and DEL path talks netlink through :mod:`datapath.rtnl` (few round trips, replies skimmed); CHECK's
 :func:`observe` reads full link messages through pyroute2's ``IPRoute``.
 """
 from __future__ import annotations
@@ -17,8 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from cni_plugins import codes, errors, netns, rtnl
-from cni_plugins.bridge_plan import BridgeSpec, ContainerSpec, Observed, ObservedLink, PortSpec
+from datapath import netns, rtnl
+from datapath.errors import HostConflict, LinkError
+from datapath.specs import BridgeSpec, ContainerSpec, Observed, ObservedLink, PortSpec
 
 IFA_F_NODAD = 0x02
 IFF_PROMISC = 0x100
@@ -48,9 +49,9 @@ def _code(exc: Exception) -> int:
     return getattr(exc, "code", 0) or 0
 
 
-def fail(step: str, exc: Exception) -> errors.CniError:
-    """A netlink failure as the spec's I/O error, naming the step."""
-    return errors.IOFailure(f"{step}: {os.strerror(_code(exc)) if _code(exc) else exc}", str(exc))
+def fail(step: str, exc: Exception) -> LinkError:
+    """A netlink failure as the datapath's link error, naming the step."""
+    return LinkError(f"{step}: {os.strerror(_code(exc)) if _code(exc) else exc}", str(exc))
 
 
 def kind_of(link) -> str:
@@ -86,14 +87,14 @@ def ensure_bridge(nl: rtnl.Rtnl, spec: BridgeSpec) -> rtnl.Link:
                 raise fail(f"could not create bridge {spec.name}", exc) from None
         link = nl.link(spec.name)
         if link is None:
-            raise errors.IOFailure(f"bridge {spec.name} vanished right after creation")
+            raise LinkError(f"bridge {spec.name} vanished right after creation")
         try:  # its MAC set explicitly, or it takes its lowest port's and changes when that port goes, leaving
             # every container's ARP entry for the gateway pointing at a MAC nobody answers (the reference does this)
             nl.ipr.link("set", index=link.index, address=link.mac)
-        except NetlinkError as exc:
+        except rtnl.netlink_errors() as exc:
             raise fail(f"could not fix the MAC of bridge {spec.name}", exc) from None
     if link.kind != "bridge":
-        raise errors.CniError(f"{spec.name} already exists but is not a bridge", link.kind, code=codes.HOST_CONFLICT)
+        raise HostConflict(f"{spec.name} already exists but is not a bridge", link.kind)
     try:
         if spec.vlan_filtering and not link.br_vlan_filtering:
             nl.ipr.link("set", index=link.index, kind="bridge", br_vlan_filtering=1)
@@ -125,9 +126,9 @@ def ensure_gateway_addresses(nl: rtnl.Rtnl, index: int, spec: BridgeSpec) -> Non
         others = [o for o in present if o.version == wanted.version and o.network == wanted.network and o != wanted]
         if others and not spec.force_address:
             ipr.addr("del", index=index, address=str(wanted.ip), prefixlen=wanted.network.prefixlen)
-            raise errors.CniError(
+            raise HostConflict(
                 f"bridge {spec.name} already has an IP address {others[0]} in the same subnet as {wanted}",
-                "set forceAddress to replace it", code=codes.HOST_CONFLICT)
+                "set forceAddress to replace it")
         for other in others:
             ipr.addr("del", index=index, address=str(other.ip), prefixlen=other.network.prefixlen)
         if others:  # removing a primary address takes its secondaries (ours) with it: put ours back
@@ -162,18 +163,17 @@ def create_veth(nl: rtnl.Rtnl, netns_path: str, port: PortSpec, bridge_index: in
                 name = new_host_veth_name()  # host name taken: draw another
                 continue
             if code == errno.EEXIST:
-                raise errors.CniError(f"container veth name provided ({port.ifname}) already exists",
-                                      code=codes.HOST_CONFLICT)
+                raise HostConflict(f"container veth name provided ({port.ifname}) already exists")
             if code:
                 raise fail(f"could not create veth {name}/{port.ifname}", rtnl.netlink_error(code))
             break
         else:
-            raise errors.IOFailure("could not find a free host veth name")
+            raise LinkError("could not find a free host veth name")
     finally:
         os.close(fd)
     host, bridge = nl.links([(name, 0), (None, bridge_index)])
     if host is None or bridge is None:
-        raise errors.IOFailure(f"veth {name} or its bridge vanished right after creation")
+        raise LinkError(f"veth {name} or its bridge vanished right after creation")
     undo.push(lambda: _delete_host_link(host.index))
     return host, bridge
 
@@ -231,7 +231,7 @@ def configure_container(netns_path: str, index: int, port: PortSpec, spec: Conta
     routes = [(f"add route {r.dst}", rtnl.route_request(index, r.dst, r.gw)) for r in spec.routes]
     where = f"{port.ifname} in {netns_path}"
     if not index:
-        raise errors.IOFailure(f"interface {where} did not appear")
+        raise LinkError(f"interface {where} did not appear")
     with rtnl.Rtnl(netns_path) as nl:
         try:
             if settle:
@@ -244,7 +244,7 @@ def configure_container(netns_path: str, index: int, port: PortSpec, spec: Conta
         except (*rtnl.netlink_errors(), OSError) as exc:
             raise fail(where, exc) from None
         if link is None:
-            raise errors.IOFailure(f"interface {where} did not appear")
+            raise LinkError(f"interface {where} did not appear")
         return link.mac
 
 
@@ -382,4 +382,4 @@ def write_host_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
             if netns.read_sysctl(key) != value:
                 netns.write_sysctl(key, value)
         except OSError as exc:
-            raise errors.IOFailure(f"could not set sysctl {key}={value}: {exc}") from None
+            raise LinkError(f"could not set sysctl {key}={value}: {exc}") from None

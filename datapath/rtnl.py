@@ -23,7 +23,7 @@ import os
 import struct
 import sys
 
-from cni_plugins import netns
+from datapath import netns
 from ipam.record import Record
 
 NETLINK_ROUTE, SOL_NETLINK, NETLINK_CAP_ACK = 0, 270, 10
