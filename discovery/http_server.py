@@ -26,8 +26,10 @@ import urllib.parse
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Callable
+
+from store.capped import CappedThreadingMixIn
 
 log = logging.getLogger(__name__)
 
@@ -243,17 +245,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
 
-class StrictHttpServer(ThreadingHTTPServer):
+class StrictHttpServer(CappedThreadingMixIn, HTTPServer):
     """A thread per connection, at most ``limits.max_conns`` at once; the accept loop waits for a free slot."""
 
-    daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], app: App, limits: HttpLimits = HttpLimits()) -> None:
         self.request_queue_size = limits.backlog
         self.limits = limits
         self.app = app
-        self._slots = threading.BoundedSemaphore(limits.max_conns)
+        self.cap_connections(limits.max_conns)
         self._thread: threading.Thread | None = None
         self._stopping = False
         super().__init__(address, _Handler)
@@ -262,22 +263,12 @@ class StrictHttpServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
-    def process_request(self, request, client_address) -> None:
-        while not self._slots.acquire(timeout=0.5):  # at the cap: stop accepting; the kernel queues the rest
+    def take_slot(self) -> bool:
+        """At the cap, stop accepting (the kernel queues the rest) until a slot frees or the server stops."""
+        while not self._slots.acquire(timeout=0.5):
             if self._stopping:
-                self.shutdown_request(request)
-                return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+                return False
+        return True
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="consul-http", daemon=True)

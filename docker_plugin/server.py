@@ -12,12 +12,12 @@ import logging
 import os
 import socket
 import socketserver
-import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Callable
 
 from discovery.agent_socket import peer_uid
 from docker_plugin.errors import DriverError
+from store.capped import CappedThreadingMixIn
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
@@ -93,13 +93,11 @@ class _Request(BaseHTTPRequestHandler):
         log.debug("plugin request: " + fmt, *args)
 
 
-class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
+class PluginServer(CappedThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, routes: dict[str, Handler], max_connections: int = MAX_CONNECTIONS) -> None:
         self.path = path
         self.routes = routes
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.cap_connections(max_connections)
         _claim_socket_path(path)
         old_umask = os.umask(0o177)
         try:
@@ -108,22 +106,8 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             os.umask(old_umask)
         os.chmod(path, 0o600)
 
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):  # full: refuse at once rather than queue without bound
-            log.warning("plugin socket: %d connections open, refusing another", MAX_CONNECTIONS)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    def refuse(self, request) -> None:  # full: refuse at once rather than queue without bound
+        log.warning("plugin socket: %d connections open, refusing another", self.connection_limit)
 
     def close(self) -> None:
         self.server_close()

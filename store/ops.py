@@ -16,8 +16,10 @@ import socket
 import stat
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Callable
+
+from store.capped import CappedThreadingMixIn
 
 log = logging.getLogger("berth.ops")
 
@@ -179,36 +181,21 @@ class _Handler(BaseHTTPRequestHandler):
                    extra={"Connection": "close"})
 
 
-class OpsServer(ThreadingHTTPServer):
-    daemon_threads = True
+class OpsServer(CappedThreadingMixIn, HTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], readiness: Readiness | None = None) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.readiness = readiness or Readiness()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.cap_connections(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
 
     @property
     def port(self) -> int:
         return self.server_address[1]
 
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close"
-                                b"\r\n\r\nbusy\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    def refuse(self, request) -> None:
+        request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n")
 
     def start(self) -> "OpsServer":
         threading.Thread(target=self.serve_forever, name="ops-http", daemon=True).start()
