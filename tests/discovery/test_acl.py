@@ -271,6 +271,8 @@ def test_a_name_registered_before_its_container_is_withdrawn_unless_a_token_gran
     assert run_register("ADD", config, container_id=cid, name="btlater1")[0] == 0
     assert wait_until(lambda: set(client.agent.services()) == {f"{cid}/eth0", "btlater-extra"},
                       what="the squatters withdrawn")
-    assert sorted(n["ServiceAddress"] for n in client.catalog.service("btlater")[1]) == ["10.88.0.7", "10.88.0.99"]
-    assert client.catalog.service("btptr")[1] == []
+    # the catalogue is the store's view: it follows the withdrawal a moment later
+    assert wait_until(lambda: sorted(n["ServiceAddress"] for n in client.catalog.service("btlater")[1])
+                      == ["10.88.0.7", "10.88.0.99"], what="the catalogue without the squatter")
+    assert wait_until(lambda: client.catalog.service("btptr")[1] == [], what="the address squatter gone")
     assert "withdrawing HTTP registration 'btsquat1'" in agent.log.read_text()
