@@ -8,7 +8,8 @@ machine that gets busier half way slows all of them alike. Paths measured for Be
   daemon/native  the native launcher forwarding to `berth cni-daemon` (how Berth is meant to run)
   daemon/python  the Python launcher (python -IS) forwarding to the daemon
   cold           no daemon listening: the native launcher execs the Python launcher, which runs the plugin itself
-Then IPAM alone, as another plugin would exec it (host-local against berth-ipam, cold and through the daemon);
+Then IPAM alone, as another plugin would exec it (host-local against berth-ipam, cold and through the daemon,
+beside the floor any Python plugin stands on: the bare interpreter, and with json and ipaddress imported);
 then 500 containers, 8 ADDs at a time: throughput, duplicate addresses, and what is left after DEL; last, what
 the cold path imports (`python -X importtime` of one cold bridge ADD, DEL and IPAM ADD).
 
@@ -71,6 +72,24 @@ class Flavour:
         if proc.returncode != 0:
             raise RuntimeError(f"{self.label} {command} {container}: {proc.stdout[:300]!r} {proc.stderr[-300:]!r}")
         return elapsed, cpu, (json.loads(proc.stdout) if command == "ADD" else None)
+
+
+class InterpreterFloor:
+    """What no Python plugin can go below: the interpreter started as the launcher starts it (``-I -S``), then
+    with the two standard modules any CNI plugin needs (``json`` for its config, ``ipaddress`` for its addresses)
+    — no Berth code at all. Timed like a plugin call, taking its turn with the others."""
+
+    def __init__(self, label, code):
+        self.label = label
+        self.argv = [os.path.realpath(sys.executable), "-I", "-S", "-c", code]
+
+    def call(self, command, container, netns):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run(self.argv, check=True, capture_output=True)
+        elapsed = (time.perf_counter() - started) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return elapsed, (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000, None
 
 
 def make_netns(count, tag):
@@ -208,6 +227,8 @@ def main() -> int:
             (flavour("reference host-local", "reference", ipam_alone=True), args.ipam),
             (flavour("berth-ipam cold (no daemon)", "berth", no_daemon, ipam_alone=True), args.ipam),
             (flavour("berth-ipam daemon/native launcher", "berth", ipam_alone=True), args.ipam),
+            (InterpreterFloor("floor: python -I -S, nothing", "pass"), args.ipam),
+            (InterpreterFloor("floor: python -I -S, json+ipaddress", "import json, ipaddress"), args.ipam),
         ]
         print_table("IPAM alone, exec'd as another plugin would", ipam_runs, sequential(ipam_runs))
         cold_ipam = ipam_runs[1][0]
