@@ -94,10 +94,12 @@ def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns
         return ip.ip
 
     ip1 = add(h1, "c1")
-    ip1b = add(h1, "c1b", ips=["10.215.0.200"])  # a requested address: h1 claims a second block for it
+    # a requested address outside c1's block (h1 picks its first block freely): h1 claims a second block for it
+    wanted = "10.215.0.200" if block_of(ip1) != block_of("10.215.0.200") else "10.215.0.152"
+    ip1b = add(h1, "c1b", ips=[wanted])
     ip2 = add(h2, "c2")
     ip3 = add(h3, "c3")
-    assert ip1b == ipaddress.ip_address("10.215.0.200")
+    assert ip1b == ipaddress.ip_address(wanted)
     assert host_leases(cluster) == liveness  # the CNI calls renewed the daemons' leases
     blocks = {name: block_of(ip) for name, (_h, _ns, ip, _r) in added.items()}
     assert len({blocks["c1"], blocks["c1b"], blocks["c2"], blocks["c3"]}) == 4, blocks
