@@ -75,8 +75,9 @@ def _is_address(text: str) -> bool:
     return True
 
 
-def busybox_rootfs(path: Path) -> Path:
-    """A root filesystem of busybox-static with every applet linked in /bin and a page in /www for httpd."""
+def busybox_rootfs(path: Path, page: str = PAGE) -> Path:
+    """A root filesystem of busybox-static with every applet linked in /bin and ``page`` in /www for httpd (the
+    podman tests' containers use it too)."""
     bin_dir = path / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(BUSYBOX, bin_dir / "busybox")
@@ -85,7 +86,7 @@ def busybox_rootfs(path: Path) -> Path:
             (bin_dir / applet).symlink_to("busybox")
     for folder in ("proc", "sys", "dev", "etc", "tmp", "www", "run"):
         (path / folder).mkdir(exist_ok=True)
-    (path / "www" / "index.html").write_text(PAGE)
+    (path / "www" / "index.html").write_text(page)
     return path
 
 

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import pytest
 
+from berth.private_docker import busybox_rootfs
 from tests.conftest import REFERENCE_CNI_DIR, VENV_BIN, unique_name
 from tests.ports import port_taken, with_free_port
 from tests.waiting import wait_until
@@ -45,17 +46,7 @@ def available() -> Optional[str]:
 
 def build_rootfs(path: Path, www: str = "") -> Path:
     """A root filesystem with busybox and every applet linked in /bin, plus /www/index.html for httpd."""
-    bin_dir = path / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(BUSYBOX, bin_dir / "busybox")
-    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox" and not (bin_dir / applet).exists():
-            (bin_dir / applet).symlink_to("busybox")
-    for folder in ("proc", "sys", "dev", "etc", "tmp", "www", "run"):
-        (path / folder).mkdir(exist_ok=True)
-    (path / "www" / "index.html").write_text(www or "berth")
-    return path
+    return busybox_rootfs(path, www or "berth")
 
 
 def berth_network_plugins(*, bridge: str, subnet: str, data_dir: str, ipam: str = "berth-ipam",
