@@ -390,9 +390,10 @@ def test_a_network_docker_forgot_is_removed_when_the_plugin_starts(docker_host, 
     assert list((docker_host.state_dir / "networks").glob("*.json"))  # the plugin still holds it...
     docker_host.stop_plugin()
     docker_host.start_plugin()
-    wait_until(lambda: not list((docker_host.state_dir / "networks").glob("*.json")), timeout=60,
-               what="the plugin dropping the network Docker forgot")  # ...until it asks Docker at start
+    # ...until it asks Docker at start: the network's record goes first, then its pool and addresses
+    wait_until(lambda: not list((docker_host.state_dir / "networks").glob("*.json"))
+               and not list((docker_host.state_dir / "pools").glob("*.json")) and _reserved(docker_host, subnet) == [],
+               timeout=60, what="the plugin dropping the network Docker forgot, its pool and its addresses")
     assert bridge not in docker_host.links() and _veths(docker_host) == []
-    assert list((docker_host.state_dir / "pools").glob("*.json")) == [] and _reserved(docker_host, subnet) == []
     assert list((docker_host.state_dir / "endpoints").glob("*.json")) == []
     assert docker_host.rule_comments() == []
