@@ -32,6 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"never count an address younger than this as leaked (default {DEFAULT_MIN_AGE:g})")
     check.add_argument("--release", action="store_true", help="free the leaked addresses reported (needs --yes)")
     check.add_argument("--yes", action="store_true", help="confirm --release")
+    pool = sub.add_parser("pool", help="show a network's pool policy, or change it (--quarantine, "
+                                       "--release-departed-after)")
+    pool.add_argument("network", help="the CNI network name")
+    pool.add_argument("--store", default=os.environ.get("BERTH_STORE", "sqlite:////var/lib/berth/berth.db"),
+                      help="datastore URL (default $BERTH_STORE or the embedded file)")
+    pool.add_argument("--quarantine", type=float, metavar="SECONDS",
+                      help="how long a released address waits before it is handed out again")
+    pool.add_argument("--release-departed-after", type=float, metavar="SECONDS",
+                      help="free a departed host's addresses no live agent vouches for this long after it was "
+                           "first seen gone (0: only `berth ipam check --release` frees them)")
 
 
 def load_lists(path: str | None) -> dict[str, frozenset[tuple[str, str]]]:
@@ -50,55 +60,7 @@ def load_lists(path: str | None) -> dict[str, frozenset[tuple[str, str]]]:
     return out
 
 
-def read_liveness(store, kvs, lists):
-    """Live IPAM hosts and agents, and what the live agents register."""
-    import ipaddress
-
-    from discovery.model import ENDPOINTS_PREFIX, EndpointRecord, InvalidRecord
-    from discovery.publish import AGENTS_PREFIX
-    from ipam.check import IPAM_PREFIX, Liveness
-
-    hosts = {kv.key[len(IPAM_PREFIX + "hosts/"):] for kv in kvs if kv.key.startswith(IPAM_PREFIX + "hosts/")}
-    hosts |= {json.loads(kv.value).get("host", "") for kv in store.get_prefix(AGENTS_PREFIX)[0]}
-    containers, addresses = {}, {}
-    for kv in store.get_prefix(ENDPOINTS_PREFIX)[0]:
-        try:
-            record = EndpointRecord.from_json(kv.value)
-        except InvalidRecord:
-            continue
-        if record.container_id:
-            containers[record.container_id] = record.host
-        for text in record.addresses:
-            try:
-                addresses[ipaddress.ip_address(text)] = record.container_id or record.id
-            except ValueError:
-                continue
-    return Liveness(frozenset(hosts), containers, addresses, lists)
-
-
-def release(store, report, clock=time.time) -> tuple[list, list, list]:
-    """Free every leak (compare-and-swap at the revision judged), then the emptied blocks of departed owners."""
-    from ipam.check import releasable_blocks
-    from ipam.cluster import network_prefix, quarantined
-    from store.api import Compare, Delete, Put
-
-    freed, skipped = [], []
-    for leak in report.leaked:
-        held = leak.held
-        record = held.record
-        index = f"{network_prefix(held.network)}attachments/{record.container_id}/{record.ifname}/{held.address}"
-        done = store.txn([Compare(held.key, "mod_revision", "=", held.mod_revision)],
-                         [Put(held.key, quarantined(record, clock()).to_json()), Delete(index)])
-        (freed if done.succeeded else skipped).append(leak)
-    gone = {(leak.held.network, leak.held.address) for leak in freed}
-    blocks = []
-    for usage in releasable_blocks(report, gone):
-        if store.txn([Compare(usage.key, "mod_revision", "=", usage.mod_revision)], [Delete(usage.key)]).succeeded:
-            blocks.append(usage)
-    return freed, blocks, skipped
-
-
-def as_document(report, freed=(), blocks=(), skipped=()) -> dict:
+def as_document(report, freed=(), blocks=(), skipped=(), marks=None) -> dict:
     def leak(item):
         h = item.held
         return {"network": h.network, "address": str(h.address), "block": h.block, "containerId": h.record.container_id,
@@ -112,6 +74,7 @@ def as_document(report, freed=(), blocks=(), skipped=()) -> dict:
         "leaked": [leak(item) for item in report.leaked],
         "ownerless": [{"network": b.network, "block": b.block, "owner": b.owner, "held": b.held}
                       for b in report.ownerless],
+        "departed": [{"host": host, "since": since} for host, (since, _rev) in sorted((marks or {}).items())],
         "duplicates": list(report.duplicates), "problems": list(report.problems),
         "released": [leak(item) for item in freed], "releasedBlocks": [f"{b.network} {b.block}" for b in blocks],
         "changedSinceRead": [leak(item) for item in skipped],
@@ -140,7 +103,48 @@ def render(doc: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_pool(args) if args.ipam_command == "pool" else run_check(args)
+
+
+def run_pool(args: argparse.Namespace) -> int:
+    """Print the pool's definition; with a policy flag, change it first (compare-and-swap: a concurrent change
+    is reported, not overwritten). Hosts whose config names another value are refused until they agree."""
+    from dataclasses import replace
+
+    from ipam.blocks import parse_pool_policy, with_policy
+    from ipam.cluster import network_prefix
+    from store.api import Compare, Put, StoreError, open_store
+
+    changes = {k: v for k, v in (("quarantine", args.quarantine),
+                                 ("release_departed_after", args.release_departed_after)) if v is not None}
+    if any(not 0 <= v <= 30 * 86400 for v in changes.values()):
+        print("berth ipam pool: seconds must be from 0 to 2592000", file=sys.stderr)
+        return 2
+    try:
+        with open_store(args.store) as store:
+            key = network_prefix(args.network) + "pool"
+            kv = store.get(key)
+            if kv is None:
+                print(f"berth ipam pool: network {args.network!r} has no cluster IPAM pool in {args.store}",
+                      file=sys.stderr)
+                return 2
+            value = kv.value
+            if changes:
+                value = with_policy(kv.value, replace(parse_pool_policy(kv.value), **changes))
+                if not store.txn([Compare(key, "mod_revision", "=", kv.mod_revision)], [Put(key, value)]).succeeded:
+                    print("berth ipam pool: the pool changed while this ran; nothing written", file=sys.stderr)
+                    return 2
+    except (ValueError, OSError, StoreError) as exc:
+        print(f"berth ipam pool: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(json.loads(value), indent=2, sort_keys=True))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from discovery.ipam_liveness import read_liveness
     from ipam.check import IPAM_PREFIX, judge
+    from ipam.reclaim import departure_marks, release
     from store.api import StoreError, open_store
 
     if args.release and not args.yes:
@@ -155,13 +159,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         kvs, revision = store.get_prefix(IPAM_PREFIX)
         report = judge(kvs, revision, read_liveness(store, kvs, lists), time.time(), args.min_age)
-        freed, blocks, skipped = release(store, report) if args.release else ([], [], [])
+        marks = departure_marks(kvs)
+        freed, blocks, skipped = release(store, report, report.leaked, marks) if args.release else ([], [], [])
     except StoreError as exc:
         print(f"berth ipam check: {args.store}: {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()
-    doc = as_document(report, freed, blocks, skipped)
+    doc = as_document(report, freed, blocks, skipped, marks)
     print(json.dumps(doc, indent=2, sort_keys=True) if args.json else render(doc))
     remaining = len(report.leaked) - len(freed)
     return 1 if remaining or report.duplicates else 0

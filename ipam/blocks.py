@@ -169,10 +169,43 @@ def read_claim(data: bytes) -> BlockClaim:
         return BlockClaim("?", "unreadable")
 
 
-def pool_definition(range_sets: Sequence[RangeSet], sizes: Sequence[int]) -> bytes:
-    """What every host of a network must agree on: the ranges and the block sizes they are cut by."""
+@dataclass(frozen=True)
+class PoolPolicy:
+    """How a network's released and departed addresses come back, the same on every host: it is stored with the
+    pool (set by the first host's config, changed with ``berth ipam pool``), so no host can hand an address out
+    earlier than another would."""
+
+    quarantine: float = 60.0             # seconds a released address waits before it is handed out again
+    release_departed_after: float = 0.0  # seconds a departed host's unvouched addresses are kept (0: until
+                                         # ``berth ipam check --release`` frees them)
+
+
+def pool_definition(range_sets: Sequence[RangeSet], sizes: Sequence[int], policy: PoolPolicy = PoolPolicy()) -> bytes:
+    """What every host of a network must agree on: the ranges, the block sizes they are cut by, and the policy."""
     sets = [[f"{r.subnet} {r.range_start}-{r.range_end} gw {r.gateway}" for r in rs.ranges] for rs in range_sets]
-    return json.dumps({"rangeSets": sets, "blockSizes": list(sizes)}, sort_keys=True).encode()
+    return json.dumps({"rangeSets": sets, "blockSizes": list(sizes), "quarantine": policy.quarantine,
+                       "releaseDepartedAfter": policy.release_departed_after}, sort_keys=True).encode()
+
+
+def pool_shape(data: bytes) -> tuple:
+    """The part of a definition no host may see differently: ranges and block sizes."""
+    raw = json.loads(data)
+    return raw["rangeSets"], raw["blockSizes"]
+
+
+def parse_pool_policy(data: bytes) -> PoolPolicy:
+    """A stored definition's policy (one written before the policy was stored has the defaults)."""
+    raw = json.loads(data)
+    default = PoolPolicy()
+    return PoolPolicy(float(raw.get("quarantine", default.quarantine)),
+                      float(raw.get("releaseDepartedAfter", default.release_departed_after)))
+
+
+def with_policy(data: bytes, policy: PoolPolicy) -> bytes:
+    """A stored definition with its policy replaced (``berth ipam pool``)."""
+    raw = json.loads(data)
+    raw.update(quarantine=policy.quarantine, releaseDepartedAfter=policy.release_departed_after)
+    return json.dumps(raw, sort_keys=True).encode()
 
 
 def parse_pool_definition(data: bytes) -> list[BlockPool]:
@@ -206,6 +239,17 @@ def order_blocks(claims: dict[IPNetwork, BlockClaim], host: str) -> tuple[list[I
     own = sorted(b for b, claim in claims.items() if claim.host == host)
     others = sorted(b for b, claim in claims.items() if claim.host != host)
     return own, others
+
+
+def blocks_to_give_back(pool: BlockPool, claims: dict[IPNetwork, BlockClaim], host: str,
+                        emptied: Sequence[IPNetwork]) -> list[IPNetwork]:
+    """Of the ``emptied`` blocks (``host``'s, nothing held in them any more), those it gives back so another host
+    can claim them: all but one, as Calico frees an empty block's affinity, keeping one so a host whose only
+    container comes and goes does not claim and give up a block every time."""
+    own = [b for b, claim in claims.items() if claim.host == host and pool.holds(b)]
+    emptied = sorted(b for b in set(emptied) if b in own)
+    keep = 0 if len(own) > len(emptied) else 1
+    return emptied[keep:]
 
 
 def spread(candidates: Sequence[tuple[Range, IPAddress]], rng: random.Random) -> list[tuple[Range, IPAddress]]:

@@ -15,7 +15,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from .blocks import AddressRecord, BlockClaim, BlockPool, parse_block_name, parse_pool_definition
+from .blocks import (AddressRecord, BlockClaim, BlockPool, PoolPolicy, parse_block_name, parse_pool_definition,
+                     parse_pool_policy)
 from .addresses import IPAddress
 
 IPAM_PREFIX = "/berth/ipam/"
@@ -90,7 +91,8 @@ def judge(kvs: Sequence, revision: int, live: Liveness, now: float, min_age: flo
     pools: dict[str, list[BlockPool]] = {}
     claims: dict[tuple[str, str], tuple[BlockClaim, object]] = {}
     records: list[Held] = []
-    quarantined: dict[tuple[str, str], int] = {}
+    released: list[tuple[str, str, AddressRecord]] = []
+    policies: dict[str, PoolPolicy] = {}
     for kv in kvs:
         parts = kv.key[len(IPAM_PREFIX):].split("/")
         try:
@@ -99,6 +101,7 @@ def judge(kvs: Sequence, revision: int, live: Liveness, now: float, min_age: flo
             network, kind = parts[1], parts[2]
             if kind == "pool":
                 pools[network] = parse_pool_definition(kv.value)
+                policies[network] = parse_pool_policy(kv.value)
             elif kind == "blocks":
                 claims[(network, parts[3])] = (BlockClaim.from_json(kv.value), kv)
             elif kind == "ips":
@@ -107,9 +110,13 @@ def judge(kvs: Sequence, revision: int, live: Liveness, now: float, min_age: flo
                     records.append(Held(network, ipaddress.ip_address(parts[4]), parts[3], record, kv.key,
                                         kv.mod_revision))
                 else:
-                    quarantined[(network, parts[3])] = quarantined.get((network, parts[3]), 0) + 1
+                    released.append((network, parts[3], record))
         except (ValueError, KeyError, IndexError) as exc:
             problems.append(f"{kv.key}: {type(exc).__name__}: {exc}")
+    quarantined: dict[tuple[str, str], int] = {}
+    for network, block, record in released:  # still in quarantine by its pool's policy
+        if record.free_at(policies.get(network, PoolPolicy()).quarantine) > now:
+            quarantined[(network, block)] = quarantined.get((network, block), 0) + 1
     held_in: dict[tuple[str, str], int] = {}
     for held in records:
         held_in[(held.network, held.block)] = held_in.get((held.network, held.block), 0) + 1

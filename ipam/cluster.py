@@ -3,6 +3,7 @@
 Keys (all under ``/berth/ipam/``)::
 
     hosts/<host>                                   liveness, under the host's lease (kept by store.keeper)
+    departed/<host>                                when a host was first seen gone (ipam.reclaim)
     networks/<net>/pool                            the pool's definition, so every host cuts it the same way
     networks/<net>/blocks/<block>                  BlockClaim: the owning host (no lease: a dead host's
                                                    blocks stay until ``berth ipam check --release``)
@@ -27,8 +28,10 @@ from typing import Callable, Iterable, Iterator
 from store.api import Compare, Delete, LeaseNotFound, Put, Store, StoreError, open_store
 from store.keeper import LeaseKeeper
 
-from .blocks import (AddressRecord, BlockClaim, BlockPool, block_name, free_in_block, order_blocks,
-                     parse_block_name, pool_definition, read_claim, read_record, spread)
+from .blocks import (AddressRecord, BlockClaim, BlockPool, PoolPolicy, block_name, blocks_to_give_back,
+                     free_in_block, order_blocks,
+                     parse_block_name, parse_pool_policy, pool_definition, pool_shape, read_claim, read_record,
+                     spread)
 from .addresses import IPAddress, IPNetwork
 from .config import ClusterConfig, IpamConfig, Range, RangeSet
 from .disk import DiskStore
@@ -41,6 +44,10 @@ RESERVE_TRIES = 4  # a reserve whose compare failed re-reads and tries again whi
 
 def host_key(host: str) -> str:
     return f"{PREFIX}hosts/{host}"
+
+
+def departed_key(host: str) -> str:
+    return f"{PREFIX}departed/{host}"
 
 
 def host_record(host: str, now: float) -> bytes:
@@ -88,6 +95,7 @@ class ClusterStore:
         self.rng = rng or random.Random()
         self._store: Store | None = store  # given: used as is (tests); else one opened per session
         self._claims: dict[IPNetwork, object] = {}  # block -> its KeyValue as last read
+        self._policy: PoolPolicy | None = None  # the stored pool's, read once per operation
 
     # -- sessions ---------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -123,16 +131,41 @@ class ClusterStore:
             store.get(self.prefix + "pool")
 
     def _ensure_pool(self) -> None:
+        """The network's stored definition created from this config, or checked against it: the ranges and
+        block sizes must be the same; the policy must be too where this config names it, else the pool's holds."""
         store = self._store
         key = self.prefix + "pool"
-        wanted = pool_definition(self.cfg.range_sets, [p.prefixlen for p in self.pools])
+        default = PoolPolicy()
+        mine = PoolPolicy(default.quarantine if self.cluster.quarantine is None else self.cluster.quarantine,
+                          self.cluster.release_departed_after or 0.0)
+        wanted = pool_definition(self.cfg.range_sets, [p.prefixlen for p in self.pools], mine)
         current = store.get(key)
         if current is None and store.create(key, wanted):
+            self._policy = mine
             return
         current = current or store.get(key)
-        if current is not None and current.value != wanted:
+        if current is None:
+            raise StoreBusy(f"cluster IPAM: the pool of {self.network!r} was created and deleted meanwhile")
+        if pool_shape(current.value) != pool_shape(wanted):
             raise ConfigError(f"ipam.ranges: network {self.network!r} is defined differently in the store "
                               f"({current.value.decode(errors='replace')}); this config says {wanted.decode()}")
+        stored = parse_pool_policy(current.value)
+        for field, key_name in (("quarantine", "quarantine"), ("release_departed_after", "releaseDepartedAfter")):
+            named = getattr(self.cluster, field)
+            if named is not None and named != getattr(stored, field):
+                raise ConfigError(f"ipam.{key_name}: network {self.network!r}'s pool says {getattr(stored, field):g}"
+                                  f"; this config says {named:g} (leave it out to take the pool's, or change the "
+                                  f"pool with `berth ipam pool`)")
+        self._policy = stored
+
+    @property
+    def quarantine(self) -> float:
+        """The pool's quarantine (read from the store when no lock() has read it yet)."""
+        if self._policy is None:
+            kv = self._store.get(self.prefix + "pool")
+            self._policy = parse_pool_policy(kv.value) if kv is not None else PoolPolicy(
+                self.cluster.quarantine if self.cluster.quarantine is not None else PoolPolicy().quarantine)
+        return self._policy.quarantine
 
     def _refresh_host(self) -> None:
         """The host's liveness key under its lease: the lease renewed if alive, else a new one granted."""
@@ -147,6 +180,7 @@ class ClusterStore:
                 store.put(key, value, lease=lease)
             except LeaseNotFound:  # it ran out between the grant and the write: once more with a fresh one
                 store.put(key, value, lease=keeper.acquire())
+            store.delete(departed_key(self.host))  # back: a departure clock started while away starts again
 
     # -- keys -------------------------------------------------------------------------------------------
     def _block_of(self, ip: IPAddress) -> IPNetwork | None:
@@ -178,7 +212,7 @@ class ClusterStore:
 
     def _free(self, pool: BlockPool, block: IPNetwork) -> list[tuple[Range, IPAddress]]:
         records = {ip: record for ip, (_kv, record) in self._records(block).items()}
-        return spread(free_in_block(pool, block, records, self.clock(), self.cluster.quarantine), self.rng)
+        return spread(free_in_block(pool, block, records, self.clock(), self.quarantine), self.rng)
 
     # -- the Store protocol -----------------------------------------------------------------------------
     def candidates(self, range_set: RangeSet, idx: int) -> Iterator[tuple[Range, IPAddress]]:
@@ -234,16 +268,20 @@ class ClusterStore:
                         continue
             ip_key = self._ip_key(block, ip)
             ip_kv = store.get(ip_key)
-            quarantine = self.cluster.quarantine
+            quarantine = self.quarantine
             if ip_kv is not None and read_record(ip_kv.value, self.network).free_at(quarantine) > self.clock():
                 return False
             token = secrets.token_hex(8)
             record = AddressRecord(attachment.container_id, attachment.ifname, self.network, self.host, token,
                                    taken_at=self.clock())
+            writes = [Put(ip_key, record.to_json()), Put(self._attachment_prefix(attachment) + str(ip), token.encode())]
+            if read_claim(block_kv.value).host != self.host:
+                # borrowing: the claim is rewritten as it is, so whoever gives the block up (its owner emptying
+                # it, or a reclaim of a departed owner), comparing the claim's revision, sees this address taken
+                writes.append(Put(block_kv.key, block_kv.value))
             result = store.txn(
                 [Compare(block_kv.key, "mod_revision", "=", block_kv.mod_revision),
-                 Compare(ip_key, "mod_revision", "=", ip_kv.mod_revision if ip_kv is not None else 0)],
-                [Put(ip_key, record.to_json()), Put(self._attachment_prefix(attachment) + str(ip), token.encode())])
+                 Compare(ip_key, "mod_revision", "=", ip_kv.mod_revision if ip_kv is not None else 0)], writes)
             if result.succeeded:
                 return True
             block_kv = None  # the block or the address changed under us: read both again
@@ -261,7 +299,28 @@ class ClusterStore:
                     continue
                 if self._release_one(store, Attachment(attachment.container_id, ifname), ip, kv.key):
                     freed.append(ip)
+            if freed:
+                self._give_back_emptied(store, freed)
         return freed
+
+    def _give_back_emptied(self, store: Store, freed: list[IPAddress]) -> None:
+        """This host's blocks the release emptied, given back (all but one: blocks.blocks_to_give_back). The
+        claim goes by compare-and-swap at the revision read with the block's records, and a borrower rewrites
+        the claim with each address it takes, so a block is never given up under an address just taken; its
+        quarantined records stay and keep their addresses out of use for whoever claims it next."""
+        touched = {b for b in (self._block_of(ip) for ip in freed) if b is not None}
+        claims = self._read_claims()
+        for pool in self.pools:
+            emptied = {}
+            for block in touched:
+                kv = self._claims.get(block)
+                if kv is None or not pool.holds(block) or claims[block].host != self.host:
+                    continue
+                if not any(record.held for _kv, record in self._records(block).values()):
+                    emptied[block] = kv
+            for block in blocks_to_give_back(pool, claims, self.host, list(emptied)):
+                kv = emptied[block]
+                store.txn([Compare(kv.key, "mod_revision", "=", kv.mod_revision)], [Delete(kv.key)])
 
     def _release_one(self, store: Store, attachment: Attachment, ip: IPAddress, index_key: str) -> bool:
         """Quarantine ``ip`` if ``attachment`` holds it; the index entry goes either way."""
@@ -302,6 +361,7 @@ class ClusterStore:
         network can serve an ADD while any address of the pool is free."""
         with self._session() as store, store_errors("list addresses"):
             kvs, _ = store.get_prefix(self.prefix + "ips/")
+            quarantine = self.quarantine
         now = self.clock()
         return [ipaddress.ip_address(kv.key.rsplit("/", 1)[1]) for kv in kvs
-                if read_record(kv.value, self.network).free_at(self.cluster.quarantine) > now]
+                if read_record(kv.value, self.network).free_at(quarantine) > now]

@@ -79,7 +79,8 @@ class ClusterConfig(Record):
     host: str
     block_size_v4: int = 26
     block_size_v6: int = 122
-    quarantine: float = 60.0   # seconds a released address waits before it is handed out again
+    quarantine: float | None = None              # the pool's (ipam.blocks.PoolPolicy) unless this config names it
+    release_departed_after: float | None = None  # likewise: None takes what the stored pool says
     host_ttl: float = 3600.0   # seconds the host's liveness lease lasts without an operation refreshing it
 
     def block_size(self, version: int) -> int:
@@ -252,9 +253,14 @@ def _number(ipam: Mapping, key: str, default: float, low: float, high: float) ->
     return float(value)
 
 
+def _optional_number(ipam: Mapping, key: str, low: float, high: float) -> float | None:
+    return None if ipam.get(key) is None else _number(ipam, key, 0.0, low, high)
+
+
 def parse_cluster(ipam: Mapping) -> ClusterConfig:
     """``store`` (a store URL, or an absolute path for the embedded SQLite file), ``host`` (default: this
-    machine's hostname), ``blockSize`` / ``blockSizeV6``, ``quarantine`` and ``hostTTL`` (seconds)."""
+    machine's hostname), ``blockSize`` / ``blockSizeV6``, ``hostTTL``, and the pool's policy ``quarantine`` and
+    ``releaseDepartedAfter`` (seconds; named here, they must agree with the stored pool, else the pool's apply)."""
     url = ipam.get("store")
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"ipam.store: expected a store URL (sqlite:///path, etcd://h:p, zk://h:p), got {url!r}")
@@ -276,5 +282,6 @@ def parse_cluster(ipam: Mapping) -> ClusterConfig:
             raise ConfigError(f"ipam.{key}: expected a prefix length from {low} to {high}, got {value!r}")
         sizes[version] = value
     return ClusterConfig(store_url=url, host=host, block_size_v4=sizes[4], block_size_v6=sizes[6],
-                         quarantine=_number(ipam, "quarantine", 60.0, 0, 86400),
+                         quarantine=_optional_number(ipam, "quarantine", 0, 86400),
+                         release_departed_after=_optional_number(ipam, "releaseDepartedAfter", 0, 30 * 86400),
                          host_ttl=_number(ipam, "hostTTL", 3600.0, 5, 7 * 86400))

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ipam-host-ttl", type=float, default=3600.0, metavar="SECONDS",
                         help="keep cluster IPAM's liveness key of --ipam-host alive under a lease this long, as its "
                              "hostTTL (default 3600; 0: leave it to CNI calls)")
+    parser.add_argument("--ipam-reclaim-interval", type=float, default=30.0, metavar="SECONDS",
+                        help="this often, mark cluster IPAM hosts that departed and free their addresses once their "
+                             "pool's releaseDepartedAfter has passed (default 30; 0: never)")
     parser.add_argument("--no-block-routes", dest="route_blocks", action="store_false",
                         help="do not route the cluster IPAM blocks of other hosts")
     parser.add_argument("-v", "--verbose", action="store_true", help="the same as --log-level DEBUG")
@@ -167,7 +170,8 @@ def _run_daemon(args) -> int:
         store_url=args.store, iface=args.iface, public_ip=args.public_ip, prefix=args.prefix,
         subnet_file=args.subnet_file, device=args.device, lease_ttl=args.lease_ttl, ip_masq=args.ip_masq,
         release_on_exit=args.release_on_exit, resync_interval=args.resync_interval,
-        ipam_host=args.ipam_host, route_blocks=args.route_blocks, ipam_host_ttl=args.ipam_host_ttl))
+        ipam_host=args.ipam_host, route_blocks=args.route_blocks, ipam_host_ttl=args.ipam_host_ttl,
+        ipam_reclaim_interval=args.ipam_reclaim_interval))
     add_readiness_checks(readiness, daemon)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: daemon.stopping.set())

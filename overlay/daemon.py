@@ -47,6 +47,7 @@ class DaemonOptions:
     ipam_host: str = ""  # this host's cluster IPAM name (ipam config "host"); "": the machine's hostname
     route_blocks: bool = True  # route cluster IPAM blocks of peers (overlay.blocks)
     ipam_host_ttl: float = 3600.0  # keep cluster IPAM's liveness key of this host alive (overlay.ipam_host; 0: no)
+    ipam_reclaim_interval: float = 30.0  # mark departed IPAM hosts, free what their grace allows (ipam.reclaim; 0: no)
 
 
 class DaemonError(RuntimeError):
@@ -166,6 +167,8 @@ class OverlayDaemon:
         if opts.ipam_host_ttl > 0:
             from overlay.ipam_host import IpamHostKeeper
             self._ipam_host_keeper = IpamHostKeeper(self.store, self.ipam_host, opts.ipam_host_ttl).start()
+        if opts.ipam_reclaim_interval > 0:
+            threading.Thread(target=self._reclaim_loop, name="berth-overlay-ipam-reclaim", daemon=True).start()
         log.info("ready: subnet %s on %s, %d peers", lease.subnet, self.device, len(self.watcher.leases))
 
     def _wait_for_config(self) -> NetworkConfig:
@@ -254,6 +257,28 @@ class OverlayDaemon:
                         self._reconcile(ipr, Delta(), "repair")
                 except Exception:
                     log.exception("periodic kernel check failed")
+
+    def _reclaim_loop(self) -> None:
+        """Every ``ipam_reclaim_interval``, one cluster IPAM reclaim pass (ipam.reclaim): every host runs it, and
+        each free is a compare-and-swap, so passes on several hosts at once free an address once."""
+        from discovery.ipam_liveness import read_liveness
+        from ipam.reclaim import reclaim_pass
+
+        while not self.stopping.wait(self.options.ipam_reclaim_interval):
+            try:
+                freed, blocks = reclaim_pass(self.store, read_liveness)
+            except Exception:
+                metrics.IPAM_RECLAIM_ERRORS.inc()
+                log.exception("cluster IPAM reclaim pass failed")
+                continue
+            metrics.IPAM_RECLAIMED.inc(len(freed))
+            for leak in freed:
+                log.warning("freed %s of departed host %s (%s/%s, network %s): its grace period had passed",
+                            leak.held.address, leak.held.record.host, leak.held.record.container_id,
+                            leak.held.record.ifname, leak.held.network)
+            for usage in blocks:
+                log.info("released block %s of departed host %s (network %s)", usage.block, usage.owner,
+                         usage.network)
 
     # -- the lease ----------------------------------------------------------------------------------------------
 

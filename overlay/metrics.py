@@ -19,6 +19,10 @@ RECONCILE = Histogram("berth_overlay_reconcile_duration_seconds", "Time to compa
                       "the programmed ones and apply the difference", ("trigger",), buckets=BUCKETS)
 RECONCILE_ERRORS = Counter("berth_overlay_reconcile_errors_total", "Reconciliations that failed (the watch "
                            "re-lists, the repair loop tries again)", ("trigger",))
+IPAM_RECLAIMED = Counter("berth_overlay_ipam_addresses_reclaimed_total", "Addresses of departed cluster IPAM "
+                         "hosts this daemon freed once their pool's releaseDepartedAfter had passed")
+IPAM_RECLAIM_ERRORS = Counter("berth_overlay_ipam_reclaim_errors_total", "Reclaim passes that failed (retried at "
+                              "the next interval)")
 LEASE_REWRITES = Counter("berth_overlay_lease_rewrites_total", "Times this host's subnet record was written again "
                          "under a new store lease after the old one was lost")
 for _trigger in TRIGGERS:

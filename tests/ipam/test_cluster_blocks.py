@@ -86,7 +86,8 @@ def ipam(**extra):
 def test_store_selects_cluster_mode_with_defaults():
     cfg = parse_ipam_config(ipam(store="/tmp/bt.db", host="h1"), "n")
     assert cfg.cluster.store_url == "sqlite:///tmp/bt.db" and cfg.cluster.host == "h1"
-    assert (cfg.cluster.block_size(4), cfg.cluster.block_size(6), cfg.cluster.quarantine) == (26, 122, 60.0)
+    assert (cfg.cluster.block_size(4), cfg.cluster.block_size(6)) == (26, 122)
+    assert (cfg.cluster.quarantine, cfg.cluster.release_departed_after) == (None, None)  # the stored pool's
     assert parse_ipam_config(ipam(), "n").cluster is None
 
 
@@ -94,7 +95,7 @@ def test_store_selects_cluster_mode_with_defaults():
     ({"store": 5}, "ipam.store"), ({"store": "http://x"}, "ipam.store"), ({"host": "a/b"}, "ipam.host"),
     ({"blockSize": 31}, "ipam.blockSize"), ({"blockSizeV6": 64}, "ipam.blockSizeV6"),
     ({"blockSize": True}, "ipam.blockSize"), ({"quarantine": -1}, "ipam.quarantine"),
-    ({"hostTTL": "1m"}, "ipam.hostTTL")])
+    ({"hostTTL": "1m"}, "ipam.hostTTL"), ({"releaseDepartedAfter": -5}, "ipam.releaseDepartedAfter")])
 def test_bad_cluster_fields_are_named(extra, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         parse_ipam_config(ipam(**{"store": "etcd://127.0.0.1:2379", **extra}), "n")

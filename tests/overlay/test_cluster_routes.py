@@ -3,7 +3,9 @@ with the real plugins (berth-overlay -> berth-bridge -> berth-ipam in cluster mo
 file, or a real three-member etcd inside the simulation's underlay),
 blocks of /29 so hosts own blocks of different prefixes; cross-host ping over the VXLAN (a borrowed address too),
 block routes removed on peers when a block's claim goes and when its host goes, and each daemon keeping its
-host's IPAM liveness key alive."""
+host's IPAM liveness key alive. Then whole hosts SIGKILLed: once their liveness lease has run out, `berth ipam
+check` finds exactly their addresses and `--release` frees them, or the survivors' reclaim loops do once the
+pool's releaseDepartedAfter has passed; either way the addresses wait out the pool's quarantine."""
 from __future__ import annotations
 
 import ipaddress
@@ -12,6 +14,8 @@ import sys
 
 import pytest
 
+from cni_plugins import codes
+from tests.conftest import VENV_BIN
 from tests.overlay.helpers import cni, overlay_entries, ping, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.service]
@@ -61,10 +65,14 @@ def host_leases(sim) -> dict[str, int]:
     return {key.rsplit("/", 1)[1]: lease for key, lease in found.items()}
 
 
+# liveness keys that run out 5 s after a host's daemon dies; reclaim passes every second
+DAEMON_ARGS = ("--ipam-host-ttl", "5", "--ipam-reclaim-interval", "1")
+
+
 @pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
 def cluster(request, make_sim, sqlite_url):
     if request.param == "sqlite":
-        return make_sim(sqlite_url, hosts=3)
+        return make_sim(sqlite_url, hosts=3, daemon_args=DAEMON_ARGS)
 
     def start_etcd(sim):
         from tests.etcd_harness import start_etcd
@@ -72,7 +80,22 @@ def cluster(request, make_sim, sqlite_url):
         request.addfinalizer(etcd.close)
         return etcd.url
 
-    return make_sim(start_etcd, hosts=3)
+    return make_sim(start_etcd, hosts=3, daemon_args=DAEMON_ARGS)
+
+
+def berth(sim, *argv: str):
+    """The ``berth`` CLI from inside the first host's namespace (where the store is reachable)."""
+    return sim.hosts[0].exec(str(VENV_BIN / "berth"), *argv, "--store", sim.store_url, check=False)
+
+
+def ipam_check(sim, *extra: str) -> tuple[int, dict]:
+    done = berth(sim, "ipam", "check", "--json", "--min-age", "0", *extra)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def held_by(doc, host) -> set[str]:
+    return {x["address"] for x in doc["leaked"] if x["host"] == host}
 
 
 def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns, tmp_path):
@@ -151,3 +174,34 @@ def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns
                what="the departed host's block routes removed", timeout=30)
     assert routes_on(h1).get(blocks["c2"]) == vtep[h2.label]
     assert ping(ns["c1"], ip2) and ping(ns["c2"], ip1)
+
+    # h3's processes are dead: once its liveness lease has run out it is departed, and check finds exactly its two
+    # addresses (its own and the borrowed one), which no ADD elsewhere may take; --release frees them
+    wait_until(lambda: host_leases(cluster)[h3.label] == 0, what="h3's IPAM liveness key expired", timeout=30)
+    code, doc = ipam_check(cluster)
+    assert code == 1 and {(x["address"], x["reason"]) for x in doc["leaked"]} == {
+        (str(ip3), "departed"), ("10.215.0.201", "departed")}
+    wait_until(lambda: {d["host"] for d in ipam_check(cluster)[1]["departed"]} == {h3.label},
+               what="the survivors' reclaim pass marking h3 departed")
+    rc, out = cni("ADD", host_config(tmp_path, h1, store_url, ips=[str(ip3)]), host=h1.netns,
+                  container_id="btc1c", netns=netns.path(netns("ctr")))
+    assert rc and out["code"] == codes.ADDRESS_UNAVAILABLE, out  # still held by the departed host
+    code, doc = ipam_check(cluster, "--release", "--yes")
+    assert code == 0 and {x["address"] for x in doc["released"]} == {str(ip3), "10.215.0.201"}
+    assert doc["releasedBlocks"] == [f"btcl {blocks['c3'].replace('/', '_')}"]  # h3's emptied block
+
+    # the reclaim loop: with the pool's releaseDepartedAfter set, h2's addresses are freed without anyone asking
+    done = berth(cluster, "ipam", "pool", "btcl", "--release-departed-after", "1")
+    assert done.returncode == 0 and json.loads(done.stdout)["releaseDepartedAfter"] == 1, done.stderr
+    h2.kill()
+    wait_until(lambda: not ipam_check(cluster)[1]["leaked"] and not ipam_check(cluster)[1]["ownerless"]
+               and host_leases(cluster)[h2.label] == 0, what="h1's reclaim loop freeing departed h2", timeout=60)
+    # freed addresses wait out the pool's quarantine (60 s by default), then the pool's new one (0)
+    rc, out = cni("ADD", host_config(tmp_path, h1, store_url, ips=[str(ip2)]), host=h1.netns,
+                  container_id="btc1d", netns=netns.path(netns("ctr")))
+    assert rc and out["code"] == codes.ADDRESS_UNAVAILABLE, out
+    assert berth(cluster, "ipam", "pool", "btcl", "--quarantine", "0").returncode == 0
+    for name, ip in (("btc1d", ip2), ("btc1e", ip3)):
+        rc, out = cni("ADD", host_config(tmp_path, h1, store_url, ips=[str(ip)]), host=h1.netns,
+                      container_id=name, netns=netns.path(netns("ctr")))
+        assert rc == 0, out
