@@ -89,6 +89,10 @@ def render(doc: dict) -> str:
                      f" {b['quarantined']:>3} quarantined{state}")
     lines += ["", "hosts:"] + [f"  {h['host']:<16} {h['blocks']:>3} blocks {h['held']:>5} addresses held"
                                for h in doc["hosts"]]
+    if doc["departed"]:
+        lines += ["", "departed (first seen gone):"] + [
+            f"  {d['host']:<16} {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(d['since']))} UTC"
+            for d in doc["departed"]]
     for title, key in (("leaked", "leaked"), ("released", "released"), ("changed since read, not freed",
                                                                          "changedSinceRead")):
         if doc[key]:
