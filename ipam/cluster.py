@@ -50,9 +50,37 @@ def departed_key(host: str) -> str:
     return f"{PREFIX}departed/{host}"
 
 
-def host_record(host: str, now: float) -> bytes:
+def machine_id() -> str:
+    """This machine's systemd/D-Bus machine ID ("" if it has none): what tells two hosts given one name apart."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                text = f.read(64).strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return ""
+
+
+def host_record(host: str, now: float, machine: str) -> bytes:
     """The value of a host's liveness key (written here on CNI calls and by ``berth overlay`` while it runs)."""
-    return json.dumps({"host": host, "since": now}).encode()
+    return json.dumps({"host": host, "since": now, "machine": machine}).encode()
+
+
+def live_elsewhere(value: bytes, machine: str) -> str | None:
+    """The other machine's ID if a live liveness key says this host name is in use there (two hosts configured
+    with one name would share blocks silently, and the overlay would route them to one of the two)."""
+    try:
+        other = str(json.loads(value).get("machine", ""))
+    except (ValueError, AttributeError):
+        return None
+    return other if other and machine and other != machine else None
+
+
+def name_taken(host: str, other: str) -> str:
+    return (f"ipam.host: {host!r} is live on another machine (machine ID {other}); every host needs a name of "
+            f"its own")
 
 
 def network_prefix(network: str) -> str:
@@ -93,6 +121,7 @@ class ClusterStore:
         self.pools = [BlockPool(rs, self.cluster.block_size(rs.version)) for rs in cfg.range_sets]
         self.clock = clock
         self.rng = rng or random.Random()
+        self.machine = machine_id()
         self._store: Store | None = store  # given: used as is (tests); else one opened per session
         self._claims: dict[IPNetwork, object] = {}  # block -> its KeyValue as last read
         self._policy: PoolPolicy | None = None  # the stored pool's, read once per operation
@@ -172,10 +201,13 @@ class ClusterStore:
         store = self._store
         key = host_key(self.host)
         kv = store.get(key)
+        other = live_elsewhere(kv.value, self.machine) if kv is not None else None
+        if other is not None:
+            raise ConfigError(name_taken(self.host, other))
         keeper = LeaseKeeper(store, self.cluster.host_ttl, name=f"ipam-host-{self.host}")
         lease = keeper.acquire(reuse=kv.lease if kv is not None else 0)
         if kv is None or kv.lease != lease:
-            value = host_record(self.host, self.clock())
+            value = host_record(self.host, self.clock(), self.machine)
             try:
                 store.put(key, value, lease=lease)
             except LeaseNotFound:  # it ran out between the grant and the write: once more with a fresh one

@@ -11,21 +11,29 @@ from __future__ import annotations
 import logging
 import time
 
-from ipam.cluster import host_key, host_record
+from ipam.cluster import host_key, host_record, live_elsewhere, machine_id, name_taken
 from store.api import LeaseNotFound, Store
 from store.keeper import LeaseKeeper
 
 log = logging.getLogger("berth.overlay")
 
 
+class IpamHostTaken(RuntimeError):
+    pass
+
+
 class IpamHostKeeper:
     def __init__(self, store: Store, host: str, ttl: float) -> None:
         self.store, self.host, self.key = store, host, host_key(host)
+        self.machine = machine_id()
         self.keeper = LeaseKeeper(store, ttl, self._write, name=f"berth-overlay-ipam-host-{host}")
 
     def start(self) -> "IpamHostKeeper":
         """Take over the key's lease if it is alive (written by a CNI call), else write the key under a new one."""
         kv = self.store.get(self.key)
+        other = live_elsewhere(kv.value, self.machine) if kv is not None else None
+        if other is not None:
+            raise IpamHostTaken(name_taken(self.host, other) + " (--ipam-host)")
         lease = self.keeper.acquire(reuse=kv.lease if kv is not None else 0)
         if kv is None or kv.lease != lease:
             try:
@@ -37,7 +45,7 @@ class IpamHostKeeper:
         return self
 
     def _write(self, lease_id: int) -> None:
-        self.store.put(self.key, host_record(self.host, time.time()), lease=lease_id)
+        self.store.put(self.key, host_record(self.host, time.time(), self.machine), lease=lease_id)
 
     def stop(self) -> None:
         self.keeper.stop()

@@ -7,14 +7,17 @@ import ipaddress
 import json
 import subprocess
 
+import pytest
+
 from cni_plugins import codes
 from discovery.ipam_liveness import read_liveness
 from discovery.model import EndpointRecord, endpoint_key
+from ipam.errors import ConfigError
 from ipam.cluster import departed_key, host_key, network_prefix
 from ipam.reclaim import reclaim_pass
 from ipam.store import Attachment
 from store.api import open_store
-from tests.conftest import REPO_ROOT, VENV_BIN
+from tests.conftest import REPO_ROOT, VENV_BIN, plugin_path
 from tests.etcd_harness import etcd_server  # noqa: F401  (fixture)
 from tests.ipam.test_cluster_store import Clock, added, call, cluster_store, conf, owners, take, url  # noqa: F401
 
@@ -141,3 +144,28 @@ def test_a_host_that_comes_back_starts_its_departure_clock_again(url, tmp_path):
     assert reclaim(url, clock) == ([], [])
     with host.lock():
         assert host.get(Attachment("c0", "eth0")) == [kept]
+
+
+@pytest.mark.root  # a private mount namespace
+def test_a_host_name_live_on_another_machine_is_refused(url, tmp_path):
+    clock = Clock()
+    here = cluster_store(url, tmp_path, clock, "h1")
+    take(here, "c0")
+    there = cluster_store(url, tmp_path / "there", clock, "h1")  # another machine configured with the same name
+    there.machine = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(ConfigError, match=r"ipam\.host: 'h1' is live on another machine"):
+        with there.lock():
+            pass
+    # the real plugin on a machine of its own (its /etc/machine-id bind-mounted over, in a private mount namespace)
+    other_id = tmp_path / "machine-id"
+    other_id.write_text("fedcba9876543210fedcba9876543210\n")
+    shell = f'mount --bind {other_id} /etc/machine-id && exec {plugin_path("berth-ipam")}'
+    env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x0", "CNI_NETNS": "/x",
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni", "BERTH_CNI_DAEMON": "off"}
+    config = conf(url, tmp_path / "real", "h1", ranges=[[{"subnet": "10.8.0.0/29"}]], blockSize=29)
+    done = subprocess.run(["unshare", "-m", "sh", "-c", shell], input=json.dumps(config), env=env,
+                          capture_output=True, text=True, timeout=60)
+    reply = json.loads(done.stdout)
+    assert done.returncode == 1 and reply["code"] == codes.INVALID_CONFIG and "ipam.host" in reply["msg"], reply
+    with here.lock():  # the host that holds the name is not disturbed
+        assert here.get(Attachment("c0", "eth0"))

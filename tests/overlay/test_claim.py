@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from ipam.cluster import host_key, host_record
+from ipam.cluster import host_key, host_record, machine_id
 from overlay import claim
 from overlay.ipam_host import IpamHostKeeper
 from overlay.config import make_config
@@ -134,7 +134,7 @@ def test_reclaim_under_the_keepers_new_lease_is_idempotent(store):
 
 def test_the_daemon_keeps_the_ipam_hosts_liveness_key_under_one_shared_lease(store):
     cni_lease = store.grant_lease(60).id  # a CNI call came first
-    store.put(host_key("node-a"), host_record("node-a", 0), lease=cni_lease)
+    store.put(host_key("node-a"), host_record("node-a", 0, machine_id()), lease=cni_lease)
     keeper = IpamHostKeeper(store, "node-a", 60).start()
     try:
         assert store.get(host_key("node-a")).lease == cni_lease == keeper.keeper.lease_id  # taken over, not doubled
