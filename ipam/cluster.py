@@ -345,8 +345,8 @@ class ClusterStore:
         for pool in self.pools:
             emptied = {}
             for block in touched:
-                kv = self._claims.get(block)
-                if kv is None or not pool.holds(block) or claims[block].host != self.host:
+                kv, claim = self._claims.get(block), claims.get(block)
+                if kv is None or claim is None or not pool.holds(block) or claim.host != self.host:
                     continue
                 if not any(record.held for _kv, record in self._records(block).values()):
                     emptied[block] = kv
