@@ -24,6 +24,7 @@ from ipam.blocks import AddressRecord
 from ipam.cluster import host_key, network_prefix
 from tests.conftest import REPO_ROOT, VENV_BIN, NetnsFactory, plugin_path, run, unique_name
 from tests.etcd_harness import start_etcd
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.service]
 
@@ -107,11 +108,8 @@ READER = """
 import json, sys
 from store.api import open_store
 with open_store(sys.argv[1]) as store:
-    if sys.argv[2] == "revoke":
-        store.revoke_lease(store.get(sys.argv[3]).lease)
-    else:
-        kvs, _ = store.get_prefix(sys.argv[3])
-        print(json.dumps([[kv.key, kv.value.decode(), kv.create_revision] for kv in kvs]))
+    kvs, _ = store.get_prefix(sys.argv[3])
+    print(json.dumps([[kv.key, kv.value.decode(), kv.create_revision] for kv in kvs]))
 """
 
 
@@ -160,7 +158,9 @@ def revisions(url, network, part):
 def test_sixteen_hosts_claim_and_borrow_without_a_duplicate(wire, store_url, tmp_path):
     _hub, hosts = wire
     network = unique_name("fill")
-    confs = [config(store_url, tmp_path, network, f"bth{i}", FILL_POOL) for i in range(HOSTS)]
+    # host 3's liveness lease lasts 5 s past its last call (the others' an hour): it will die without a goodbye
+    confs = [config(store_url, tmp_path, network, f"bth{i}", FILL_POOL, **({"hostTTL": 5} if i == 3 else {}))
+             for i in range(HOSTS)]
     procs = {(i, j): start(hosts[i], "ADD", confs[i], f"h{i}c{j}") for i in range(HOSTS) for j in range(PER_HOST)}
     got = {key: address_of(finish(proc)) for key, proc in procs.items()}
     assert len(set(got.values())) == HOSTS * PER_HOST
@@ -179,19 +179,28 @@ def test_sixteen_hosts_claim_and_borrow_without_a_duplicate(wire, store_url, tmp
     last_claim = max(revisions(store_url, network, "blocks/").values())
     assert borrowed and all(taken_at[ip] > last_claim for ip in borrowed)
 
-    # host 3 departs (its lease ends): its addresses stay held; host 4 takes the 6 free ones, then finds none
-    in_a_host(store_url, "revoke", host_key("bth3"))
-    more = [finish(start(hosts[4], "ADD", confs[4], f"late{n}")) for n in range(7)]
-    late = [address_of(reply) for reply in more[:6]]
-    assert not set(late) & set(got.values())
-    assert more[6][1]["code"] == codes.NOT_AVAILABLE
+    # host 3's processes die (its last plugins SIGKILLed mid-ADD) and its liveness lease runs out by itself: its
+    # addresses stay held and no other host gets them
+    dying = [start(hosts[3], "ADD", confs[3], f"h3k{n}") for n in range(3)]
+    time.sleep(random.uniform(0.3, 1.5))
+    for proc in dying:
+        proc.kill()
+        finish(proc)
+    wait_until(lambda: not listing(store_url, host_key("bth3")), what="host 3's liveness key expired", timeout=60)
+    ips, _index, _blocks = records(store_url, network)
+    host3 = {str(ip) for ip, r in ips.items() if r.held and r.host == "bth3"}
+    assert {str(ip) for (i, _j), ip in got.items() if i == 3} <= host3
+    free = 134 - sum(1 for r in ips.values() if r.held)
+    more = [finish(start(hosts[4], "ADD", confs[4], f"late{n}")) for n in range(free + 1)]
+    late = [address_of(reply) for reply in more[:free]]
+    assert not {str(ip) for ip in late} & host3 and len(set(late)) == free
+    assert more[free][1]["code"] == codes.NOT_AVAILABLE
     # `berth ipam check` finds exactly host 3's addresses; released, they wait out the 60 s quarantine
     code, doc = ipam_check(store_url, tmp_path)
-    host3 = {str(ip) for (i, _j), ip in got.items() if i == 3}
     assert code == 1 and {(x["address"], x["reason"]) for x in doc["leaked"]} == {(a, "departed") for a in host3}
     code, doc = ipam_check(store_url, tmp_path, "--release", "--yes")
     assert code == 0 and {x["address"] for x in doc["released"]} == host3
-    assert finish(start(hosts[4], "ADD", confs[4], "late7"))[1]["code"] == codes.NOT_AVAILABLE
+    assert finish(start(hosts[4], "ADD", confs[4], "late-after"))[1]["code"] == codes.NOT_AVAILABLE
 
 
 def test_plugins_killed_mid_add_leave_whole_records_that_check_and_gc_free(wire, store_url, tmp_path):
