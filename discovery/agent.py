@@ -40,7 +40,7 @@ from discovery import wire
 from discovery.local import LeaseFile, LocalEndpoint, LocalEndpoints
 from discovery.model import EndpointRecord, Health, InvalidRecord, endpoint_key
 from discovery.publish import (SKYDNS_PREFIX, Publishing, SyncPlan, agent_key, endpoint_keys, host_prefix,
-                               is_mine, plan_change, plan_sync)
+                               is_mine, name_used_elsewhere, plan_change, plan_sync)
 from store.api import Delete, LeaseNotFound, Put, Store, StoreError
 from store.common import txn_chunks
 from store.deadline import call_deadline
@@ -90,6 +90,7 @@ class Agent:
         self.lease = LeaseKeeper(store, ttl, self._rewrite_all, name="agent-lease")
         self.ready = threading.Event()  # set after the first full anti-entropy pass under a lease (clause 5)
         self.about: bytes | None = None  # this agent's AgentRecord, kept under its lease like its endpoints
+        self.name_conflict: str | None = None  # another machine's ID, while its agent uses this host name
         self._lock = threading.RLock()
         self._endpoints: dict[str, LocalEndpoint] = {}
         self._written: dict[str, dict[str, bytes]] = {}
@@ -271,6 +272,14 @@ class Agent:
             self._store_ok = False
             return SyncPlan({}, ())
         stored = self._stored_keys()
+        other = name_used_elsewhere(next((v for k, v, _l in stored if k == agent_key(self.host)), None), self.about)
+        if other is not None:  # write nothing: this agent would delete the other machine's endpoints
+            self._store_ok = False
+            self.name_conflict = other
+            log.error("host name %r is used by the agent of another machine (machine ID %s): nothing is written "
+                      "to the store until one of the two is given another --host", self.host, other)
+            return SyncPlan({}, ())
+        self.name_conflict = None
         with self._lock:
             desired: dict[str, bytes] = {}
             written: dict[str, dict[str, bytes]] = {}

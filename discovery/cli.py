@@ -80,6 +80,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_metrics_argument(parser)
 
 
+def host_name_taken(store, host: str, about: bytes) -> str | None:
+    """Another machine's ID if its live agent already uses ``host`` (a store that does not answer at once is no
+    reason to refuse: anti-entropy checks again before every write)."""
+    from discovery.publish import agent_key, name_used_elsewhere
+    from store.api import StoreError
+    from store.deadline import call_deadline
+
+    try:
+        with call_deadline(3.0):
+            kv = store.get(agent_key(host))
+    except StoreError:
+        return None
+    return name_used_elsewhere(kv.value if kv is not None else None, about)
+
+
 def run(args: argparse.Namespace) -> int:
     setup_from_args(args)
     from discovery import metrics
@@ -89,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from discovery.consul_api import ConsulApi
     from discovery.http_server import HttpLimits, StrictHttpServer
     from discovery.publish import ACL_NONE, AgentRecord
+    from store.machine import machine_id
     from discovery.view import DiscoveryView
     from store.api import StoreError, open_store
     from store.ops import Readiness, listening_check, start_from_args, store_check
@@ -122,7 +138,12 @@ def run(args: argparse.Namespace) -> int:
             cleanup.append(http.server_close)
         agent.about = AgentRecord(args.host, args.address, f"{args.http[0]}:{http.port}" if http else "",
                                   acl.policy if http else ACL_NONE,
-                                  f"{ops.server_address[0]}:{ops.port}" if ops else "").to_json()
+                                  f"{ops.server_address[0]}:{ops.port}" if ops else "", machine_id()).to_json()
+        other = host_name_taken(store, args.host, agent.about)
+        if other is not None:
+            log.error("host name %r is in use by a live agent on another machine (machine ID %s): give this one "
+                      "another --host", args.host, other)
+            return 2
         metrics.ENDPOINTS.set_function(lambda: len(agent.endpoints()))
         agent.start()
         cleanup.append(agent.stop)

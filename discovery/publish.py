@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from discovery.model import ENDPOINTS_PREFIX, EndpointRecord, Health, check_dns_name, endpoint_key
+from store.machine import other_machine
 from urllib.parse import quote
 
 SKYDNS_PREFIX = "/skydns/"
@@ -98,6 +99,17 @@ AGENTS_PREFIX = "/berth/agents/"
 ACL_NONE = "none"  # the agent serves no HTTP API: only the root-only socket writes its catalogue
 
 
+def name_used_elsewhere(stored: bytes | None, mine: bytes | None) -> str | None:
+    """The other machine's ID when the agent record in the store (``stored``) is another machine's than this
+    agent's own (``mine``): two agents with one host name would delete each other's endpoints."""
+    if stored is None or mine is None:
+        return None
+    try:
+        return other_machine(AgentRecord.from_json(stored).machine, AgentRecord.from_json(mine).machine)
+    except ValueError:
+        return None
+
+
 def agent_key(host: str) -> str:
     """Where an agent describes itself, under its lease: ``/berth/agents/<host>`` (gone when the agent is)."""
     return f"{AGENTS_PREFIX}{quote(host, safe='')}"
@@ -113,16 +125,18 @@ class AgentRecord:
     http: str  # "ADDR:PORT", or "" without an HTTP API
     acl: str  # "allow", "deny" or ACL_NONE
     metrics: str = ""  # "ADDR:PORT" of /metrics, /health and /ready (--metrics), or "" when not served
+    machine: str = ""  # the machine ID (store.machine): a second machine using the same host name is told apart
 
     def to_json(self) -> bytes:
         return json.dumps({"host": self.host, "address": self.address, "http": self.http, "acl": self.acl,
-                           "metrics": self.metrics}, sort_keys=True, separators=(",", ":")).encode()
+                           "metrics": self.metrics, "machine": self.machine},
+                          sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "AgentRecord":
         try:
             doc = json.loads(raw)
             return cls(str(doc["host"]), str(doc["address"]), str(doc.get("http", "")), str(doc["acl"]),
-                       str(doc.get("metrics", "")))
+                       str(doc.get("metrics", "")), str(doc.get("machine", "")))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"not an agent record ({exc})") from None

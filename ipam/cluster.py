@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 
 from store.api import Compare, Delete, LeaseNotFound, Put, Store, StoreError, open_store
 from store.keeper import LeaseKeeper
+from store.machine import machine_id, other_machine
 
 from .blocks import (AddressRecord, BlockClaim, BlockPool, PoolPolicy, block_name, blocks_to_give_back,
                      free_in_block, order_blocks,
@@ -50,19 +51,6 @@ def departed_key(host: str) -> str:
     return f"{PREFIX}departed/{host}"
 
 
-def machine_id() -> str:
-    """This machine's systemd/D-Bus machine ID ("" if it has none): what tells two hosts given one name apart."""
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            with open(path, encoding="ascii", errors="replace") as f:
-                text = f.read(64).strip()
-        except OSError:
-            continue
-        if text:
-            return text
-    return ""
-
-
 def host_record(host: str, now: float, machine: str) -> bytes:
     """The value of a host's liveness key (written here on CNI calls and by ``berth overlay`` while it runs)."""
     return json.dumps({"host": host, "since": now, "machine": machine}).encode()
@@ -72,10 +60,9 @@ def live_elsewhere(value: bytes, machine: str) -> str | None:
     """The other machine's ID if a live liveness key says this host name is in use there (two hosts configured
     with one name would share blocks silently, and the overlay would route them to one of the two)."""
     try:
-        other = str(json.loads(value).get("machine", ""))
+        return other_machine(str(json.loads(value).get("machine", "")), machine)
     except (ValueError, AttributeError):
         return None
-    return other if other and machine and other != machine else None
 
 
 def name_taken(host: str, other: str) -> str:

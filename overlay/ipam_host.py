@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import time
 
-from ipam.cluster import host_key, host_record, live_elsewhere, machine_id, name_taken
+from ipam.cluster import host_key, host_record, live_elsewhere, name_taken
 from store.api import LeaseNotFound, Store
 from store.keeper import LeaseKeeper
+from store.machine import machine_id
 
 log = logging.getLogger("berth.overlay")
 

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from ipam.cluster import host_key, host_record, machine_id
+from ipam.cluster import host_key, host_record
+from store.machine import machine_id
 from overlay import claim
 from overlay.ipam_host import IpamHostKeeper
 from overlay.config import make_config
