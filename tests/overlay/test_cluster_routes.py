@@ -154,12 +154,14 @@ def test_containers_on_blocks_of_different_hosts_reach_each_other(cluster, netns
     assert routes_on(h3)["10.215.0.201"] is None  # on the bridge, no gateway
     assert ping(ns["c2"], ip3b) and ping(ns["c1"], ip3b), "the borrowed address reached from the owner and a peer"
 
-    # a released block (its claim deleted, as `berth ipam check --release` does for an ownerless one): peers drop
-    # its route, the host's other block stays routed
+    # a released block: peers drop its route, the host's other block stays routed
     rc, out = cni("DEL", host_config(tmp_path, h1, store_url), host=h1.netns, container_id="btc1b",
                   netns=netns.path(ns["c1b"]))
     assert rc == 0, out
-    assert list(store_op(cluster, "delete", BLOCKS + blocks["c1b"].replace("/", "_")).values()) == [1]
+    # the DEL emptied c1b's block unless h3's borrowed address is in it: an emptied block is given back by the DEL
+    # itself (h1 keeps its other one), a block still holding a borrowed address keeps its claim until deleted here
+    shared = ipaddress.ip_address("10.215.0.201") in ipaddress.ip_network(blocks["c1b"])
+    assert list(store_op(cluster, "delete", BLOCKS + blocks["c1b"].replace("/", "_")).values()) == [int(shared)]
     wait_until(lambda: blocks["c1b"] not in routes_on(h2) and blocks["c1b"] not in routes_on(h3),
                what="the released block's route gone from peers")
     assert routes_on(h2).get(blocks["c1"]) == vtep[h1.label]
