@@ -141,7 +141,8 @@ class IpamDriver:
         may judge (see :mod:`docker_plugin.agreement`)."""
         with self._lock:
             records = dict(self.state.all("pools"))
-            on_disk = [n for n in _listdir(self.data_dir) if RECORD_ID.match(n) and os.path.isdir(f"{self.data_dir}/{n}")]
+            on_disk = [n for n in _listdir(self.data_dir)
+                       if RECORD_ID.match(n) and os.path.isdir(os.path.join(self.data_dir, n))]
             out = {}
             for pool_id in sorted(set(records) | set(on_disk)):
                 record = records.get(pool_id)

@@ -387,7 +387,8 @@ def test_a_network_docker_forgot_and_a_pool_left_without_its_network_are_release
     orphan, orphan_subnet = network()
     docker_host.run_httpd("bt-forgot", name, "--stop-timeout", "1")
     records = docker_host.state_dir / "networks"
-    orphan_record = records / (docker_host.docker("network", "inspect", "-f", "{{.Id}}", orphan).stdout.strip() + ".json")
+    orphan_id = docker_host.docker("network", "inspect", "-f", "{{.Id}}", orphan).stdout.strip()
+    orphan_record = records / f"{orphan_id}.json"
     bridge, orphan_bridge = (json.loads(p.read_text())["bridge"] for p in
                              (next(p for p in records.glob("*.json") if p != orphan_record), orphan_record))
     docker_host.restart_dockerd(forget_networks=True)  # Docker's network database is gone; Berth is not told
