@@ -91,20 +91,30 @@ def agree_with_docker(network, ipam, api: DockerAPI, driver: str, held: Held) ->
 
 def apply(verdict: Verdict, network, ipam, held: Held) -> None:
     """Kernel objects, then pools and addresses, then records: see the module's docstring for why."""
+    dismantled = set()
     for network_id in verdict.networks:
         log.info("network %s: Docker no longer knows it; removing", network_id[:12])
-        network.dismantle_network(network_id)
+        if _step(network.dismantle_network, network_id)[0]:
+            dismantled.add(network_id)  # one that failed keeps its record (and so its pool): judged again next start
     for pool_id in verdict.pools:
-        if ipam.release_orphan(pool_id, held.pools[pool_id], spare=set(verdict.networks)):
+        if _step(ipam.release_orphan, pool_id, held.pools[pool_id], spare=dismantled)[1]:
             log.info("pool %s: no network uses it; released", pool_id)
-    for network_id in verdict.networks:
+    for network_id in sorted(dismantled):
         network.drop_network(network_id)
     for endpoint_id in verdict.endpoints:
         log.info("endpoint %s: Docker no longer knows it; removing", endpoint_id[:12])
-        record = network.dismantle_endpoint(endpoint_id)
-        if record is not None:
-            ipam.release_held_addresses(record["addresses"], held.pools)
+        done, record = _step(network.dismantle_endpoint, endpoint_id)
+        if done and record is not None and _step(ipam.release_held_addresses, record["addresses"], held.pools)[0]:
             network.drop_endpoint(endpoint_id)
+
+
+def _step(step, *args, **kwargs) -> tuple[bool, object]:
+    """One removal step: (done, its result). A failure is logged, so the steps for other networks still run."""
+    try:
+        return True, step(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - one network's failure must not stop the others
+        log.exception("%s %s failed", step.__name__, args[0])
+        return False, None
 
 
 def adopt(network, ipam, driver: str, docker_network: dict) -> None:
