@@ -37,7 +37,7 @@ from cni_plugins import codes
 from discovery import health as hc
 from discovery import metrics
 from discovery import wire
-from discovery.local import SOCKET_FACES, LeaseFile, LocalEndpoint, LocalEndpoints
+from discovery.local import SOCKET_FACES, LeaseFile, LocalEndpoint, LocalEndpoints, looks_like_docker_face
 from discovery.model import EndpointRecord, Health, InvalidRecord, endpoint_key
 from discovery.publish import (SKYDNS_PREFIX, Publishing, SyncPlan, agent_key, endpoint_keys, host_prefix,
                                is_mine, plan_change, plan_sync)
@@ -65,9 +65,12 @@ class _Check:
     running: bool = False
 
 
-def _face(request: dict) -> str:
-    """Which face sent a socket request (berth-register's omit it: older ones know no faces)."""
-    face = request.get("face", "cni")
+def _face(request: dict, record: EndpointRecord | None = None) -> str:
+    """Which face sent a socket request. berth-register omits it; so did the Docker plugin before faces (its
+    spooled or live registrations are told by their shape, as old state files are)."""
+    face = request.get("face")
+    if face is None:
+        return "docker" if record is not None and looks_like_docker_face(record) else "cni"
     if face not in SOCKET_FACES:
         raise InvalidRecord(f"face: {face!r} is not one of {', '.join(SOCKET_FACES)}")
     return face
@@ -226,7 +229,7 @@ class Agent:
                 netns = request.get("netns") or ""
                 if not isinstance(netns, str):
                     raise InvalidRecord("netns: not a path")
-                revision = self.add(LocalEndpoint(record=record, netns=netns, source=_face(request)))
+                revision = self.add(LocalEndpoint(record=record, netns=netns, source=_face(request, record)))
                 return {"ok": True, "revision": revision}
             if op == "del":
                 found, revision = self.remove(str(request.get("id", "")))
