@@ -11,9 +11,9 @@ Safety rules it keeps:
   call itself (``S``): it is never answered by different code, nor acted on in the wrong "host";
 - a call is accepted (``A``) before it runs, and only while the launcher is still connected; after SIGTERM the
   daemon stops accepting, finishes the calls in flight, and exits — launchers that find no daemon run in process;
-- calls for one attachment (container ID, ifname, network) run one at a time in arrival order
-  (:class:`AttachmentOrder`): a DEL that arrives while its ADD runs waits for it and then undoes it, and an ADD
-  whose launcher was killed still runs to its end (completed, or rolled back by its own undo), never half done;
+- calls for one attachment (container ID, ifname, network) run one at a time in arrival order, and a GC runs
+  alone on its network, never freeing what an ADD that came before it reserved (:mod:`cni_plugins.call_order`);
+  an ADD whose launcher was killed still runs to its end (completed, or rolled back by its own undo);
 - it refuses to start in a directory another user could write, speaks first (greeting with its build id, so a
   launcher checks whom it talks to before sending), and bounds everything a peer controls: frame sizes (stdin
   16 MiB, environment 1 MiB), connections (and so threads), and the time to deliver a request;
@@ -30,75 +30,22 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
 from contextlib import contextmanager
-from typing import Callable, Hashable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from cni_plugins import daemon_metrics as metrics
 from cni_plugins import invoke, launcher, skel
+from cni_plugins.call_order import Call, CallOrder, call_of, with_valid
 
 log = logging.getLogger("berth.cni-daemon")
 MAX_CONCURRENT_CALLS = 64
 MAX_CONNECTIONS = 128         # connections (one thread each) at once; more are closed at once (launchers fall back)
 REQUEST_DEADLINE = 5.0        # seconds for a launcher to deliver its whole request after connecting
 REPLY_SEND_TIMEOUT = 30.0     # seconds a launcher may take to read its answer
-ORDERED_COMMANDS = ("ADD", "DEL", "CHECK")
 
 
 class UnsafeSocketDirectory(RuntimeError):
     """The socket's directory (or one above it) could be written by a user the launchers do not trust."""
-
-
-class AttachmentOrder:
-    """One call at a time per key, in the order the calls arrived (a FIFO of turns; a plain Lock is not fair)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._queues: dict[Hashable, deque] = {}
-
-    @contextmanager
-    def turn(self, key: Optional[Hashable]) -> Iterator[None]:
-        if key is None:
-            yield
-            return
-        mine = threading.Event()
-        with self._lock:
-            queue = self._queues.setdefault(key, deque())
-            queue.append(mine)
-            if len(queue) == 1:
-                mine.set()
-        mine.wait()
-        try:
-            yield
-        finally:
-            with self._lock:
-                queue = self._queues[key]
-                queue.popleft()
-                if queue:
-                    queue[0].set()
-                else:
-                    del self._queues[key]
-
-    def pending(self, key: Hashable) -> int:
-        """Calls for ``key`` running or waiting (0 when none)."""
-        with self._lock:
-            return len(self._queues.get(key, ()))
-
-
-def attachment_key(env: dict, stdin: bytes) -> Optional[tuple[str, str, str]]:
-    """(container ID, ifname, network name) of an ADD, DEL or CHECK; None for anything else or unreadable input
-    (which the plugin will refuse without touching anything)."""
-    if env.get("CNI_COMMAND") not in ORDERED_COMMANDS:
-        return None
-    try:
-        import json
-
-        name = json.loads(stdin).get("name")
-    except Exception:  # noqa: BLE001 - any undecodable stdin: the plugin answers code 6 without side effects
-        return None
-    if not isinstance(name, str):
-        return None
-    return env.get("CNI_CONTAINERID", ""), env.get("CNI_IFNAME", ""), name
 
 
 class CniDaemon:
@@ -120,7 +67,7 @@ class CniDaemon:
         self.socket_inode = 0
         self.idle_exit = 0.0  # with an adopted socket: exit after this many idle seconds (0: never)
         self.last_active = time.monotonic()
-        self.order = AttachmentOrder()
+        self.order = CallOrder()
         self.connections = threading.BoundedSemaphore(max_connections)
         self.request_deadline = request_deadline
         self.connections_refused = 0
@@ -248,23 +195,24 @@ class CniDaemon:
                     metrics.SENT_BACK.labels("skew").inc()
                     conn.sendall(launcher.STATUS_SKEW)
                     return
-                key = attachment_key(env, stdin)
-                with self._admission(key) as admitted:
+                call = call_of(env, stdin)
+                with self._admission(call) as admitted:
                     if not admitted:
                         metrics.SENT_BACK.labels("busy").inc()
                         conn.sendall(launcher.STATUS_BUSY)
                         return
-                    self._run_accepted(conn, handlers, env, stdin, key, plugin_type)
+                    self._run_accepted(conn, handlers, env, stdin, call, plugin_type)
             except (OSError, EOFError, ValueError) as exc:
                 log.debug("CNI call dropped: %s", exc)
 
     @contextmanager
-    def _admission(self, key: Optional[Hashable] = None) -> Iterator[bool]:
+    def _admission(self, call: Optional[Call] = None) -> Iterator[bool]:
         """Whether this call may run now (not stopping, under the concurrency cap); counted while it runs, so a
-        draining daemon waits for it. Checked and counted under one lock. A call whose attachment already has one
-        here is admitted over the cap: sent back, it would run in process beside that one, out of order."""
+        draining daemon waits for it. Checked and counted under one lock. A call that would queue behind one here
+        is admitted over the cap: sent back, it would run in process beside that one, out of order (a DEL before
+        its ADD, an ADD under a GC, a GC beside an ADD). The connection cap still bounds how many wait."""
         with self.in_flight_lock:
-            ordered_behind = key is not None and self.order.pending(key) > 0
+            ordered_behind = call is not None and self.order.would_wait(call)
             admitted = not self.stopping.is_set() and (self.in_flight < self.max_concurrent or ordered_behind)
             if admitted:
                 self.in_flight += 1
@@ -297,7 +245,7 @@ class CniDaemon:
         return build_id, plugin_type, env, stdin
 
     def _run_accepted(self, conn: socket.socket, handlers: skel.Handlers, env: dict, stdin: bytes,
-                      key: Optional[Hashable] = None, plugin_type: str = "") -> None:
+                      call: Optional[Call] = None, plugin_type: str = "") -> None:
         if _peer_hung_up(conn):
             return  # the launcher gave up before we accepted: it runs the call itself
         conn.sendall(launcher.STATUS_ACCEPTED)
@@ -306,8 +254,8 @@ class CniDaemon:
         started = time.monotonic()
         metrics.IN_FLIGHT.inc()
         try:
-            with self.order.turn(key):
-                reply = skel.dispatch(handlers, env, stdin)
+            with self.order.turn(call) as added_before:
+                reply = skel.dispatch(handlers, env, with_valid(stdin, added_before))
         finally:
             metrics.IN_FLIGHT.dec()
         metrics.record_call(plugin_type, env, reply.exit_code, reply.stdout, time.monotonic() - started)

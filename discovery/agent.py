@@ -37,7 +37,7 @@ from cni_plugins import codes
 from discovery import health as hc
 from discovery import metrics
 from discovery import wire
-from discovery.local import LeaseFile, LocalEndpoint, LocalEndpoints
+from discovery.local import SOCKET_FACES, LeaseFile, LocalEndpoint, LocalEndpoints, looks_like_docker_face
 from discovery.model import EndpointRecord, Health, InvalidRecord, endpoint_key
 from discovery.publish import (SKYDNS_PREFIX, Publishing, SyncPlan, agent_key, endpoint_keys, host_prefix,
                                is_mine, name_used_elsewhere, plan_change, plan_sync)
@@ -63,6 +63,17 @@ class _Check:
     spec: hc.CheckSpec
     state: hc.CheckState
     running: bool = False
+
+
+def _face(request: dict, record: EndpointRecord | None = None) -> str:
+    """Which face sent a socket request. berth-register omits it; so did the Docker plugin before faces (its
+    spooled or live registrations are told by their shape, as old state files are)."""
+    face = request.get("face")
+    if face is None:
+        return "docker" if record is not None and looks_like_docker_face(record) else "cni"
+    if face not in SOCKET_FACES:
+        raise InvalidRecord(f"face: {face!r} is not one of {', '.join(SOCKET_FACES)}")
+    return face
 
 
 def stale_endpoints(endpoints: dict[str, LocalEndpoint], netns_exists: Callable[[str], bool]) -> list[str]:
@@ -170,11 +181,12 @@ class Agent:
                 metrics.DEREGISTRATIONS.inc()
             return endpoint is not None, revision
 
-    def gc(self, network: str, valid: set[tuple[str, str]]) -> list[str]:
-        """CNI GC: remove this network's attachments that the runtime no longer lists."""
+    def gc(self, network: str, valid: set[tuple[str, str]], face: str = "cni") -> list[str]:
+        """GC: remove this network's attachments that the runtime no longer lists. Only those ``face`` registered:
+        a CNI network and a Docker network may share a name, and neither runtime lists the other's."""
         with self._lock:
             doomed = [eid for eid, ep in self._endpoints.items()
-                      if ep.source == "cni" and ep.record.network == network
+                      if ep.source == face and ep.record.network == network
                       and (ep.record.container_id, ep.record.ifname) not in valid
                       and (ep.record.container_id, "") not in valid]
         for eid in doomed:
@@ -218,7 +230,7 @@ class Agent:
                 netns = request.get("netns") or ""
                 if not isinstance(netns, str):
                     raise InvalidRecord("netns: not a path")
-                revision = self.add(LocalEndpoint(record=record, netns=netns, source="cni"))
+                revision = self.add(LocalEndpoint(record=record, netns=netns, source=_face(request, record)))
                 return {"ok": True, "revision": revision}
             if op == "del":
                 found, revision = self.remove(str(request.get("id", "")))
@@ -227,7 +239,7 @@ class Agent:
                 return {"ok": True, "registered": str(request.get("id", "")) in self.endpoints()}
             if op == "gc":
                 valid = {(str(c), str(i)) for c, i in request.get("valid", ())}
-                return {"ok": True, "removed": self.gc(str(request.get("network", "")), valid)}
+                return {"ok": True, "removed": self.gc(str(request.get("network", "")), valid, _face(request))}
             if op == "ping":
                 return {"ok": True, "host": self.host}
             return {"ok": False, "code": codes.INVALID_ENVIRONMENT, "error": f"op: unknown operation {op!r}"}

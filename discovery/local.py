@@ -26,18 +26,34 @@ class LocalEndpoint:
     record: EndpointRecord
     netns: str = ""
     checks: tuple[CheckSpec, ...] = ()
-    source: str = "cni"  # "cni" (berth-register) or "api" (the Consul-compatible HTTP API)
+    source: str = "cni"  # who registered it: a face over the socket (SOCKET_FACES) or "api" (the Consul HTTP API)
     grant: str | None = ""  # for "api": the names the registrant's token granted (discovery.acl.Identity.grant)
 
     def to_dict(self) -> dict:
         return {"record": self.record.to_dict(), "netns": self.netns, "source": self.source,
-                "checks": [c.to_dict() for c in self.checks], "grant": self.grant}
+                "checks": [c.to_dict() for c in self.checks], "grant": self.grant, "faces": FACES_FORMAT}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LocalEndpoint":
-        return cls(record=EndpointRecord.from_dict(d["record"]), netns=d.get("netns", ""),
+        record = EndpointRecord.from_dict(d["record"])
+        source = d.get("source", "cni")
+        if source == "cni" and "faces" not in d and looks_like_docker_face(record):
+            source = "docker"  # written before the agent told the faces apart
+        return cls(record=record, netns=d.get("netns", ""),
                    checks=tuple(CheckSpec.from_dict(c) for c in d.get("checks", ())),
-                   source=d.get("source", "cni"), grant=_grant(d.get("grant", "")))
+                   source=source, grant=_grant(d.get("grant", "")))
+
+
+SOCKET_FACES = ("cni", "docker")  # berth-register, berth docker-plugin: each GCs only its own registrations
+FACES_FORMAT = 1  # files that carry it name the Docker face in "source"; older ones are told by the record
+
+
+def looks_like_docker_face(record: EndpointRecord) -> bool:
+    """The Docker plugin's registrations: tagged ``docker``, the interface name the network id's 12 hex digits
+    and the id ``<container>/<that>`` (``docker_plugin.names.build_record``); no CNI interface is named so."""
+    ifname = record.ifname or ""
+    return ("docker" in record.tags and len(ifname) == 12 and all(c in "0123456789abcdef" for c in ifname)
+            and record.id == f"{record.container_id}/{ifname}")
 
 
 def _grant(value: object) -> str | None:

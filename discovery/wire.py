@@ -3,6 +3,8 @@ for when the agent is not running. Standard library only: it is on every contain
 
 Requests: ``{"op": "add", "endpoint": {...record...}, "netns": path}``, ``{"op": "del", "id": id}``,
 ``{"op": "check", "id": id}``, ``{"op": "gc", "network": name, "valid": [[container id, ifname], ...]}``.
+``add`` and ``gc`` may carry ``"face": "cni"`` (the default: berth-register) or ``"docker"`` (the Docker plugin): a
+GC removes only registrations of its own face, as a CNI and a Docker network may share a name.
 Replies: ``{"ok": true, ...}`` or ``{"ok": false, "code": <CNI code>, "error": message}``.
 """
 from __future__ import annotations

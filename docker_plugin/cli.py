@@ -12,7 +12,8 @@ import signal
 import threading
 
 from discovery import wire
-from docker_plugin.docker_api import DockerAPI, DockerUnavailable
+from docker_plugin import agreement
+from docker_plugin.docker_api import DockerAPI
 from docker_plugin.ipam_driver import IpamDriver
 from docker_plugin.names import NameRegistrar
 from docker_plugin.network_driver import NetworkDriver
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     network = NetworkDriver(state, bridge_prefix=args.bridge_prefix, subnet_file=args.subnet_file)
     ipam = IpamDriver(state, default_pool=args.default_pool, subnet_file=args.subnet_file)
     network.restore()
-    snapshot = network.snapshot()
+    networks, endpoints = network.snapshot()
+    held = agreement.Held(networks, endpoints, ipam.held())
     path = args.socket or os.path.join(PLUGIN_DIR, f"{args.name}.sock")
     server = PluginServer(path, routes(network, ipam))
     stop = threading.Event()
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     thread.start()
     log.info("Docker plugin %s listening on %s (state in %s)", args.name, path, args.state_dir)
     api = DockerAPI(args.docker_host)
-    threading.Thread(target=agree_with_docker, args=(network, ipam, api, args.name, snapshot), daemon=True,
+    threading.Thread(target=agreement.agree_with_docker, args=(network, ipam, api, args.name, held), daemon=True,
                      name="docker-forget").start()
     names = None
     if not args.no_names:
@@ -107,47 +109,3 @@ def run(args: argparse.Namespace) -> int:
         server.shutdown()
         server.close()
     return 0
-
-
-def agree_with_docker(network: NetworkDriver, ipam: IpamDriver, api: DockerAPI, driver: str, snapshot) -> None:
-    """Once, after start, make the records agree with Docker: drop networks and endpoints Docker no longer knows
-    (it replays nothing, and a network removed while the plugin was down was never deleted here), and take back
-    networks Docker has that the records lack (a lost state directory). Asked from a thread of its own, after the
-    socket serves: dockerd may be waiting for this plugin while it starts."""
-    for attempt in range(30):
-        try:
-            known = api.networks(driver)
-            break
-        except DockerUnavailable as exc:
-            if attempt == 0:
-                log.info("cannot ask Docker which networks it knows yet (%s); retrying for a minute", exc)
-            threading.Event().wait(2.0)
-    else:
-        log.warning("Docker never answered: networks it forgot are kept until it deletes them")
-        return
-    try:
-        subnets, addresses = network.forget(snapshot, known)
-        ipam.release_forgotten(subnets, addresses)
-    except Exception:  # noqa: BLE001 - a daemon thread: log, keep serving
-        log.exception("dropping what Docker forgot failed")
-    held = network.snapshot()[0]
-    for docker_network in known:
-        if docker_network["Id"] in held or docker_network["Id"] in snapshot[0]:
-            continue
-        try:
-            adopt(network, ipam, driver, docker_network)
-        except Exception:  # noqa: BLE001 - one network's failure must not stop the others
-            log.exception("network %s: taking it back from Docker failed", docker_network["Id"][:12])
-
-
-def adopt(network: NetworkDriver, ipam: IpamDriver, driver: str, docker_network: dict) -> None:
-    """A network Docker has and this plugin has no record of (its state directory was lost): take it back."""
-    settings = docker_network.get("IPAM") or {}
-    attached = (docker_network.get("Containers") or {}).values()
-    addresses = [a for c in attached for a in (c.get("IPv4Address"), c.get("IPv6Address")) if a]
-    configs = settings.get("Config") or []
-    if settings.get("Driver") == driver:
-        gateways = ipam.adopt(configs, settings.get("Options") or {}, addresses)
-    else:  # another IPAM driver: its gateways are in Docker's config
-        gateways = {c["Subnet"]: f"{c['Gateway']}/{c['Subnet'].split('/')[1]}" for c in configs if c.get("Gateway")}
-    network.adopt(docker_network, gateways)

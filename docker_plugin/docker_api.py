@@ -74,6 +74,12 @@ class DockerAPI:
                 out.append(detail)
         return out
 
+    def ipam_subnets(self, driver: str) -> set[str]:
+        """The subnets of every Docker network whose IPAM driver is ``driver``, whatever its network driver."""
+        listed = self._get("/networks") or []
+        return {c["Subnet"] for n in listed if (n.get("IPAM") or {}).get("Driver") == driver
+                for c in (n["IPAM"].get("Config") or []) if c.get("Subnet")}
+
     def container(self, container_id: str) -> dict | None:
         return self._get(f"/containers/{quote(container_id)}/json")
 

@@ -7,13 +7,15 @@ container when it asks for an address, so each reservation's owner is a fresh to
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 import shutil
 import threading
 from typing import Any, Optional
 
+from docker_plugin.agreement import HeldPool
 from docker_plugin.errors import DriverError, mapping, text
-from docker_plugin.state import StateDir
+from docker_plugin.state import RECORD_ID, StateDir
 from ipam.allocator import allocate
 from ipam.config import Range, RangeSet, parse_range
 from ipam.disk import DiskStore
@@ -76,7 +78,8 @@ class IpamDriver:
             clash = next((p for p in pools if p.overlaps(subnet)), None)
             if clash is not None:
                 raise DriverError(f"pool {subnet} overlaps pool {clash} of another Berth network", 409)
-            record: dict[str, Any] = {"pool": str(subnet), "sub_pool": sub_pool, "gateway": "", "overlay": overlay}
+            record: dict[str, Any] = {"pool": str(subnet), "sub_pool": sub_pool, "gateway": "", "overlay": overlay,
+                                      "token": secrets.token_hex(8)}
             self._range(record)  # validates the sub-pool before anything is kept
             pool_id = pool_id_for(subnet)
             self.state.put("pools", pool_id, record)
@@ -85,11 +88,16 @@ class IpamDriver:
     def release_pool(self, request: dict) -> dict:
         pool_id = text(request, "PoolID")
         with self._lock:
-            self.state.delete("pools", _checked(pool_id))
-            store = DiskStore(pool_id, self.data_dir)
-            shutil.rmtree(store.dir, ignore_errors=True)
-            shutil.rmtree(store.index_dir, ignore_errors=True)
+            self._release(_checked(pool_id))
         return {}
+
+    def _release(self, pool_id: str) -> None:
+        """Reservations first, the record last: a crash in between leaves a record (Docker's retry, or start-up's
+        orphan sweep, releases it), never reservations a later pool of the same subnet would inherit."""
+        store = DiskStore(pool_id, self.data_dir)
+        shutil.rmtree(store.dir, ignore_errors=True)
+        shutil.rmtree(store.index_dir, ignore_errors=True)
+        self.state.delete("pools", pool_id)
 
     def request_address(self, request: dict) -> dict:
         pool_id = text(request, "PoolID")
@@ -128,14 +136,49 @@ class IpamDriver:
                         store.release(owner, [ip])
         return {}
 
-    def release_forgotten(self, subnets: list[str], addresses: list[str]) -> None:
-        """Release pools (with every address in them) and single addresses Docker forgot to release."""
-        for subnet in subnets:
-            self.release_pool({"PoolID": pool_id_for(_network(subnet, "pool"))})
-        for address in addresses:
-            network = ipaddress.ip_interface(address).network
-            if self.state.get("pools", pool_id_for(network)) is not None:
-                self.release_address({"PoolID": pool_id_for(network), "Address": address})
+    def held(self) -> dict[str, HeldPool]:
+        """Every pool held now with its reservations, and reservations left with no pool record: what start-up
+        may judge (see :mod:`docker_plugin.agreement`)."""
+        with self._lock:
+            records = dict(self.state.all("pools"))
+            on_disk = [n for n in _listdir(self.data_dir)
+                       if RECORD_ID.match(n) and os.path.isdir(os.path.join(self.data_dir, n))]
+            out = {}
+            for pool_id in sorted(set(records) | set(on_disk)):
+                record = records.get(pool_id)
+                reservations = self._reservations(pool_id)
+                out[pool_id] = HeldPool(record and record["pool"], record and record.get("token"),
+                                        {str(ip): owner for ip, owner in reservations.items()})
+        return out
+
+    def release_orphan(self, pool_id: str, held: HeldPool, spare: set[str]) -> bool:
+        """Release a pool judged unused, unless it changed since start (another token: released and requested
+        again) or a network record other than those in ``spare`` (being removed) names its subnet now."""
+        with self._lock:
+            record = self.state.get("pools", _checked(pool_id))
+            if (record or {}).get("token") != held.token or (record is None) != (held.subnet is None):
+                return False
+            if record is not None:
+                subnet = _network(record["pool"], "pool")
+                for network_id, network in self.state.all("networks"):
+                    if network_id not in spare and any(_network(s["pool"], "pool") == subnet
+                                                       for s in network["subnets"]):
+                        return False
+            self._release(pool_id)
+        return True
+
+    def release_held_addresses(self, addresses: list[str], held: dict[str, HeldPool]) -> None:
+        """Release addresses of an endpoint Docker forgot, each only if the owner that held it at start still
+        does (a repeated release after a crash must not free the address of a container that took it since)."""
+        with self._lock:
+            for address in addresses:
+                ip = ipaddress.ip_interface(address).ip
+                pool_id = pool_id_for(ipaddress.ip_interface(address).network)
+                owner = held[pool_id].reservations.get(str(ip)) if pool_id in held else None
+                store = DiskStore(pool_id, self.data_dir)
+                if owner is not None and store.exists():
+                    with store.lock():
+                        store.release(owner, [ip])
 
     def adopt(self, configs: list[dict], options: dict, addresses: list[str]) -> dict[str, str]:
         """Take back a pool Docker still uses but this plugin lost the record of (its state directory was
@@ -151,7 +194,7 @@ class IpamDriver:
                 if record is None:
                     gateway = config.get("Gateway") or str(subnet.network_address + 1)
                     record = {"pool": str(subnet), "sub_pool": config.get("IPRange") or "", "gateway": gateway,
-                              "overlay": overlay}
+                              "overlay": overlay, "token": secrets.token_hex(8)}
                     self._range(record)
                     self.state.put("pools", pool_id, record)
                 gateways[str(subnet)] = f"{record['gateway'] or subnet.network_address + 1}/{subnet.prefixlen}"
@@ -168,7 +211,10 @@ class IpamDriver:
 
     def reserved(self, pool_id: str) -> dict:
         """address → owner token, for tests and ``berth status``-style checks."""
-        store = DiskStore(_checked(pool_id), self.data_dir)
+        return self._reservations(_checked(pool_id))
+
+    def _reservations(self, pool_id: str) -> dict:
+        store = DiskStore(pool_id, self.data_dir)
         if not store.exists():
             return {}
         with store.lock():
@@ -223,6 +269,13 @@ def overlay_requested(options: dict, key: str, flag: str) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
         return value.lower() in ("true", "1")
     raise DriverError(f"{flag} {key}: expected true or false, got {value!r}")
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def _checked(pool_id: str) -> str:

@@ -5,9 +5,9 @@ Docker tells a network driver neither names nor aliases, so a watcher thread fol
 connect/disconnect events for this driver's networks and reads each container's settings from the engine API.
 At every (re)start of the event stream it resyncs: every attached container is registered again. A disconnect
 missed while the plugin was down needs no event: each registration carries the container's sandbox (its network
-namespace), and the agent drops an endpoint whose namespace is gone. (The agent's ``gc`` is not used: it works by
-network name, and a CNI network of the same name would lose its endpoints.) Registrations go through the agent's
-socket, spooled on disk when no agent listens (the agent applies the spool when it starts), so none is lost.
+namespace), and the agent drops an endpoint whose namespace is gone. Registrations carry the Docker face, so a
+CNI GC on a network of the same name never removes them (the agent's GC keeps to one face). They go through the
+agent's socket, spooled on disk when no agent listens (the agent applies the spool when it starts), so none is lost.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from docker_plugin.docker_api import DockerAPI, DockerUnavailable
 log = logging.getLogger(__name__)
 IDLE_RESYNC = 60.0  # seconds without an event before the stream is reopened and everything resynced
 RETRY = 2.0
+FACE = "docker"
 
 
 def endpoint_id(container_id: str, network_id: str) -> str:
@@ -59,6 +60,11 @@ def build_record(container: dict, network_id: str, network_name: str) -> Optiona
                           addresses=addresses, network=dns_label_for(network_name) or "docker",
                           container_id=container_id, ifname=network_id[:12], ports=tuple(dict.fromkeys(ports)),
                           meta={"containerName": given} if given and given != name else {}, tags=("docker",))
+
+
+def add_request(record: EndpointRecord, sandbox: str) -> dict:
+    """The agent socket's ``add`` for one container on one network (see :mod:`discovery.wire`)."""
+    return {"op": "add", "endpoint": record.to_dict(), "netns": sandbox, "face": FACE}
 
 
 class NameRegistrar:
@@ -119,7 +125,7 @@ class NameRegistrar:
         if record is None:
             return False
         sandbox = (container.get("NetworkSettings") or {}).get("SandboxKey") or ""
-        self._send({"op": "add", "endpoint": record.to_dict(), "netns": sandbox})
+        self._send(add_request(record, sandbox))
         return True
 
     def _send(self, request: dict) -> None:

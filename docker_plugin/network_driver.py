@@ -62,16 +62,9 @@ class NetworkDriver:
 
     def delete_network(self, request: dict) -> dict:
         network_id = network_plan.docker_id(request, "NetworkID")
-        with self._lock:
-            network = self.state.get("networks", network_id)
-            if network is None:
+        with self._lock:  # Docker releases the pool after this answers
+            if not self._dismantle(network_id):
                 return {}
-            for endpoint_id, endpoint in list(self.state.all("endpoints")):
-                if endpoint["network"] == network_id:
-                    self._remove_endpoint(endpoint)
-            _kernel(lambda: kernel.gc_rules(network_id, ()))
-            if network.get("created_bridge", True):
-                _kernel(lambda: kernel.delete_link(network["bridge"]))
             self.state.delete("networks", network_id)
         log.info("network %s deleted", network_id[:12])
         return {}
@@ -171,34 +164,35 @@ class NetworkDriver:
                     log.info("network %s: removed stale rules %s", network_id[:12], removed)
         log.info("restored %d networks, %d endpoints", len(networks), len(endpoints))
 
-    def snapshot(self) -> tuple[set[str], dict[str, str]]:
-        """The networks and endpoints (id → network) held now: what a later :meth:`forget` may judge."""
+    def snapshot(self) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+        """The networks (id → subnets) and endpoints (id → network) held now: what start-up may judge."""
         with self._lock:
-            return ({i for i, _ in self.state.all("networks")},
+            return ({i: tuple(s["pool"] for s in n["subnets"]) for i, n in self.state.all("networks")},
                     {i: e["network"] for i, e in self.state.all("endpoints")})
 
-    def forget(self, snapshot: tuple[set[str], dict[str, str]], docker_networks: list[dict]) -> tuple[list, list]:
-        """Remove what was held at ``snapshot`` time and Docker no longer knows: networks it does not list,
-        endpoints no container of a listed network has. Only records from before the snapshot are judged, so a
-        network or endpoint Docker is creating right now is never taken for stale. Returns the pool subnets of
-        the networks and the addresses of the endpoints removed: Docker would have released them, but it has
-        forgotten them."""
-        networks, endpoints = snapshot
-        known = {n["Id"]: {c.get("EndpointID") for c in (n.get("Containers") or {}).values()} for n in docker_networks}
-        freed, addresses = [], []
-        for network_id in sorted(networks - set(known)):
-            record = self.state.get("networks", network_id)
-            if record is not None:
-                log.info("network %s: Docker no longer knows it; removing", network_id[:12])
-                freed.extend(s["pool"] for s in record["subnets"])
-                self.delete_network({"NetworkID": network_id})
-        for endpoint_id, network_id in sorted(endpoints.items()):
-            if network_id in known and endpoint_id not in known[network_id]:
-                log.info("endpoint %s: Docker no longer knows it; removing", endpoint_id[:12])
-                record = self.state.get("endpoints", endpoint_id)
-                addresses.extend(record["addresses"] if record else ())
-                self.delete_endpoint({"EndpointID": endpoint_id})
-        return freed, addresses
+    def dismantle_network(self, network_id: str) -> bool:
+        """Remove a network's endpoints, rules and bridge but keep its record: whoever removes the network
+        releases its pool before :meth:`drop_network`, so a crash in between leaves a record to judge again.
+        False when there is no such network."""
+        with self._lock:
+            return self._dismantle(network_id)
+
+    def drop_network(self, network_id: str) -> None:
+        with self._lock:
+            self.state.delete("networks", network_id)
+
+    def dismantle_endpoint(self, endpoint_id: str) -> dict | None:
+        """An endpoint's veth and rules go, its record stays (its address is released before
+        :meth:`drop_endpoint`); returns the record, None when there is none."""
+        with self._lock:
+            endpoint = self.state.get("endpoints", endpoint_id)
+            if endpoint is not None:
+                self._remove_endpoint(endpoint, keep_record=True)
+        return endpoint
+
+    def drop_endpoint(self, endpoint_id: str) -> None:
+        with self._lock:
+            self.state.delete("endpoints", endpoint_id)
 
     def adopt(self, docker_network: dict, gateways: dict[str, str]) -> None:
         """Take back a network Docker still has but this plugin lost the records of: the network from Docker's
@@ -229,11 +223,24 @@ class NetworkDriver:
 
     # --- helpers -----------------------------------------------------------------------------------------------------
 
-    def _remove_endpoint(self, endpoint: dict) -> None:
+    def _remove_endpoint(self, endpoint: dict, keep_record: bool = False) -> None:
         _kernel(lambda: kernel.remove_port_rules(network_plan.tag(endpoint)))
         _kernel(lambda: kernel.remove_masquerade(network_plan.tag(endpoint)))
         _kernel(lambda: kernel.delete_port(endpoint["host"], endpoint["peer"]))
-        self.state.delete("endpoints", endpoint["id"])
+        if not keep_record:
+            self.state.delete("endpoints", endpoint["id"])
+
+    def _dismantle(self, network_id: str) -> bool:
+        network = self.state.get("networks", network_id)
+        if network is None:
+            return False
+        for _, endpoint in list(self.state.all("endpoints")):
+            if endpoint["network"] == network_id:
+                self._remove_endpoint(endpoint)
+        _kernel(lambda: kernel.gc_rules(network_id, ()))
+        if network.get("created_bridge", True):
+            _kernel(lambda: kernel.delete_link(network["bridge"]))
+        return True
 
     def _network(self, request: dict) -> dict:
         network_id = network_plan.docker_id(request, "NetworkID")

@@ -13,7 +13,7 @@ import stat
 from typing import Any, Iterator
 
 KINDS = ("networks", "endpoints", "pools")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
+RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
 MAX_RECORD = 256 << 10
 
 
@@ -22,7 +22,7 @@ class StateError(Exception):
 
 
 def check_id(record_id: str, what: str) -> str:
-    if not isinstance(record_id, str) or not _ID.match(record_id):
+    if not isinstance(record_id, str) or not RECORD_ID.match(record_id):
         raise ValueError(f"{what}: {record_id!r} is not a valid id")
     return record_id
 

@@ -130,6 +130,17 @@ def test_service_ids_that_cannot_be_addressed_are_refused(sid):
         check_service_id(sid)
 
 
+def test_state_files_from_before_faces_read_the_docker_plugins_registrations_as_the_docker_face():
+    docker = EndpointRecord(id="c1/0123456789ab", name="web", addresses=("10.1.0.1",), container_id="c1",
+                            ifname="0123456789ab", tags=("docker",))
+    cni = EndpointRecord(id="c2/eth0", name="db", addresses=("10.1.0.2",), container_id="c2", ifname="eth0",
+                         tags=("docker",))
+    old = {k: v for k, v in LocalEndpoint(docker).to_dict().items() if k != "faces"}  # as written before faces
+    assert LocalEndpoint.from_dict(old).source == "docker"
+    assert LocalEndpoint.from_dict({**old, "record": cni.to_dict()}).source == "cni"
+    assert LocalEndpoint.from_dict(LocalEndpoint(docker, source="cni").to_dict()).source == "cni"  # said so: kept
+
+
 def test_state_files_are_named_by_digest_and_old_names_are_still_read(tmp_path):
     files = LocalEndpoints(tmp_path)
     old = EndpointRecord(id="c1/eth0", name="web", addresses=("10.1.0.1",))

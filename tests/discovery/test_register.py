@@ -142,3 +142,49 @@ def test_agent_rejects_a_bad_record_and_writes_nothing(store_url, agents, open_u
     assert reply["ok"] is False and reply["code"] == 7 and "addresses" in reply["error"]
     assert store.get_prefix("/berth/endpoints/")[0] == [] and store.get_prefix("/skydns/")[0] == []
     assert wire.call(agent.socket, {"op": "check", "id": "x/eth0"})["registered"] is False
+
+
+def test_a_gc_removes_only_its_own_faces_registrations_on_a_network_both_faces_name_alike(store_url, agents,
+                                                                                           open_url):
+    """A CNI network and a Docker network called the same: berth-register's GC must not take the Docker plugin's
+    names (registered over the socket as the plugin does), nor a Docker-face GC the CNI ones."""
+    from docker_plugin.names import add_request, build_record
+    agent = agents(store_url)
+    store = open_url(store_url)
+    network_id = "5e" * 32
+
+    def docker_name(container_id: str, name: str, older_plugin: bool = False) -> str:
+        container = {"Id": container_id, "Name": f"/{name}",
+                     "NetworkSettings": {"Networks": {"btshared": {"IPAddress": "10.89.0.7"}}}}
+        record = build_record(container, network_id, "btshared")
+        request = add_request(record, "")
+        if older_plugin:  # a plugin from before faces (or its spool) says none
+            request.pop("face")
+        assert wire.call(agent.socket, request)["ok"]
+        return record.id
+
+    web = docker_name("dd01" * 16, "web")
+    older = docker_name("dd04" * 16, "old", older_plugin=True)
+    config = register_config("btshared", agent.socket, agent.spool_dir)
+    for cid in ("cc01", "cc02"):
+        assert run_register("ADD", config, container_id=cid, name=f"n{cid}")[0] == 0
+    gc = {**register_config("btshared", agent.socket, agent.spool_dir, version="1.1.0"),
+          "cni.dev/valid-attachments": [{"containerID": "cc02", "ifname": "eth0"}]}
+    gc.pop("prevResult")
+    code, out, err = run_register("GC", gc, netns="")
+    assert code == 0, (out, err)
+    assert _stored(store, agent.host, "cc01/eth0") is None and _stored(store, agent.host, "cc02/eth0") is not None
+    assert _stored(store, agent.host, web).name == "web"  # the runtime's list names no Docker container
+    assert _stored(store, agent.host, older).name == "old"
+
+    api = docker_name("dd02" * 16, "api")
+    reply = wire.call(agent.socket, {"op": "gc", "network": "btshared", "valid": [["dd02" * 16, network_id[:12]]],
+                                     "face": "docker"})
+    assert sorted(reply["removed"]) == sorted([web, older])
+    assert _stored(store, agent.host, "cc02/eth0") is not None and _stored(store, agent.host, api) is not None
+
+    refused = wire.call(agent.socket, {**add_request(build_record(
+        {"Id": "dd03" * 16, "Name": "/x", "NetworkSettings": {"Networks": {"btshared": {"IPAddress": "10.89.0.9"}}}},
+        network_id, "btshared"), ""), "face": "podman"})
+    assert refused["ok"] is False and refused["code"] == 7 and "face" in refused["error"]
+    assert _stored(store, agent.host, f"{'dd03' * 16}/{network_id[:12]}") is None

@@ -381,19 +381,29 @@ def test_a_dockerd_restart_keeps_the_network_and_its_containers_start_again(dock
     assert _veths(docker_host) == [] and _reserved(docker_host, subnet) == []
 
 
-def test_a_network_docker_forgot_is_removed_when_the_plugin_starts(docker_host, network):
+def test_a_network_docker_forgot_and_a_pool_left_without_its_network_are_released_when_the_plugin_starts(
+        docker_host, network):
     name, subnet = network()
+    orphan, orphan_subnet = network()
     docker_host.run_httpd("bt-forgot", name, "--stop-timeout", "1")
-    bridge = json.loads(next((docker_host.state_dir / "networks").glob("*.json")).read_text())["bridge"]
+    records = docker_host.state_dir / "networks"
+    orphan_id = docker_host.docker("network", "inspect", "-f", "{{.Id}}", orphan).stdout.strip()
+    orphan_record = records / f"{orphan_id}.json"
+    bridge, orphan_bridge = (json.loads(p.read_text())["bridge"] for p in
+                             (next(p for p in records.glob("*.json") if p != orphan_record), orphan_record))
     docker_host.restart_dockerd(forget_networks=True)  # Docker's network database is gone; Berth is not told
     docker_host.docker("rm", "-f", "bt-forgot", check=False)
-    assert list((docker_host.state_dir / "networks").glob("*.json"))  # the plugin still holds it...
+    pools = docker_host.state_dir / "pools"
+    assert len(list(records.glob("*.json"))) == len(list(pools.glob("*.json"))) == 2  # the plugin holds both...
     docker_host.stop_plugin()
+    # a plugin that crashed after dropping a network's record and bridge, before releasing its pool
+    orphan_record.unlink()
+    docker_host.run_here("ip", "link", "del", orphan_bridge)
     docker_host.start_plugin()
-    # ...until it asks Docker at start: the network's record goes first, then its pool and addresses
-    wait_until(lambda: not list((docker_host.state_dir / "networks").glob("*.json"))
-               and not list((docker_host.state_dir / "pools").glob("*.json")) and _reserved(docker_host, subnet) == [],
-               timeout=60, what="the plugin dropping the network Docker forgot, its pool and its addresses")
+    # ...until it asks Docker at start: the forgotten network goes, its pool with it, and the orphaned pool
+    wait_until(lambda: not list(records.glob("*.json")) and not list(pools.glob("*.json"))
+               and _reserved(docker_host, subnet) == [],
+               timeout=60, what="the plugin dropping the network Docker forgot, its addresses and the orphaned pool")
     assert bridge not in docker_host.links() and _veths(docker_host) == []
     assert list((docker_host.state_dir / "endpoints").glob("*.json")) == []
     assert docker_host.rule_comments() == []

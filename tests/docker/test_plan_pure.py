@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from datapath import errors as datapath_errors
-from docker_plugin import network_plan
+from docker_plugin import agreement, network_plan
 from docker_plugin.errors import DriverError, from_datapath
 from docker_plugin.ipam_driver import GATEWAY_REQUEST, IpamDriver
 from docker_plugin.state import StateDir
@@ -122,6 +122,31 @@ def test_ipam_sub_pool_limits_the_range(ipam):
     assert ipam.request_address({"PoolID": pool})["Address"] == "10.231.9.128/24"
     with pytest.raises(DriverError):
         ipam.request_pool({"Pool": "10.231.20.0/24", "SubPool": "10.231.21.0/25"})
+
+
+def test_start_up_releases_pools_no_record_and_no_docker_network_names_and_keeps_the_rest(ipam):
+    used, orphan, forgotten = (ipam.request_pool({"Pool": f"10.231.{n}.0/24"})["PoolID"] for n in (1, 2, 3))
+    for pool in (used, orphan, forgotten):
+        ipam.request_address({"PoolID": pool})
+    ipam.state.put("networks", NID, {"id": NID, "subnets": [{"pool": "10.231.3.0/24"}]})
+    held = agreement.Held({NID: ("10.231.3.0/24",)}, {}, ipam.held())
+    verdict = agreement.judge(held, [], {"10.231.1.0/24"})  # Docker forgot NID; a network of its uses pool 1
+    assert verdict.networks == (NID,) and verdict.pools == (orphan, forgotten)
+    assert not ipam.release_orphan(forgotten, held.pools[forgotten], spare=set())  # its record still names it
+    for pool in verdict.pools:
+        assert ipam.release_orphan(pool, held.pools[pool], spare={NID})
+    assert [p for p, _ in ipam.state.all("pools")] == [used] and ipam.reserved(orphan) == {}
+
+
+def test_start_up_never_releases_a_pool_requested_again_since_it_was_judged(ipam):
+    pool = ipam.request_pool({"Pool": "10.231.9.0/24"})["PoolID"]
+    held = ipam.held()
+    ipam.release_pool({"PoolID": pool})
+    ipam.request_pool({"Pool": "10.231.9.0/24"})  # the same id, another pool
+    address = ipam.request_address({"PoolID": pool})["Address"]
+    assert not ipam.release_orphan(pool, held[pool], spare=set())
+    ipam.release_held_addresses([address], held)  # was not held at start: stays
+    assert [str(ip) for ip in ipam.reserved(pool)] == [address.split("/")[0]]
 
 
 def test_state_records_refuse_ids_that_escape_the_directory(tmp_path):
