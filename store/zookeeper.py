@@ -327,12 +327,27 @@ class ZkStore(DerivedCalls):
         return transaction
 
     def _committed(self, revision: int, token: int, what: str) -> bool:
-        """After a lost answer: did our multi take ``revision``? Its log entry carries our token if so."""
-        found = self.calls.retrying(f"{what} (resolving a lost answer)",
-                                    lambda: self.calls.get_many([self.paths.entry(revision)]))[0]
-        if found is not None:
-            return unpack_entry(found[0]).token == token
-        if self.revision() >= revision:  # taken and already compacted: nobody can say whose it was
+        """After a lost answer: did our multi take ``revision``? Its log entry carries our token if so.
+
+        A ``sync`` goes first, in the same pipelined round: the session may now be on a server that has not
+        yet applied what the leader committed (it never saw our write's answer, so ZooKeeper lets it reconnect
+        to one behind that write), and an entry missing only there would be taken for a write that failed: the
+        write would be planned again, meet its own result and report a lost race."""
+        def read_after_sync() -> tuple[bytes | None, int]:
+            synced = self.client.sync_async(self.paths.counter)
+            entry = self.client.get_async(self.paths.entry(revision))
+            counter = self.client.get_async(self.paths.counter)
+            self.calls.wait(synced, "sync")
+            try:
+                data = self.calls.wait(entry, "read change log")[0]
+            except NoNodeError:
+                data = None
+            return data, self.calls.wait(counter, "read revision")[1].version
+
+        data, current = self.calls.retrying(f"{what} (resolving a lost answer)", read_after_sync)
+        if data is not None:
+            return unpack_entry(data).token == token
+        if current >= revision:  # taken and already compacted: nobody can say whose it was
             raise OutcomeUnknown(f"zookeeper {self.hosts}: {what}: outcome unknown (connection lost)")
         return False
 
