@@ -20,7 +20,7 @@ from tests.ports import free_port
 
 
 @pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd),
-                        pytest.param("zk", marks=pytest.mark.zk)])
+                        pytest.param("zk", marks=[pytest.mark.zk, pytest.mark.service])])
 def url(request, tmp_path):
     """The embedded store, or one real etcd member or ZooKeeper server per module (tests share it: each empties
     the IPAM keys first)."""

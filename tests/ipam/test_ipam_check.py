@@ -34,7 +34,7 @@ def check(capsys, url, *extra):
     return code, json.loads(capsys.readouterr().out)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("zk", marks=pytest.mark.zk)])
+@pytest.fixture(params=["sqlite", pytest.param("zk", marks=[pytest.mark.zk, pytest.mark.service])])
 def url(request, tmp_path):
     """The embedded store, or a root of its own on one ZooKeeper server per module."""
     if request.param == "sqlite":
