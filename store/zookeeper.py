@@ -188,6 +188,27 @@ class ZkStore(DerivedCalls):
         names = self.calls.retrying("list keys", lambda: self.calls.children(self.paths.keys))
         return [key for key in map(name_to_key, names) if key is not None]
 
+    def revision_and_names(self) -> tuple[int, list[str]]:
+        """The revision, then every key's name as it is at it or later, in one round trip."""
+        def attempt():
+            counter = self.client.get_async(self.paths.counter)
+            names = self.client.get_children_async(self.paths.keys)
+            return self.calls.wait(counter, "read revision")[1].version, self.calls.wait(names, "list keys")
+
+        revision, names = self.calls.retrying("list keys", attempt)
+        return revision, [key for key in map(name_to_key, names) if key is not None]
+
+    def keys_and_revision(self, keys: list[str]) -> tuple[list[KeyValue | None], int]:
+        """``keys``, then the revision as it is after those reads, the last reads and the revision sent
+        together (answered in order, so the revision is never older than what the reads saw)."""
+        split = max(0, len(keys) - PIPELINE + 1)
+        found = self.read_keys(keys[:split])
+        last = keys[split:]
+        hits = self.calls.retrying("get", lambda: self.calls.get_many([*map(self.paths.key, last), self.paths.counter]))
+        if hits[-1] is None:
+            raise StoreError(f"zookeeper {self.hosts}: {self.paths.counter} is missing: not a Berth store root")
+        return found + [unpack_node(key, hit[0]) if hit else None for key, hit in zip(last, hits)], hits[-1][1].version
+
     def revision_and_entry(self, revision: int, watch: Callable) -> tuple[int, list[LogEntry] | None]:
         """The current revision (arming ``watch`` on the counter) and, in the same round trip, the log entry
         of ``revision``: a watcher woken by one write needs nothing more. None for an entry that is gone."""
@@ -232,16 +253,15 @@ class ZkStore(DerivedCalls):
         return self.snapshot(prefix)
 
     def snapshot(self, prefix: str) -> tuple[list[KeyValue], int]:
-        """The keys under ``prefix`` exactly as they stood at the revision returned.
+        """The keys under ``prefix`` exactly as they stood at the revision returned, in two round trips.
 
         The listing and the node reads happen between two reads of the counter; when it moved meanwhile,
         the log entries in between say what each touched key was at the later revision."""
         deadline = time.monotonic() + self.calls.budget
         while True:
-            first = self.revision()
-            keys = [key for key in self.key_names() if key.startswith(prefix)]
-            state = {kv.key: kv for kv in self.read_keys(keys) if kv is not None}
-            last = self.revision()
+            first, names = self.revision_and_names()
+            found, last = self.keys_and_revision([key for key in names if key.startswith(prefix)])
+            state = {kv.key: kv for kv in found if kv is not None}
             entries = self.read_entries(first + 1, last) if last > first else []
             if entries is not None:
                 for entry in entries:
