@@ -45,29 +45,27 @@ a server whose ``jute.maxbuffer`` is too small for a request drops the connectio
 only as unavailability; a znode version is a signed 32-bit number, so a root takes 2**31 - 1 writes.
 
 Files: ``zookeeper_client`` (kazoo with deadlines), ``zookeeper_codec`` (paths and encodings),
-``zookeeper_txn`` (planning one write), ``zookeeper_leases``, ``zookeeper_watch``.
+``zookeeper_txn`` (planning and committing one write, lost answers resolved), ``zookeeper_leases``, ``zookeeper_watch``.
 """
 from __future__ import annotations
 
 import logging
 import math
 import random
-import secrets
 import time
 from typing import Callable, Sequence
 from urllib.parse import parse_qs, urlparse
 
-from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError, RolledBackError,
-                              RuntimeInconsistency)
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
-from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, OutcomeUnknown, Put,
-                       StoreError, StoreUnavailable, TxnResult)
+from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, Put, StoreError, StoreUnavailable,
+                       TxnResult)
 from store.common import (DerivedCalls, OpenWatches, check_compares, check_key, check_lease_id, check_ops,
                           check_revision, check_ttl, check_value, compare_holds)
-from store.zookeeper_client import SESSION_TIMEOUT, TRANSIENT, Calls, connect
-from store.zookeeper_codec import LogEntry, Paths, name_to_key, pack_entry, unpack_entry, unpack_node
+from store.zookeeper_client import SESSION_TIMEOUT, Calls, connect
+from store.zookeeper_codec import LogEntry, Paths, name_to_key, unpack_entry, unpack_node
 from store.zookeeper_leases import ZkLeases
-from store.zookeeper_txn import Op, WritePlan
+from store.zookeeper_txn import WriteConflict, WritePlan, commit
 
 CALL_TIMEOUT = 5.0        # seconds one request may take
 BUDGET = 15.0             # seconds a call keeps retrying through reconnects (an election takes a few seconds)
@@ -76,10 +74,6 @@ DEFAULT_HISTORY = 10_000  # revisions of change log kept for watches that fall b
 COMPACT_EVERY = 64        # revisions between automatic compactions
 PIPELINE = 256            # requests sent together at most
 log = logging.getLogger(__name__)
-
-
-class WriteConflict(Exception):
-    """The counter moved since the plan read it: plan again."""
 
 
 def parse_url(url: str) -> tuple[str, str, float, int, float]:
@@ -293,7 +287,7 @@ class ZkStore(DerivedCalls):
             plan = WritePlan(self, revision, before=dict(zip(dict.fromkeys(prefetch), found)))
             result = plan_body(plan)
             try:
-                self._commit(what, plan)
+                commit(self, what, plan)
             except WriteConflict:
                 attempt += 1
                 if time.monotonic() > deadline:
@@ -303,73 +297,6 @@ class ZkStore(DerivedCalls):
             if plan.events and plan.revision % COMPACT_EVERY == 0 and plan.revision > self.history:
                 self._compact_quietly(plan.revision - self.history)
             return result, plan
-
-    def _commit(self, what: str, plan: WritePlan) -> None:
-        if self.calls.closed:
-            raise StoreError(f"zookeeper {self.hosts}: {what}: the store is closed")
-        token = secrets.randbits(63)
-        ops = plan.requests(pack_entry(token, plan.revision, plan.events))
-        try:
-            results = self.calls.wait(self._transaction(ops).commit_async(), what)
-        except TRANSIENT as exc:
-            if not plan.events:
-                raise WriteConflict() from exc  # nothing written either way: plan again
-            if self._committed(plan.revision, token, what):
-                return
-            raise WriteConflict() from exc
-        except KazooException as exc:  # the client was closed, or an error no retry cures
-            raise StoreError(f"zookeeper {self.hosts}: {what}: {type(exc).__name__}: {exc}") from exc
-        failure = next(((op, result) for op, result in zip(ops, results)
-                        if isinstance(result, Exception)
-                        and not isinstance(result, (RolledBackError, RuntimeInconsistency))), None)
-        if failure is None:
-            return
-        op, error = failure
-        if op.meaning == "counter" and isinstance(error, BadVersionError):
-            raise WriteConflict()
-        if op.meaning == "lease" and isinstance(error, (NoNodeError, BadVersionError)):
-            raise LeaseNotFound(f"zookeeper: {what}: a lease this write needs is gone (expired or revoked)")
-        if isinstance(error, (NoNodeError, NodeExistsError, BadVersionError)):
-            raise WriteConflict()
-        raise StoreError(f"zookeeper {self.hosts}: {what}: {op.kind} {op.path}: {type(error).__name__}")
-
-    def _transaction(self, ops: list[Op]):
-        transaction = self.client.transaction()
-        for op in ops:
-            if op.kind == "set":
-                transaction.set_data(op.path, op.data, version=op.version)
-            elif op.kind == "check":
-                transaction.check(op.path, op.version)
-            elif op.kind == "create":
-                transaction.create(op.path, op.data)
-            else:
-                transaction.delete(op.path, version=op.version)
-        return transaction
-
-    def _committed(self, revision: int, token: int, what: str) -> bool:
-        """After a lost answer: did our multi take ``revision``? Its log entry carries our token if so.
-
-        A ``sync`` goes first, in the same pipelined round: the session may now be on a server that has not
-        yet applied what the leader committed (it never saw our write's answer, so ZooKeeper lets it reconnect
-        to one behind that write), and an entry missing only there would be taken for a write that failed: the
-        write would be planned again, meet its own result and report a lost race."""
-        def read_after_sync() -> tuple[bytes | None, int]:
-            synced = self.client.sync_async(self.paths.counter)
-            entry = self.client.get_async(self.paths.entry(revision))
-            counter = self.client.get_async(self.paths.counter)
-            self.calls.wait(synced, "sync")
-            try:
-                data = self.calls.wait(entry, "read change log")[0]
-            except NoNodeError:
-                data = None
-            return data, self.calls.wait(counter, "read revision")[1].version
-
-        data, current = self.calls.retrying(f"{what} (resolving a lost answer)", read_after_sync)
-        if data is not None:
-            return unpack_entry(data).token == token
-        if current >= revision:  # taken and already compacted: nobody can say whose it was
-            raise OutcomeUnknown(f"zookeeper {self.hosts}: {what}: outcome unknown (connection lost)")
-        return False
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         check_key(key)

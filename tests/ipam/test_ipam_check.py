@@ -1,6 +1,6 @@
-"""``berth ipam check`` over a real SQLite store (and a real ZooKeeper server) that cluster IPAM wrote: leaks found exactly, released only with
---yes, nothing freed that a live agent registers or that is younger than --min-age, departed hosts' emptied blocks
-given back."""
+"""``berth ipam check`` over a real SQLite store and a real ZooKeeper server that cluster IPAM wrote: leaks found
+exactly, released only with --yes, nothing freed that a live agent registers or that is younger than --min-age,
+departed hosts' emptied blocks given back."""
 from __future__ import annotations
 
 import json
