@@ -2,10 +2,11 @@
 
 Latency: ADD then DEL of ``--count`` containers, one exec per call, the tools alternating call by call so machine
 noise hits all alike: the reference host-local, berth-ipam in host-local mode, and berth-ipam in cluster mode on
-the embedded SQLite store, one etcd member and a three-member etcd; then the cluster handlers in process (what a
-CNI daemon pays per call, without Python's start-up).
+the embedded SQLite store, one etcd member, a three-member etcd, one ZooKeeper server and a three-member ZooKeeper
+ensemble; then the cluster handlers in process (what a CNI daemon pays per call, without Python's start-up).
 Throughput: ``--hosts`` processes (one per simulated host) each allocating ``--per-host`` addresses in process,
-all at once, into one pool in /26 blocks; allocations per second over the whole run, on SQLite and 3-member etcd.
+all at once, into one pool in /26 blocks; allocations per second over the whole run, on SQLite, 3-member etcd and
+3-member ZooKeeper.
 Run: ``.venv/bin/python bench/ipam_cluster_bench.py [--count 100] [--hosts 16] [--per-host 50]``
 """
 from __future__ import annotations
@@ -114,10 +115,13 @@ def main() -> int:
     parser.add_argument("--per-host", type=int, default=50)
     args = parser.parse_args()
     from tests.etcd_harness import start_etcd
+    from tests.zk_harness import start_zookeeper
 
     with tempfile.TemporaryDirectory(prefix="berth-ipam-cluster-bench-") as root, contextlib.ExitStack() as stack:
         etcd1 = stack.enter_context(start_etcd(1))
         etcd3 = stack.enter_context(start_etcd(3))
+        zk1 = stack.enter_context(start_zookeeper(1))
+        zk3 = stack.enter_context(start_zookeeper(3))
         sqlite = f"sqlite://{root}/bench.db"
         print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
         tools = [("reference host-local", HOST_LOCAL, config(f"{root}/ref")),
@@ -125,13 +129,17 @@ def main() -> int:
                  ("berth-ipam cluster, SQLite", BERTH_IPAM, config(f"{root}/c1", sqlite)),
                  ("berth-ipam cluster, etcd 1 member", BERTH_IPAM, config(f"{root}/c2", etcd1.url)),
                  ("berth-ipam cluster, etcd 3 members", BERTH_IPAM, config(f"{root}/c3", etcd3.url)),
+                 ("berth-ipam cluster, ZooKeeper 1 server", BERTH_IPAM, config(f"{root}/c6", zk1.url)),
+                 ("berth-ipam cluster, ZooKeeper 3 members", BERTH_IPAM, config(f"{root}/c7", zk3.url)),
                  ("in process: cluster, SQLite", None, config(f"{root}/c4", f"sqlite://{root}/inproc.db")),
-                 ("in process: cluster, etcd 3 members", None, config(f"{root}/c5", etcd3.url, "benchinproc"))]
+                 ("in process: cluster, etcd 3 members", None, config(f"{root}/c5", etcd3.url, "benchinproc")),
+                 ("in process: cluster, ZooKeeper 3 members", None, config(f"{root}/c8", zk3.url, "benchinproc"))]
         latency(tools, args.count)
         print(f"\nthroughput: {args.hosts} host processes x {args.per_host} ADDs in process, all at once")
-        for label, url in (("SQLite", f"sqlite://{root}/throughput.db"), ("etcd 3 members", etcd3.url)):
-            rate, wall = throughput(url, args.hosts, args.per_host, f"{root}/{label[:4]}")
-            print(f"  {label:16} {rate:8.1f} allocations/s ({args.hosts * args.per_host} in {wall:.2f} s)")
+        for label, url in (("SQLite", f"sqlite://{root}/throughput.db"), ("etcd 3 members", etcd3.url),
+                           ("ZooKeeper 3 members", zk3.url)):
+            rate, wall = throughput(url, args.hosts, args.per_host, f"{root}/{label.split()[0]}")
+            print(f"  {label:20} {rate:8.1f} allocations/s ({args.hosts * args.per_host} in {wall:.2f} s)")
         print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -45,29 +45,27 @@ a server whose ``jute.maxbuffer`` is too small for a request drops the connectio
 only as unavailability; a znode version is a signed 32-bit number, so a root takes 2**31 - 1 writes.
 
 Files: ``zookeeper_client`` (kazoo with deadlines), ``zookeeper_codec`` (paths and encodings),
-``zookeeper_txn`` (planning one write), ``zookeeper_leases``, ``zookeeper_watch``.
+``zookeeper_txn`` (planning and committing one write, lost answers resolved), ``zookeeper_leases``, ``zookeeper_watch``.
 """
 from __future__ import annotations
 
 import logging
 import math
 import random
-import secrets
 import time
 from typing import Callable, Sequence
 from urllib.parse import parse_qs, urlparse
 
-from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError, RolledBackError,
-                              RuntimeInconsistency)
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
-from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, LeaseNotFound, OutcomeUnknown, Put,
-                       StoreError, StoreUnavailable, TxnResult)
+from store.api import (Compacted, Compare, Delete, InvalidRequest, KeyValue, Lease, Put, StoreError, StoreUnavailable,
+                       TxnResult)
 from store.common import (DerivedCalls, OpenWatches, check_compares, check_key, check_lease_id, check_ops,
                           check_revision, check_ttl, check_value, compare_holds)
-from store.zookeeper_client import SESSION_TIMEOUT, TRANSIENT, Calls, connect
-from store.zookeeper_codec import LogEntry, Paths, name_to_key, pack_entry, unpack_entry, unpack_node
+from store.zookeeper_client import SESSION_TIMEOUT, Calls, connect
+from store.zookeeper_codec import LogEntry, Paths, name_to_key, unpack_entry, unpack_node
 from store.zookeeper_leases import ZkLeases
-from store.zookeeper_txn import Op, WritePlan
+from store.zookeeper_txn import WriteConflict, WritePlan, commit
 
 CALL_TIMEOUT = 5.0        # seconds one request may take
 BUDGET = 15.0             # seconds a call keeps retrying through reconnects (an election takes a few seconds)
@@ -76,10 +74,6 @@ DEFAULT_HISTORY = 10_000  # revisions of change log kept for watches that fall b
 COMPACT_EVERY = 64        # revisions between automatic compactions
 PIPELINE = 256            # requests sent together at most
 log = logging.getLogger(__name__)
-
-
-class WriteConflict(Exception):
-    """The counter moved since the plan read it: plan again."""
 
 
 def parse_url(url: str) -> tuple[str, str, float, int, float]:
@@ -149,8 +143,13 @@ class ZkStore(DerivedCalls):
         return self.calls.client
 
     def _prepare_layout(self) -> None:
-        self.client.ensure_path(self.paths.root)
-        for path in self.paths.layout():
+        """Create the root's nodes that are missing. Every session starts here (a CNI call opens one), so the
+        usual case, all of them there, costs one pipelined round of reads instead of a write per node."""
+        found = self.calls.get_many([self.paths.root, *self.paths.layout()])
+        missing = [path for path, hit in zip(self.paths.layout(), found[1:]) if hit is None]
+        if found[0] is None:
+            self.client.ensure_path(self.paths.root)
+        for path in missing:
             try:
                 self.calls.create(path, b"0" if path in (self.paths.counter, self.paths.compacted) else b"")
             except NodeExistsError:
@@ -182,6 +181,27 @@ class ZkStore(DerivedCalls):
         """Every key the store holds (decoded), in no order."""
         names = self.calls.retrying("list keys", lambda: self.calls.children(self.paths.keys))
         return [key for key in map(name_to_key, names) if key is not None]
+
+    def revision_and_names(self) -> tuple[int, list[str]]:
+        """The revision, then every key's name as it is at it or later, in one round trip."""
+        def attempt():
+            counter = self.client.get_async(self.paths.counter)
+            names = self.client.get_children_async(self.paths.keys)
+            return self.calls.wait(counter, "read revision")[1].version, self.calls.wait(names, "list keys")
+
+        revision, names = self.calls.retrying("list keys", attempt)
+        return revision, [key for key in map(name_to_key, names) if key is not None]
+
+    def keys_and_revision(self, keys: list[str]) -> tuple[list[KeyValue | None], int]:
+        """``keys``, then the revision as it is after those reads, the last reads and the revision sent
+        together (answered in order, so the revision is never older than what the reads saw)."""
+        split = max(0, len(keys) - PIPELINE + 1)
+        found = self.read_keys(keys[:split])
+        last = keys[split:]
+        hits = self.calls.retrying("get", lambda: self.calls.get_many([*map(self.paths.key, last), self.paths.counter]))
+        if hits[-1] is None:
+            raise StoreError(f"zookeeper {self.hosts}: {self.paths.counter} is missing: not a Berth store root")
+        return found + [unpack_node(key, hit[0]) if hit else None for key, hit in zip(last, hits)], hits[-1][1].version
 
     def revision_and_entry(self, revision: int, watch: Callable) -> tuple[int, list[LogEntry] | None]:
         """The current revision (arming ``watch`` on the counter) and, in the same round trip, the log entry
@@ -227,16 +247,15 @@ class ZkStore(DerivedCalls):
         return self.snapshot(prefix)
 
     def snapshot(self, prefix: str) -> tuple[list[KeyValue], int]:
-        """The keys under ``prefix`` exactly as they stood at the revision returned.
+        """The keys under ``prefix`` exactly as they stood at the revision returned, in two round trips.
 
         The listing and the node reads happen between two reads of the counter; when it moved meanwhile,
         the log entries in between say what each touched key was at the later revision."""
         deadline = time.monotonic() + self.calls.budget
         while True:
-            first = self.revision()
-            keys = [key for key in self.key_names() if key.startswith(prefix)]
-            state = {kv.key: kv for kv in self.read_keys(keys) if kv is not None}
-            last = self.revision()
+            first, names = self.revision_and_names()
+            found, last = self.keys_and_revision([key for key in names if key.startswith(prefix)])
+            state = {kv.key: kv for kv in found if kv is not None}
             entries = self.read_entries(first + 1, last) if last > first else []
             if entries is not None:
                 for entry in entries:
@@ -268,7 +287,7 @@ class ZkStore(DerivedCalls):
             plan = WritePlan(self, revision, before=dict(zip(dict.fromkeys(prefetch), found)))
             result = plan_body(plan)
             try:
-                self._commit(what, plan)
+                commit(self, what, plan)
             except WriteConflict:
                 attempt += 1
                 if time.monotonic() > deadline:
@@ -278,58 +297,6 @@ class ZkStore(DerivedCalls):
             if plan.events and plan.revision % COMPACT_EVERY == 0 and plan.revision > self.history:
                 self._compact_quietly(plan.revision - self.history)
             return result, plan
-
-    def _commit(self, what: str, plan: WritePlan) -> None:
-        if self.calls.closed:
-            raise StoreError(f"zookeeper {self.hosts}: {what}: the store is closed")
-        token = secrets.randbits(63)
-        ops = plan.requests(pack_entry(token, plan.revision, plan.events))
-        try:
-            results = self.calls.wait(self._transaction(ops).commit_async(), what)
-        except TRANSIENT as exc:
-            if not plan.events:
-                raise WriteConflict() from exc  # nothing written either way: plan again
-            if self._committed(plan.revision, token, what):
-                return
-            raise WriteConflict() from exc
-        except KazooException as exc:  # the client was closed, or an error no retry cures
-            raise StoreError(f"zookeeper {self.hosts}: {what}: {type(exc).__name__}: {exc}") from exc
-        failure = next(((op, result) for op, result in zip(ops, results)
-                        if isinstance(result, Exception)
-                        and not isinstance(result, (RolledBackError, RuntimeInconsistency))), None)
-        if failure is None:
-            return
-        op, error = failure
-        if op.meaning == "counter" and isinstance(error, BadVersionError):
-            raise WriteConflict()
-        if op.meaning == "lease" and isinstance(error, (NoNodeError, BadVersionError)):
-            raise LeaseNotFound(f"zookeeper: {what}: a lease this write needs is gone (expired or revoked)")
-        if isinstance(error, (NoNodeError, NodeExistsError, BadVersionError)):
-            raise WriteConflict()
-        raise StoreError(f"zookeeper {self.hosts}: {what}: {op.kind} {op.path}: {type(error).__name__}")
-
-    def _transaction(self, ops: list[Op]):
-        transaction = self.client.transaction()
-        for op in ops:
-            if op.kind == "set":
-                transaction.set_data(op.path, op.data, version=op.version)
-            elif op.kind == "check":
-                transaction.check(op.path, op.version)
-            elif op.kind == "create":
-                transaction.create(op.path, op.data)
-            else:
-                transaction.delete(op.path, version=op.version)
-        return transaction
-
-    def _committed(self, revision: int, token: int, what: str) -> bool:
-        """After a lost answer: did our multi take ``revision``? Its log entry carries our token if so."""
-        found = self.calls.retrying(f"{what} (resolving a lost answer)",
-                                    lambda: self.calls.get_many([self.paths.entry(revision)]))[0]
-        if found is not None:
-            return unpack_entry(found[0]).token == token
-        if self.revision() >= revision:  # taken and already compacted: nobody can say whose it was
-            raise OutcomeUnknown(f"zookeeper {self.hosts}: {what}: outcome unknown (connection lost)")
-        return False
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         check_key(key)

@@ -5,17 +5,27 @@ applies the operations in order to an in-memory overlay, and records each change
 multi it yields first sets the counter *if its version is still* ``base``: when that holds at commit, no
 other write came in between, so every read the plan made saw exactly revision ``base``. A plan that changed
 nothing only checks the counter, which still proves its reads (compares that failed) were current.
+:func:`commit` sends it; a multi whose answer was lost is settled by finding its log entry's token.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from store.api import Delete, KeyValue, LeaseNotFound, Put
-from store.zookeeper_codec import LoggedEvent, pack_node
+from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError, RolledBackError,
+                              RuntimeInconsistency)
+
+from store.api import Delete, KeyValue, LeaseNotFound, OutcomeUnknown, Put, StoreError
+from store.zookeeper_client import TRANSIENT
+from store.zookeeper_codec import LoggedEvent, pack_entry, pack_node, unpack_entry
 
 if TYPE_CHECKING:
     from store.zookeeper import ZkStore
+
+
+class WriteConflict(Exception):
+    """The counter moved since the plan read it: plan again."""
 
 
 @dataclass
@@ -124,3 +134,75 @@ class WritePlan:
         ops += self.extra
         ops.append(Op("create", paths.entry(self.revision), log_entry))
         return ops
+
+
+def commit(store: "ZkStore", what: str, plan: WritePlan) -> None:
+    """Commit ``plan`` as one multi; :class:`WriteConflict` when it must be planned again (another write came
+    first, or the answer was lost and the write did not take its revision)."""
+    if store.calls.closed:
+        raise StoreError(f"zookeeper {store.hosts}: {what}: the store is closed")
+    token = secrets.randbits(63)
+    ops = plan.requests(pack_entry(token, plan.revision, plan.events))
+    try:
+        results = store.calls.wait(_transaction(store.client, ops).commit_async(), what)
+    except TRANSIENT as exc:
+        if not plan.events:
+            raise WriteConflict() from exc  # nothing written either way: plan again
+        if _committed(store, plan.revision, token, what):
+            return
+        raise WriteConflict() from exc
+    except KazooException as exc:  # the client was closed, or an error no retry cures
+        raise StoreError(f"zookeeper {store.hosts}: {what}: {type(exc).__name__}: {exc}") from exc
+    failure = next(((op, result) for op, result in zip(ops, results)
+                    if isinstance(result, Exception)
+                    and not isinstance(result, (RolledBackError, RuntimeInconsistency))), None)
+    if failure is None:
+        return
+    op, error = failure
+    if op.meaning == "counter" and isinstance(error, BadVersionError):
+        raise WriteConflict()
+    if op.meaning == "lease" and isinstance(error, (NoNodeError, BadVersionError)):
+        raise LeaseNotFound(f"zookeeper: {what}: a lease this write needs is gone (expired or revoked)")
+    if isinstance(error, (NoNodeError, NodeExistsError, BadVersionError)):
+        raise WriteConflict()
+    raise StoreError(f"zookeeper {store.hosts}: {what}: {op.kind} {op.path}: {type(error).__name__}")
+
+
+def _transaction(client, ops: list[Op]):
+    transaction = client.transaction()
+    for op in ops:
+        if op.kind == "set":
+            transaction.set_data(op.path, op.data, version=op.version)
+        elif op.kind == "check":
+            transaction.check(op.path, op.version)
+        elif op.kind == "create":
+            transaction.create(op.path, op.data)
+        else:
+            transaction.delete(op.path, version=op.version)
+    return transaction
+
+
+def _committed(store: "ZkStore", revision: int, token: int, what: str) -> bool:
+    """After a lost answer: did our multi take ``revision``? Its log entry carries our token if so.
+
+    A ``sync`` goes first, in the same pipelined round: the session may now be on a server that has not
+    yet applied what the leader committed (it never saw our write's answer, so ZooKeeper lets it reconnect
+    to one behind that write), and an entry missing only there would be taken for a write that failed: the
+    write would be planned again, meet its own result and report a lost race."""
+    def read_after_sync() -> tuple[bytes | None, int]:
+        synced = store.client.sync_async(store.paths.counter)
+        entry = store.client.get_async(store.paths.entry(revision))
+        counter = store.client.get_async(store.paths.counter)
+        store.calls.wait(synced, "sync")
+        try:
+            data = store.calls.wait(entry, "read change log")[0]
+        except NoNodeError:
+            data = None
+        return data, store.calls.wait(counter, "read revision")[1].version
+
+    data, current = store.calls.retrying(f"{what} (resolving a lost answer)", read_after_sync)
+    if data is not None:
+        return unpack_entry(data).token == token
+    if current >= revision:  # taken and already compacted: nobody can say whose it was
+        raise OutcomeUnknown(f"zookeeper {store.hosts}: {what}: outcome unknown (connection lost)")
+    return False

@@ -25,6 +25,7 @@ from ipam.cluster import host_key, network_prefix
 from tests.conftest import REPO_ROOT, VENV_BIN, NetnsFactory, plugin_path, run, unique_name
 from tests.etcd_harness import start_etcd
 from tests.waiting import wait_until
+from tests.zk_harness import start_zookeeper
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.service]
 
@@ -61,12 +62,14 @@ def wire():
         factory.cleanup()
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd),
+                                        pytest.param("zk", marks=pytest.mark.zk)])
 def store_url(request, wire, tmp_path_factory):
     if request.param == "sqlite":
         yield f"sqlite://{tmp_path_factory.mktemp('bt-ipam')}/bt-ipam.db"
         return
-    cluster = start_etcd(3, host=HUB_ADDRESS, netns=wire[0])
+    start = start_etcd if request.param == "etcd" else start_zookeeper
+    cluster = start(3, host=HUB_ADDRESS, netns=wire[0])
     try:
         yield cluster.url
     finally:

@@ -15,15 +15,18 @@ from ipam.errors import RangeExhausted
 from ipam.store import Attachment
 from store.api import open_store
 from tests.etcd_harness import etcd_server  # noqa: F401  (fixture)
+from tests.zk_harness import zk_server  # noqa: F401  (fixture)
 from tests.ports import free_port
 
 
-@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd),
+                        pytest.param("zk", marks=[pytest.mark.zk, pytest.mark.service])])
 def url(request, tmp_path):
-    """The embedded store, or one real etcd member per module (each test a network of its own there)."""
+    """The embedded store, or one real etcd member or ZooKeeper server per module (tests share it: each empties
+    the IPAM keys first)."""
     if request.param == "sqlite":
         return f"sqlite://{tmp_path}/bt-ipam.db"
-    server = request.getfixturevalue("etcd_server")
+    server = request.getfixturevalue("etcd_server" if request.param == "etcd" else "zk_server")
     with open_store(server.url) as store:
         store.delete("/berth/ipam/", prefix=True)  # tests share the member: each starts from an empty pool
     return server.url

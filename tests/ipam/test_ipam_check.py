@@ -1,9 +1,10 @@
-"""``berth ipam check`` over a real SQLite store that cluster IPAM wrote: leaks found exactly, released only with
---yes, nothing freed that a live agent registers or that is younger than --min-age, departed hosts' emptied blocks
-given back."""
+"""``berth ipam check`` over a real SQLite store and a real ZooKeeper server that cluster IPAM wrote: leaks found
+exactly, released only with --yes, nothing freed that a live agent registers or that is younger than --min-age,
+departed hosts' emptied blocks given back."""
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 
@@ -14,6 +15,7 @@ from ipam.cluster import ClusterStore, host_key, network_prefix
 from ipam.config import parse_ipam_config
 from ipam.store import Attachment
 from store.api import open_store
+from tests.zk_harness import zk_server  # noqa: F401  (fixture)
 
 
 def host_store(url, tmp_path, host):
@@ -32,9 +34,12 @@ def check(capsys, url, *extra):
     return code, json.loads(capsys.readouterr().out)
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite://{tmp_path}/bt-check.db"
+@pytest.fixture(params=["sqlite", pytest.param("zk", marks=[pytest.mark.zk, pytest.mark.service])])
+def url(request, tmp_path):
+    """The embedded store, or a root of its own on one ZooKeeper server per module."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/bt-check.db"
+    return f"{request.getfixturevalue('zk_server').url}/bt-check-{secrets.token_hex(4)}"
 
 
 @pytest.fixture

@@ -150,6 +150,32 @@ def test_txn_writes_all_operations_at_one_revision(store, prefix):
                                                          (prefix + "new/2", result.revision)]
 
 
+def test_a_listing_taken_during_writes_is_the_state_at_its_revision(store_url, store, prefix):
+    """Every write sets both keys to its own number in one transaction: a listing that mixed two revisions
+    (read part before a write, part after) would show them apart."""
+    writes = 150
+    done = threading.Event()
+
+    def write() -> None:
+        with open_store(store_url) as writer:
+            for n in range(1, writes + 1):
+                writer.txn([], [Put(prefix + "a", str(n).encode()), Put(prefix + "b", str(n).encode())])
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    listings = []
+    try:
+        while not done.is_set() or not listings:
+            listings.append(store.get_prefix(prefix))
+    finally:
+        thread.join(WAIT)
+    for kvs, revision in listings:
+        assert len({kv.value for kv in kvs}) <= 1 and all(kv.mod_revision <= revision for kv in kvs), (kvs, revision)
+    final, _ = store.get_prefix(prefix)
+    assert [kv.value for kv in final] == [str(writes).encode()] * 2
+
+
 def test_txn_takes_up_to_128_operations(store, prefix):
     result = store.txn([], [Put(f"{prefix}{index:03d}", b"v") for index in range(128)])
     assert result.succeeded

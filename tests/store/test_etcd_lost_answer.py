@@ -7,72 +7,14 @@ race; the store must report the win, exactly once.
 """
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import grpc
 import pytest
 
 from store.api import Compare, Delete, OutcomeUnknown, open_store
 from store.etcd import EtcdStore
-from tests.store.conftest import WAIT
+from tests.store.relay import Relay, lose_the_answer
 
 pytestmark = [pytest.mark.etcd]
-
-
-class Relay:
-    """Loopback TCP relay to ``upstream``; :meth:`hold_replies` buffers what the server sends, :meth:`cut`
-    drops every open connection (and whatever it held)."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.holding = threading.Event()
-        self.lock = threading.Lock()
-        self.pairs: list[tuple[socket.socket, socket.socket]] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            with self.lock:
-                self.pairs.append((client, server))
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if replies and self.holding.is_set():
-                    continue  # held back, and dropped when the connection is cut
-                sink.sendall(data)
-        except OSError:
-            pass
-
-    def hold_replies(self) -> None:
-        self.holding.set()
-
-    def cut(self) -> None:
-        with self.lock:
-            pairs, self.pairs = self.pairs, []
-        for pair in pairs:
-            for sock in pair:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-        self.holding.clear()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
 
 
 @pytest.fixture
@@ -92,30 +34,6 @@ def direct(etcd_server):
         yield store
     finally:
         store.close()
-
-
-def lose_the_answer(relay: Relay, direct, key: str, write) -> list:
-    """Run ``write`` through the relay; cut the connection once ``key`` is seen changed in etcd."""
-    before = direct.get(key)
-    outcome: list = []
-    relay.hold_replies()
-    thread = threading.Thread(target=lambda: outcome.append(_result_of(write)))
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while direct.get(key) == before:
-        assert time.monotonic() < deadline, "the transaction never reached etcd"
-        time.sleep(0.01)
-    relay.cut()
-    thread.join(WAIT)
-    assert not thread.is_alive()
-    return outcome
-
-
-def _result_of(write):
-    try:
-        return write()
-    except Exception as exc:  # noqa: BLE001 - handed to the test's assertion
-        return exc
 
 
 def test_create_whose_answer_is_lost_reports_the_win(relay, direct, prefix):
