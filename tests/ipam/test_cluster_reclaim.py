@@ -19,6 +19,7 @@ from ipam.store import Attachment
 from store.api import open_store
 from tests.conftest import REPO_ROOT, VENV_BIN, plugin_path
 from tests.etcd_harness import etcd_server  # noqa: F401  (fixture)
+from tests.zk_harness import zk_server  # noqa: F401  (fixture)
 from tests.ipam.test_cluster_store import Clock, added, call, cluster_store, conf, owners, take, url  # noqa: F401
 
 
