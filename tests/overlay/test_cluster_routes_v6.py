@@ -1,7 +1,8 @@
 """Cluster IPAM's IPv6 blocks routed by the overlay, for real: the three simulated hosts of test_cluster_routes
 (IPv4 underlay, one VXLAN device each), a dual-stack pool, containers added with the real plugins. IPv6 blocks
 get routes on peers via the owner VTEP's link-local address, containers on different hosts ping each other over
-IPv6, a borrowed IPv6 address is reached at its holder, and a released IPv6 block's route leaves the peers.
+IPv6, drift is repaired, a borrowed IPv6 address is reached at its holder, and a released IPv6 block's route and a
+departed host's routes leave the peers.
 SQLite only: the etcd variant of the IPv4 module already covers the store side, which is the same for both
 families."""
 from __future__ import annotations
@@ -53,9 +54,19 @@ def vtep_hop(host) -> str:
     return str(vtep_link_local(ip_json(host.netns, "link", "show", "berth.1")[0]["address"]))
 
 
+def neighbours6_on(host) -> dict[str, str]:
+    """The permanent IPv6 neighbours on ``host``'s VXLAN device: next hop -> VTEP MAC."""
+    return {n["dst"]: n.get("lladdr") for n in ip_json(host.netns, "-6", "neigh", "show", "dev", "berth.1")
+            if "PERMANENT" in n.get("state", [])}
+
+
+def ip_in(host, *argv: str) -> None:
+    subprocess.run(["ip", "-n", host.netns, *argv], check=True, capture_output=True)
+
+
 @pytest.fixture
 def cluster(make_sim, sqlite_url):
-    return make_sim(sqlite_url, hosts=3)
+    return make_sim(sqlite_url, hosts=3, daemon_args=("--resync-interval", "1"))
 
 
 def test_containers_on_ipv6_blocks_of_different_hosts_reach_each_other(cluster, netns, tmp_path):
@@ -87,12 +98,20 @@ def test_containers_on_ipv6_blocks_of_different_hosts_reach_each_other(cluster, 
 
     wait_until(routed_everywhere, what="peers routing every remote IPv6 block via its owner VTEP's link-local")
     assert blocks["c2"] not in routes6_on(h2)  # a host's own block stays on its bridge
-    neighbours = {n["dst"]: n.get("lladdr") for n in ip_json(h2.netns, "-6", "neigh", "show", "dev", "berth.1")}
-    assert {hop[h1.label], hop[h3.label]} <= set(neighbours)
+    assert set(neighbours6_on(h2)) == {hop[h1.label], hop[h3.label]}
 
     ns = {name: entry[1] for name, entry in added.items()}
     assert ping6(ns["c2"], ip1) and ping6(ns["c2"], ip3), "h2's container reaching h1's and h3's over VXLAN"
     assert ping6(ns["c3"], ip1), "h3 -> h1"
+
+    # drift: what someone removed comes back and what someone added goes, at the next kernel check
+    routes, neighbours = routes6_on(h2), neighbours6_on(h2)
+    ip_in(h2, "-6", "route", "del", blocks["c1"])
+    ip_in(h2, "-6", "neigh", "del", hop[h1.label], "dev", "berth.1")
+    ip_in(h2, "-6", "route", "add", "fd00:216::dead:0/125", "via", "fe80::1", "dev", "berth.1", "proto", "77")
+    wait_until(lambda: routes6_on(h2) == routes and neighbours6_on(h2) == neighbours,
+               what="h2's IPv6 block route and next hop repaired, the foreign route removed")
+    assert ping6(ns["c2"], ip1)
 
     # a borrowed IPv6 address (h3 takes one in h1's block): a /128 to h3 on the peers, on h3 a /128 onto its bridge
     block1 = ipaddress.ip_network(blocks["c1"])
@@ -121,3 +140,12 @@ def test_containers_on_ipv6_blocks_of_different_hosts_reach_each_other(cluster, 
     assert routes6_on(h2).get(blocks["c1"]) == hop[h1.label]  # h1's other block stays routed
     assert routes6_on(h2).get(host_route) == hop[h3.label]  # the borrowed one follows its holder
     assert ping6(ns["c2"], ip1) and ping6(ns["c1"], ip2)
+
+    # a host gone (its daemon killed, its lease expired): its IPv6 block, the address it borrowed and its next hop
+    # leave every peer
+    h3.kill()
+    wait_until(lambda: all(dst not in routes6_on(peer) and hop[h3.label] not in neighbours6_on(peer)
+                           for dst in (blocks["c3"], host_route) for peer in (h1, h2)),
+               what="the departed host's IPv6 routes and next hop removed", timeout=30)
+    assert routes6_on(h1).get(blocks["c2"]) == hop[h2.label]
+    assert ping6(ns["c1"], ip2) and ping6(ns["c2"], ip1)
