@@ -72,7 +72,7 @@ def cluster(make_sim, sqlite_url):
 def test_containers_on_ipv6_blocks_of_different_hosts_reach_each_other(cluster, netns, tmp_path):
     h1, h2, h3 = cluster.hosts
     hop = {host.label: vtep_hop(host) for host in cluster.hosts}
-    added = {}
+    added, results = {}, {}
 
     def add(host, name, **args):
         ns = netns("ctr")
@@ -86,8 +86,13 @@ def test_containers_on_ipv6_blocks_of_different_hosts_reach_each_other(cluster, 
         assert res["routes"][:2] == [{"dst": "fd00:216::1/128", "scope": 253},
                                      {"dst": POOL6, "gw": "fd00:216::1", "priority": 128}]
         added[name] = (host, ns, v6.ip)
+        results[name] = res
         return v6.ip
 
+    # a VXLAN device without IPv6 (a host whose default disables it) carries none: the daemon turns it on once a
+    # pool is dual-stack, or h2 could neither send nor receive IPv6 below
+    subprocess.run(["ip", "netns", "exec", h2.netns, "sysctl", "-qw", "net.ipv6.conf.berth/1.disable_ipv6=1"],
+                   check=True)
     ip1, ip2, ip3 = add(h1, "c1"), add(h2, "c2"), add(h3, "c3")
     blocks = {name: block6_of(ip) for name, (_h, _ns, ip) in added.items()}
     assert len(set(blocks.values())) == 3, blocks
@@ -103,6 +108,9 @@ def test_containers_on_ipv6_blocks_of_different_hosts_reach_each_other(cluster, 
     ns = {name: entry[1] for name, entry in added.items()}
     assert ping6(ns["c2"], ip1) and ping6(ns["c2"], ip3), "h2's container reaching h1's and h3's over VXLAN"
     assert ping6(ns["c3"], ip1), "h3 -> h1"
+    check = {**host_config(tmp_path, h2, cluster.store_url), "prevResult": results["c2"]}
+    rc, out = cni("CHECK", check, host=h2.netns, container_id="btc2", netns=netns.path(ns["c2"]))
+    assert rc == 0, out  # CHECK finds the on-link gateway route and the subnet route it expects
 
     # drift: what someone removed comes back and what someone added goes, at the next kernel check
     routes, neighbours = routes6_on(h2), neighbours6_on(h2)
@@ -130,7 +138,7 @@ def test_containers_on_ipv6_blocks_of_different_hosts_reach_each_other(cluster, 
     assert add(h1, "c1b", ips=[str(far)]) == far
     wait_until(lambda: all(routes6_on(peer).get(block6_of(far)) == hop[h1.label] for peer in (h2, h3)),
                what="h1's second IPv6 block routed on the peers")
-    assert ping6(ns["c2"], far)
+    assert ping6(ns["c2"], far) and ping6(ns["c1"], far), "h1's second block from h2, and from h1's first block"
     rc, out = cni("DEL", host_config(tmp_path, h1, cluster.store_url), host=h1.netns, container_id="btc1b",
                   netns=netns.path(added["c1b"][1]))
     assert rc == 0, out
