@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from overlay.blocks import vtep_link_local
 from overlay.config import VXLAN_OVERHEAD
 from overlay.reconcile import FdbEntry, KernelState, Neighbour, Plan, Route
 
@@ -200,17 +201,18 @@ def _tolerate(call, *args, **kwargs) -> None:
 
 
 def devices_holding(ipr, addresses) -> dict:
-    """Which local device carries each of ``addresses`` (IPv4 or IPv6; one address dump): the bridge that is a
-    cluster pool's gateway on this host. Addresses no device carries are left out."""
+    """Which local device carries each of ``addresses`` (IPv4 or IPv6; one address dump per family asked for): the
+    bridge that is a cluster pool's gateway on this host. Addresses no device carries are left out."""
     wanted = {ipaddress.ip_address(a) for a in addresses}
     if not wanted:
         return {}
     names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
     found = {}
-    for addr in ipr.get_addr():
-        ip = ipaddress.ip_address(addr.get("IFA_ADDRESS") or "0.0.0.0")
-        if ip in wanted and addr["index"] in names:
-            found[ip] = names[addr["index"]]
+    for family in sorted({_family(a) for a in wanted}):
+        for addr in ipr.get_addr(family=family):
+            ip = ipaddress.ip_address(addr.get("IFA_ADDRESS"))
+            if ip in wanted and addr["index"] in names:
+                found[ip] = names[addr["index"]]
     return found
 
 
@@ -219,8 +221,6 @@ def enable_ipv6(ipr, device: str, index: int, mac: str) -> None:
     IPv6 disabled neither sends nor accepts it. Only this device's sysctl: IPv6 forwarding is the bridge plugin's
     (on at a container's ADD, as the reference bridge does), so a host without IPv6 containers keeps its own
     router-advertisement behaviour."""
-    from overlay.blocks import vtep_link_local
-
     path = f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6"
     try:
         with open(path, "r+") as handle:
