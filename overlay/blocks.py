@@ -13,13 +13,14 @@ device, via the peer VTEP's IPv6 link-local address: the EUI-64 address of the V
 carries (:func:`vtep_link_local`), with a permanent IPv6 neighbour entry for it and the peer's FDB entry. Linux
 refuses an IPv6 route through an IPv4 gateway (``RTA_VIA``: "IPv6 does not support RTA_VIA attribute"; through a
 nexthop object: "IPv6 routes can not use an IPv4 nexthop", 6.18), so an IPv6 next hop it must be; a link-local one
-is valid on the VXLAN device by definition, needs no address plan, no new lease field and nothing from peers that
-run an older daemon beyond the MAC. With direct routing, IPv6 still goes over the VXLAN device: the underlay is
+is valid on the VXLAN device by definition and needs no address plan and no new lease field (flannel instead gives
+each VTEP an address from the host's IPv6 lease). With direct routing, IPv6 still goes over the VXLAN device: the underlay is
 IPv4 and a peer's underlay IPv6 address is unknown.
 
 ``BlockView`` follows ``/berth/ipam/networks/`` (through :class:`store.follower.Follower`) and keeps only what
-routing needs: claims and the holders of borrowed addresses. ``block_routes`` turns it and the peers into routes
-that :func:`overlay.reconcile.plan` diffs with the kernel together with the peers' own.
+routing needs: claims and the holders of borrowed addresses. ``block_state`` turns it and the peers into routes
+(``block_routes``) and the IPv6 next hops' neighbour and FDB entries, which :func:`overlay.reconcile.plan` diffs
+with the kernel together with the peers' own.
 """
 from __future__ import annotations
 
