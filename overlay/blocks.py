@@ -14,8 +14,8 @@ carries (:func:`vtep_link_local`), with a permanent IPv6 neighbour entry for it 
 refuses an IPv6 route through an IPv4 gateway (``RTA_VIA``: "IPv6 does not support RTA_VIA attribute"; through a
 nexthop object: "IPv6 routes can not use an IPv4 nexthop", 6.18), so an IPv6 next hop it must be; a link-local one
 is valid on the VXLAN device by definition and needs no address plan and no new lease field (flannel instead gives
-each VTEP an address from the host's IPv6 lease). With direct routing, IPv6 still goes over the VXLAN device: the underlay is
-IPv4 and a peer's underlay IPv6 address is unknown.
+each VTEP an address from the host's IPv6 lease). With direct routing, IPv6 still goes over the VXLAN device: the
+underlay is IPv4 and a peer's underlay IPv6 address is unknown.
 
 ``BlockView`` follows ``/berth/ipam/networks/`` (through :class:`store.follower.Follower`) and keeps only what
 routing needs: claims and the holders of borrowed addresses. ``block_state`` turns it and the peers into routes
