@@ -1,7 +1,8 @@
 """The bridge plugin's network config, parsed once into a frozen record before any side effect.
 
 Keys, meanings and defaults follow the reference ``bridge`` plugin so an existing conflist works unchanged;
-every error names the key that is wrong.
+every error names the key that is wrong. One key is Berth's own: ``ipv6SubnetViaGateway`` (cluster IPAM's IPv6
+pool spans hosts; berth-overlay sets it).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class BridgeConfig(Record):
     enable_dad: bool = False
     port_isolation: bool = False
     disable_container_interface: bool = False
+    ipv6_subnet_via_gateway: bool = False  # Berth's: see bridge_plan.subnet_via_gateway
     ipam: Mapping[str, object] | None = None
     dns: DNS = DNS()
 
@@ -122,4 +124,5 @@ def parse(config: Mapping[str, object], cni_version: str) -> BridgeConfig:
         vlan_trunk=trunk, preserve_default_vlan=bool_field(config, "preserveDefaultVlan", True),
         macspoofchk=bool_field(config, "macspoofchk"), enable_dad=bool_field(config, "enabledad"),
         port_isolation=bool_field(config, "portIsolation"),
-        disable_container_interface=bool_field(config, "disableContainerInterface"), ipam=ipam, dns=dns)
+        disable_container_interface=bool_field(config, "disableContainerInterface"),
+        ipv6_subnet_via_gateway=bool_field(config, "ipv6SubnetViaGateway"), ipam=ipam, dns=dns)

@@ -17,6 +17,8 @@ from ipam.record import Record, replace
 # Index of each interface in the result, as the reference bridge orders them.
 BRIDGE_IDX, HOST_VETH_IDX, CONTAINER_IDX = 0, 1, 2
 DEFAULT_ROUTES = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+RT_SCOPE_LINK = 253
+SUBNET_VIA_GATEWAY_PRIORITY = 128  # below the 256 of the kernel's on-link IPv6 prefix route, so it wins
 
 
 class AddPlan(Record):
@@ -42,8 +44,26 @@ def _complete_ips(ipam: Result | None, cfg: BridgeConfig) -> tuple[IPConfig, ...
     return tuple(replace(ip, gateway=gateway_for(ip, cfg), interface=CONTAINER_IDX) for ip in ipam.ips)
 
 
+def subnet_via_gateway(ips: tuple[IPConfig, ...]) -> list[Route]:
+    """``ipv6SubnetViaGateway``: the container reaches its own IPv6 subnet through the gateway, not on the link.
+
+    Cluster IPAM's IPv6 pool spans hosts, so most of the container's subnet is elsewhere, and nothing on the bridge
+    answers neighbour solicitations for it (proxy NDP knows single addresses only). So: the gateway on the link
+    (a /128, scope link: a gateway must be reached on-link or no route via it can be added, and the next route
+    would otherwise be the one found for it) and the subnet via the gateway with a metric below the on-link
+    prefix route's. The prefix route stays (the kernel's own), so the address still reads as the result says."""
+    routes = []
+    for ip in ips:
+        if ip.address.version == 6 and ip.gateway is not None:
+            routes.append(Route(dst=ipaddress.ip_network(ip.gateway), scope=RT_SCOPE_LINK))
+            routes.append(Route(dst=ip.address.network, gw=ip.gateway, priority=SUBNET_VIA_GATEWAY_PRIORITY))
+    return routes
+
+
 def _result_routes(ipam: Result | None, ips: tuple[IPConfig, ...], cfg: BridgeConfig) -> tuple[Route, ...]:
     routes = list(ipam.routes) if ipam else []
+    if cfg.ipv6_subnet_via_gateway:
+        routes = subnet_via_gateway(ips) + routes
     if cfg.is_default_gateway:
         for ip in ips:
             default = DEFAULT_ROUTES[ip.address.version]
@@ -53,10 +73,16 @@ def _result_routes(ipam: Result | None, ips: tuple[IPConfig, ...], cfg: BridgeCo
 
 
 def kernel_routes(routes: tuple[Route, ...], ips: tuple[IPConfig, ...]) -> tuple[Route, ...]:
-    """Routes as installed: one without a gateway goes via the first gateway of its family, as ConfigureIface does."""
+    """Routes as installed: one without a gateway goes via the first gateway of its family, as ConfigureIface does,
+    except a route to a gateway itself (on the link: :func:`subnet_via_gateway`; results older than 1.1.0 carry
+    no scope, so the destination says it)."""
+    gateways = {ipaddress.ip_network(ip.gateway) for ip in ips if ip.gateway is not None}
     out = []
     for route in routes:
         gw = route.gw
+        if gw is None and (route.scope == RT_SCOPE_LINK or route.dst in gateways):
+            out.append(replace(route, scope=RT_SCOPE_LINK))
+            continue
         if gw is None:
             gw = next((ip.gateway for ip in ips if ip.address.version == route.dst.version and ip.gateway), None)
         out.append(replace(route, gw=gw))

@@ -17,9 +17,13 @@ pool's gateway (its first address unless ``ipam.ranges`` says otherwise), the sa
 it never leaves a host, because the overlay routes at layer 3 and peers' neighbour entries name VTEPs only. A
 container's address carries the pool's prefix, so it ARPs for containers on other hosts; the bridge answers for
 them (``proxy_arp`` on the bridge, set here after ADD: the kernel answers only for addresses routed out of another
-device, so local containers still answer for themselves). The pool must not overlap the overlay's own network,
-and the bridge masquerades traffic leaving the pool (``ipMasq`` defaults to true; the daemon's rules cover the
-overlay network only).
+device, so local containers still answer for themselves). IPv6 has no such answer for a whole prefix (proxy NDP
+answers only for addresses listed one by one, and every ADD anywhere would change every host's list), so the
+bridge routes the container's IPv6 subnet via the gateway instead (berth-bridge's ``ipv6SubnetViaGateway``, on by
+default here): every pool address, local or remote, goes through the bridge, which routes it on (a local one back
+onto the bridge, after which the host's redirect lets the container go direct). The pool must not overlap the
+overlay's own network, and the bridge masquerades traffic leaving the pool (``ipMasq`` defaults to true; the
+daemon's rules cover the overlay network only).
 """
 from __future__ import annotations
 
@@ -104,6 +108,7 @@ def delegate_config(cfg: OverlayConfig, settings: subnetfile.SubnetFile, req: sk
     conf.setdefault("isDefaultGateway", True)  # traffic leaving the overlay goes via the host, masqueraded there
     if cluster_mode(cfg):
         conf.setdefault("ipMasq", True)  # the daemon's rules know the overlay network, not the pool
+        conf.setdefault("ipv6SubnetViaGateway", True)  # no proxy NDP for a prefix: see the module's docstring
         ipam = {k: v for k, v in cfg.ipam.items()}
         ipam.setdefault("type", DEFAULT_IPAM)
         conf["ipam"] = ipam

@@ -93,6 +93,8 @@ def ensure_bridge(nl: rtnl.Rtnl, spec: BridgeSpec) -> rtnl.Link:
             nl.ipr.link("set", index=link.index, address=link.mac)
         except rtnl.netlink_errors() as exc:
             raise fail(f"could not fix the MAC of bridge {spec.name}", exc) from None
+        if any(a.version == 6 for a in spec.gateway_addresses):
+            _skip_dad(spec.name)
     if link.kind != "bridge":
         raise HostConflict(f"{spec.name} already exists but is not a bridge", link.kind)
     try:
@@ -105,6 +107,17 @@ def ensure_bridge(nl: rtnl.Rtnl, spec: BridgeSpec) -> rtnl.Link:
     except rtnl.netlink_errors() as exc:
         raise fail(f"could not configure bridge {spec.name}", exc) from None
     return link
+
+
+def _skip_dad(bridge: str) -> None:
+    """A new IPv6 gateway bridge's link-local address usable at once, as its gateway address is (``NODAD``):
+    while that address is tentative the host sends no neighbour solicitation on the bridge for traffic it
+    forwards (their source must be a usable link-local address), so the first packets routed to a container
+    here, from another host or another bridge, are dropped for the second or two DAD takes."""
+    try:
+        netns.write_sysctl(f"net/ipv6/conf/{bridge}/accept_dad", "0")
+    except OSError as exc:
+        raise LinkError(f"bridge {bridge}: turning off DAD for its IPv6 gateway: {exc}") from None
 
 
 def ensure_gateway_addresses(nl: rtnl.Rtnl, index: int, spec: BridgeSpec) -> None:
@@ -228,7 +241,8 @@ def configure_container(netns_path: str, index: int, port: PortSpec, spec: Conta
     if spec.up:
         steps.append(("set link up", rtnl.set_up_request(index)))
     settle = wait_dad and any(a.version == 6 for a in spec.addresses)
-    routes = [(f"add route {r.dst}", rtnl.route_request(index, r.dst, r.gw)) for r in spec.routes]
+    routes = [(f"add route {r.dst}", rtnl.route_request(index, r.dst, r.gw, r.priority, r.scope))
+              for r in spec.routes]
     where = f"{port.ifname} in {netns_path}"
     if not index:
         raise LinkError(f"interface {where} did not appear")

@@ -35,7 +35,7 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO = 1, 
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_BR_VLAN_FILTERING = 1, 2, 7
 IFLA_NET_NS_FD, VETH_INFO_PEER, NLA_F_NESTED = 28, 1, 0x8000
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8           # linux/if_addr.h
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15  # linux/rtnetlink.h
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15  # linux/rtnetlink.h
 IFF_UP = 0x1
 GROUP_LINK = 0x1  # RTMGRP_LINK: link notifications
 RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1  # what pyroute2's route("add") sends by default
@@ -313,16 +313,22 @@ def address_request(index: int, address: ipaddress.IPv4Interface | ipaddress.IPv
 
 
 def route_request(index: int, dst: ipaddress.IPv4Network | ipaddress.IPv6Network,
-                  gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None):
-    """``RTM_NEWROUTE`` in the main table, as pyroute2's ``route("add")`` sends it (proto static, scope global)."""
+                  gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None, priority: int | None = None,
+                  scope: int | None = None):
+    """``RTM_NEWROUTE`` in the main table, as pyroute2's ``route("add")`` sends it (proto static, scope global
+    unless ``scope`` says otherwise); ``priority`` is the metric (None: the kernel's default, 0 for IPv4 and 1024
+    for IPv6)."""
     family = _socket.AF_INET if dst.version == 4 else _socket.AF_INET6
     attrs = [_nla_u32(RTA_TABLE, RT_TABLE_MAIN)]
     if dst.prefixlen:
         attrs.append(_nla(RTA_DST, dst.network_address.packed))
     if gateway is not None:
         attrs.append(_nla(RTA_GATEWAY, gateway.packed))
+    if priority is not None:
+        attrs.append(_nla_u32(RTA_PRIORITY, priority))
     attrs.append(_nla_u32(RTA_OIF, index))
-    body = _RTMSG.pack(family, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, 0, RTN_UNICAST, 0) + b"".join(attrs)
+    body = _RTMSG.pack(family, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, scope or 0, RTN_UNICAST, 0) \
+        + b"".join(attrs)
     return body, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL
 
 

@@ -33,7 +33,7 @@ class PortSpec(Record):
 class ContainerSpec(Record):
     up: bool
     addresses: tuple[IPInterface, ...]
-    routes: tuple  # of routes with ``dst`` and ``gw`` (the CNI result's Route), gateway filled in
+    routes: tuple  # of routes with ``dst``, ``gw``, ``priority``, ``scope`` (the CNI result's Route), gateway filled in
     sysctls: tuple[tuple[str, str], ...]
     nodad: bool                          # IPv6 addresses skip duplicate address detection
 

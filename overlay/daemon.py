@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, replace
 
 from overlay import claim, kernel, masq, metrics, subnetfile
-from overlay.blocks import IPAM_NETWORKS_PREFIX, BlockView, block_routes, gateways_for_borrowed
+from overlay.blocks import IPAM_NETWORKS_PREFIX, BlockView, block_state, gateways_for_borrowed, needs_ipv6
 from overlay.config import DEFAULT_PREFIX, NetworkConfig
 from overlay.lease import subnets_prefix
 from overlay.reconcile import Delta, LeaseWatcher, desired_state, plan
@@ -94,6 +94,7 @@ class OverlayDaemon:
         self._block_follower: Follower | None = None
         self._block_ipr = None
         self._ipam_host_keeper = None
+        self._ipv6_enabled = False  # the VXLAN device carries IPv6 (checked again whenever the kernel is re-read)
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -223,9 +224,13 @@ class OverlayDaemon:
                                 self.underlay.networks if use_direct else ())
         if self._blocks is not None:
             bridges = kernel.devices_holding(ipr, gateways_for_borrowed(self._blocks, self.ipam_host))
-            desired = replace(desired, routes=desired.routes | block_routes(
-                self._blocks, self.watcher.leases.values(), self.ipam_host, self.device, self.underlay.name,
-                self.underlay.networks if use_direct else (), bridges))
+            blocks = block_state(self._blocks, self.watcher.leases.values(), self.ipam_host, self.device,
+                                 self.underlay.name, self.underlay.networks if use_direct else (), bridges)
+            desired = replace(desired, routes=desired.routes | blocks.routes,
+                              neighbours=desired.neighbours | blocks.neighbours, fdb=desired.fdb | blocks.fdb)
+            if needs_ipv6(self._blocks) and (self._programmed is None or not self._ipv6_enabled):
+                kernel.enable_ipv6(ipr, self.device, self.vxlan_index, kernel.existing_mac(ipr, self.device))
+                self._ipv6_enabled = True
         # the kernel is read after a listing (that read also finds entries of hosts gone while this daemon was
         # down); between listings the daemon's own record of what it programmed is enough, and cheaper
         actual = self._programmed if self._programmed is not None else kernel.read_state(ipr, self.vxlan_index)

@@ -2,7 +2,8 @@
 
 Every route the daemon installs carries its own protocol number (``ROUTE_PROTO``), so reading them back finds
 exactly Berth's routes, including those of an earlier run, and nothing an administrator added. Neighbours and FDB
-entries are read from the VXLAN device only, which belongs to the daemon.
+entries are read from the VXLAN device only, which belongs to the daemon. Routes and neighbours are IPv4 and
+IPv6 alike (cluster IPAM's IPv6 blocks, :mod:`overlay.blocks`); the FDB is the IPv4 underlay's.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from overlay.blocks import vtep_link_local
 from overlay.config import VXLAN_OVERHEAD
 from overlay.reconcile import FdbEntry, KernelState, Neighbour, Plan, Route
 
@@ -24,7 +26,8 @@ RT_TABLE_MAIN = 254
 NUD_PERMANENT = 0x80
 RTNH_F_ONLINK = 4
 RT_SCOPE_LINK = 253
-AF_INET = 2
+AF_INET, AF_INET6 = 2, 10
+FAMILIES = (AF_INET, AF_INET6)
 
 
 class KernelError(RuntimeError):
@@ -131,16 +134,18 @@ def _matches(link, spec: VxlanSpec) -> bool:
 def read_state(ipr, vxlan_index: int) -> KernelState:
     names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
     routes = set()
-    for r in ipr.get_routes(family=AF_INET, table=RT_TABLE_MAIN, proto=ROUTE_PROTO):
-        if r["proto"] != ROUTE_PROTO:
-            continue
-        dst = ipaddress.IPv4Network((r.get("dst") or "0.0.0.0", r["dst_len"]))
-        gateway = r.get("gateway")
-        routes.add(Route(dst, ipaddress.IPv4Address(gateway) if gateway else None, names.get(r.get("oif"), "")))
+    for family in FAMILIES:
+        for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN, proto=ROUTE_PROTO):
+            if r["proto"] != ROUTE_PROTO:
+                continue
+            dst = ipaddress.ip_network((r.get("dst") or ("::" if family == AF_INET6 else "0.0.0.0"), r["dst_len"]))
+            gateway = r.get("gateway")
+            routes.add(Route(dst, ipaddress.ip_address(gateway) if gateway else None, names.get(r.get("oif"), "")))
     neighbours = set()
-    for n in ipr.get_neighbours(family=AF_INET, ifindex=vxlan_index):
-        if n["state"] & NUD_PERMANENT and n.get("lladdr") and n["ifindex"] == vxlan_index:
-            neighbours.add(Neighbour(ipaddress.IPv4Address(n.get("dst")), n.get("lladdr")))
+    for family in FAMILIES:
+        for n in ipr.get_neighbours(family=family, ifindex=vxlan_index):
+            if n["state"] & NUD_PERMANENT and n.get("lladdr") and n["ifindex"] == vxlan_index:
+                neighbours.add(Neighbour(ipaddress.ip_address(n.get("dst")), n.get("lladdr")))
     fdb = set()
     for f in ipr.fdb("dump", ifindex=vxlan_index):
         dst = f.get("NDA_DST")
@@ -155,27 +160,36 @@ def apply_plan(ipr, plan: Plan, vxlan_index: int, devices: dict[str, int] | None
     devices = dict(devices or {})
     for route in plan.remove_routes:
         via = {"gateway": str(route.gateway)} if route.gateway is not None else {}
-        _tolerate(ipr.route, "del", dst=str(route.dst), proto=ROUTE_PROTO, table=RT_TABLE_MAIN, **via)
+        _tolerate(ipr.route, "del", dst=str(route.dst), proto=ROUTE_PROTO, table=RT_TABLE_MAIN,
+                  family=_family(route.dst), **via)
     for n in plan.remove_neighbours:
-        _tolerate(ipr.neigh, "del", dst=str(n.ip), lladdr=n.mac, ifindex=vxlan_index)
+        _tolerate(ipr.neigh, "del", dst=str(n.ip), lladdr=n.mac, ifindex=vxlan_index, family=_family(n.ip))
     for f in plan.remove_fdb:
         _tolerate(ipr.fdb, "del", ifindex=vxlan_index, lladdr=f.mac, dst=str(f.dst))
     for f in plan.add_fdb:
         _tolerate(ipr.fdb, "append", ifindex=vxlan_index, lladdr=f.mac, dst=str(f.dst), state=NUD_PERMANENT)
     for n in plan.add_neighbours:
-        ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=vxlan_index, state=NUD_PERMANENT)
+        ipr.neigh("replace", dst=str(n.ip), lladdr=n.mac, ifindex=vxlan_index, state=NUD_PERMANENT,
+                  family=_family(n.ip))
     for route in plan.add_routes:
         if route.device not in devices:
             found = ipr.link_lookup(ifname=route.device)
             if not found:
                 raise KernelError(f"route {route.dst}: device {route.device!r} does not exist")
             devices[route.device] = found[0]
+        common = {"dst": str(route.dst), "oif": devices[route.device], "proto": ROUTE_PROTO,
+                  "table": RT_TABLE_MAIN, "family": _family(route.dst)}
         if route.gateway is None:
-            ipr.route("replace", dst=str(route.dst), oif=devices[route.device], scope=RT_SCOPE_LINK,
-                      proto=ROUTE_PROTO, table=RT_TABLE_MAIN)
-            continue
-        ipr.route("replace", dst=str(route.dst), gateway=str(route.gateway), oif=devices[route.device],
-                  flags=RTNH_F_ONLINK, proto=ROUTE_PROTO, table=RT_TABLE_MAIN)
+            # IPv6 has no route scopes (the kernel makes every one global); IPv4's on-link ones are scope link
+            ipr.route("replace", **common, **({"scope": RT_SCOPE_LINK} if route.dst.version == 4 else {}))
+        elif route.gateway.version == 6:  # a VTEP's link-local address: on-link by definition
+            ipr.route("replace", **common, gateway=str(route.gateway))
+        else:
+            ipr.route("replace", **common, gateway=str(route.gateway), flags=RTNH_F_ONLINK)
+
+
+def _family(address) -> int:
+    return AF_INET if address.version == 4 else AF_INET6
 
 
 def _tolerate(call, *args, **kwargs) -> None:
@@ -187,18 +201,37 @@ def _tolerate(call, *args, **kwargs) -> None:
 
 
 def devices_holding(ipr, addresses) -> dict:
-    """Which local device carries each of ``addresses`` (IPv4; one address dump): the bridge that is a cluster
-    pool's gateway on this host. Addresses no device carries are left out."""
-    wanted = {str(a) for a in addresses}
+    """Which local device carries each of ``addresses`` (IPv4 or IPv6; one address dump per family asked for): the
+    bridge that is a cluster pool's gateway on this host. Addresses no device carries are left out."""
+    wanted = {ipaddress.ip_address(a) for a in addresses}
     if not wanted:
         return {}
     names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
     found = {}
-    for addr in ipr.get_addr(family=AF_INET):
-        ip = addr.get("IFA_ADDRESS")
-        if ip in wanted and addr["index"] in names:
-            found[ipaddress.IPv4Address(ip)] = names[addr["index"]]
+    for family in sorted({_family(a) for a in wanted}):
+        for addr in ipr.get_addr(family=family):
+            ip = ipaddress.ip_address(addr.get("IFA_ADDRESS"))
+            if ip in wanted and addr["index"] in names:
+                found[ip] = names[addr["index"]]
     return found
+
+
+def enable_ipv6(ipr, device: str, index: int, mac: str) -> None:
+    """IPv6 on the VXLAN device, with the link-local address its peers route to (EUI-64 of its MAC): a device with
+    IPv6 disabled neither sends nor accepts it. Only this device's sysctl: IPv6 forwarding is the bridge plugin's
+    (on at a container's ADD, as the reference bridge does), so a host without IPv6 containers keeps its own
+    router-advertisement behaviour."""
+    path = f"/proc/sys/net/ipv6/conf/{device}/disable_ipv6"
+    try:
+        with open(path, "r+") as handle:
+            if handle.read().strip() != "0":
+                handle.seek(0)
+                handle.write("0\n")
+    except OSError as exc:
+        raise KernelError(f"{device}: enabling IPv6 for the cluster pool's IPv6 blocks: {exc}") from None
+    address = vtep_link_local(mac)
+    if not ipr.get_addr(family=AF_INET6, index=index, address=str(address)):
+        _tolerate(ipr.addr, "add", index=index, address=str(address), prefixlen=64, family=AF_INET6)
 
 
 def enable_forwarding() -> None:

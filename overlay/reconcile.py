@@ -21,19 +21,21 @@ log = logging.getLogger("berth.overlay")
 @dataclass(frozen=True)
 class Route:
     """``dst`` via ``gateway`` on ``device`` (onlink): the peer's VTEP on the VXLAN device, or with direct
-    routing the peer's underlay address on the underlay interface. Without a gateway, ``dst`` is on ``device``
-    itself (scope link): an address this host borrowed from a peer's block, on this host's bridge."""
+    routing the peer's underlay address on the underlay interface; for an IPv6 ``dst`` (a cluster IPAM block) the
+    peer VTEP's IPv6 link-local address. Without a gateway, ``dst`` is on ``device`` itself (scope link): an
+    address this host borrowed from a peer's block, on this host's bridge."""
 
-    dst: ipaddress.IPv4Network
-    gateway: ipaddress.IPv4Address | None
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     device: str
 
 
 @dataclass(frozen=True)
 class Neighbour:
-    """A permanent ARP entry on the VXLAN device: the peer's VTEP address answers with its VTEP MAC."""
+    """A permanent ARP (or, for a VTEP's IPv6 link-local address, NDP) entry on the VXLAN device: the peer's VTEP
+    address answers with its VTEP MAC."""
 
-    ip: ipaddress.IPv4Address
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     mac: str
 
 

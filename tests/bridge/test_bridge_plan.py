@@ -167,3 +167,30 @@ def test_check_passes_an_intact_attachment_and_names_each_difference():
     assert check_problems(c, result, "eth0", "/run/netns/x", detached) == ["host veth veth1 is not a port of cni0"]
     gone = Observed(**{**observed.__dict__, "container": None})
     assert check_problems(c, result, "eth0", "/run/netns/x", gone) == ["interface eth0 is missing in /run/netns/x"]
+
+
+def test_ipv6_subnet_via_gateway_routes_the_subnet_through_an_on_link_gateway():
+    result = ipam_result("10.231.0.7/24", "fd00:231::7/64")
+    plan = plan_add(cfg(isDefaultGateway=True, ipv6SubnetViaGateway=True), "eth0", "veth1", None, result)
+    on_link = Route(NET("fd00:231::1/128"), scope=253)
+    via = Route(NET("fd00:231::/64"), ADDR("fd00:231::1"), priority=128)
+    # first, so every later route via the gateway (the default one too) finds it on the link
+    assert plan.routes[:2] == (on_link, via) and Route(NET("::/0"), ADDR("fd00:231::1")) in plan.routes
+    assert not any(r.dst.version == 4 and r.dst.prefixlen for r in plan.routes)  # IPv4 has proxy ARP
+    assert plan.container.routes[:2] == (on_link, via)  # the gateway route installed without a gateway
+    assert plan_add(cfg(isDefaultGateway=True), "eth0", "veth1", None, result).routes == (
+        Route(NET("0.0.0.0/0"), ADDR("10.231.0.1")), Route(NET("::/0"), ADDR("fd00:231::1")))
+    with pytest.raises(errors.InvalidConfig, match="ipv6SubnetViaGateway"):
+        cfg(ipv6SubnetViaGateway="yes")
+
+
+def test_a_route_to_the_gateway_itself_stays_on_the_link_even_without_its_scope():
+    """A result older than 1.1.0 drops the scope: CHECK still expects the route without a gateway."""
+    ips = (IPConfig(IP("fd00::7/64"), ADDR("fd00::1")),)
+    assert kernel_routes((Route(NET("fd00::1/128")),), ips) == (Route(NET("fd00::1/128"), scope=253),)
+    c = cfg(isDefaultGateway=True, ipv6SubnetViaGateway=True)
+    plan = plan_add(c, "eth0", "veth1", None, ipam_result("fd00:231::7/64"))
+    old = Result.from_dict(build_result(c, plan, "02:00:00:00:00:aa", "02:00:00:00:00:bb", "02:00:00:00:00:cc",
+                                        "/run/netns/x").to_dict("1.0.0"))
+    assert {(r.dst, r.gw) for r in kernel_routes(old.routes, old.ips)} == {
+        (NET("fd00:231::1/128"), None), (NET("fd00:231::/64"), ADDR("fd00:231::1")), (NET("::/0"), ADDR("fd00:231::1"))}

@@ -81,6 +81,26 @@ def test_routes_and_addresses_are_what_pyroute2_would_have_made(netns):
     assert (route["gateway"], route["protocol"], route["dev"]) == ("10.232.1.1", "static", "eth0")
 
 
+def test_ipv6_subnet_via_an_on_link_gateway_with_a_metric_below_the_prefix_route(netns):
+    """What ``ipv6SubnetViaGateway`` installs, in its order: the gateway on the link, then the subnet via it."""
+    ns = netns("a")
+    run("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    run("ip", "-n", ns, "link", "set", "eth1", "up")
+    with rtnl.Rtnl(netns.path(ns)) as nl:
+        index = nl.link("eth0").index
+        gateway = ipaddress.ip_address("fd00:233::1")
+        assert nl.batch([rtnl.address_request(index, ipaddress.ip_interface("fd00:233::5/64"), 0x02),
+                         rtnl.set_up_request(index),
+                         rtnl.route_request(index, ipaddress.ip_network("fd00:233::1/128"), None, scope=253),
+                         rtnl.route_request(index, ipaddress.ip_network("fd00:233::/64"), gateway, priority=128),
+                         rtnl.route_request(index, ipaddress.ip_network("::/0"), gateway)]) == [0, 0, 0, 0, 0]
+    routes = {(r["dst"], r.get("gateway"), r.get("metric")) for r in ns_json(ns, "-6", "route", "show", "dev", "eth0")}
+    assert {("fd00:233::1", None, 1024), ("fd00:233::/64", "fd00:233::1", 128), ("fd00:233::/64", None, 256),
+            ("default", "fd00:233::1", 1024)} <= routes
+    chosen = ns_json(ns, "-6", "route", "get", "fd00:233::77")[0]
+    assert chosen.get("gateway") == "fd00:233::1"  # the rest of the subnet goes through the gateway
+
+
 def test_delete_container_link_returns_with_both_ends_gone_and_the_name_free(netns):
     from datapath import link_ops
 

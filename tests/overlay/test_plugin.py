@@ -161,4 +161,5 @@ def test_cluster_mode_delegates_the_pool_not_the_hosts_subnet(tmp_path):
     assert conf["ipam"] == {"type": "berth-ipam", **ipam}  # ranges as given: no host subnet, no overlay route
     assert conf["isGateway"] is True and conf["isDefaultGateway"] is True
     assert conf["ipMasq"] is True  # the daemon's masquerade rules know the overlay network, not the pool
+    assert conf["ipv6SubnetViaGateway"] is True  # no proxy NDP for the IPv6 pool: routed via the gateway
     assert conf["args"] == {"cni": {"ips": ["10.215.0.9"]}} and conf["mtu"] == 1450
