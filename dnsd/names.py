@@ -21,7 +21,7 @@ from typing import Iterable, Union
 
 from discovery.model import DNS_LABEL, EndpointRecord
 
-from .records import A, AAAA, ANY, NOERROR, NS, NXDOMAIN, PTR, SOA, SRV, TXT, Answer, Record, Srv
+from .records import A, AAAA, ANY, NOERROR, NS, NXDOMAIN, PTR, SRV, TXT, Answer, Record, Srv
 
 DEFAULT_ZONE = "berth.internal"
 REVERSE_SUFFIXES = ("in-addr.arpa", "ip6.arpa")
