@@ -7,12 +7,15 @@
 N endpoints go into a real SQLite store, served by ``berth dns --store`` (one worker), and the same names go
 into a hosts file served by dnsmasq. ``aliased`` endpoints (the default) have an alias and a network, so each
 brings 7 names (its address name, 4 container names, its service name, its PTR); ``plain`` ones are
-``dns_bench.py --scale``'s (name and address: 4). Printed per server:
+``dns_bench.py --scale``'s (name and address: 4); ``services`` ones are instances of 50 services with a tag and
+a port (the service names' A and SRV sets hold 200 records each: the index's shared-name path). Printed per
+server:
 
 - RSS at rest once every name answers, and RSS of the same berth dns over an empty store (Python and its
   imports): the difference over the names is what one name costs;
 - the zone index alone, by tracemalloc, in a fresh process of that tree: ``ZoneBuilder.update`` over the same
-  endpoints, the time of that full build and of one incremental update (one endpoint changes);
+  endpoints, the time of that full build and of one incremental update (one endpoint changes), and the mean
+  time of ``ZoneIndex.lookup`` (every name, A/PTR/SRV: what a query the packed cache misses costs in the index);
 - queries/s over all names (dnsperf, the servers alternated ``--rounds`` times: min-median-max).
 
 ``--also TREE`` adds the berth dns of another checkout (its own ``.venv``), e.g. main, to the same run.
@@ -33,7 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import dns_bench as bench  # noqa: E402
 
-from discovery.model import EndpointRecord, endpoint_key  # noqa: E402
+from discovery.model import EndpointRecord, PortBinding, endpoint_key  # noqa: E402
 
 ZONE = bench.ZONE
 
@@ -56,16 +59,25 @@ build = time.perf_counter() - started
 gc.collect()
 traced = tracemalloc.get_traced_memory()[0] - before
 tracemalloc.stop()
+questions = [(name, qtype) for name in index.names() for qtype in (1, 12, 33)]
+lookups = []
+for _ in range(3):  # the best of three passes over every name (A, PTR, SRV), so a busy machine shows less
+    started = time.perf_counter()
+    for name, qtype in questions:
+        index.lookup(name, qtype)
+    lookups.append((time.perf_counter() - started) / len(questions))
 records = dict(records, k0=dataclasses.replace(records["k0"], addresses=("10.199.0.1",)))
 started = time.perf_counter()
 builder.update(records, 2)
 one = time.perf_counter() - started
-print(json.dumps({"traced": traced, "names": len(index.names()), "build": build, "one": one}))
+print(json.dumps({"traced": traced, "names": len(index.names()), "build": build, "one": one,
+                  "lookup": min(lookups)}))
 """
 
 
 def endpoint(i: int, shape: str) -> EndpointRecord:
-    extra = dict(aliases=(f"btalias{i}",), network="btnet") if shape == "aliased" else {}
+    extra = {"aliased": dict(aliases=(f"btalias{i}",), network="btnet"), "plain": {},
+             "services": dict(service=f"btsvc{i % 50}", tags=("primary",), ports=(PortBinding(80),))}[shape]
     return EndpointRecord(id=f"btbench{i}/eth0", name=f"btbench{i}", addresses=(bench_address(i),), **extra)
 
 
@@ -116,7 +128,7 @@ def probe(tree: Path, records_file: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=10_000, help="endpoints (default 10,000)")
-    parser.add_argument("--shape", choices=("aliased", "plain"), default="aliased")
+    parser.add_argument("--shape", choices=("aliased", "plain", "services"), default="aliased")
     parser.add_argument("--also", action="append", default=[], type=Path, help="another checkout's berth dns")
     parser.add_argument("--duration", type=float, default=2, help="seconds per dnsperf run (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="dnsperf runs per server, alternated")
@@ -134,11 +146,11 @@ def main() -> int:
         memory_section(trees, folder, url, empty_url, expected, args)
         print("\nthe zone index alone (tracemalloc of ZoneBuilder.update, a fresh process per tree):")
         print(f"  {'tree':<40} {'names':>7} {'traced MB':>9} {'B/name':>7} {'full build s':>12} "
-              f"{'one change ms':>13}")
+              f"{'one change ms':>13} {'lookup us':>9}")
         for tree in trees:
             p = probe(tree, folder / "records.json")
             print(f"  {str(tree):<40} {p['names']:>7,} {p['traced'] / 1e6:>9.1f} {p['traced'] / p['names']:>7.0f} "
-                  f"{p['build']:>12.2f} {1000 * p['one']:>13.1f}")
+                  f"{p['build']:>12.2f} {1000 * p['one']:>13.1f} {1e6 * p['lookup']:>9.2f}")
     return 0
 
 
