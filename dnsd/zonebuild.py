@@ -157,6 +157,13 @@ class ZoneBuilder:
             Record(ns_name, address_type(a), cfg.ttl, a) for a in cfg.nameserver_addresses]
 
     def update(self, records: Mapping[str, EndpointRecord], revision: int) -> ZoneIndex:
+        try:
+            return self._update(records, revision)
+        except BaseException:
+            self._started = False  # endpoints and counts may be half applied: the next update starts afresh
+            raise
+
+    def _update(self, records: Mapping[str, EndpointRecord], revision: int) -> ZoneIndex:
         z, cfg = self.config.zone, self.config
         live = {key: r for key, r in records.items() if r.health != Health.CRITICAL}
         old = self._endpoints
