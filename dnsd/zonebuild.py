@@ -160,7 +160,7 @@ class ZoneBuilder:
         try:
             return self._update(records, revision)
         except BaseException:
-            self._started = False  # endpoints and counts may be half applied: the next update starts afresh
+            self._started = False  # the shared-record counts may be half applied: the next update starts afresh
             raise
 
     def _update(self, records: Mapping[str, EndpointRecord], revision: int) -> ZoneIndex:
@@ -173,17 +173,15 @@ class ZoneBuilder:
             tables = _Tables({}, {}, {}, {}, z)  # a big change: afresh is cheaper
             for record in self._apex_records():
                 tables.add(record)
-            old.clear()
             gone, new = [], list(live)
             self._started = True
         else:
             tables = _Tables(self._forward.copy(), self._reverse.copy(), self._below.copy(), self._holders, z)
         for key in gone:
-            for record in endpoint_records(old.pop(key), z, cfg.ttl):
+            for record in endpoint_records(old[key], z, cfg.ttl):
                 tables.remove(record)
         for key in sorted(new, key=lambda k: live[k].id):
-            endpoint = old[key] = live[key]
-            for record in endpoint_records(endpoint, z, cfg.ttl):
+            for record in endpoint_records(live[key], z, cfg.ttl):
                 tables.add(record)
         soa = Record(z, SOA, cfg.negative_ttl,
                      Soa(f"ns.{z}", f"hostmaster.{z}", revision % 2**32, 3600, 600, 86400, cfg.negative_ttl))
@@ -191,4 +189,5 @@ class ZoneBuilder:
         tables.freeze()
         self._forward, self._reverse, self._below, self._holders = (tables.forward, tables.reverse, tables.below,
                                                                     tables.holders)
+        self._endpoints = live  # what the tables now hold (an unchanged endpoint's record equals the one before)
         return ZoneIndex.from_tables(cfg, revision, tables.forward, tables.reverse, tables.below, soa)
