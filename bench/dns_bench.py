@@ -138,11 +138,13 @@ def start_dnsmasq(folder: Path) -> Server:
     return server
 
 
-def start_dnsd(folder: Path, workers: int, extra: list[str], source: list[str] | None = None) -> Server:
+def start_dnsd(folder: Path, workers: int, extra: list[str], source: list[str] | None = None,
+               python: str = sys.executable, tree: Path = REPO) -> Server:
+    """``berth dns`` of ``tree`` (this checkout unless told), run by ``python``."""
     source = source or ["--records", str(folder / "records.json")]
-    proc = subprocess.Popen([sys.executable, "-m", "berth.cli", "dns", *source,
+    proc = subprocess.Popen([python, "-m", "berth.cli", "dns", *source,
                              "--listen", "127.0.0.1:0", "--no-forward", "--workers", str(workers), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tree)
     line = proc.stdout.readline()
     match = re.search(r"127\.0\.0\.1:(\d+)", line)
     if not match:

@@ -21,6 +21,7 @@ BENCHES = [  # (script, quick arguments)
     ("discovery_bench.py", ["--count", "200"]),
     ("discovery_durability_bench.py", ["--count", "200", "--stall", "5", "--scale", "1000"]),
     ("dns_bench.py", ["--duration", "5"]),
+    ("dns_memory_bench.py", ["--scale", "2000", "--duration", "1", "--rounds", "1"]),
     ("overlay_bench.py", ["--joins", "10", "--iperf-seconds", "3"]),
     ("docker_bench.py", ["--count", "5"]),
 ]

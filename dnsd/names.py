@@ -14,14 +14,14 @@ Names (``Z`` is the zone, default ``berth.internal``), built only from endpoints
 """
 from __future__ import annotations
 
-import functools
 import ipaddress
+import socket
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Union
 
 from discovery.model import DNS_LABEL, EndpointRecord
 
-from .records import A, AAAA, ANY, NOERROR, NS, NXDOMAIN, PTR, SOA, SRV, TXT, Answer, Record, Srv
+from .records import A, AAAA, ANY, NOERROR, NS, NXDOMAIN, PTR, SRV, TXT, Answer, Record, Srv
 
 DEFAULT_ZONE = "berth.internal"
 REVERSE_SUFFIXES = ("in-addr.arpa", "ip6.arpa")
@@ -53,60 +53,83 @@ def address_type(address: str) -> int:
     return AAAA if ":" in address else A
 
 
-@functools.lru_cache(maxsize=65536)
+def _packed(address: str) -> bytes:
+    """The address' bytes: the C parser for the canonical forms the records hold, ``ipaddress`` for the rest
+    (a scoped IPv6 address), so nothing here needs a cache."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    except OSError:
+        return ipaddress.ip_address(address).packed
+
+
 def address_name(address: str, zone: str) -> str:
     """The name that resolves to this one address: ``0a59000b.addr.<zone>`` for 10.89.0.11."""
-    return f"{ipaddress.ip_address(address).packed.hex()}.addr.{zone}"
+    return f"{_packed(address).hex()}.addr.{zone}"
 
 
-Entry = tuple[bool, Record]  # (a reverse name?, the record)
+def reverse_name(address: str) -> str:
+    """``11.0.89.10.in-addr.arpa`` for 10.89.0.11; an IPv6 address' 32 nibbles, last first, in ``ip6.arpa``."""
+    packed = _packed(address)
+    if len(packed) == 4:
+        return ".".join(map(str, reversed(packed))) + ".in-addr.arpa"
+    return ".".join(reversed(packed.hex())) + ".ip6.arpa"
 
 
-
-def endpoint_entries(ep: EndpointRecord, zone: str, ttl: int) -> tuple[Entry, ...]:
-    """Every record one endpoint contributes to the zone, in the order the index lists them."""
-    out: list[Entry] = []
-
-    def add(name: str, rtype: int, rdata, reverse: bool = False) -> None:
-        out.append((reverse, Record(name, rtype, ttl, rdata)))
-
+def endpoint_records(ep: EndpointRecord, zone: str, ttl: int) -> list[Record]:
+    """Every record one endpoint contributes to the zone (PTR ones are reverse names), in the order the index
+    lists them. Made again from the endpoint when it goes, so the builder keeps no copy of them; a string used
+    twice (an owner name, a PTR target, an SRV target) is one object."""
+    out: list[Record] = []
+    add = out.append
     typed = [(address, address_type(address)) for address in ep.addresses]
-    for address, rtype in typed:
-        add(address_name(address, zone), rtype, address)
+    targets = [address_name(address, zone) for address in ep.addresses]
+    for (address, rtype), target in zip(typed, targets):
+        add(Record(target, rtype, ttl, address))
+    own_name = f"{ep.name}.{zone}"
+    txt = tuple(ep.txt) if ep.txt else None
     for name in ep.names:
-        for owner in [f"{name}.{zone}"] + ([f"{name}.{ep.network}.{zone}"] if ep.network else []):
+        first = own_name if name == ep.name else f"{name}.{zone}"
+        for owner in [first] + ([f"{name}.{ep.network}.{zone}"] if ep.network else []):
             for address, rtype in typed:
-                add(owner, rtype, address)
-            if ep.txt:
-                add(owner, TXT, tuple(ep.txt))
+                add(Record(owner, rtype, ttl, address))
+            if txt is not None:
+                add(Record(owner, TXT, ttl, txt))
     for address in ep.addresses:
-        add(reverse_name(address), PTR, f"{ep.name}.{zone}", reverse=True)
+        add(Record(reverse_name(address), PTR, ttl, own_name))
     base = f"{ep.service}.service.{zone}"
     tags = sorted({t.lower() for t in ep.tags if DNS_LABEL.match(t)})
     owners = [base] + [f"{tag}.{base}" for tag in tags]
     for owner in owners:
         for address, rtype in typed:
-            add(owner, rtype, address)
+            add(Record(owner, rtype, ttl, address))
     if not ep.addresses:
-        return tuple(out)  # an SRV target must resolve
-    target = address_name(ep.addresses[0], zone)
+        return out  # an SRV target must resolve
     for port in ep.ports:
-        srv = Srv(1, 1, port.port, target)
+        srv = Srv(1, 1, port.port, targets[0])
         for owner in owners:
-            add(owner, SRV, srv)
-        add(f"_{ep.service}._{port.protocol}.service.{zone}", SRV, srv)
+            add(Record(owner, SRV, ttl, srv))
+        add(Record(f"_{ep.service}._{port.protocol}.service.{zone}", SRV, ttl, srv))
         for tag in tags:
-            add(f"_{ep.service}._{tag}.service.{zone}", SRV, srv)
-    return tuple(out)
+            add(Record(f"_{ep.service}._{tag}.service.{zone}", SRV, ttl, srv))
+    return out
 
 
-@functools.lru_cache(maxsize=65536)
-def reverse_name(address: str) -> str:
-    return ipaddress.ip_address(address).reverse_pointer
+# One name's records in an index: the name's only record itself (most names: a container's address, its PTR),
+# else {rtype: records in the order they came}. Both are immutable, so indexes share every name nobody changed.
+Node = Union[Record, dict[int, tuple[Record, ...]]]
+
+
+def node_records(node: Node, qtype: int) -> tuple[Record, ...]:
+    """The records of one type at a name (every type, by type, for ANY)."""
+    if node.__class__ is Record:
+        return (node,) if qtype == node.rtype or qtype == ANY else ()
+    if qtype == ANY:
+        return tuple(r for rtype in sorted(node) for r in node[rtype])
+    return node.get(qtype, ())
 
 
 class ZoneIndex:
-    """Every name of the zone (and the reverse names of known addresses) with its record sets: one revision's
+    """Every name of the zone (and the reverse names of known addresses) with its records: one revision's
     snapshot, never changed once made (``zonebuild.ZoneBuilder`` makes each from the one before)."""
 
     def __init__(self, records: Iterable[EndpointRecord], config: ZoneConfig, revision: int) -> None:
@@ -116,12 +139,12 @@ class ZoneIndex:
         self.__dict__.update(built.__dict__)
 
     @classmethod
-    def from_tables(cls, config: ZoneConfig, revision: int, forward: dict, reverse: dict,
-                    below: dict[str, int]) -> "ZoneIndex":
+    def from_tables(cls, config: ZoneConfig, revision: int, forward: dict[str, Node], reverse: dict[str, Node],
+                    below: dict[str, int], soa: Record) -> "ZoneIndex":
         index = cls.__new__(cls)
         index.config, index.zone, index.revision = config, config.zone, revision
         index._nodes, index._reverse, index._below = forward, reverse, below
-        index.soa = next(iter(forward[config.zone][SOA]))
+        index.soa = soa
         return index
 
     # -- answering ------------------------------------------------------------------------------------------
@@ -138,45 +161,43 @@ class ZoneIndex:
         ``rotation`` rotates a multi-record answer set, so callers can hand out every endpoint first in turn."""
         if not self.is_authoritative_for(name, qtype):
             return None
-        rrsets = self._nodes.get(name)
-        if rrsets is None:
-            rrsets = self._reverse.get(name)
-            if rrsets is None:
+        node = self._nodes.get(name)
+        if node is None:
+            node = self._reverse.get(name)
+            if node is None:
                 if name in self._below:  # an empty non-terminal: names exist below it
                     return Answer(NOERROR, authority=(self.soa,))
                 return Answer(NXDOMAIN, authority=(self.soa,))
-        if qtype == ANY:
-            found = [r for rtype in sorted(rrsets) for r in rrsets[rtype]]
-        else:
-            found = list(rrsets.get(qtype, ()))
+        found = node_records(node, qtype)
         if not found:
             return Answer(NOERROR, authority=(self.soa,))  # NODATA, or an empty non-terminal
         if rotation and len(found) > 1:
             k = rotation % len(found)
             found = found[k:] + found[:k]
-        return Answer(NOERROR, answer=tuple(found), additional=tuple(self._additional(found)))
+        return Answer(NOERROR, answer=found, additional=self._additional(found))
 
     def answer_size(self, name: str, qtype: int) -> int:
         """How many records a question's answer carries (so the caller knows how many rotations exist)."""
-        rrsets = self._nodes.get(name) or self._reverse.get(name) or {}
-        if qtype == ANY:
-            return sum(len(v) for v in rrsets.values())
-        return len(rrsets.get(qtype, ()))
+        node = self._nodes.get(name) or self._reverse.get(name)
+        return 0 if node is None else len(node_records(node, qtype))
 
-    def _additional(self, answer: list[Record]) -> list[Record]:
+    def _additional(self, answer: tuple[Record, ...]) -> tuple[Record, ...]:
         targets: list[str] = []
         for record in answer:
             if record.rtype == SRV:
                 targets.append(record.rdata.target)
             elif record.rtype == NS:
                 targets.append(record.rdata)
+        if not targets:
+            return ()
         extra: list[Record] = []
         for target in dict.fromkeys(targets):
-            rrsets = self._nodes.get(target, {})
-            extra.extend(rrsets.get(A, ()))
-            extra.extend(rrsets.get(AAAA, ()))
-        return extra
+            node = self._nodes.get(target)
+            if node is not None:
+                extra.extend(node_records(node, A))
+                extra.extend(node_records(node, AAAA))
+        return tuple(extra)
 
     def names(self) -> list[str]:
         """Every owner name (for tests and ``--list``)."""
-        return sorted(n for n, rrsets in {**self._nodes, **self._reverse}.items() if rrsets)
+        return sorted(self._nodes.keys() | self._reverse.keys())

@@ -72,3 +72,23 @@ def test_an_index_handed_out_is_never_changed_by_later_updates():
     assert first.lookup(f"btweb1.{Z}", A).answer[0].rdata == "10.89.0.11"
     assert second.lookup(f"btweb1.{Z}", A).answer[0].rdata == "10.99.0.1"
     assert first.soa.rdata.serial == 1 and second.soa.rdata.serial == 2
+
+
+def test_an_update_that_fails_half_way_leaves_the_next_one_whole():
+    records = {f"k{i}": r for i, r in enumerate(sample_records())}
+    builder = ZoneBuilder(ZoneConfig())
+    builder.update(records, 1)
+    broken = dataclasses.replace(records["k1"], addresses=("10.89.0.99",))
+    object.__setattr__(broken, "addresses", ("not an address",))  # past the record's own validation
+    changed = dict(records, k0=dataclasses.replace(records["k0"], addresses=("10.99.0.1",)), k1=broken)
+    try:
+        builder.update(changed, 2)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("an address that is none was indexed")
+    del changed["k1"]
+    after = builder.update(changed, 3)
+    fresh = ZoneIndex(changed.values(), ZoneConfig(), 3)
+    names = every_name(after, fresh)
+    assert answers(after, names) == answers(fresh, names)
