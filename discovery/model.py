@@ -58,9 +58,13 @@ def dns_label_for(name: str) -> str:
 
 def _check_address(value: Any, field_name: str) -> str:
     try:
-        return str(ipaddress.ip_address(value))
+        address = ipaddress.ip_address(value)
     except (ValueError, TypeError):
         raise InvalidRecord(f"{field_name}: {value!r} is not an IP address") from None
+    if getattr(address, "scope_id", None) is not None:  # a zone means nothing to whoever asks DNS for it
+        raise InvalidRecord(f"{field_name}: {value!r} carries a zone (%{address.scope_id}); give an address "
+                            f"without one")
+    return str(address)
 
 
 def check_dns_name(value: Any, field_name: str) -> str:

@@ -174,3 +174,12 @@ def test_names_with_a_line_break_are_refused(name):
         EndpointRecord(id="x", name=name, addresses=("10.0.0.1",))
     with pytest.raises(InvalidRecord):
         EndpointRecord(id="x", name="web", aliases=(name,), addresses=("10.0.0.1",))
+
+
+@pytest.mark.parametrize("address", ["fe80::1%eth0", "fd00::5%2"])
+def test_an_address_with_a_zone_is_refused(address):
+    """A scoped address cannot go into a DNS answer (dnslib fails to pack it), so it never enters the catalogue."""
+    with pytest.raises(InvalidRecord, match="addresses.*zone"):
+        EndpointRecord(id="x", name="web", addresses=(address,))
+    with pytest.raises(InvalidRecord, match="zone"):
+        parse_registration({"Name": "web", "Address": address}, "h1", "127.0.0.1")
