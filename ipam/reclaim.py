@@ -24,6 +24,19 @@ from .check import IPAM_PREFIX, Leak, Liveness, Report, judge, releasable_blocks
 from .cluster import departed_key, host_key, network_prefix, quarantined
 
 DEPARTED_PREFIX = IPAM_PREFIX + "departed/"
+RECLAIMER_KEY = IPAM_PREFIX + "reclaimer"  # which host runs the passes, under that host's liveness lease
+
+
+def my_turn(store: Store, host: str, lease: int) -> bool:
+    """Whether ``host`` runs the reclaim passes: one host at a time does (a pass reads every address record), the
+    first to create the key under its lease; when that host dies its lease ends, the key goes and another takes
+    over at its next interval. Without a lease (0) every caller runs: a free is a compare-and-swap anyway."""
+    if not lease:
+        return True
+    if store.create(RECLAIMER_KEY, host.encode(), lease=lease):
+        return True
+    kv = store.get(RECLAIMER_KEY)
+    return kv is None or kv.value == host.encode()
 
 
 def departure_marks(kvs: Sequence) -> dict[str, tuple[float, int]]:

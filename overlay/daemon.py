@@ -264,13 +264,17 @@ class OverlayDaemon:
                     log.exception("periodic kernel check failed")
 
     def _reclaim_loop(self) -> None:
-        """Every ``ipam_reclaim_interval``, one cluster IPAM reclaim pass (ipam.reclaim): every host runs it, and
-        each free is a compare-and-swap, so passes on several hosts at once free an address once."""
+        """Every ``ipam_reclaim_interval``, one cluster IPAM reclaim pass (ipam.reclaim) on the one host whose turn
+        it is (ipam.reclaim.my_turn); each free is a compare-and-swap, so even passes on two hosts at once (one
+        lease ending as another takes over) free an address once."""
         from discovery.ipam_liveness import read_liveness
-        from ipam.reclaim import reclaim_pass
+        from ipam.reclaim import my_turn, reclaim_pass
 
         while not self.stopping.wait(self.options.ipam_reclaim_interval):
+            keeper = self._ipam_host_keeper
             try:
+                if not my_turn(self.store, self.ipam_host, keeper.keeper.lease_id if keeper is not None else 0):
+                    continue
                 freed, blocks = reclaim_pass(self.store, read_liveness)
             except Exception:
                 metrics.IPAM_RECLAIM_ERRORS.inc()

@@ -14,7 +14,7 @@ from discovery.ipam_liveness import read_liveness
 from discovery.model import EndpointRecord, endpoint_key
 from ipam.errors import ConfigError
 from ipam.cluster import departed_key, host_key, network_prefix
-from ipam.reclaim import reclaim_pass
+from ipam.reclaim import my_turn, reclaim_pass
 from ipam.store import Attachment
 from store.api import open_store
 from tests.conftest import REPO_ROOT, VENV_BIN, plugin_path
@@ -170,3 +170,13 @@ def test_a_host_name_live_on_another_machine_is_refused(url, tmp_path):
     assert done.returncode == 1 and reply["code"] == codes.INVALID_CONFIG and "ipam.host" in reply["msg"], reply
     with here.lock():  # the host that holds the name is not disturbed
         assert here.get(Attachment("c0", "eth0"))
+
+
+def test_one_host_at_a_time_runs_the_reclaim_passes_and_another_takes_over_when_it_dies(url):
+    with open_store(url) as store:
+        a, b = store.grant_lease(60).id, store.grant_lease(60).id
+        assert my_turn(store, "ha", a) and my_turn(store, "ha", a)  # its turn, pass after pass
+        assert not my_turn(store, "hb", b)
+        store.revoke_lease(a)  # ha died: its liveness lease ended
+        assert my_turn(store, "hb", b) and not my_turn(store, "ha", store.grant_lease(60).id)
+        assert my_turn(store, "hc", 0)  # no lease to hold the turn under: it runs (every free is a CAS)
