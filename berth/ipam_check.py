@@ -107,6 +107,8 @@ def render(doc: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+    logging.getLogger("kazoo").setLevel(logging.ERROR)  # its reconnect chatter is not the user's business here
     return run_pool(args) if args.ipam_command == "pool" else run_check(args)
 
 
