@@ -24,12 +24,14 @@ POOL = "10.215.0.0/24"
 BLOCKS = "/berth/ipam/networks/btcl/blocks/"
 
 
-def host_config(tmp_path, host, store_url: str, **args) -> dict:
+def host_config(tmp_path, host, store_url: str, network: str = "btcl", bridge: str = "btcl0",
+                ranges: list | None = None, ipam: dict | None = None, **args) -> dict:
+    """berth-overlay's config on ``host`` in cluster mode (``args``: CNI args such as ``ips``)."""
     base = tmp_path / host.label
-    conf = {"cniVersion": "1.1.0", "name": "btcl", "type": "berth-overlay", "subnetFile": str(host.subnet_file),
-            "dataDir": str(base / "saved"), "delegate": {"bridge": "btcl0"},
+    conf = {"cniVersion": "1.1.0", "name": network, "type": "berth-overlay", "subnetFile": str(host.subnet_file),
+            "dataDir": str(base / "saved"), "delegate": {"bridge": bridge},
             "ipam": {"type": "berth-ipam", "store": store_url, "host": host.label, "blockSize": 29,
-                     "ranges": [[{"subnet": POOL}]], "dataDir": str(base / "ipam")}}
+                     "ranges": ranges or [[{"subnet": POOL}]], "dataDir": str(base / "ipam"), **(ipam or {})}}
     if args:
         conf["args"] = {"cni": args}
     return conf

@@ -14,6 +14,7 @@ import pytest
 
 from overlay.blocks import vtep_link_local
 from tests.overlay.helpers import cni, ip_json, wait_until
+from tests.overlay import test_cluster_routes as routes_v4
 from tests.overlay.test_cluster_routes import store_op
 
 pytestmark = [pytest.mark.root, pytest.mark.service]
@@ -23,15 +24,8 @@ BLOCKS = "/berth/ipam/networks/btcl6/blocks/"
 
 
 def host_config(tmp_path, host, store_url: str, **args) -> dict:
-    base = tmp_path / host.label
-    conf = {"cniVersion": "1.1.0", "name": "btcl6", "type": "berth-overlay", "subnetFile": str(host.subnet_file),
-            "dataDir": str(base / "saved"), "delegate": {"bridge": "btcl6"},
-            "ipam": {"type": "berth-ipam", "store": store_url, "host": host.label, "blockSize": 29,
-                     "blockSizeV6": 125, "ranges": [[{"subnet": POOL4}], [{"subnet": POOL6}]],
-                     "dataDir": str(base / "ipam")}}
-    if args:
-        conf["args"] = {"cni": args}
-    return conf
+    return routes_v4.host_config(tmp_path, host, store_url, "btcl6", "btcl6",
+                                 [[{"subnet": POOL4}], [{"subnet": POOL6}]], {"blockSizeV6": 125}, **args)
 
 
 def block6_of(ip) -> str:
