@@ -23,6 +23,10 @@ The JSON document (``--json``), version 1; keys are stable, new keys may be adde
   ``health``
 - ``ipam``: per overlay subnet: ``subnet``, ``underlay``, ``used`` (endpoint addresses inside it), ``capacity``
   (addresses a container can get: all but network, gateway and broadcast)
+- ``clusterIpam``: per cluster IPAM network and host (``berth ipam check`` has the detail): ``network``,
+  ``host``, ``blocks`` (claimed), ``held`` (addresses it holds, borrowed ones too), ``capacity`` (addresses in its
+  blocks), ``live`` (its liveness key or an agent of that name is there), ``departedSince`` (when a reclaim pass
+  first saw it gone, Unix seconds; null)
 - ``problems``: records that could not be read, as ``"<key>: <why>"``
 """
 from __future__ import annotations
@@ -86,6 +90,17 @@ class SubnetUsage:
 
 
 @dataclass(frozen=True)
+class ClusterIpamUsage:
+    network: str
+    host: str
+    blocks: int
+    held: int
+    capacity: int
+    live: bool
+    departed_since: float | None = None
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     revision: int
     overlay: dict[str, Any] | None
@@ -94,6 +109,7 @@ class ClusterStatus:
     problems: tuple[str, ...]
     agents: tuple = ()  # discovery.publish.AgentRecord, one per running agent
     daemons: tuple[DaemonStatus, ...] = ()
+    cluster_ipam: tuple[ClusterIpamUsage, ...] = ()
 
     @property
     def usage(self) -> tuple[SubnetUsage, ...]:
@@ -174,7 +190,35 @@ def collect(store, overlay_prefix: str | None = None) -> ClusterStatus:
     hosts.sort(key=lambda h: (ipaddress.ip_address(h.underlay), h.subnet))
     endpoints.sort(key=lambda e: (e.name, e.host, e.id))
     agents.sort(key=lambda a: a.host)
-    return ClusterStatus(revision, overlay, tuple(hosts), tuple(endpoints), tuple(problems), tuple(agents))
+    return ClusterStatus(revision, overlay, tuple(hosts), tuple(endpoints), tuple(problems), tuple(agents),
+                         cluster_ipam=collect_cluster_ipam(store, problems))
+
+
+def collect_cluster_ipam(store, problems: list[str]) -> tuple[ClusterIpamUsage, ...]:
+    """Cluster IPAM per network and host, judged as ``berth ipam check`` judges it (one read of its keys)."""
+    import time
+
+    from discovery.ipam_liveness import read_liveness
+    from ipam.check import IPAM_PREFIX, judge
+    from ipam.reclaim import departure_marks
+
+    kvs, revision = store.get_prefix(IPAM_PREFIX)
+    if not kvs:
+        return ()
+    liveness = read_liveness(store, kvs)
+    report = judge(kvs, revision, liveness, time.time(), min_age=0.0)
+    problems.extend(report.problems)
+    marks = departure_marks(kvs)
+    rows: dict[tuple[str, str], list[int]] = {}
+    for usage in report.blocks:
+        row = rows.setdefault((usage.network, usage.owner), [0, 0, 0])
+        row[0] += 1
+        row[2] += usage.capacity
+    for held in report.held:
+        rows.setdefault((held.network, held.record.host), [0, 0, 0])[1] += 1
+    return tuple(ClusterIpamUsage(network, host, blocks, held, capacity, host in liveness.hosts,
+                                  marks[host][0] if host in marks else None)
+                 for (network, host), (blocks, held, capacity) in sorted(rows.items()))
 
 
 def _lease_text(host: HostStatus) -> str:
@@ -203,6 +247,9 @@ def as_document(status: ClusterStatus) -> dict[str, Any]:
                        "health": e.health} for e in status.endpoints],
         "ipam": [{"subnet": str(u.subnet), "underlay": u.underlay, "used": u.used, "capacity": u.capacity}
                  for u in status.usage],
+        "clusterIpam": [{"network": c.network, "host": c.host, "blocks": c.blocks, "held": c.held,
+                         "capacity": c.capacity, "live": c.live, "departedSince": c.departed_since}
+                        for c in status.cluster_ipam],
         "problems": list(status.problems),
     }
 
@@ -259,6 +306,12 @@ def render_tables(status: ClusterStatus) -> list[str]:
         out.append("")
         out += table([("subnet", "host", "used", "free"),
                       *((str(u.subnet), u.underlay, str(u.used), str(u.capacity - u.used)) for u in status.usage)])
+    if status.cluster_ipam:
+        out.append("")
+        out += table([("cluster IPAM network", "host", "blocks", "held", "capacity", "state"),
+                      *((c.network, c.host, str(c.blocks), str(c.held), str(c.capacity),
+                         "live" if c.live else "departed" if c.departed_since is not None else "not live")
+                        for c in status.cluster_ipam)])
     for problem in status.problems:
         out.append(f"unreadable: {problem}")
     return out

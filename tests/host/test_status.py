@@ -185,3 +185,27 @@ def test_tables_show_lease_time_left_and_the_daemons():
     assert [h["leaseSecondsLeft"] for h in doc["hosts"]] == [12.4, None]
     assert doc["daemons"] == [{"name": "dns", "address": "127.0.0.1:9153", "healthy": True, "ready": False,
                                "detail": "store: down"}]
+
+
+def test_status_shows_cluster_ipam_per_network_and_host_as_the_store_holds_it(tmp_path):
+    from ipam.cluster import departed_key, host_key
+    from tests.ipam.test_cluster_store import added, conf
+
+    url = f"sqlite:///{tmp_path / 'bt-status.db'}"
+    for n in range(3):
+        added(conf(url, tmp_path, "h1"), f"a{n}")
+    added(conf(url, tmp_path, "h2"), "b0")
+    with open_store(url) as store:  # h2 is gone, and a reclaim pass has marked it
+        store.revoke_lease(store.get(host_key("h2")).lease)
+        store.put(departed_key("h2"), json.dumps({"host": "h2", "since": 1700000000.0}).encode())
+    done = status("--store", url, "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {r["host"]: r for r in json.loads(done.stdout)["clusterIpam"]}
+    assert rows == {
+        "h1": {"network": "btnet", "host": "h1", "blocks": 1, "held": 3, "capacity": rows["h1"]["capacity"],
+               "live": True, "departedSince": None},
+        "h2": {"network": "btnet", "host": "h2", "blocks": 1, "held": 1, "capacity": rows["h2"]["capacity"],
+               "live": False, "departedSince": 1700000000.0}}
+    assert {rows["h1"]["capacity"], rows["h2"]["capacity"]} <= {14, 15}  # /28 blocks of 10.8.0.0/27
+    tables = status("--store", url)
+    assert tables.returncode == 0 and "cluster IPAM network" in tables.stdout and "departed" in tables.stdout
